@@ -1,0 +1,1 @@
+"""Checkpoint -> ONNX score graph conversion (heavy dependencies live here only)."""

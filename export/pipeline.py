@@ -1,0 +1,209 @@
+"""export_checkpoint: checkpoint -> self-contained artifact folder, with a self-check report."""
+
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rerank_onnx import artifact
+from rerank_onnx.artifact import Template
+from rerank_onnx.errors import ExportError
+from rerank_onnx.reranker import Reranker
+from rerank_onnx.session import OnnxScoreSession
+from rerank_onnx.template import PairEncoder, load_tokenizer
+
+from . import report
+from .graph import ScoreGraph, export_fp32
+from .prompt import template_data
+from .quantize import SCHEMES, quantize_int8
+from .source import resolve_checkpoint
+
+FP32_TOLERANCE = 1e-3  # fp32 graph vs PyTorch, max |diff|: above this the export is broken
+INT8_MIN_SPEARMAN = 0.95  # int8 graph vs PyTorch on the built-in pairs: below this, warn loudly
+INT8_MIN_TOP_K_OVERLAP = 0.66
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    folder: Path
+    report: dict
+    passed: bool  # every hard check (fp32 agreement) passed
+    warnings: list[str]
+
+
+def export_checkpoint(
+    source: str,
+    output_dir: str | Path,
+    *,
+    quantize: str = "int8",
+    revision: str | None = None,
+    estimated_max: float | None = None,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> ExportResult:
+    """Convert a Qwen2 mxbai-rerank-v2 checkpoint (hub id or folder) into an artifact folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if quantize not in SCHEMES:
+        raise ExportError(f"quantize: expected one of {sorted(SCHEMES)}, got {quantize!r}")
+    output = Path(output_dir).expanduser()
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise ExportError(f"{output} exists and is not empty; choose another folder or pass --overwrite")
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    checkpoint = resolve_checkpoint(source, revision=revision)
+    log(f"checkpoint: {checkpoint.folder}")
+    staging = output.with_name(output.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    work = staging / ".work"
+    work.mkdir(parents=True)
+
+    hf_tokenizer = AutoTokenizer.from_pretrained(str(checkpoint.folder))
+    if not getattr(hf_tokenizer, "is_fast", False):
+        raise ExportError(f"{source}: no fast tokenizer (tokenizer.json) could be built for this checkpoint")
+    hf_tokenizer.backend_tokenizer.save(str(staging / artifact.TOKENIZER_FILE))
+    tokenizer = load_tokenizer(str(staging / artifact.TOKENIZER_FILE))
+    model_max_length = int(checkpoint.config.get("max_position_embeddings", 32768))
+    template_dict = template_data(
+        tokenizer, model_max_length=model_max_length, truncation_side=hf_tokenizer.truncation_side
+    )
+    template = Template.from_dict(template_dict)
+    encoder = PairEncoder(tokenizer, template, max_length=template.max_length)
+    pair_ids = _builtin_pair_ids(encoder)
+
+    t = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(
+        str(checkpoint.folder), torch_dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    timings["load_checkpoint_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    log(f"scoring {len(pair_ids)} built-in pairs with PyTorch fp32")
+    torch_scores = report.torch_scores(model, pair_ids, yes_id=template.yes_token_id, no_id=template.no_token_id)
+    timings["pytorch_scoring_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    log("exporting the fp32 score graph")
+    fp32_path = (work if quantize != "none" else staging) / artifact.GRAPH_FILE
+    export_fp32(
+        ScoreGraph(model, yes_token_id=template.yes_token_id, no_token_id=template.no_token_id),
+        fp32_path,
+        data_file=artifact.GRAPH_DATA_FILE,
+    )
+    architecture = {k: checkpoint.config.get(k) for k in _ARCH_KEYS}
+    del model
+    gc.collect()
+    timings["export_fp32_s"] = time.perf_counter() - t
+
+    if quantize == "int8":
+        t = time.perf_counter()
+        log("quantizing to int8")
+        quantize_int8(fp32_path, staging / artifact.GRAPH_FILE, data_file=artifact.GRAPH_DATA_FILE)
+        timings["quantize_s"] = time.perf_counter() - t
+
+    _write_config(staging, checkpoint, template_dict, quantize, estimated_max)
+    comparisons: dict[str, dict] = {}
+    graph_scores = _score_artifact(staging, pair_ids, session=None)
+    graph_name = "fp32" if quantize == "none" else quantize
+    comparisons[f"{graph_name}_graph_vs_pytorch"] = report.as_dict(report.agreement(torch_scores, graph_scores))
+    if quantize != "none":
+        fp32_scores = _score_artifact(staging, pair_ids, session=OnnxScoreSession(fp32_path))
+        comparisons["fp32_graph_vs_pytorch"] = report.as_dict(report.agreement(torch_scores, fp32_scores))
+        comparisons[f"{quantize}_graph_vs_fp32_graph"] = report.as_dict(report.agreement(fp32_scores, graph_scores))
+    shutil.rmtree(work)
+
+    fp32_check = comparisons["fp32_graph_vs_pytorch"]
+    passed = fp32_check["max_abs_diff"] <= FP32_TOLERANCE
+    warnings: list[str] = []
+    if not passed:
+        warnings.append(
+            f"fp32 graph disagrees with PyTorch: max |diff| {fp32_check['max_abs_diff']:.2e} > {FP32_TOLERANCE:.0e}"
+        )
+    if quantize == "int8":
+        q = comparisons["int8_graph_vs_pytorch"]
+        if not (q["spearman"] >= INT8_MIN_SPEARMAN and q["top_k_overlap"] >= INT8_MIN_TOP_K_OVERLAP):
+            warnings.append(
+                f"int8 graph agrees poorly with PyTorch fp32: Spearman {q['spearman']:.3f} (want >= "
+                f"{INT8_MIN_SPEARMAN}), top-{q['top_k']} overlap {q['top_k_overlap']:.2f} (want >= "
+                f"{INT8_MIN_TOP_K_OVERLAP}). Check the ranking on your own data, or export with --quantize none."
+            )
+    timings["total_s"] = time.perf_counter() - started
+    export_report = {
+        "source_model": checkpoint.source,
+        "source_revision": checkpoint.revision,
+        "architecture": architecture,
+        "quantization": {"scheme": quantize, "description": SCHEMES[quantize]},
+        "pairs": len(pair_ids),
+        "prompt_tokens": [len(ids) for ids in pair_ids],
+        "agreement": comparisons,
+        "passed": passed,
+        "warnings": warnings,
+        "timings": timings,
+        "files": {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()},
+    }
+    (staging / artifact.REPORT_FILE).write_text(json.dumps(export_report, indent=2) + "\n")
+
+    if output.exists():
+        shutil.rmtree(output)
+    staging.rename(output)
+    return ExportResult(folder=output, report=export_report, passed=passed, warnings=warnings)
+
+
+_ARCH_KEYS = (
+    "model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "vocab_size", "max_position_embeddings", "rope_theta", "tie_word_embeddings",
+)  # fmt: skip
+
+
+def _builtin_pair_ids(encoder: PairEncoder) -> list[list[int]]:
+    queries, documents, instructions = report.builtin_pairs()
+    ids: list[list[int]] = []
+    for q, d, i in zip(queries, documents, instructions):
+        ids.extend(encoder.encode([q], [d], instruction=i).input_ids)
+    return ids
+
+
+def _score_artifact(folder: Path, pair_ids: list[list[int]], *, session: OnnxScoreSession | None) -> np.ndarray:
+    reranker = Reranker(folder, session=session)
+    scores = reranker.score_encoded(pair_ids)
+    del reranker
+    gc.collect()
+    return scores
+
+
+def _write_config(
+    folder: Path, checkpoint, template_dict: dict, quantize: str, estimated_max: float | None
+) -> None:
+    files = {
+        p.name: artifact.file_digest(p)
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name not in (artifact.CONFIG_FILE, artifact.REPORT_FILE)
+    }
+    config = {
+        "format": artifact.FORMAT_NAME,
+        "format_version": artifact.FORMAT_VERSION,
+        "model_family": "mxbai-rerank-v2",
+        "source_model": checkpoint.source,
+        "source_revision": checkpoint.revision,
+        "quantization": {"scheme": quantize, "description": SCHEMES[quantize]},
+        "graph": {
+            "file": artifact.GRAPH_FILE,
+            "inputs": {"input_ids": "int64 [batch, sequence], right-padded", "lengths": "int64 [batch]"},
+            "output": {"scores": "float32 [batch], logit('1') - logit('0') at each row's last token"},
+        },
+        "template": template_dict,
+        "normalization": {
+            "kind": "sigmoid(score - estimated_max / 2)",
+            "estimated_max": float(estimated_max if estimated_max is not None else checkpoint.estimated_max),
+        },
+        "files": files,
+    }
+    (folder / artifact.CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")

@@ -1,0 +1,108 @@
+"""fp32 score graph -> int8 graph for x86 CPUs (VNNI / AMX integer kernels)."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .graph import PROTOBUF_LIMIT
+
+# The schemes the exporter offers (`--quantize`), described in the artifact config.
+SCHEMES = {
+    "int8": (
+        "Transformer MatMuls: int8 weights per output channel (symmetric), uint8 activations quantized "
+        "per tensor at run time (onnxruntime DynamicQuantizeMatMul, the U8S8 kernel that reaches VNNI/AMX). "
+        "Token embedding: int8 per row. Final score projection, norms and attention: fp32."
+    ),
+    "none": "fp32 everywhere.",
+}
+
+
+def quantize_int8(fp32_path: Path, destination: Path, *, data_file: str) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32 = onnx.load(str(fp32_path), load_external_data=False)
+    excluded = [n.name for n in _score_projections(fp32)]
+    del fp32
+    staged = destination.with_name(destination.stem + ".matmul-int8.onnx")
+    staged_data = staged.name + ".data"
+    quantize_dynamic(
+        model_input=str(fp32_path),
+        model_output=str(staged),
+        op_types_to_quantize=["MatMul"],
+        per_channel=True,
+        reduce_range=False,
+        # U8S8: QUInt8 weights fall onto a kernel ~3.6x slower here (shared/findings.md).
+        weight_type=QuantType.QInt8,
+        # A 1-D per-channel weight fails at run time ("b zero point is not valid"); the score
+        # projection is one dot product per row anyway.
+        nodes_to_exclude=excluded,
+        use_external_data_format=True,
+        extra_options={"MatMulConstBOnly": True},
+    )
+    gc.collect()
+    model = onnx.load(str(staged), load_external_data=True)
+    _quantize_embedding_per_row(model)
+    _save(model, destination, data_file=data_file)
+    del model
+    gc.collect()
+    staged.unlink()
+    (staged.parent / staged_data).unlink(missing_ok=True)
+
+
+def _score_projections(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    one_d = {t.name for t in model.graph.initializer if len(t.dims) == 1}
+    return [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in one_d]
+
+
+def _quantize_embedding_per_row(model: onnx.ModelProto) -> None:
+    """Replace the fp32 token-embedding Gather by an int8 table with one fp32 scale per row.
+
+    quantize_dynamic would give the 0.93 GB table (large-v2) a single uint8 scale for all rows;
+    per-row scales keep each token's vector at full relative precision for a quarter of the bytes.
+    """
+    initializers = {t.name: t for t in model.graph.initializer}
+    for index, node in enumerate(model.graph.node):
+        if node.op_type != "Gather" or node.input[0] not in initializers:
+            continue
+        table_proto = initializers[node.input[0]]
+        if len(table_proto.dims) != 2 or table_proto.data_type != TensorProto.FLOAT:
+            continue
+        table = numpy_helper.to_array(table_proto)
+        scales = (np.abs(table).max(axis=1, keepdims=True) / 127.0).astype(np.float32)
+        scales[scales == 0] = 1.0
+        quantized = np.clip(np.rint(table / scales), -127, 127).astype(np.int8)
+        del table
+        name = node.input[0]
+        model.graph.initializer.remove(table_proto)
+        model.graph.initializer.extend(
+            [numpy_helper.from_array(quantized, name + "_int8"), numpy_helper.from_array(scales, name + "_row_scale")]
+        )
+        out = node.output[0]
+        ids = node.input[1]
+        replacement = [
+            helper.make_node("Gather", [name + "_int8", ids], [out + "_int8"], name=node.name + "_int8", axis=0),
+            helper.make_node("Cast", [out + "_int8"], [out + "_int8_f"], name=node.name + "_cast", to=TensorProto.FLOAT),
+            helper.make_node("Gather", [name + "_row_scale", ids], [out + "_scale"], name=node.name + "_scale", axis=0),
+            helper.make_node("Mul", [out + "_int8_f", out + "_scale"], [out], name=node.name + "_dequant"),
+        ]
+        del model.graph.node[index]
+        for offset, new in enumerate(replacement):
+            model.graph.node.insert(index + offset, new)
+        return
+    raise ValueError("no 2-D fp32 embedding Gather found in the graph")
+
+
+def _save(model: onnx.ModelProto, destination: Path, *, data_file: str) -> None:
+    total = sum(t.ByteSize() for t in model.graph.initializer)
+    if total < PROTOBUF_LIMIT:
+        onnx.save_model(model, str(destination))
+    else:
+        onnx.save_model(
+            model, str(destination), save_as_external_data=True, all_tensors_to_one_file=True,
+            location=data_file, size_threshold=1024,
+        )  # fmt: skip

