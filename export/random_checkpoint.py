@@ -116,10 +116,12 @@ def build_random_checkpoint(
     size: str = "tiny",
     seed: int = 0,
     tokenizer_json: Path | None = None,
+    max_position_embeddings: int | None = None,
 ) -> Path:
     """Save a random-weight Qwen2ForCausalLM of `size` with the Qwen2.5 tokenizer into `destination`.
 
-    `tokenizer_json` reuses a file from `build_qwen2_tokenizer_json` (the conversion takes ~1 min).
+    `tokenizer_json` reuses a file from `build_qwen2_tokenizer_json` (the conversion takes ~10 s).
+    `max_position_embeddings` overrides the architecture's context length (tests of the length limits).
     """
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -138,7 +140,7 @@ def build_random_checkpoint(
         num_hidden_layers=arch.num_hidden_layers,
         num_attention_heads=arch.num_attention_heads,
         num_key_value_heads=arch.num_key_value_heads,
-        max_position_embeddings=arch.max_position_embeddings,
+        max_position_embeddings=max_position_embeddings or arch.max_position_embeddings,
         max_window_layers=arch.num_hidden_layers,
         rope_theta=1_000_000.0,
         rms_norm_eps=1e-6,
@@ -161,3 +163,24 @@ def build_random_checkpoint(
     model.save_pretrained(destination, safe_serialization=True)
     _write_tokenizer_files(destination, Path(tokenizer_json))
     return destination
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m rerank_onnx_export.random_checkpoint",
+        description="Write a random-weight checkpoint of a mxbai-rerank-v2 architecture (no hub needed).",
+    )
+    parser.add_argument("output", type=Path)
+    parser.add_argument("--size", choices=sorted(ARCHITECTURES), default="tiny")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tokenizer-json", type=Path, default=None, help="reuse a converted tokenizer.json")
+    args = parser.parse_args(argv)
+    build_random_checkpoint(args.output, size=args.size, seed=args.seed, tokenizer_json=args.tokenizer_json)
+    print(args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""Session fixtures: a tiny random-weight Qwen2 reranker with the real Qwen2 vocabulary, exported
+through the real export code, and the official mxbai-rerank package loaded on the same checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from rerank_onnx_export.random_checkpoint import build_qwen2_tokenizer_json
+
+    return build_qwen2_tokenizer_json(tmp_path_factory.mktemp("tokenizer") / "tokenizer.json")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tokenizer_json: Path) -> Path:
+    from rerank_onnx_export.random_checkpoint import build_random_checkpoint
+
+    return build_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", size="tiny", tokenizer_json=tokenizer_json)
+
+
+@pytest.fixture(scope="session")
+def short_context_checkpoint(tmp_path_factory: pytest.TempPathFactory, tokenizer_json: Path) -> Path:
+    """A model whose context (160 tokens) is shorter than max_length + template: the reference's limit rules."""
+    from rerank_onnx_export.random_checkpoint import build_random_checkpoint
+
+    return build_random_checkpoint(
+        tmp_path_factory.mktemp("ckpt") / "short", size="tiny", seed=1, tokenizer_json=tokenizer_json,
+        max_position_embeddings=160,
+    )  # fmt: skip
+
+
+def _export(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path, quantize: str) -> Path:
+    from rerank_onnx_export.pipeline import export_checkpoint
+
+    result = export_checkpoint(
+        str(checkpoint), tmp_path_factory.mktemp("artifacts") / f"{checkpoint.name}-{quantize}", quantize=quantize,
+        log=lambda message: None,
+    )  # fmt: skip
+    assert result.passed, result.warnings
+    return result.folder
+
+
+@pytest.fixture(scope="session")
+def fp32_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
+    return _export(tmp_path_factory, tiny_checkpoint, "none")
+
+
+@pytest.fixture(scope="session")
+def int8_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
+    return _export(tmp_path_factory, tiny_checkpoint, "int8")
+
+
+@pytest.fixture(scope="session")
+def short_context_artifact(tmp_path_factory: pytest.TempPathFactory, short_context_checkpoint: Path) -> Path:
+    return _export(tmp_path_factory, short_context_checkpoint, "none")
+
+
+@pytest.fixture(scope="session")
+def fp32_reranker(fp32_artifact: Path):
+    from rerank_onnx import Reranker
+
+    return Reranker(fp32_artifact)
+
+
+@pytest.fixture(scope="session")
+def oracle(tiny_checkpoint: Path):
+    """The official package, as a user runs it on CPU."""
+    from mxbai_rerank import MxbaiRerankV2
+
+    return MxbaiRerankV2(str(tiny_checkpoint), device="cpu", disable_transformers_warnings=True)

@@ -1,0 +1,136 @@
+"""Public surface, typed errors, and the artifact's own checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rerank_onnx
+from rerank_onnx import InputTooLongError, InvalidInputError, ModelLoadError, Reranker, RerankError
+from rerank_onnx.artifact import CONFIG_FILE, verify_artifact
+
+
+def test_public_surface_is_small() -> None:
+    assert sorted(rerank_onnx.__all__) == sorted(
+        ["Reranker", "RankResult", "RerankError", "ModelLoadError", "InvalidInputError", "InputTooLongError"]
+    )
+    assert issubclass(ModelLoadError, RerankError) and issubclass(InvalidInputError, RerankError)
+    assert issubclass(InputTooLongError, InvalidInputError) and issubclass(InvalidInputError, ValueError)
+
+
+def test_import_loads_no_heavy_dependency(fp32_artifact: Path) -> None:
+    code = (
+        "import sys, rerank_onnx\n"
+        f"r = rerank_onnx.Reranker({str(fp32_artifact)!r})\n"
+        "r.rank('q', ['a', 'b'])\n"
+        "heavy = [m for m in ('torch', 'transformers', 'optimum', 'rerank_onnx_export') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_rank_result_is_frozen(fp32_reranker: Reranker) -> None:
+    result = fp32_reranker.rank("q", ["a"])[0]
+    with pytest.raises(AttributeError):
+        result.score = 1.0  # type: ignore[misc]
+
+
+def test_empty_document_list_returns_empty(fp32_reranker: Reranker) -> None:
+    assert fp32_reranker.rank("q", []) == []
+    out = fp32_reranker.predict([], [])
+    assert out.shape == (0,) and out.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda r: r.rank(None, ["a"]), "query: expected a string, got NoneType"),
+        (lambda r: r.rank(3, ["a"]), "query: expected a string, got int"),
+        (lambda r: r.rank("q", "a single string"), "documents: expected a list of strings, got str"),
+        (lambda r: r.rank("q", ["ok", 5]), "documents[1]: expected a string, got int"),
+        (lambda r: r.rank("q", ["ok", None]), "documents[1]: expected a string, got NoneType"),
+        (lambda r: r.rank("q", ["a"], top_k=0), "top_k: expected a positive integer or None, got int 0"),
+        (lambda r: r.rank("q", ["a"], top_k=-2), "top_k: expected a positive integer or None"),
+        (lambda r: r.rank("q", ["a"], top_k=True), "top_k: expected a positive integer or None, got bool"),
+        (lambda r: r.rank("q", ["a"], top_k=1.5), "top_k: expected a positive integer or None, got float"),
+        (lambda r: r.rank("q", ["a"], instruction=7), "instruction: expected a string, got int"),
+        (lambda r: r.predict(["q"], ["a", "b"]), "equal length, got 1 queries and 2 documents"),
+        (lambda r: r.predict("q", ["a"]), "queries: expected a list of strings, got str"),
+        (lambda r: r.predict(["q"], {"a": 1}), "documents: expected a list of strings, got dict"),
+        (lambda r: r.predict(["q"], ["a"], batch_size=0), "batch_size: expected a positive integer"),
+    ],
+)
+def test_bad_arguments_raise_typed_errors(fp32_reranker: Reranker, call, message) -> None:
+    with pytest.raises(InvalidInputError, match=None) as info:
+        call(fp32_reranker)
+    assert message in str(info.value)
+
+
+def test_constructor_validates_its_knobs(fp32_artifact: Path) -> None:
+    with pytest.raises(InvalidInputError, match="max_batch_tokens: expected a positive integer, got int 0"):
+        Reranker(fp32_artifact, max_batch_tokens=0)
+    with pytest.raises(InvalidInputError, match="threads"):
+        Reranker(fp32_artifact, threads="2")
+
+
+def test_truncation_is_reported_and_can_be_refused(fp32_artifact: Path, caplog) -> None:
+    reranker = Reranker(fp32_artifact, max_length=32)
+    long_doc = "word " * 100
+    assert reranker.encode(["q", "q"], [long_doc, "short"]).truncated == [True, False]
+    with caplog.at_level("WARNING", logger="rerank_onnx"):
+        reranker.rank("q", [long_doc, "short"])
+    assert "1 of 2 pairs exceed max_length=32" in caplog.text
+    with pytest.raises(InputTooLongError, match="pair 0 .* exceeds max_length=32"):
+        reranker.rank("q", [long_doc, "short"], truncate=False)
+    assert len(reranker.rank("q", ["short"], truncate=False)) == 1
+
+
+def test_missing_folder_and_files_are_named(tmp_path: Path, fp32_artifact: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        Reranker(tmp_path / "nope")
+    with pytest.raises(ModelLoadError, match=f"missing {CONFIG_FILE}"):
+        Reranker(tmp_path)
+    for missing in ("tokenizer.json", "model.onnx"):
+        copy = tmp_path / f"without-{missing}"
+        shutil.copytree(fp32_artifact, copy)
+        (copy / missing).unlink()
+        with pytest.raises(ModelLoadError, match=f"missing {missing}"):
+            Reranker(copy)
+
+
+def test_truncated_or_tampered_files_are_caught(tmp_path: Path, fp32_artifact: Path) -> None:
+    copy = tmp_path / "artifact"
+    shutil.copytree(fp32_artifact, copy)
+    assert verify_artifact(copy) == []
+    graph = copy / "model.onnx"
+    data = graph.read_bytes()
+    graph.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match="truncated or was replaced"):
+        Reranker(copy)
+    graph.write_bytes(bytes([data[0] ^ 1]) + data[1:])  # same size, different bytes
+    assert verify_artifact(copy) == ["model.onnx"]
+
+
+def test_malformed_config_is_a_load_error(tmp_path: Path, fp32_artifact: Path) -> None:
+    copy = tmp_path / "artifact"
+    shutil.copytree(fp32_artifact, copy)
+    config = json.loads((copy / CONFIG_FILE).read_text())
+    del config["template"]["prefix_ids"]
+    (copy / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="incomplete or malformed"):
+        Reranker(copy)
+    (copy / CONFIG_FILE).write_text("{not json")
+    with pytest.raises(ModelLoadError, match="cannot read"):
+        Reranker(copy)
+
+
+def test_progress_bar_writes_to_stderr(fp32_reranker: Reranker, capsys) -> None:
+    fp32_reranker.rank("q", ["a", "b", "c"], show_progress=True)
+    assert "3/3 pairs" in capsys.readouterr().err

@@ -1,0 +1,57 @@
+"""The command line end to end, in subprocesses, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from rerank_onnx import Reranker
+
+CLI = [sys.executable, "-m", "rerank_onnx.cli"]
+
+
+def _run(args: list[str], *, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(CLI + args, input=stdin, capture_output=True, text=True, env={**os.environ, **(env or {})})
+
+
+def test_export_then_rank_from_a_file(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    out = tmp_path / "artifact"
+    done = _run(["export", str(tiny_checkpoint), str(out), "--quantize", "none"])
+    assert done.returncode == 0, done.stderr
+    assert "fp32_graph_vs_pytorch" in done.stdout and f"wrote {out}" in done.stdout
+    docs = tmp_path / "docs.txt"
+    docs.write_text("a cat is a feline\nbananas are yellow\n\nle chat est un félin\n", encoding="utf-8")
+    ranked = _run(["rank", str(out), "--query", "what is a cat?", str(docs), "--json", "--top-k", "3"])
+    assert ranked.returncode == 0, ranked.stderr
+    results = json.loads(ranked.stdout)
+    expected = Reranker(out).rank("what is a cat?", docs.read_text(encoding="utf-8").splitlines(), top_k=3)
+    assert [r["index"] for r in results] == [r.index for r in expected]
+    np.testing.assert_allclose([r["score"] for r in results], [r.score for r in expected], atol=1e-6)
+    assert results[0]["document"] == expected[0].document
+
+
+def test_rank_reads_stdin_and_prints_a_table(fp32_artifact: Path) -> None:
+    ranked = _run(["rank", str(fp32_artifact), "--query", "q", "-", "--normalize"], stdin="one\ntwo\nthree\n")
+    assert ranked.returncode == 0, ranked.stderr
+    rows = [line.split("\t") for line in ranked.stdout.strip().splitlines()]
+    assert [r[0] for r in rows] == ["1", "2", "3"]
+    assert sorted(r[3] for r in rows) == ["one", "three", "two"]
+    assert all(0.0 < float(r[1]) < 1.0 for r in rows)
+
+
+def test_cli_errors_are_one_line_and_exit_nonzero(tmp_path: Path) -> None:
+    missing = _run(["rank", str(tmp_path / "nope"), "--query", "q", "-"], stdin="a\n")
+    assert missing.returncode == 2 and missing.stderr.startswith("error: artifact folder")
+    offline = _run(
+        ["export", "mixedbread-ai/mxbai-rerank-large-v2", str(tmp_path / "out")],
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
+    assert offline.returncode == 2
+    assert "could not fetch 'mixedbread-ai/mxbai-rerank-large-v2'" in offline.stderr
+    assert "pass the local folder instead" in offline.stderr
+    assert "Traceback" not in offline.stderr

@@ -1,0 +1,120 @@
+"""What the exporter writes: a self-contained, self-checked artifact."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import onnx
+import pytest
+
+from rerank_onnx.artifact import CONFIG_FILE, REPORT_FILE, file_digest
+from rerank_onnx.errors import ExportError
+
+
+def test_artifact_is_self_contained_and_hashed(int8_artifact: Path, tiny_checkpoint: Path) -> None:
+    config = json.loads((int8_artifact / CONFIG_FILE).read_text())
+    assert set(config["files"]) == {"model.onnx", "tokenizer.json"}
+    for name, meta in config["files"].items():
+        assert file_digest(int8_artifact / name) == meta
+    template = config["template"]
+    assert template["yes_token_id"] == 16 and template["no_token_id"] == 15
+    assert template["prefix_ids"][0] == 151644  # <|im_start|>
+    assert template["max_length"] == 8192 and template["model_max_length"] == 32768
+    assert config["normalization"]["estimated_max"] == 12.0  # local folder: the reference's default
+    assert config["source_model"] == str(tiny_checkpoint)
+    assert config["quantization"]["scheme"] == "int8"
+
+
+def test_export_report_measures_agreement(int8_artifact: Path, fp32_artifact: Path) -> None:
+    report = json.loads((int8_artifact / REPORT_FILE).read_text())
+    assert set(report["agreement"]) == {"int8_graph_vs_pytorch", "fp32_graph_vs_pytorch", "int8_graph_vs_fp32_graph"}
+    assert report["agreement"]["fp32_graph_vs_pytorch"]["max_abs_diff"] < 1e-3
+    assert report["agreement"]["int8_graph_vs_pytorch"]["pairs"] == 32
+    fp32_report = json.loads((fp32_artifact / REPORT_FILE).read_text())
+    assert set(fp32_report["agreement"]) == {"fp32_graph_vs_pytorch"}
+    assert fp32_report["passed"] is True
+
+
+def test_graph_outputs_scores_without_a_vocabulary_head(fp32_artifact: Path) -> None:
+    model = onnx.load(str(fp32_artifact / "model.onnx"))
+    assert [i.name for i in model.graph.input] == ["input_ids", "lengths"]
+    assert [o.name for o in model.graph.output] == ["scores"]
+    vocab_sized = [t.name for t in model.graph.initializer if 151936 in t.dims]
+    assert len(vocab_sized) == 1, f"only the input embedding should be vocabulary-sized, got {vocab_sized}"
+
+
+def test_int8_graph_uses_integer_matmuls_and_no_fp32_embedding(int8_artifact: Path) -> None:
+    model = onnx.load(str(int8_artifact / "model.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("DynamicQuantizeLinear") > 0 and "MatMulInteger" in ops
+    float_matmuls = [
+        n for n in model.graph.node
+        if n.op_type == "MatMul" and any(t.name == n.input[1] and len(t.dims) == 2 for t in model.graph.initializer)
+    ]  # fmt: skip
+    assert float_matmuls == []
+    vocab_sized = {t.name: t.data_type for t in model.graph.initializer if 151936 in t.dims}
+    assert sorted(vocab_sized.values()) == [onnx.TensorProto.FLOAT, onnx.TensorProto.INT8]  # row scales + int8 table
+    assert all(len(t.dims) == 2 and t.dims[1] == 1 for t in model.graph.initializer if t.name.endswith("_row_scale"))
+
+
+def test_unreachable_hub_id_fails_with_a_clear_message(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    from rerank_onnx_export.pipeline import export_checkpoint
+
+    with pytest.raises(ExportError) as info:
+        export_checkpoint("mixedbread-ai/mxbai-rerank-large-v2", tmp_path / "out", log=lambda m: None)
+    message = str(info.value)
+    assert "mixedbread-ai/mxbai-rerank-large-v2" in message and "local folder" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_sources_and_outputs_are_refused(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    from rerank_onnx_export.pipeline import export_checkpoint
+
+    with pytest.raises(ExportError, match="neither a local checkpoint folder nor a Hugging Face hub id"):
+        export_checkpoint("./no/such/folder", tmp_path / "out", log=lambda m: None)
+    (tmp_path / "not-a-model").mkdir()
+    with pytest.raises(ExportError, match="has no config.json"):
+        export_checkpoint(str(tmp_path / "not-a-model"), tmp_path / "out", log=lambda m: None)
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not empty; choose another folder or pass --overwrite"):
+        export_checkpoint(str(tiny_checkpoint), occupied, log=lambda m: None)
+    assert (occupied / "keep.txt").read_text() == "mine"
+    with pytest.raises(ExportError, match="quantize: expected one of"):
+        export_checkpoint(str(tiny_checkpoint), tmp_path / "x", quantize="int4", log=lambda m: None)
+
+
+def test_unsupported_architecture_is_refused(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    import shutil
+
+    from rerank_onnx_export.pipeline import export_checkpoint
+
+    other = tmp_path / "bert"
+    shutil.copytree(tiny_checkpoint, other)
+    config = json.loads((other / "config.json").read_text())
+    config["architectures"] = ["BertForSequenceClassification"]
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ExportError, match="expected a Qwen2ForCausalLM checkpoint.*BertForSequenceClassification"):
+        export_checkpoint(str(other), tmp_path / "out", log=lambda m: None)
+
+
+def test_wheel_installs_no_bare_export_package(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(root)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("rerank_onnx-*.whl")
+    top_level = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert "export" not in top_level
+    assert {"rerank_onnx", "rerank_onnx_export"} <= top_level
