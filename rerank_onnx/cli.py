@@ -51,7 +51,52 @@ def _parser() -> argparse.ArgumentParser:
     rank.add_argument("--threads", type=int, default=None)
     rank.add_argument("--progress", action="store_true", help="show a progress bar")
     rank.set_defaults(run=_rank)
+
+    serve = commands.add_parser(
+        "serve", help="serve the rerank HTTP API (Jina/Cohere/vLLM/TEI shapes)",
+        description="Every option can also be set by the environment variable named in its help.",
+    )  # fmt: skip
+    serve.add_argument("model", nargs="?", default=_env("MODEL"), help="artifact folder [RERANK_ONNX_MODEL]")
+    serve.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="bind address [RERANK_ONNX_HOST] (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=int(_env("PORT", "8080")), help="[RERANK_ONNX_PORT] (default 8080)")
+    serve.add_argument("--api-key", default=_env("API_KEY"), help="require 'Authorization: Bearer KEY' [RERANK_ONNX_API_KEY]")
+    serve.add_argument("--model-name", default=_env("MODEL_NAME"), help="name reported to clients [RERANK_ONNX_MODEL_NAME]")
+    serve.add_argument("--threads", type=int, default=_env_int("THREADS"), help="[RERANK_ONNX_THREADS]")
+    serve.add_argument("--max-documents", type=int, default=_env_int("MAX_DOCUMENTS", 1000), help="per request [RERANK_ONNX_MAX_DOCUMENTS] (1000)")
+    serve.add_argument("--max-body-bytes", type=int, default=_env_int("MAX_BODY_BYTES", 2 * 1024 * 1024), help="[RERANK_ONNX_MAX_BODY_BYTES] (2 MiB)")
+    serve.add_argument("--max-request-tokens", type=int, default=_env_int("MAX_REQUEST_TOKENS", 1_000_000), help="prompt tokens per request [RERANK_ONNX_MAX_REQUEST_TOKENS]")
+    serve.add_argument("--max-queue-pairs", type=int, default=_env_int("MAX_QUEUE_PAIRS", 4096), help="queued pairs before 429 [RERANK_ONNX_MAX_QUEUE_PAIRS]")
+    serve.add_argument("--coalesce-ms", type=float, default=float(_env("COALESCE_MS", "5")), help="wait this long to batch concurrent requests together; 0 disables [RERANK_ONNX_COALESCE_MS]")
+    serve.set_defaults(run=_serve)
     return parser
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    import os
+
+    return os.environ.get(f"RERANK_ONNX_{name}", default)
+
+
+def _env_int(name: str, default: int | None = None) -> int | None:
+    value = _env(name)
+    return int(value) if value else default
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .errors import InvalidInputError
+
+    if not args.model:
+        raise InvalidInputError("serve: expected an artifact folder (argument or RERANK_ONNX_MODEL), got none")
+    from .protocol import Limits
+    from .server import ServerSettings, serve
+
+    settings = ServerSettings(
+        model_dir=args.model, model_name=args.model_name, api_key=args.api_key, threads=args.threads,
+        limits=Limits(max_documents=args.max_documents, max_request_tokens=args.max_request_tokens),
+        max_body_bytes=args.max_body_bytes, coalesce_ms=args.coalesce_ms, max_queue_pairs=args.max_queue_pairs,
+    )  # fmt: skip
+    serve(settings, host=args.host, port=args.port)
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:

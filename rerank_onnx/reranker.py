@@ -144,9 +144,26 @@ class Reranker:
         scores = self.score_encoded(encoded.input_ids, batch_size=batch_size, show_progress=show_progress)
         return self.normalize(scores) if normalize else scores
 
-    def encode(self, queries: Sequence[str], documents: Sequence[str], *, instruction: str | None = None) -> EncodedPairs:
-        """The prompt token ids of each pair, and whether it had to be truncated."""
-        return self._encoder.encode(queries, documents, instruction=instruction)
+    def encode(
+        self,
+        queries: Sequence[str],
+        documents: Sequence[str],
+        *,
+        instruction: str | None = None,
+        max_document_tokens: int | None = None,
+    ) -> EncodedPairs:
+        """The prompt token ids of each pair, and whether it had to be truncated.
+
+        max_document_tokens caps each document's own tokens below what max_length allows.
+        """
+        queries = _check_str_list("queries", queries)
+        documents = _check_str_list("documents", documents)
+        if instruction is not None:
+            _check_str("instruction", instruction)
+        _check_positive_int("max_document_tokens", max_document_tokens, allow_none=True)
+        return self._encoder.encode(
+            queries, documents, instruction=instruction, max_document_tokens=max_document_tokens
+        )
 
     def score_encoded(
         self, input_ids: Sequence[Sequence[int]], *, batch_size: int | None = None, show_progress: bool = False

@@ -48,7 +48,15 @@ class PairEncoder:
             text = self._t.instruction_prompt.format(instruction=instruction) + self._t.separator + text
         return text
 
-    def encode(self, queries: Sequence[str], documents: Sequence[str], *, instruction: str | None) -> EncodedPairs:
+    def encode(
+        self,
+        queries: Sequence[str],
+        documents: Sequence[str],
+        *,
+        instruction: str | None,
+        max_document_tokens: int | None = None,
+    ) -> EncodedPairs:
+        """max_document_tokens: an extra cap on each document's own tokens (Cohere's max_tokens_per_doc)."""
         # rank() repeats one query for every document: tokenize each distinct query once.
         distinct = list(dict.fromkeys(queries))
         query_ids = dict(zip(distinct, self._encode_texts([self.query_text(q, instruction) for q in distinct])))
@@ -62,7 +70,8 @@ class PairEncoder:
         for query, document in zip(queries, doc_ids):
             q, cut_q = self._cut(query_ids[query], query_cap)
             available = t.model_max_length - len(q) - self.predefined_length
-            d, cut_d = self._cut(document, min(available, self.max_length))
+            cap = min(available, self.max_length, max_document_tokens or self.max_length)
+            d, cut_d = self._cut(document, cap)
             pair, cut_p = self._cut(sep + d, self.max_length - len(q))
             ids.append(head + q + pair + tail)
             truncated.append(cut_q or cut_d or cut_p)

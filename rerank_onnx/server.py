@@ -1,0 +1,198 @@
+"""`rerank-onnx serve`: the rerank HTTP API (Jina / Cohere v1 and v2 / vLLM / TEI shapes) on starlette."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import MissingDependencyError, RerankError
+from .metrics import Metrics
+from .protocol import Limits, RequestError, RerankRequest, finish, parse_json, parse_request, prepare
+from .reranker import Reranker
+
+try:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, PlainTextResponse, Response
+    from starlette.routing import Route
+except ImportError as exc:  # pragma: no cover - exercised by the missing-extra test
+    raise MissingDependencyError("starlette and uvicorn (the server extra)", "pip install 'rerank-onnx[server]'") from exc
+
+from .scheduler import Scheduler
+
+log = logging.getLogger("rerank_onnx.server")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    model_dir: str
+    model_name: str | None = None  # reported in responses and /v1/models (default: the source model)
+    api_key: str | None = None
+    threads: int | None = None
+    limits: Limits = Limits()
+    max_body_bytes: int = 2 * 1024 * 1024
+    coalesce_ms: float = 5.0
+    max_queue_pairs: int = 4096
+
+
+class _State:
+    def __init__(self) -> None:
+        self.reranker: Reranker | None = None
+        self.scheduler: Scheduler | None = None
+        self.load_error: str | None = None
+        self.model_name = "unknown"
+        self.started = int(time.time())
+
+
+def create_app(settings: ServerSettings, *, reranker: Reranker | None = None) -> Starlette:
+    """The ASGI app. The model loads in the background after start-up; /health says when it is ready."""
+    state = _State()
+    metrics = Metrics()
+
+    def load() -> None:
+        try:
+            model = reranker or Reranker(settings.model_dir, threads=settings.threads)
+            state.model_name = settings.model_name or model.config.source_model
+            state.scheduler = Scheduler(
+                model, metrics, coalesce_ms=settings.coalesce_ms, max_queue_pairs=settings.max_queue_pairs
+            )
+            state.reranker = model
+            log.info("model %s ready", state.model_name)
+        except RerankError as exc:
+            state.load_error = str(exc)
+            log.error("cannot load the model: %s", exc)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        loader = threading.Thread(target=load, name="rerank-load", daemon=True)
+        loader.start()
+        yield
+        # Shutdown (SIGTERM): uvicorn has stopped accepting and waited for in-flight requests.
+        await asyncio.to_thread(loader.join)
+        if state.scheduler is not None:
+            await asyncio.to_thread(state.scheduler.close)
+
+    def rerank_route(shape: str) -> Callable[[Request], Awaitable[Response]]:
+        async def handle(request: Request) -> Response:
+            started = time.perf_counter()
+            try:
+                _authorize(request, settings.api_key)
+                body = await _read_body(request, settings.max_body_bytes)
+                parsed = parse_request(parse_json(body), shape, settings.limits)
+                payload = await _rerank(state, parsed, settings.limits)
+                response: Response = JSONResponse(payload)
+            except RequestError as exc:
+                response = JSONResponse(exc.body(), status_code=exc.status, headers=_extra_headers(exc))
+            metrics.request(request.url.path, response.status_code, time.perf_counter() - started)
+            return response
+
+        return handle
+
+    async def health(request: Request) -> Response:
+        if state.reranker is not None:
+            return JSONResponse({"status": "ok", "model": state.model_name})
+        if state.load_error:
+            return JSONResponse({"status": "error", "error": state.load_error}, status_code=503)
+        return JSONResponse({"status": "loading"}, status_code=503)
+
+    async def prometheus(request: Request) -> Response:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def models(request: Request) -> Response:
+        try:
+            _authorize(request, settings.api_key)
+        except RequestError as exc:
+            return JSONResponse(exc.body(), status_code=exc.status, headers=_extra_headers(exc))
+        entry = {"id": state.model_name, "object": "model", "created": state.started, "owned_by": "rerank-onnx"}
+        return JSONResponse({"object": "list", "data": [entry] if state.reranker is not None else []})
+
+    routes = [
+        Route("/v1/rerank", rerank_route("v1"), methods=["POST"]),
+        Route("/rerank", rerank_route("tei"), methods=["POST"]),
+        Route("/v2/rerank", rerank_route("v2"), methods=["POST"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+        Route("/v1/models", models, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={404: _not_found, 405: _not_allowed, Exception: _internal_error},
+    )
+
+
+async def _rerank(state: _State, request: RerankRequest, limits: Limits) -> Any:
+    if state.reranker is None or state.scheduler is None:
+        raise RequestError(503, "the model is still loading; retry when GET /health answers 200", type="server_error")
+    prepared = prepare(request, state.reranker, limits)
+    raw = await state.scheduler.score(prepared.input_ids)
+    return finish(request, state.reranker, prepared, raw, model_name=state.model_name)
+
+
+def _authorize(request: Request, api_key: str | None) -> None:
+    if not api_key:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        raise RequestError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", type="authentication_error")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"request body of {declared} bytes exceeds the {limit}-byte limit", code="body_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"request body exceeds the {limit}-byte limit", code="body_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _extra_headers(error: RequestError) -> dict[str, str]:
+    if error.status == 401:
+        return {"www-authenticate": "Bearer"}
+    if error.status in (429, 503):
+        return {"retry-after": "1"}
+    return {}
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    error = RequestError(404, f"no route {request.url.path}; see /v1/rerank, /v2/rerank, /rerank, /health, /metrics")
+    return JSONResponse(error.body(), status_code=404)
+
+
+async def _not_allowed(request: Request, exc: Exception) -> Response:
+    error = RequestError(405, f"{request.method} is not allowed on {request.url.path}")
+    return JSONResponse(error.body(), status_code=405)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s", request.url.path)
+    error = RequestError(500, f"internal error: {type(exc).__name__}", type="server_error")
+    return JSONResponse(error.body(), status_code=500)
+
+
+def serve(settings: ServerSettings, *, host: str = "127.0.0.1", port: int = 8080) -> None:
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise MissingDependencyError("uvicorn (the server extra)", "pip install 'rerank-onnx[server]'") from exc
+    # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal with the handler that was
+    # in place before it started: make that handler a clean exit, so a graceful stop exits 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=60)
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)

@@ -1,0 +1,261 @@
+"""The HTTP server, started for real on a loopback port and spoken to over HTTP."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from rerank_onnx import Reranker
+
+DOCS = ["a cat is a feline", "bananas are yellow", "", "le chat est un félin", "dogs bark at cats"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, artifact: Path, *extra: str, env: dict | None = None) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "rerank_onnx.cli", "serve", str(artifact), "--port", str(self.port), *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
+        )  # fmt: skip
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.process.stdout.read()}")
+            time.sleep(0.2)
+        raise RuntimeError("server did not become ready")
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def server(fp32_artifact: Path):
+    s = Server(fp32_artifact, "--max-documents", "50", "--max-body-bytes", "1000000")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def library(fp32_artifact: Path) -> Reranker:
+    return Reranker(fp32_artifact)
+
+
+def _post(server: Server, path: str, body, **kwargs) -> httpx.Response:
+    if isinstance(body, (bytes, str)):
+        return httpx.post(server.url + path, content=body, headers={"content-type": "application/json"}, timeout=60, **kwargs)
+    return httpx.post(server.url + path, json=body, timeout=60, **kwargs)
+
+
+def test_v1_rerank_jina_cohere_shape(server: Server, library: Reranker) -> None:
+    r = _post(server, "/v1/rerank", {"model": "m", "query": "what is a cat?", "documents": DOCS, "top_n": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) >= {"id", "model", "results", "usage"} and body["model"] == "m"
+    expected = library.rank("what is a cat?", DOCS, normalize=True)
+    assert [x["index"] for x in body["results"]] == [e.index for e in expected[:3]]
+    np.testing.assert_allclose([x["relevance_score"] for x in body["results"]], [e.score for e in expected[:3]], atol=1e-6)
+    assert all(0 <= x["relevance_score"] <= 1 for x in body["results"])
+    assert body["results"][0]["document"] == {"text": DOCS[expected[0].index]}
+    tokens = sum(len(ids) for ids in library.encode(["what is a cat?"] * len(DOCS), DOCS).input_ids)
+    assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
+
+
+def test_v1_options(server: Server) -> None:
+    everything = _post(server, "/v1/rerank", {"query": "q", "documents": DOCS, "top_n": 99, "return_documents": False}).json()
+    assert len(everything["results"]) == len(DOCS) and all("document" not in x for x in everything["results"])
+    objects = [{"text": "a cat", "id": "doc-1"}, {"text": "a dog", "id": "doc-2"}]
+    kept = _post(server, "/v1/rerank", {"query": "q", "documents": objects}).json()
+    assert sorted(x["document"]["id"] for x in kept["results"]) == ["doc-1", "doc-2"]
+    zero = _post(server, "/v1/rerank", {"query": "q", "documents": DOCS, "top_n": 0}).json()
+    assert len(zero["results"]) == len(DOCS)  # vLLM: top_n 0 means all
+    empty = _post(server, "/v1/rerank", {"query": "q", "documents": []})
+    assert empty.status_code == 200 and empty.json()["results"] == []
+
+
+def test_instruction_passes_through(server: Server, library: Reranker) -> None:
+    body = _post(server, "/v1/rerank", {"query": "q", "documents": DOCS, "instruction": "prefer French"}).json()
+    got = {x["index"]: x["relevance_score"] for x in body["results"]}
+    expected = library.predict(["q"] * len(DOCS), DOCS, instruction="prefer French", normalize=True)
+    np.testing.assert_allclose([got[i] for i in range(len(DOCS))], expected, atol=1e-6)
+
+
+def test_v2_rerank_cohere_shape(server: Server, library: Reranker) -> None:
+    r = _post(server, "/v2/rerank", {"model": "rerank", "query": "what is a cat?", "documents": DOCS, "top_n": 2})
+    body = r.json()
+    assert r.status_code == 200 and body["meta"]["api_version"]["version"] == "2"
+    expected = library.rank("what is a cat?", DOCS, normalize=True, top_k=2)
+    assert [x["index"] for x in body["results"]] == [e.index for e in expected]
+    missing_model = _post(server, "/v2/rerank", {"query": "q", "documents": DOCS})
+    assert missing_model.status_code == 422 and "model" in missing_model.json()["error"]["message"]
+    capped = _post(server, "/v2/rerank", {"model": "m", "query": "q", "documents": ["word " * 50], "max_tokens_per_doc": 5})
+    assert capped.status_code == 200
+    full = library.encode(["q"], ["word " * 50]).input_ids[0]
+    cut = library.encode(["q"], ["word " * 50], max_document_tokens=5).input_ids[0]
+    assert capped.json()["usage"]["prompt_tokens"] == len(cut) < len(full)
+
+
+def test_tei_shape(server: Server, library: Reranker) -> None:
+    r = _post(server, "/rerank", {"query": "what is a cat?", "texts": DOCS, "raw_scores": True, "return_text": True})
+    body = r.json()
+    assert r.status_code == 200 and isinstance(body, list) and len(body) == len(DOCS)
+    raw = library.predict(["what is a cat?"] * len(DOCS), DOCS)
+    for item in body:
+        assert item["text"] == DOCS[item["index"]]
+        assert abs(item["score"] - raw[item["index"]]) < 1e-5
+    assert [x["score"] for x in body] == sorted((x["score"] for x in body), reverse=True)
+    normalized = _post(server, "/rerank", {"query": "what is a cat?", "texts": DOCS}).json()
+    assert all("text" not in x and 0 <= x["score"] <= 1 for x in normalized)
+    too_long = _post(server, "/rerank", {"query": "q", "texts": ["word " * 9000]})
+    assert too_long.status_code == 413 and too_long.json()["error"]["code"] == "input_too_long"
+    assert _post(server, "/rerank", {"query": "q", "texts": ["word " * 9000], "truncate": True}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path,body,status,fragment",
+    [
+        ("/v1/rerank", b"{not json", 400, "not valid JSON"),
+        ("/v1/rerank", b'{"query": "\xff\xfe", "documents": []}', 400, "not valid UTF-8"),
+        ("/v1/rerank", b"[1, 2, 3]", 422, "expected a JSON object, got an array"),
+        ("/v1/rerank", b'"just a string"', 422, "expected a JSON object"),
+        ("/v1/rerank", {"documents": ["a"]}, 422, "query: required field is missing"),
+        ("/v1/rerank", {"query": "q"}, 422, "documents: required field is missing"),
+        ("/v1/rerank", {"query": 5, "documents": ["a"]}, 422, "query: expected a string, got a number"),
+        ("/v1/rerank", {"query": "q", "documents": "a"}, 422, "documents: expected an array, got a string"),
+        ("/v1/rerank", {"query": "q", "documents": [1]}, 422, "documents[0]: expected a string or an object"),
+        ("/v1/rerank", {"query": "q", "documents": [{"title": "x"}]}, 422, "documents[0]: a document object needs"),
+        ("/v1/rerank", {"query": "q", "documents": ["a"], "top_n": -1}, 422, "top_n: expected a non-negative integer"),
+        ("/v1/rerank", {"query": "q", "documents": ["a"], "top_n": "3"}, 422, "top_n: expected an integer"),
+        ("/v1/rerank", {"query": "q", "documents": ["a"], "top_n": True}, 422, "top_n: expected an integer, got a boolean"),
+        ("/v1/rerank", {"query": "q", "documents": ["a"], "return_documents": "yes"}, 422, "return_documents"),
+        ("/v1/rerank", {"query": "q", "documents": ["a"] * 51}, 413, "at most 50"),
+        ("/rerank", {"query": "q", "texts": [{"text": "a"}]}, 422, "texts[0]: expected a string"),
+        ("/v2/rerank", {"model": "m", "query": "q", "documents": ["a"], "max_tokens_per_doc": 0}, 422, "max_tokens_per_doc"),
+    ],
+)
+def test_hostile_bodies_get_4xx_json(server: Server, path, body, status, fragment) -> None:
+    r = _post(server, path, body)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert fragment in error["message"] and set(error) == {"message", "type", "code"}
+
+
+def test_oversized_body_and_unknown_routes(server: Server) -> None:
+    big = json.dumps({"query": "q", "documents": ["x" * (10 * 1024 * 1024)]})
+    r = _post(server, "/v1/rerank", big)
+    assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
+    assert httpx.get(server.url + "/v1/rerank").status_code == 405
+    missing = httpx.get(server.url + "/nope")
+    assert missing.status_code == 404 and "error" in missing.json()
+
+
+def test_health_models_metrics(server: Server) -> None:
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    models = httpx.get(server.url + "/v1/models").json()
+    assert models["object"] == "list" and len(models["data"]) == 1
+    _post(server, "/v1/rerank", {"query": "q", "documents": ["a", "b"]})
+    text = httpx.get(server.url + "/metrics").text
+    assert 'rerank_requests_total{endpoint="/v1/rerank",status="200"}' in text
+    assert "rerank_request_seconds_bucket" in text and "rerank_batch_pairs_count" in text
+    assert "rerank_queue_pairs 0" in text
+    tokens = [line for line in text.splitlines() if line.startswith("rerank_tokens_total ")]
+    assert int(tokens[0].split()[1]) > 0
+
+
+def test_concurrent_clients_each_get_their_own_answer(server: Server, library: Reranker) -> None:
+    rng = np.random.default_rng(0)
+    words = "cat dog fish river bank money tree sun moon star rain".split()
+    jobs = []
+    for i in range(12):
+        query = f"query {i} " + " ".join(rng.choice(words, 3))
+        docs = [" ".join(rng.choice(words, int(rng.integers(1, 30)))) for _ in range(int(rng.integers(1, 9)))]
+        jobs.append((query, docs))
+
+    def call(job):
+        query, docs = job
+        return _post(server, "/v1/rerank", {"query": query, "documents": docs, "return_documents": False}).json()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(pool.map(call, jobs))
+    for (query, docs), answer in zip(jobs, answers):
+        expected = library.predict([query] * len(docs), docs, normalize=True)
+        got = {x["index"]: x["relevance_score"] for x in answer["results"]}
+        assert sorted(got) == list(range(len(docs)))
+        np.testing.assert_allclose([got[i] for i in range(len(docs))], expected, atol=1e-5)
+
+
+def test_api_key(fp32_artifact: Path) -> None:
+    server = Server(fp32_artifact, env={"RERANK_ONNX_API_KEY": "s3cret"})
+    try:
+        body = {"query": "q", "documents": ["a"]}
+        assert _post(server, "/v1/rerank", body).status_code == 401
+        wrong = _post(server, "/v1/rerank", body, headers={"authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "authentication_error"
+        assert _post(server, "/v1/rerank", body, headers={"authorization": "Bearer s3cret"}).status_code == 200
+        assert httpx.get(server.url + "/health").status_code == 200  # probes need no key
+    finally:
+        assert server.stop() == 0
+
+
+def test_sigterm_finishes_in_flight_requests(fp32_artifact: Path) -> None:
+    server = Server(fp32_artifact)
+    docs = [f"word {i} " * 300 for i in range(40)]  # ~4 s of work per request: long enough to be in flight when the signal lands
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        futures = [pool.submit(_post, server, "/v1/rerank", {"query": f"q{i}", "documents": docs}) for i in range(4)]
+        time.sleep(1.0)
+        in_flight = sum(not f.done() for f in futures)
+        server.process.send_signal(signal.SIGTERM)
+        responses = [f.result() for f in futures]
+    assert in_flight > 0
+    assert [r.status_code for r in responses] == [200] * 4
+    assert all(len(r.json()["results"]) == 40 for r in responses)
+    assert server.process.wait(timeout=60) == 0
+
+
+def test_official_cohere_client_talks_to_the_server(server: Server, library: Reranker) -> None:
+    cohere = pytest.importorskip("cohere")  # installed by the dev extra
+    v2 = cohere.ClientV2(api_key="unused", base_url=server.url)
+    response = v2.rerank(model="mxbai", query="what is a cat?", documents=DOCS, top_n=2)
+    expected = library.rank("what is a cat?", DOCS, normalize=True, top_k=2)
+    assert [r.index for r in response.results] == [e.index for e in expected]
+    np.testing.assert_allclose([r.relevance_score for r in response.results], [e.score for e in expected], atol=1e-6)
+    v1 = cohere.Client(api_key="unused", base_url=server.url)
+    response = v1.rerank(model="mxbai", query="what is a cat?", documents=DOCS, top_n=3, return_documents=True)
+    assert [r.index for r in response.results] == [e.index for e in library.rank("what is a cat?", DOCS, top_k=3)]
+    assert response.results[0].document.text == DOCS[response.results[0].index]
+
+
+def test_missing_server_extra_names_the_install_command() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['starlette'] = None\n"
+        "try:\n"
+        "    import rerank_onnx.server\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "pip install 'rerank-onnx[server]'" in out
