@@ -1,0 +1,200 @@
+"""Side-by-side CPU benchmark of mxbai-rerank-v2 stacks on a random-weight checkpoint of the real architecture.
+
+    python benchmarks/bench.py                 # large-v2 architecture, 3 repetitions
+    python benchmarks/bench.py --quick         # base-v2 architecture, 1 repetition, a few minutes
+    python benchmarks/bench.py --llama-cpp     # also build llama.cpp from PyPI's llama-cpp-python sdist
+
+Stacks: the official mxbai-rerank package (PyTorch fp32, as a user runs it on CPU), the same with
+bf16 weights, our fp32 and int8 artifacts, and optionally llama.cpp Q8_0/Q4_0 prompt processing.
+Every stack runs in its own process on the same inputs with the same thread count; results go to
+benchmarks/results/bench-<size>.{json,md,png}. Speed does not depend on weight values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import RESULTS, environment, median, write_results  # noqa: E402
+
+WORK = HERE / "work"
+STACKS = ["official-fp32", "pytorch-bf16", "ours-fp32", "ours-int8"]
+
+
+def prepare(size: str) -> dict[str, Path]:
+    """Checkpoint and artifacts, built once and cached under benchmarks/work/."""
+    from rerank_onnx_export.random_checkpoint import build_qwen2_tokenizer_json, build_random_checkpoint
+
+    WORK.mkdir(exist_ok=True)
+    tokenizer = WORK / "qwen2-tokenizer.json"
+    if not tokenizer.exists():
+        build_qwen2_tokenizer_json(tokenizer)
+    checkpoint = WORK / f"{size}-checkpoint"
+    if not (checkpoint / "config.json").exists():
+        print(f"building a random {size} checkpoint", file=sys.stderr)
+        build_random_checkpoint(checkpoint, size=size, tokenizer_json=tokenizer)
+    paths = {"checkpoint": checkpoint}
+    for scheme, name in (("none", "fp32"), ("int8", "int8")):
+        out = WORK / f"{size}-{name}"
+        if not (out / "rerank_config.json").exists():
+            print(f"exporting {out.name}", file=sys.stderr)
+            subprocess.run(
+                [sys.executable, "-m", "rerank_onnx.cli", "export", str(checkpoint), str(out), "--quantize", scheme, "--overwrite"],
+                check=False,
+            )
+        paths[name] = out
+    return paths
+
+
+def run_stack(stack: str, paths: dict[str, Path], threads: int, reps: int, quick: bool, skip: list[str]) -> dict:
+    model = paths["int8"] if stack == "ours-int8" else paths["fp32"] if stack == "ours-fp32" else paths["checkpoint"]
+    cmd = [sys.executable, str(HERE / "worker.py"), "--stack", stack, "--model", str(model), "--threads", str(threads),
+           "--reps", str(reps), "--spawned-at", repr(time.time())]  # fmt: skip
+    if quick:
+        cmd.append("--quick")
+    if skip:
+        cmd += ["--skip", *skip]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        print(out.stderr[-3000:], file=sys.stderr)
+        last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else ""
+        return {"stack": stack, "error": f"exit {out.returncode} {last}".strip()}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def size_of(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.iterdir() if p.is_file() and p.suffix in (".onnx", ".data", ".safetensors"))
+
+
+def fidelity(reference: list[float], candidate: list[float], k: int = 10) -> dict:
+    import numpy as np
+
+    from rerank_onnx_export.report import spearman
+
+    a, b = np.asarray(reference), np.asarray(candidate)
+    top = len(set(np.argsort(-a)[:k]) & set(np.argsort(-b)[:k])) / k
+    return {"spearman": spearman(a, b), f"top{k}_overlap": top, "max_abs_diff": float(np.abs(a - b).max())}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=["tiny", "base-v2", "large-v2"], default=None)
+    parser.add_argument("--quick", action="store_true", help="base-v2, one repetition, no 8k growth point")
+    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--stacks", nargs="+", default=STACKS, choices=STACKS)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["mixed100", "growth"], help="workloads to leave out")
+    parser.add_argument("--llama-cpp", action="store_true", help="also measure llama.cpp Q8_0/Q4_0 (builds it: ~5 min)")
+    args = parser.parse_args()
+    size = args.size or ("base-v2" if args.quick else "large-v2")
+    reps = args.reps or (1 if args.quick else 3)
+
+    paths = prepare(size)
+    results = {}
+    for stack in args.stacks:
+        print(f"measuring {stack}", file=sys.stderr)
+        # PyTorch stacks: no long-document growth (the reference materializes [seq, 151936] logits), and
+        # in quick mode no 100-document run either (minutes per stack at PyTorch speed)
+        torch_skip = ["growth", "mixed100"] if args.quick else ["growth"]
+        skip = list(args.skip) + ([] if stack.startswith("ours") else torch_skip)
+        results[stack] = run_stack(stack, paths, args.threads, reps, args.quick, skip)
+        print(json.dumps({k: v for k, v in results[stack].items() if k not in ("rag20", "mixed100")})[:400], file=sys.stderr)
+    if args.llama_cpp:
+        from llama_cpp_bench import measure
+
+        results.update(measure(paths["checkpoint"], WORK, threads=args.threads, reps=reps))
+
+    sizes = {"official-fp32": size_of(paths["checkpoint"]), "pytorch-bf16": size_of(paths["checkpoint"]),
+             "ours-fp32": size_of(paths["fp32"]), "ours-int8": size_of(paths["int8"])}  # fmt: skip
+    reference = results.get("ours-fp32", {})
+    for stack, r in results.items():
+        r["artifact_gb"] = r.get("artifact_gb") or sizes.get(stack, 0) / 1e9
+        if "rag20" in reference and "rag20" in r and stack != "ours-fp32":
+            sets = [w for w in ("rag20", "mixed100") if w in reference and w in r]
+            r["fidelity_vs_ours_fp32"] = fidelity(
+                [x for w in sets for x in reference[w]["scores"]], [x for w in sets for x in r[w]["scores"]]
+            )
+            r["fidelity_vs_ours_fp32"]["pairs_compared"] = sum(len(r[w]["scores"]) for w in sets)
+    data = {"size": size, "reps": reps, "environment": environment(args.threads), "results": results}
+    name = f"bench-{size}"
+    write_results(name, data, table(data))
+    chart(data, name)
+    print((RESULTS / f"{name}.md").read_text())
+    return 0
+
+
+def table(data: dict) -> str:
+    res = data["results"]
+    base = res.get("official-fp32", {}).get("b16x256", {}).get("tokens_per_s")
+    env = data["environment"]
+    lines = [
+        f"# {data['size']} architecture, {env['threads']} threads, {env['cpu']} ({env['cpu_flags']})",
+        f"onnxruntime {env['onnxruntime']}, torch {env.get('torch', '-')}, commit {env['git_commit']}, "
+        f"median of {data['reps']} run(s); tokens/s count real prompt tokens",
+        "",
+        "| stack | b16x256 tok/s | vs official | RAG 20x200 p50 / p95 (s) | 100 mixed: pairs/s | 1 short pair (s) "
+        "| cold start (s) | peak RSS (GB) | model files (GB) | Spearman / top-10 vs ours-fp32 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for stack, r in res.items():
+        if "error" in r:
+            lines.append(f"| {stack} | failed: {r['error'][:80]} |||||||||")
+            continue
+        tps = r.get("b16x256", {}).get("tokens_per_s")
+        ratio = f"{tps / base:.2f}x" if tps and base else "-"
+        lines.append(_row(stack, r, ratio, tps, r.get("rag20", {}), r.get("mixed100", {}), r.get("fidelity_vs_ours_fp32")))
+    growth = {s: r["growth"] for s, r in res.items() if "growth" in r}
+    if growth:
+        lengths = sorted({int(n) for g in growth.values() for n in g})
+        lines += ["", "Cost growth, one pair, tokens/s by document length:", "",
+                  "| stack | " + " | ".join(str(n) for n in lengths) + " |", "|---" * (len(lengths) + 1) + "|"]  # fmt: skip
+        for stack, g in growth.items():
+            lines.append(f"| {stack} | " + " | ".join(f"{g[str(n)]['tokens_per_s']:.0f}" if str(n) in g else "-" for n in lengths) + " |")
+    return "\n".join(lines)
+
+
+def _row(stack: str, r: dict, ratio: str, tps: float | None, rag: dict, mixed: dict, fid: dict | None) -> str:
+    def f(value, fmt):
+        return format(value, fmt) if isinstance(value, (int, float)) else "-"
+
+    cells = [
+        stack,
+        f(tps, ".0f"),
+        ratio,
+        f"{f(rag.get('p50_s'), '.2f')} / {f(rag.get('p95_s'), '.2f')}" if rag else "-",
+        f(mixed.get("pairs_per_s"), ".2f") if mixed else "-",
+        f(r.get("short_s"), ".3f"),
+        f(r.get("cold_start_s"), ".1f"),
+        f(r.get("peak_rss_gb"), ".2f"),
+        f(r.get("artifact_gb"), ".2f"),
+        f"{fid['spearman']:.3f} / {fid['top10_overlap']:.1f}" if fid else "-",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def chart(data: dict, name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = {s: r for s, r in data["results"].items() if "b16x256" in r}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    names = list(res)
+    left.barh(names, [res[s]["b16x256"]["tokens_per_s"] for s in names], color="#4c72b0")
+    left.set(xlabel="prompt tokens / s (16 x 256)", title=f"{data['size']}: throughput, {data['environment']['threads']} threads")
+    rag = [s for s in names if "rag20" in res[s]]
+    right.barh(rag, [res[s]["rag20"]["p50_s"] for s in rag], color="#dd8452")
+    right.set(xlabel="seconds (p50)", title="RAG call: 1 query x 20 documents of ~200 tokens")
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{name}.png", dpi=100)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

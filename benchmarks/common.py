@@ -1,0 +1,83 @@
+"""Shared by the benchmark scripts: environment capture, result files, workload texts."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import subprocess
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+WORDS = (
+    "the of and a to in is was for on that with as by at from his her an were are which this be or has had "
+    "not but their its new one after also first two they who been more other into all time year some "
+    "river city music film school team season war state world album game party station line village"
+).split()
+
+
+def environment(threads: int | None = None) -> dict:
+    import numpy
+    import onnxruntime
+
+    flags = ""
+    model = platform.processor()
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        model = next((l.split(":", 1)[1].strip() for l in cpuinfo.splitlines() if l.startswith("model name")), model)
+        line = next((l for l in cpuinfo.splitlines() if l.startswith("flags")), "")
+        flags = " ".join(sorted(f for f in line.split() if f.startswith(("avx", "amx", "fma", "sse4"))))
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
+    except OSError:
+        commit = ""
+    env = {
+        "cpu": model,
+        "cpu_flags": flags,
+        "cores": len(__import__("os").sched_getaffinity(0)),
+        "threads": threads,
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": numpy.__version__,
+        "git_commit": commit,
+    }
+    try:
+        import torch
+
+        env["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return env
+
+
+def text_of_tokens(n: int, seed: int) -> str:
+    """A text of roughly n tokens (common English words are about one token each)."""
+    import random
+
+    rng = random.Random(seed)
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def write_results(name: str, data: dict, table: str) -> tuple[Path, Path]:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    json_path = RESULTS / f"{name}.json"
+    md_path = RESULTS / f"{name}.md"
+    json_path.write_text(json.dumps(data, indent=2) + "\n")
+    md_path.write_text(table + "\n")
+    return json_path, md_path

@@ -1,0 +1,85 @@
+"""llama.cpp prompt processing on the same checkpoint: built from the llama-cpp-python sdist on PyPI
+(which vendors llama.cpp, its GGUF converter, llama-bench and llama-quantize). Nothing is committed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        line = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags"))
+        return set(line.split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return set()
+
+
+def build(work: Path) -> Path:
+    """Return the llama.cpp source folder with build/bin/{llama-bench,llama-quantize}."""
+    src_root = work / "llama-cpp-python-src"
+    existing = list(src_root.glob("*/vendor/llama.cpp"))
+    if existing and (existing[0] / "build/bin/llama-bench").exists():
+        return existing[0]
+    src_root.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "llama-cpp-python", "--no-binary", ":all:", "--no-deps",
+                    "-d", str(src_root)], check=True)  # fmt: skip
+    (archive,) = src_root.glob("llama_cpp_python-*.tar.gz")
+    with tarfile.open(archive) as tar:
+        tar.extractall(src_root, filter="data")
+    (llama,) = src_root.glob("*/vendor/llama.cpp")
+    flags = _cpu_flags()
+    # A native build enables ggml's AMX path, which died with SIGILL on these machines: pick ISA by hand.
+    options = ["-DGGML_NATIVE=OFF", "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF",
+               "-DLLAMA_CURL=OFF", "-DGGML_OPENMP=ON", "-DCMAKE_BUILD_TYPE=Release",
+               f"-DGGML_AVX={'ON' if 'avx' in flags else 'OFF'}", f"-DGGML_AVX2={'ON' if 'avx2' in flags else 'OFF'}",
+               f"-DGGML_FMA={'ON' if 'fma' in flags else 'OFF'}", f"-DGGML_F16C={'ON' if 'f16c' in flags else 'OFF'}",
+               f"-DGGML_AVX512={'ON' if 'avx512f' in flags else 'OFF'}",
+               f"-DGGML_AVX512_VNNI={'ON' if 'avx512_vnni' in flags else 'OFF'}",
+               f"-DGGML_AVX512_BF16={'ON' if 'avx512_bf16' in flags else 'OFF'}"]  # fmt: skip
+    subprocess.run(["cmake", "-S", str(llama), "-B", str(llama / "build"), *options], check=True)
+    subprocess.run(["cmake", "--build", str(llama / "build"), "-j", str(os.cpu_count() or 2),
+                    "--target", "llama-bench", "llama-quantize"], check=True)  # fmt: skip
+    return llama
+
+
+def convert(llama: Path, checkpoint: Path, work: Path) -> dict[str, Path]:
+    f16 = work / f"{checkpoint.name}-f16.gguf"
+    env = {**os.environ, "PYTHONPATH": str(llama / "gguf-py")}
+    if not f16.exists():
+        subprocess.run([sys.executable, str(llama / "convert_hf_to_gguf.py"), str(checkpoint), "--outfile", str(f16),
+                        "--outtype", "f16"], check=True, env=env)  # fmt: skip
+    out = {}
+    for q in ("Q8_0", "Q4_0"):
+        path = work / f"{checkpoint.name}-{q}.gguf"
+        if not path.exists():
+            subprocess.run([str(llama / "build/bin/llama-quantize"), str(f16), str(path), q], check=True)
+        out[q] = path
+    return out
+
+
+def measure(checkpoint: Path, work: Path, *, threads: int, reps: int) -> dict[str, dict]:
+    results: dict[str, dict] = {}
+    try:
+        llama = build(work)
+        models = convert(llama, checkpoint, work)
+    except (subprocess.CalledProcessError, OSError, ValueError) as exc:
+        return {"llama.cpp": {"stack": "llama.cpp", "error": f"build or conversion failed: {exc}"}}
+    for q, path in models.items():
+        name = f"llama.cpp-{q}"
+        run = subprocess.run([str(llama / "build/bin/llama-bench"), "-m", str(path), "-p", "256", "-n", "0",
+                              "-t", str(threads), "-r", str(max(reps, 2)), "-o", "json"],
+                             capture_output=True, text=True)  # fmt: skip
+        if run.returncode != 0:
+            results[name] = {"stack": name, "error": f"llama-bench exit {run.returncode}: {run.stderr.strip()[-200:]}"}
+            continue
+        rows = json.loads(run.stdout)
+        tps = rows[0]["avg_ts"]
+        # pp256 is one 256-token sequence; reported in the b16x256 column as the closest workload
+        results[name] = {"stack": name, "b16x256": {"tokens": 256, "tokens_per_s": tps, "note": "pp256, one sequence"},
+                         "artifact_gb": path.stat().st_size / 1e9}  # fmt: skip
+    return results

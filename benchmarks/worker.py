@@ -1,0 +1,132 @@
+"""One stack, one process: load, score the workloads, report JSON on stdout.
+
+Run by bench.py; a fresh process per stack so that cold start and peak RSS are the stack's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import text_of_tokens  # noqa: E402
+
+
+def workloads(quick: bool) -> dict:
+    import random
+
+    rng = random.Random(7)
+    mixed_lengths = [min(900, max(20, int(rng.lognormvariate(5.3, 0.7)))) for _ in range(100)]  # median ~200
+    return {
+        "rag20": {"query": "what causes rivers to flood in spring?", "docs": [text_of_tokens(200, 100 + i) for i in range(20)]},
+        "mixed100": {"query": "history of music in the city", "docs": [text_of_tokens(n, 500 + i) for i, n in enumerate(mixed_lengths)]},
+        "short": {"query": "cat", "docs": ["a cat is a small feline"]},
+        "b16x256": {"query": "team season game", "docs": [text_of_tokens(256 - 90, 900 + i) for i in range(16)]},
+        "growth": [128, 512, 2048] if quick else [128, 512, 2048, 8192],
+    }
+
+
+class Ours:
+    def __init__(self, artifact: str, threads: int) -> None:
+        from rerank_onnx import Reranker
+
+        self.r = Reranker(artifact, threads=threads, max_batch_tokens=8192)
+
+    def scores(self, query: str, docs: list[str]) -> list[float]:
+        return self.r.predict([query] * len(docs), docs).tolist()
+
+    def tokens(self, query: str, docs: list[str]) -> int:
+        return sum(len(ids) for ids in self.r.encode([query] * len(docs), docs).input_ids)
+
+
+class Official:
+    """mxbai_rerank.MxbaiRerankV2 as a user runs it on CPU (fp32), or with its weights cast to bf16."""
+
+    def __init__(self, checkpoint: str, threads: int, bf16: bool) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        from mxbai_rerank import MxbaiRerankV2
+
+        self.m = MxbaiRerankV2(checkpoint, device="cpu", disable_transformers_warnings=True)
+        if bf16:  # the package forces fp32 on CPU; a savvy user casts the model afterwards
+            self.m.model.to(torch.bfloat16)
+
+    def scores(self, query: str, docs: list[str]) -> list[float]:
+        # rank() as the package does it, in length buckets; batch_size 8 instead of its default 32, because
+        # it materializes [batch, sequence, 151936] fp32 logits (32 x 700 tokens would be 13.6 GB)
+        results = self.m.rank(query, docs, top_k=len(docs), return_documents=False, batch_size=8)
+        out = [0.0] * len(docs)
+        for r in results:
+            out[r.index] = r.score
+        return out
+
+    def tokens(self, query: str, docs: list[str]) -> int:
+        batch = self.m.prepare_inputs([query] * len(docs), docs)
+        return int(batch["attention_mask"].sum())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--stack", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--spawned-at", type=float, required=True)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--skip", nargs="*", default=[])
+    args = parser.parse_args()
+
+    if args.stack.startswith("ours"):
+        stack = Ours(args.model, args.threads)
+    else:
+        stack = Official(args.model, args.threads, bf16=args.stack == "pytorch-bf16")
+    w = workloads(args.quick)
+    stack.scores(w["short"]["query"], w["short"]["docs"])
+    result: dict = {"stack": args.stack, "cold_start_s": time.time() - args.spawned_at}
+
+    def timed(query: str, docs: list[str], reps: int) -> tuple[list[float], list[float]]:
+        times, scores = [], []
+        for _ in range(reps):
+            start = time.perf_counter()
+            scores = stack.scores(query, docs)
+            times.append(time.perf_counter() - start)
+        return times, scores
+
+    from common import median, percentile
+
+    # warm-up of the batched path
+    stack.scores(w["b16x256"]["query"], w["b16x256"]["docs"][:2])
+    times, _ = timed(w["short"]["query"], w["short"]["docs"], max(5, args.reps))
+    result["short_s"] = median(times)
+    times, _ = timed(w["b16x256"]["query"], w["b16x256"]["docs"], args.reps)
+    tokens = stack.tokens(w["b16x256"]["query"], w["b16x256"]["docs"])
+    result["b16x256"] = {"tokens": tokens, "seconds": median(times), "tokens_per_s": tokens / median(times)}
+    times, rag_scores = timed(w["rag20"]["query"], w["rag20"]["docs"], args.reps)
+    result["rag20"] = {"p50_s": percentile(times, 50), "p95_s": percentile(times, 95), "runs": times,
+                       "tokens": stack.tokens(w["rag20"]["query"], w["rag20"]["docs"])}  # fmt: skip
+    if "mixed100" not in args.skip:
+        times, scores = timed(w["mixed100"]["query"], w["mixed100"]["docs"], max(1, args.reps // 2))
+        tokens = stack.tokens(w["mixed100"]["query"], w["mixed100"]["docs"])
+        result["mixed100"] = {"tokens": tokens, "seconds": median(times), "pairs_per_s": 100 / median(times),
+                              "tokens_per_s": tokens / median(times), "scores": scores}  # fmt: skip
+    result["rag20"]["scores"] = rag_scores
+    if "growth" not in args.skip:
+        growth = {}
+        for n in w["growth"]:
+            doc = text_of_tokens(n, 3000 + n)
+            times, _ = timed("river", [doc], 1)
+            growth[str(n)] = {"tokens": stack.tokens("river", [doc]), "seconds": times[0]}
+            growth[str(n)]["tokens_per_s"] = growth[str(n)]["tokens"] / times[0]
+        result["growth"] = growth
+    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

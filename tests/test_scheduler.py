@@ -1,0 +1,104 @@
+"""Cross-request coalescing with a fake session: milliseconds, no model."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rerank_onnx import Reranker
+from rerank_onnx.metrics import Metrics
+from rerank_onnx.protocol import RequestError
+from rerank_onnx.scheduler import Scheduler
+
+
+class SlowSumSession:
+    """score = sum of a row's real ids; each run takes a little time and is recorded."""
+
+    def __init__(self, delay: float = 0.02, fail: bool = False) -> None:
+        self.rows_per_run: list[int] = []
+        self.delay = delay
+        self.fail = fail
+        self.release = threading.Event()
+        self.release.set()
+
+    def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        self.release.wait()
+        if self.fail:
+            raise RuntimeError("boom")
+        self.rows_per_run.append(len(lengths))
+        threading.Event().wait(self.delay)
+        return np.array([row[:n].sum() for row, n in zip(input_ids, lengths)], dtype=np.float32)
+
+
+def _requests(n: int) -> list[list[list[int]]]:
+    rng = np.random.default_rng(3)
+    return [[list(rng.integers(1, 1000, rng.integers(3, 40))) for _ in range(rng.integers(1, 6))] for _ in range(n)]
+
+
+@pytest.mark.parametrize("coalesce_ms", [0.0, 20.0])
+def test_each_request_gets_its_own_scores(fp32_artifact: Path, coalesce_ms: float) -> None:
+    session = SlowSumSession()
+    scheduler = Scheduler(Reranker(fp32_artifact, session=session), Metrics(), coalesce_ms=coalesce_ms)
+    requests = _requests(20)
+
+    async def main():
+        return await asyncio.gather(*(scheduler.score(r) for r in requests))
+
+    try:
+        answers = asyncio.run(main())
+    finally:
+        scheduler.close()
+    for ids, scores in zip(requests, answers):
+        np.testing.assert_array_equal(scores, [sum(row) for row in ids])
+    total = sum(len(r) for r in requests)
+    assert sum(session.rows_per_run) == total
+    if coalesce_ms:
+        assert len(session.rows_per_run) < len(requests), "concurrent requests should share runs"
+
+
+def test_full_queue_answers_429_and_errors_reach_every_waiter(fp32_artifact: Path) -> None:
+    session = SlowSumSession()
+    session.release.clear()  # hold the worker so the queue fills
+    scheduler = Scheduler(Reranker(fp32_artifact, session=session), Metrics(), coalesce_ms=0, max_queue_pairs=4)
+
+    async def main():
+        first = asyncio.ensure_future(scheduler.score([[1, 2], [3], [4]]))
+        await asyncio.sleep(0.05)
+        with pytest.raises(RequestError) as info:
+            await scheduler.score([[5], [6]])
+        assert info.value.status == 429
+        session.release.set()
+        return await first
+
+    try:
+        np.testing.assert_array_equal(asyncio.run(main()), [3, 3, 4])
+    finally:
+        scheduler.close()
+
+    failing = Scheduler(Reranker(fp32_artifact, session=SlowSumSession(fail=True)), Metrics(), coalesce_ms=5)
+
+    async def both():
+        return await asyncio.gather(failing.score([[1]]), failing.score([[2]]), return_exceptions=True)
+
+    try:
+        results = asyncio.run(both())
+    finally:
+        failing.close()
+    assert all(isinstance(r, RuntimeError) for r in results)
+
+
+def test_close_finishes_queued_work(fp32_artifact: Path) -> None:
+    session = SlowSumSession(delay=0.05)
+    scheduler = Scheduler(Reranker(fp32_artifact, session=session), Metrics(), coalesce_ms=0)
+
+    async def main():
+        futures = [asyncio.ensure_future(scheduler.score([[i, i]])) for i in range(5)]
+        await asyncio.sleep(0.01)
+        await asyncio.to_thread(scheduler.close)
+        return await asyncio.gather(*futures)
+
+    assert [float(s[0]) for s in asyncio.run(main())] == [0, 2, 4, 6, 8]
