@@ -52,7 +52,9 @@ def prepare(size: str) -> dict[str, Path]:
     return paths
 
 
-def run_stack(stack: str, paths: dict[str, Path], threads: int, reps: int, quick: bool, skip: list[str]) -> dict:
+def run_stack(
+    stack: str, paths: dict[str, Path], threads: int, reps: int, quick: bool, skip: list[str], timeout: float
+) -> dict:
     model = paths["int8"] if stack == "ours-int8" else paths["fp32"] if stack == "ours-fp32" else paths["checkpoint"]
     cmd = [sys.executable, str(HERE / "worker.py"), "--stack", stack, "--model", str(model), "--threads", str(threads),
            "--reps", str(reps), "--spawned-at", repr(time.time())]  # fmt: skip
@@ -60,7 +62,10 @@ def run_stack(stack: str, paths: dict[str, Path], threads: int, reps: int, quick
         cmd.append("--quick")
     if skip:
         cmd += ["--skip", *skip]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"stack": stack, "error": f"stopped after {timeout:.0f} s (too slow on this machine)"}
     if out.returncode != 0:
         print(out.stderr[-3000:], file=sys.stderr)
         last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else ""
@@ -90,6 +95,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--stacks", nargs="+", default=STACKS, choices=STACKS)
     parser.add_argument("--skip", nargs="*", default=[], choices=["mixed100", "growth"], help="workloads to leave out")
+    parser.add_argument("--stack-timeout", type=float, default=1800, help="seconds before a stack is given up")
     parser.add_argument("--llama-cpp", action="store_true", help="also measure llama.cpp Q8_0/Q4_0 (builds it: ~5 min)")
     args = parser.parse_args()
     size = args.size or ("base-v2" if args.quick else "large-v2")
@@ -103,7 +109,7 @@ def main() -> int:
         # in quick mode no 100-document run either (minutes per stack at PyTorch speed)
         torch_skip = ["growth", "mixed100"] if args.quick else ["growth"]
         skip = list(args.skip) + ([] if stack.startswith("ours") else torch_skip)
-        results[stack] = run_stack(stack, paths, args.threads, reps, args.quick, skip)
+        results[stack] = run_stack(stack, paths, args.threads, reps, args.quick, skip, args.stack_timeout)
         print(json.dumps({k: v for k, v in results[stack].items() if k not in ("rag20", "mixed100")})[:400], file=sys.stderr)
     if args.llama_cpp:
         from llama_cpp_bench import measure
