@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-bytes", type=int, default=_env_int("MAX_BODY_BYTES", 2 * 1024 * 1024), help="[RERANK_ONNX_MAX_BODY_BYTES] (2 MiB)")
     serve.add_argument("--max-request-tokens", type=int, default=_env_int("MAX_REQUEST_TOKENS", 1_000_000), help="prompt tokens per request [RERANK_ONNX_MAX_REQUEST_TOKENS]")
     serve.add_argument("--max-queue-pairs", type=int, default=_env_int("MAX_QUEUE_PAIRS", 4096), help="queued pairs before 429 [RERANK_ONNX_MAX_QUEUE_PAIRS]")
-    serve.add_argument("--coalesce-ms", type=float, default=float(_env("COALESCE_MS", "5")), help="wait this long to batch concurrent requests together; 0 disables [RERANK_ONNX_COALESCE_MS]")
+    serve.add_argument("--coalesce-ms", type=float, default=float(_env("COALESCE_MS", "0")), help="wait this long to batch concurrent requests together; 0 (default) disables [RERANK_ONNX_COALESCE_MS]")
     serve.set_defaults(run=_serve)
     return parser
 
