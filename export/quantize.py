@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .graph import PROTOBUF_LIMIT
+from .graph import save_with_external_data
 
 # The schemes the exporter offers (`--quantize`), described in the artifact config.
 SCHEMES = {
@@ -47,7 +47,7 @@ def quantize_int8(fp32_path: Path, destination: Path, *, data_file: str) -> None
     gc.collect()
     model = onnx.load(str(staged), load_external_data=True)
     _quantize_embedding_per_row(model)
-    _save(model, destination, data_file=data_file)
+    save_with_external_data(model, destination, data_file=data_file)
     del model
     gc.collect()
     staged.unlink()
@@ -95,14 +95,3 @@ def _quantize_embedding_per_row(model: onnx.ModelProto) -> None:
             model.graph.node.insert(index + offset, new)
         return
     raise ValueError("no 2-D fp32 embedding Gather found in the graph")
-
-
-def _save(model: onnx.ModelProto, destination: Path, *, data_file: str) -> None:
-    total = sum(t.ByteSize() for t in model.graph.initializer)
-    if total < PROTOBUF_LIMIT:
-        onnx.save_model(model, str(destination))
-    else:
-        onnx.save_model(
-            model, str(destination), save_as_external_data=True, all_tensors_to_one_file=True,
-            location=data_file, size_threshold=1024,
-        )  # fmt: skip

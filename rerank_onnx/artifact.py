@@ -1,7 +1,7 @@
 """The artifact folder: what the exporter writes and the runtime reads.
 
     model.onnx            score graph (input_ids, lengths) -> scores
-    model.onnx.data       its weights, only when the graph is over 2 GB
+    model.onnx.data       its weights (memory-mapped by onnxruntime)
     tokenizer.json        the checkpoint's fast tokenizer
     rerank_config.json    prompt template and token ids, limits, normalization, provenance, sha256 of files
     export_report.json    the exporter's agreement check against PyTorch (informational)

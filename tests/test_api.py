@@ -97,7 +97,7 @@ def test_missing_folder_and_files_are_named(tmp_path: Path, fp32_artifact: Path)
         Reranker(tmp_path / "nope")
     with pytest.raises(ModelLoadError, match=f"missing {CONFIG_FILE}"):
         Reranker(tmp_path)
-    for missing in ("tokenizer.json", "model.onnx"):
+    for missing in ("tokenizer.json", "model.onnx", "model.onnx.data"):
         copy = tmp_path / f"without-{missing}"
         shutil.copytree(fp32_artifact, copy)
         (copy / missing).unlink()

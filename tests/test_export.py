@@ -17,7 +17,8 @@ from rerank_onnx.errors import ExportError
 
 def test_artifact_is_self_contained_and_hashed(int8_artifact: Path, tiny_checkpoint: Path) -> None:
     config = json.loads((int8_artifact / CONFIG_FILE).read_text())
-    assert set(config["files"]) == {"model.onnx", "tokenizer.json"}
+    assert set(config["files"]) == {"model.onnx", "model.onnx.data", "tokenizer.json"}
+    assert sorted(p.name for p in int8_artifact.iterdir()) == sorted([*config["files"], CONFIG_FILE, REPORT_FILE])
     for name, meta in config["files"].items():
         assert file_digest(int8_artifact / name) == meta
     template = config["template"]
