@@ -55,10 +55,14 @@ def builtin_pairs() -> tuple[list[str], list[str], list[str | None]]:
 
 @torch.no_grad()
 def torch_scores(causal_lm: torch.nn.Module, input_ids: Sequence[Sequence[int]], *, yes_id: int, no_id: int) -> np.ndarray:
-    """The reference computation: full lm_head logits at the last position, one unpadded row at a time."""
+    """The reference computation: full-vocabulary logits at the last position, one unpadded row at a time.
+
+    logits_to_keep=1 skips the head at the other positions, whose logits the score never reads.
+    """
     out = []
     for ids in input_ids:
-        logits = causal_lm(input_ids=torch.tensor([list(ids)], dtype=torch.long), use_cache=False).logits[0, -1]
+        batch = torch.tensor([list(ids)], dtype=torch.long)
+        logits = causal_lm(input_ids=batch, use_cache=False, logits_to_keep=1).logits[0, -1]
         out.append(float(logits[yes_id] - logits[no_id]))
     return np.asarray(out, dtype=np.float32)
 

@@ -133,7 +133,8 @@ def create_app(settings: ServerSettings, *, reranker: Reranker | None = None) ->
 async def _rerank(state: _State, request: RerankRequest, limits: Limits) -> Any:
     if state.reranker is None or state.scheduler is None:
         raise RequestError(503, "the model is still loading; retry when GET /health answers 200", type="server_error")
-    prepared = prepare(request, state.reranker, limits)
+    # tokenizing a large request takes milliseconds to seconds: keep it off the event loop too
+    prepared = await asyncio.to_thread(prepare, request, state.reranker, limits)
     raw = await state.scheduler.score(prepared.input_ids)
     return finish(request, state.reranker, prepared, raw, model_name=state.model_name)
 
