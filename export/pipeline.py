@@ -182,6 +182,9 @@ def _score_artifact(folder: Path, pair_ids: list[list[int]], *, session: OnnxSco
 def _write_config(
     folder: Path, checkpoint, template_dict: dict, quantize: str, estimated_max: float | None
 ) -> None:
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o644)  # onnx writes its data file 0600: unreadable to a service user or a container
     files = {
         p.name: artifact.file_digest(p)
         for p in sorted(folder.iterdir())

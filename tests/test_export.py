@@ -21,6 +21,7 @@ def test_artifact_is_self_contained_and_hashed(int8_artifact: Path, tiny_checkpo
     assert sorted(p.name for p in int8_artifact.iterdir()) == sorted([*config["files"], CONFIG_FILE, REPORT_FILE])
     for name, meta in config["files"].items():
         assert file_digest(int8_artifact / name) == meta
+        assert (int8_artifact / name).stat().st_mode & 0o444 == 0o444, f"{name} must be world-readable"
     template = config["template"]
     assert template["yes_token_id"] == 16 and template["no_token_id"] == 15
     assert template["prefix_ids"][0] == 151644  # <|im_start|>
