@@ -48,6 +48,8 @@ def build(work: Path) -> Path:
 
 
 def convert(llama: Path, checkpoint: Path, work: Path) -> dict[str, Path]:
+    # The converter imports sentencepiece before falling back to the GPT-2 style BPE that Qwen2 uses.
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "sentencepiece"], check=True)
     f16 = work / f"{checkpoint.name}-f16.gguf"
     env = {**os.environ, "PYTHONPATH": str(llama / "gguf-py")}
     if not f16.exists():
