@@ -9,9 +9,8 @@ from pathlib import Path
 import onnx
 import torch
 
-INPUT_IDS = "input_ids"
-LENGTHS = "lengths"
-SCORES = "scores"
+from rerank_onnx.session import INPUT_IDS, LENGTHS, SCORES
+
 OPSET = 17
 
 

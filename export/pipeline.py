@@ -7,7 +7,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -113,11 +113,11 @@ def export_checkpoint(
     comparisons: dict[str, dict] = {}
     graph_scores = _score_artifact(staging, pair_ids, session=None)
     graph_name = "fp32" if quantize == "none" else quantize
-    comparisons[f"{graph_name}_graph_vs_pytorch"] = report.as_dict(report.agreement(torch_scores, graph_scores))
+    comparisons[f"{graph_name}_graph_vs_pytorch"] = asdict(report.agreement(torch_scores, graph_scores))
     if quantize != "none":
         fp32_scores = _score_artifact(staging, pair_ids, session=OnnxScoreSession(fp32_path))
-        comparisons["fp32_graph_vs_pytorch"] = report.as_dict(report.agreement(torch_scores, fp32_scores))
-        comparisons[f"{quantize}_graph_vs_fp32_graph"] = report.as_dict(report.agreement(fp32_scores, graph_scores))
+        comparisons["fp32_graph_vs_pytorch"] = asdict(report.agreement(torch_scores, fp32_scores))
+        comparisons[f"{quantize}_graph_vs_fp32_graph"] = asdict(report.agreement(fp32_scores, graph_scores))
     shutil.rmtree(work)
 
     fp32_check = comparisons["fp32_graph_vs_pytorch"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -107,7 +107,3 @@ def _ranks(x: np.ndarray) -> np.ndarray:
         ranks[order[i : j + 1]] = (i + j) / 2.0
         i = j + 1
     return ranks
-
-
-def as_dict(value: Agreement) -> dict:
-    return asdict(value)

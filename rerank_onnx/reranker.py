@@ -118,15 +118,6 @@ class Reranker:
 
         Raw scores are logit("1") - logit("0"); normalize=True maps them to (0, 1) as the reference does.
         """
-        queries = _check_str_list("queries", queries)
-        documents = _check_str_list("documents", documents)
-        if len(queries) != len(documents):
-            raise InvalidInputError(
-                f"queries and documents must be parallel lists of equal length, got {len(queries)} queries "
-                f"and {len(documents)} documents; for one query against many documents use rank()"
-            )
-        if instruction is not None:
-            _check_str("instruction", instruction)
         _check_positive_int("batch_size", batch_size, allow_none=True)
         encoded = self.encode(queries, documents, instruction=instruction)
         if any(encoded.truncated) and not truncate:
@@ -158,6 +149,11 @@ class Reranker:
         """
         queries = _check_str_list("queries", queries)
         documents = _check_str_list("documents", documents)
+        if len(queries) != len(documents):
+            raise InvalidInputError(
+                f"queries and documents must be parallel lists of equal length, got {len(queries)} queries "
+                f"and {len(documents)} documents; for one query against many documents use rank()"
+            )
         if instruction is not None:
             _check_str("instruction", instruction)
         _check_positive_int("max_document_tokens", max_document_tokens, allow_none=True)

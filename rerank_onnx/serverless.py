@@ -16,7 +16,7 @@ import os
 import time
 from typing import Any
 
-from .errors import RerankError
+from .errors import ModelLoadError
 from .protocol import Limits, RequestError, finish, parse_json, parse_request, prepare
 from .reranker import Reranker
 
@@ -51,9 +51,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         return _respond(200, payload, started)
     except RequestError as exc:
         return _respond(exc.status, exc.body(), started)
-    except RerankError as exc:  # a model that cannot load, or input the runtime rejects
-        status = 422 if isinstance(exc, ValueError) else 500
-        return _respond(status, RequestError(status, str(exc), type="server_error" if status == 500 else "invalid_request_error").body(), started)
+    except ModelLoadError as exc:  # input errors were mapped to 4xx by parse_request/prepare
+        return _respond(500, RequestError(500, str(exc), type="server_error").body(), started)
 
 
 def _respond(status: int, payload: Any, started: float) -> dict[str, Any]:

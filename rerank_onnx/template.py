@@ -37,11 +37,6 @@ class PairEncoder:
         """The largest max_length the model allows."""
         return self._t.model_max_length - self.predefined_length
 
-    @property
-    def max_sequence_length(self) -> int:
-        """Longest prompt this encoder can produce, in tokens."""
-        return self.max_length + self.predefined_length
-
     def query_text(self, query: str, instruction: str | None) -> str:
         text = self._t.query_prompt.format(query=query)
         if instruction:  # the reference treats "" like None

@@ -65,6 +65,7 @@ def test_empty_document_list_returns_empty(fp32_reranker: Reranker) -> None:
         (lambda r: r.predict("q", ["a"]), "queries: expected a list of strings, got str"),
         (lambda r: r.predict(["q"], {"a": 1}), "documents: expected a list of strings, got dict"),
         (lambda r: r.predict(["q"], ["a"], batch_size=0), "batch_size: expected a positive integer"),
+        (lambda r: r.encode(["q", "q"], ["a"]), "equal length, got 2 queries and 1 documents"),
     ],
 )
 def test_bad_arguments_raise_typed_errors(fp32_reranker: Reranker, call, message) -> None:
