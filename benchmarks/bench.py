@@ -24,10 +24,11 @@ sys.path.insert(0, str(HERE))
 from common import RESULTS, environment, median, write_results  # noqa: E402
 
 WORK = HERE / "work"
-STACKS = ["official-fp32", "pytorch-bf16", "ours-fp32", "ours-int8"]
+STACKS = ["official-fp32", "pytorch-bf16", "ours-fp32", "ours-int8", "ours-int8-fast"]
+SCHEMES = {"ours-fp32": "none", "ours-int8": "int8", "ours-int8-fast": "int8-fast"}  # stack -> export --quantize
 
 
-def prepare(size: str) -> dict[str, Path]:
+def prepare(size: str, stacks: list[str]) -> dict[str, Path]:
     """Checkpoint and artifacts, built once and cached under benchmarks/work/."""
     from rerank_onnx_export.random_checkpoint import build_qwen2_tokenizer_json, build_random_checkpoint
 
@@ -40,7 +41,10 @@ def prepare(size: str) -> dict[str, Path]:
         print(f"building a random {size} checkpoint", file=sys.stderr)
         build_random_checkpoint(checkpoint, size=size, tokenizer_json=tokenizer)
     paths = {"checkpoint": checkpoint}
-    for scheme, name in (("none", "fp32"), ("int8", "int8")):
+    for stack, scheme in SCHEMES.items():
+        if stack not in stacks and not (stack == "ours-fp32"):  # fp32 is the fidelity reference
+            continue
+        name = stack.removeprefix("ours-")
         out = WORK / f"{size}-{name}"
         if not (out / "rerank_config.json").exists():
             print(f"exporting {out.name}", file=sys.stderr)
@@ -48,14 +52,14 @@ def prepare(size: str) -> dict[str, Path]:
                 [sys.executable, "-m", "rerank_onnx.cli", "export", str(checkpoint), str(out), "--quantize", scheme, "--overwrite"],
                 check=False,
             )
-        paths[name] = out
+        paths[stack] = out
     return paths
 
 
 def run_stack(
     stack: str, paths: dict[str, Path], threads: int, reps: int, quick: bool, skip: list[str], timeout: float
 ) -> dict:
-    model = paths["int8"] if stack == "ours-int8" else paths["fp32"] if stack == "ours-fp32" else paths["checkpoint"]
+    model = paths.get(stack, paths["checkpoint"])
     cmd = [sys.executable, str(HERE / "worker.py"), "--stack", stack, "--model", str(model), "--threads", str(threads),
            "--reps", str(reps), "--spawned-at", repr(time.time())]  # fmt: skip
     if quick:
@@ -94,33 +98,45 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--stacks", nargs="+", default=STACKS, choices=STACKS)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["mixed100", "growth"], help="workloads to leave out")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["mixed100", "growth", "b16x256"], help="workloads to leave out")
+    parser.add_argument("--no-thread-scaling", action="store_true", help="skip the 1-thread RAG run")
+    parser.add_argument("--scaling-stack", default="ours-int8-fast", help="the stack whose RAG call also runs on 1 thread")
+    parser.add_argument("--heavy-stacks", nargs="*", default=None,
+                        help="stacks that also run mixed100 and growth (default: all of ours)")
     parser.add_argument("--stack-timeout", type=float, default=1800, help="seconds before a stack is given up")
+    parser.add_argument("--bf16-timeout", type=float, default=900,
+                        help="seconds for pytorch-bf16, which has no fast path on CPUs without AVX512-BF16/AMX")
     parser.add_argument("--llama-cpp", action="store_true", help="also measure llama.cpp Q8_0/Q4_0 (builds it: ~5 min)")
     args = parser.parse_args()
     size = args.size or ("base-v2" if args.quick else "large-v2")
     reps = args.reps or (1 if args.quick else 3)
 
-    paths = prepare(size)
+    paths = prepare(size, args.stacks)
     results = {}
     for stack in args.stacks:
         print(f"measuring {stack}", file=sys.stderr)
         # PyTorch stacks: no long-document growth (the reference materializes [seq, 151936] logits), and
         # in quick mode no 100-document run either (minutes per stack at PyTorch speed)
         torch_skip = ["growth", "mixed100"] if args.quick else ["growth"]
-        skip = list(args.skip) + ([] if stack.startswith("ours") else torch_skip)
-        results[stack] = run_stack(stack, paths, args.threads, reps, args.quick, skip, args.stack_timeout)
+        heavy = stack in args.heavy_stacks if args.heavy_stacks is not None else stack.startswith("ours")
+        skip = list(args.skip) + ([] if heavy else torch_skip if not stack.startswith("ours") else ["growth", "mixed100"])
+        timeout = min(args.stack_timeout, args.bf16_timeout) if stack == "pytorch-bf16" else args.stack_timeout
+        results[stack] = run_stack(stack, paths, args.threads, reps, args.quick, skip, timeout)
         print(json.dumps({k: v for k, v in results[stack].items() if k not in ("rag20", "mixed100")})[:400], file=sys.stderr)
+    if args.scaling_stack in args.stacks and not args.no_thread_scaling and args.threads > 1:
+        print(f"measuring {args.scaling_stack} with 1 thread (RAG call only)", file=sys.stderr)
+        one = run_stack(args.scaling_stack, paths, 1, max(1, reps // 2), args.quick, ["b16x256", "mixed100", "growth"],
+                        args.stack_timeout)  # fmt: skip
+        results[f"{args.scaling_stack} (1 thread)"] = one
     if args.llama_cpp:
         from llama_cpp_bench import measure
 
         results.update(measure(paths["checkpoint"], WORK, threads=args.threads, reps=reps))
 
-    sizes = {"official-fp32": size_of(paths["checkpoint"]), "pytorch-bf16": size_of(paths["checkpoint"]),
-             "ours-fp32": size_of(paths["fp32"]), "ours-int8": size_of(paths["int8"])}  # fmt: skip
+    sizes = {stack: size_of(paths.get(stack, paths["checkpoint"])) for stack in STACKS}
     reference = results.get("ours-fp32", {})
     for stack, r in results.items():
-        r["artifact_gb"] = r.get("artifact_gb") or sizes.get(stack, 0) / 1e9
+        r["artifact_gb"] = r.get("artifact_gb") or sizes.get(stack.split(" ")[0], 0) / 1e9
         if "rag20" in reference and "rag20" in r and stack != "ours-fp32":
             sets = [w for w in ("rag20", "mixed100") if w in reference and w in r]
             r["fidelity_vs_ours_fp32"] = fidelity(

@@ -22,7 +22,8 @@ from rerank_onnx.template import PairEncoder, load_tokenizer
 from . import report
 from .graph import ScoreGraph, export_fp32
 from .prompt import template_data
-from .quantize import SCHEMES, quantize_int8
+from .quantize import SCHEMES
+from .quantize import quantize as quantize_graph
 from .source import resolve_checkpoint
 
 FP32_TOLERANCE = 1e-3  # fp32 graph vs PyTorch, max |diff|: above this the export is broken
@@ -103,10 +104,10 @@ def export_checkpoint(
     gc.collect()
     timings["export_fp32_s"] = time.perf_counter() - t
 
-    if quantize == "int8":
+    if quantize != "none":
         t = time.perf_counter()
-        log("quantizing to int8")
-        quantize_int8(fp32_path, staging / artifact.GRAPH_FILE, data_file=artifact.GRAPH_DATA_FILE)
+        log(f"quantizing ({quantize})")
+        quantize_graph(quantize, fp32_path, staging / artifact.GRAPH_FILE, data_file=artifact.GRAPH_DATA_FILE)
         timings["quantize_s"] = time.perf_counter() - t
 
     _write_config(staging, checkpoint, template_dict, quantize, estimated_max)
@@ -127,13 +128,13 @@ def export_checkpoint(
         warnings.append(
             f"fp32 graph disagrees with PyTorch: max |diff| {fp32_check['max_abs_diff']:.2e} > {FP32_TOLERANCE:.0e}"
         )
-    if quantize == "int8":
-        q = comparisons["int8_graph_vs_pytorch"]
+    if quantize != "none":
+        q = comparisons[f"{quantize}_graph_vs_pytorch"]
         if not (q["spearman"] >= INT8_MIN_SPEARMAN and q["top_k_overlap"] >= INT8_MIN_TOP_K_OVERLAP):
             warnings.append(
-                f"int8 graph agrees poorly with PyTorch fp32: Spearman {q['spearman']:.3f} (want >= "
+                f"{quantize} graph agrees poorly with PyTorch fp32: Spearman {q['spearman']:.3f} (want >= "
                 f"{INT8_MIN_SPEARMAN}), top-{q['top_k']} overlap {q['top_k_overlap']:.2f} (want >= "
-                f"{INT8_MIN_TOP_K_OVERLAP}). Check the ranking on your own data, or export with --quantize none."
+                f"{INT8_MIN_TOP_K_OVERLAP}). Check the ranking on your own data, or export with --quantize int8 (blockwise) or none (fp32)."
             )
     timings["total_s"] = time.perf_counter() - started
     export_report = {

@@ -58,6 +58,11 @@ def int8_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Pat
 
 
 @pytest.fixture(scope="session")
+def int8_fast_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
+    return _export(tmp_path_factory, tiny_checkpoint, "int8-fast")
+
+
+@pytest.fixture(scope="session")
 def short_context_artifact(tmp_path_factory: pytest.TempPathFactory, short_context_checkpoint: Path) -> Path:
     return _export(tmp_path_factory, short_context_checkpoint, "none")
 

@@ -49,10 +49,28 @@ def test_graph_outputs_scores_without_a_vocabulary_head(fp32_artifact: Path) -> 
     assert len(vocab_sized) == 1, f"only the input embedding should be vocabulary-sized, got {vocab_sized}"
 
 
-def test_int8_graph_uses_integer_matmuls_and_no_fp32_embedding(int8_artifact: Path) -> None:
+def _weight_matmul_ops(model: onnx.ModelProto) -> list[str]:
+    return [n.op_type for n in model.graph.node if n.op_type in ("MatMulNBits", "MatMulInteger", "DynamicQuantizeLinear")]
+
+
+def test_int8_graph_uses_blockwise_8bit_matmuls(int8_artifact: Path) -> None:
     model = onnx.load(str(int8_artifact / "model.onnx"))
-    ops = [n.op_type for n in model.graph.node]
-    assert ops.count("DynamicQuantizeLinear") > 0 and "MatMulInteger" in ops
+    blockwise = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert blockwise and set(_weight_matmul_ops(model)) == {"MatMulNBits"}
+    for node in blockwise:
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert (attributes["bits"], attributes["block_size"], attributes["accuracy_level"]) == (8, 32, 4)
+    _assert_no_float_weights(model)
+
+
+def test_int8_fast_graph_uses_per_tensor_integer_matmuls(int8_fast_artifact: Path) -> None:
+    model = onnx.load(str(int8_fast_artifact / "model.onnx"))
+    ops = _weight_matmul_ops(model)
+    assert ops.count("DynamicQuantizeLinear") > 0 and "MatMulInteger" in ops and "MatMulNBits" not in ops
+    _assert_no_float_weights(model)
+
+
+def _assert_no_float_weights(model: onnx.ModelProto) -> None:
     float_matmuls = [
         n for n in model.graph.node
         if n.op_type == "MatMul" and any(t.name == n.input[1] and len(t.dims) == 2 for t in model.graph.initializer)

@@ -122,11 +122,22 @@ def test_model_context_limit_follows_the_reference(short_context_checkpoint, sho
     np.testing.assert_allclose(reranker.predict(queries, documents), _oracle_predict(oracle, queries, documents), atol=1e-3)
 
 
-def test_int8_scores_are_close_to_the_reference(oracle, int8_artifact) -> None:
+@pytest.mark.parametrize("scheme", ["int8", "int8-fast"])
+def test_int8_scores_are_close_to_the_reference(oracle, scheme, request) -> None:
+    artifact = request.getfixturevalue("int8_artifact" if scheme == "int8" else "int8_fast_artifact")
     queries, documents = _pairs()
     expected = _oracle_predict(oracle, queries, documents)
-    got = Reranker(int8_artifact).predict(queries, documents)
+    got = Reranker(artifact).predict(queries, documents)
     from rerank_onnx_export.report import spearman
 
     assert spearman(expected, got) > 0.9
     assert np.mean(np.abs(got - expected)) < 0.25 * np.std(expected)
+
+
+def test_default_int8_scores_do_not_depend_on_the_batch(int8_artifact) -> None:
+    # Blockwise activation scales are per row, so a pair scores the same alone or among others.
+    queries, documents = _pairs()
+    reranker = Reranker(int8_artifact)
+    together = reranker.predict(queries, documents)
+    alone = np.array([reranker.predict([q], [d])[0] for q, d in zip(queries, documents)])
+    np.testing.assert_allclose(alone, together, atol=1e-4)
