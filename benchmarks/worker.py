@@ -89,6 +89,10 @@ def main() -> int:
     stack.scores(w["short"]["query"], w["short"]["docs"])
     result: dict = {"stack": args.stack, "cold_start_s": time.time() - args.spawned_at}
 
+    def report() -> None:  # after every workload: a stack stopped at its time limit keeps what it measured
+        result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+        print(json.dumps(result), flush=True)
+
     def timed(query: str, docs: list[str], reps: int) -> tuple[list[float], list[float]]:
         times, scores = [], []
         for _ in range(reps):
@@ -103,19 +107,22 @@ def main() -> int:
     stack.scores(w["b16x256"]["query"], w["b16x256"]["docs"][:2])
     times, _ = timed(w["short"]["query"], w["short"]["docs"], max(5, args.reps))
     result["short_s"] = median(times)
+    report()
     if "b16x256" not in args.skip:
         times, _ = timed(w["b16x256"]["query"], w["b16x256"]["docs"], args.reps)
         tokens = stack.tokens(w["b16x256"]["query"], w["b16x256"]["docs"])
         result["b16x256"] = {"tokens": tokens, "seconds": median(times), "tokens_per_s": tokens / median(times)}
+        report()
     times, rag_scores = timed(w["rag20"]["query"], w["rag20"]["docs"], args.reps)
     result["rag20"] = {"p50_s": percentile(times, 50), "p95_s": percentile(times, 95), "runs": times,
-                       "tokens": stack.tokens(w["rag20"]["query"], w["rag20"]["docs"])}  # fmt: skip
+                       "tokens": stack.tokens(w["rag20"]["query"], w["rag20"]["docs"]), "scores": rag_scores}  # fmt: skip
+    report()
     if "mixed100" not in args.skip:
         times, scores = timed(w["mixed100"]["query"], w["mixed100"]["docs"], max(1, args.reps // 2))
         tokens = stack.tokens(w["mixed100"]["query"], w["mixed100"]["docs"])
         result["mixed100"] = {"tokens": tokens, "seconds": median(times), "pairs_per_s": 100 / median(times),
                               "tokens_per_s": tokens / median(times), "scores": scores}  # fmt: skip
-    result["rag20"]["scores"] = rag_scores
+        report()
     if "growth" not in args.skip:
         growth = {}
         for n in w["growth"]:
@@ -123,9 +130,9 @@ def main() -> int:
             times, _ = timed("river", [doc], 1)
             growth[str(n)] = {"tokens": stack.tokens("river", [doc]), "seconds": times[0]}
             growth[str(n)]["tokens_per_s"] = growth[str(n)]["tokens"] / times[0]
-        result["growth"] = growth
-    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    print(json.dumps(result))
+            result["growth"] = growth
+            report()
+    report()
     return 0
 
 
