@@ -23,8 +23,8 @@ from .graph import save_with_external_data
 SCHEMES = {
     "int8": (
         "Transformer MatMuls: int8 weights in blocks of 32 input channels (symmetric, one fp32 scale per "
-        "block); activations quantized to int8 per row in the same blocks at run time where onnxruntime has "
-        "the kernel (MatMulNBits, bits=8, accuracy_level=4), fp32 otherwise. Token embedding: int8 per row. "
+        "block); activations quantized to int8 per row in the same blocks at run time (onnxruntime "
+        "MatMulNBits, bits=8, accuracy_level=4). Token embedding: int8 per row. "
         "Final score projection, norms and attention: fp32."
     ),
     "int8-fast": (
