@@ -46,7 +46,7 @@ def prepare(size: str, stacks: list[str]) -> dict[str, Path]:
             continue
         name = stack.removeprefix("ours-")
         out = WORK / f"{size}-{name}"
-        if not (out / "rerank_config.json").exists():
+        if _cached_scheme(out) != scheme:  # absent, or cached by an older bench under another scheme
             print(f"exporting {out.name}", file=sys.stderr)
             subprocess.run(
                 [sys.executable, "-m", "rerank_onnx.cli", "export", str(checkpoint), str(out), "--quantize", scheme, "--overwrite"],
@@ -54,6 +54,13 @@ def prepare(size: str, stacks: list[str]) -> dict[str, Path]:
             )
         paths[stack] = out
     return paths
+
+
+def _cached_scheme(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "rerank_config.json").read_text())["quantization"]["scheme"]
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def run_stack(
