@@ -114,12 +114,14 @@ def main() -> int:
     parser.add_argument("--heavy-stacks", nargs="*", default=None,
                         help="stacks that also run mixed100 and growth (default: all of ours)")
     parser.add_argument("--stack-timeout", type=float, default=1800, help="seconds before a stack is given up")
-    parser.add_argument("--bf16-timeout", type=float, default=900,
-                        help="seconds for pytorch-bf16, which has no fast path on CPUs without AVX512-BF16/AMX")
+    parser.add_argument("--bf16-timeout", type=float, default=None,
+                        help="seconds for pytorch-bf16, which has no fast path on CPUs without AVX512-BF16/AMX "
+                             "(default 900; 300 with --quick)")
     parser.add_argument("--llama-cpp", action="store_true", help="also measure llama.cpp Q8_0/Q4_0 (builds it: ~5 min)")
     args = parser.parse_args()
     size = args.size or ("base-v2" if args.quick else "large-v2")
     reps = args.reps or (1 if args.quick else 3)
+    bf16_timeout = args.bf16_timeout or (300 if args.quick else 900)
 
     paths = prepare(size, args.stacks)
     results = {}
@@ -129,7 +131,7 @@ def main() -> int:
         # and the reference materializes [seq, 151936] logits at long lengths.
         heavy = stack in args.heavy_stacks if args.heavy_stacks is not None else stack.startswith("ours")
         skip = list(args.skip) + ([] if heavy else ["growth", "mixed100"])
-        timeout = min(args.stack_timeout, args.bf16_timeout) if stack == "pytorch-bf16" else args.stack_timeout
+        timeout = min(args.stack_timeout, bf16_timeout) if stack == "pytorch-bf16" else args.stack_timeout
         results[stack] = run_stack(stack, paths, args.threads, reps, args.quick, skip, timeout)
         print(json.dumps({k: v for k, v in results[stack].items() if k not in ("rag20", "mixed100")})[:400], file=sys.stderr)
     if args.scaling_stack in args.stacks and not args.no_thread_scaling and args.threads > 1:

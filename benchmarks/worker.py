@@ -30,6 +30,19 @@ def workloads(quick: bool) -> dict:
     }
 
 
+def peak_rss_gb() -> float:
+    """This process's own peak RSS. Linux keeps ru_maxrss across exec, so a worker spawned by a parent
+    that once held more memory (bench.py after an export) would report the parent's peak; VmHWM belongs
+    to the worker's own address space."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # KiB on Linux
+
+
 class Ours:
     def __init__(self, artifact: str, threads: int) -> None:
         from rerank_onnx import Reranker
@@ -90,7 +103,7 @@ def main() -> int:
     result: dict = {"stack": args.stack, "cold_start_s": time.time() - args.spawned_at}
 
     def report() -> None:  # after every workload: a stack stopped at its time limit keeps what it measured
-        result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+        result["peak_rss_gb"] = peak_rss_gb()
         print(json.dumps(result), flush=True)
 
     def timed(query: str, docs: list[str], reps: int) -> tuple[list[float], list[float]]:

@@ -1,0 +1,161 @@
+"""Where the time goes: onnxruntime's per-node profiler on an artifact, per op type, at given batch shapes.
+
+    python benchmarks/profile_ops.py benchmarks/work/large-v2-int8 --shapes 4x256 1x2048
+
+Each shape gets its own session (profiling on), one warm-up run, then one measured run; only the
+measured run's node events are counted. Writes results/profile-<name>.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, environment, text_of_tokens, write_results  # noqa: E402
+
+INTEGER_GEMMS = {"MatMulNBits", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulInteger", "QGemm"}
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    batch, _, tokens = text.partition("x")
+    if not (batch.isdigit() and tokens.isdigit()) or int(batch) < 1 or int(tokens) < 1:
+        raise argparse.ArgumentTypeError(f"expected BATCHxTOKENS such as 4x256, got {text!r}")
+    return int(batch), int(tokens)
+
+
+def token_ids(artifact: Path, batch: int, tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """Real prompts of exactly `tokens` tokens (the template around filler text, cut to length)."""
+    from rerank_onnx import Reranker
+
+    class _NoSession:
+        def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+            raise AssertionError("not used")
+
+    reranker = Reranker(artifact, session=_NoSession(), max_length=max(tokens, 64))
+    docs = [text_of_tokens(tokens + 64, 40 + i) for i in range(batch)]
+    encoded = reranker.encode(["what causes rivers to flood in spring?"] * batch, docs)
+    ids = np.stack([np.asarray(row[:tokens], dtype=np.int64) for row in encoded.input_ids])
+    if ids.shape[1] != tokens:
+        raise SystemExit(f"could not build {tokens}-token prompts (got {ids.shape[1]}); raise the filler length")
+    return ids, np.full(batch, tokens, dtype=np.int64)
+
+
+def profile_shape(graph: Path, ids: np.ndarray, lengths: np.ndarray, threads: int) -> dict:
+    import onnxruntime as ort
+
+    from rerank_onnx.session import INPUT_IDS, LENGTHS, SCORES
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "profile")
+        session = ort.InferenceSession(str(graph), sess_options=options, providers=["CPUExecutionProvider"])
+        for _ in range(2):  # warm-up, then the measured run
+            session.run([SCORES], {INPUT_IDS: ids, LENGTHS: lengths})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    last = runs[-1]
+    per_op: dict[str, float] = defaultdict(float)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= last["ts"]:
+            per_op[e["args"]["op_name"]] += e["dur"] / 1000
+    run_ms = last["dur"] / 1000
+    return {
+        "run_ms": run_ms,
+        "tokens_per_s": ids.size / (run_ms / 1000),
+        "ops_ms": dict(sorted(per_op.items(), key=lambda kv: -kv[1])),
+    }
+
+
+def table(result: dict) -> str:
+    shapes = list(result["shapes"])
+    totals = {s: sum(result["shapes"][s]["ops_ms"].values()) for s in shapes}
+    ops = sorted({op for s in shapes for op in result["shapes"][s]["ops_ms"]},
+                 key=lambda op: -max(result["shapes"][s]["ops_ms"].get(op, 0) / totals[s] for s in shapes))  # fmt: skip
+    lines = [
+        f"Artifact `{result['artifact']}` (scheme `{result['scheme']}`), {result['environment']['threads']} threads, "
+        f"{result['environment']['cpu']}; share of node time in one run after a warm-up.",
+        "",
+        "| op type | " + " | ".join(shapes) + " |",
+        "|---|" + "---|" * len(shapes),
+    ]
+    shown, rest = ops[:10], ops[10:]
+    for op in shown:
+        lines.append(f"| {op} | " + " | ".join(f"{100 * result['shapes'][s]['ops_ms'].get(op, 0) / totals[s]:.1f}%" for s in shapes) + " |")
+    if rest:
+        lines.append(f"| {len(rest)} other op types | " + " | ".join(
+            f"{100 * sum(result['shapes'][s]['ops_ms'].get(op, 0) for op in rest) / totals[s]:.1f}%" for s in shapes) + " |")  # fmt: skip
+    lines.append("| **integer GEMMs together** | " + " | ".join(
+        f"**{100 * sum(v for op, v in result['shapes'][s]['ops_ms'].items() if op in INTEGER_GEMMS) / totals[s]:.1f}%**"
+        for s in shapes) + " |")  # fmt: skip
+    lines.append("| run time (s) / tokens/s | " + " | ".join(
+        f"{result['shapes'][s]['run_ms'] / 1000:.1f} / {result['shapes'][s]['tokens_per_s']:.0f}" for s in shapes) + " |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def chart(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = list(result["shapes"])
+    totals = {s: sum(result["shapes"][s]["ops_ms"].values()) for s in shapes}
+    top = sorted({op for s in shapes for op in list(result["shapes"][s]["ops_ms"])[:6]})
+    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.6 * len(shapes)))
+    left = np.zeros(len(shapes))
+    for op in top + ["other"]:
+        if op == "other":
+            share = [100 * sum(v for o, v in result["shapes"][s]["ops_ms"].items() if o not in top) / totals[s] for s in shapes]
+        else:
+            share = [100 * result["shapes"][s]["ops_ms"].get(op, 0) / totals[s] for s in shapes]
+        ax.barh(shapes, share, left=left, label=op)
+        left += share
+    ax.set_xlabel("% of node time")
+    ax.set_title(f"{result['artifact']} ({result['scheme']})")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("artifact", type=Path)
+    parser.add_argument("--shapes", nargs="+", type=parse_shape, default=[(4, 256), (1, 2048)])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--name", default=None, help="results/profile-<name>.* (default: the artifact folder's name)")
+    args = parser.parse_args()
+
+    from rerank_onnx.artifact import load_artifact
+
+    config = load_artifact(args.artifact)
+    result = {
+        "artifact": args.artifact.name,
+        "scheme": config.quantization,
+        "environment": environment(args.threads),
+        "shapes": {},
+    }
+    for batch, tokens in args.shapes:
+        ids, lengths = token_ids(args.artifact, batch, tokens)
+        result["shapes"][f"{batch}x{tokens}"] = profile_shape(config.graph_path, ids, lengths, args.threads)
+        print(f"{batch}x{tokens}: {result['shapes'][f'{batch}x{tokens}']['run_ms'] / 1000:.1f} s", flush=True)
+    name = f"profile-{args.name or args.artifact.name}"
+    text = table(result)
+    write_results(name, result, text)
+    chart(result, RESULTS / f"{name}.png")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
