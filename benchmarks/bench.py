@@ -116,12 +116,12 @@ def main() -> int:
     parser.add_argument("--stack-timeout", type=float, default=1800, help="seconds before a stack is given up")
     parser.add_argument("--bf16-timeout", type=float, default=None,
                         help="seconds for pytorch-bf16, which has no fast path on CPUs without AVX512-BF16/AMX "
-                             "(default 900; 300 with --quick)")
+                             "(default 900; 480 with --quick, enough for its b16x256 at base-v2 size on 2 AVX2 cores)")
     parser.add_argument("--llama-cpp", action="store_true", help="also measure llama.cpp Q8_0/Q4_0 (builds it: ~5 min)")
     args = parser.parse_args()
     size = args.size or ("base-v2" if args.quick else "large-v2")
     reps = args.reps or (1 if args.quick else 3)
-    bf16_timeout = args.bf16_timeout or (300 if args.quick else 900)
+    bf16_timeout = args.bf16_timeout or (480 if args.quick else 900)
 
     paths = prepare(size, args.stacks)
     results = {}
