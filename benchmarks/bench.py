@@ -121,7 +121,7 @@ def main() -> int:
     args = parser.parse_args()
     size = args.size or ("base-v2" if args.quick else "large-v2")
     reps = args.reps or (1 if args.quick else 3)
-    bf16_timeout = args.bf16_timeout or (480 if args.quick else 900)
+    bf16_timeout = args.bf16_timeout if args.bf16_timeout is not None else (480 if args.quick else 900)
 
     paths = prepare(size, args.stacks)
     results = {}

@@ -14,11 +14,15 @@ import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, environment, text_of_tokens, write_results  # noqa: E402
+
+if TYPE_CHECKING:
+    from rerank_onnx import Reranker
 
 INTEGER_GEMMS = {"MatMulNBits", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulInteger", "QGemm"}
 
@@ -30,20 +34,20 @@ def parse_shape(text: str) -> tuple[int, int]:
     return int(batch), int(tokens)
 
 
-def token_ids(artifact: Path, batch: int, tokens: int) -> tuple[np.ndarray, np.ndarray]:
-    """Real prompts of exactly `tokens` tokens (the template around filler text, cut to length)."""
-    from rerank_onnx import Reranker
+class _NoSession:
+    """The profiler runs its own onnxruntime session; the Reranker is here only for its prompt encoder."""
 
-    class _NoSession:
-        def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-            raise AssertionError("not used")
+    def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        raise AssertionError("not used")
 
-    reranker = Reranker(artifact, session=_NoSession(), max_length=max(tokens, 64))
+
+def token_ids(reranker: Reranker, batch: int, tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """Prompts of exactly `tokens` tokens: the template around filler text, cut to length."""
     docs = [text_of_tokens(tokens + 64, 40 + i) for i in range(batch)]
     encoded = reranker.encode(["what causes rivers to flood in spring?"] * batch, docs)
+    if min(len(row) for row in encoded.input_ids) < tokens:
+        raise SystemExit(f"could not build {tokens}-token prompts; raise the filler length")
     ids = np.stack([np.asarray(row[:tokens], dtype=np.int64) for row in encoded.input_ids])
-    if ids.shape[1] != tokens:
-        raise SystemExit(f"could not build {tokens}-token prompts (got {ids.shape[1]}); raise the filler length")
     return ids, np.full(batch, tokens, dtype=np.int64)
 
 
@@ -137,9 +141,11 @@ def main() -> None:
     parser.add_argument("--name", default=None, help="results/profile-<name>.* (default: the artifact folder's name)")
     args = parser.parse_args()
 
-    from rerank_onnx.artifact import load_artifact
+    from rerank_onnx import Reranker
 
-    config = load_artifact(args.artifact)
+    # One encoder for every shape (loading the tokenizer takes ~1 s); longer shapes need the larger budget.
+    reranker = Reranker(args.artifact, session=_NoSession(), max_length=max(64, *(t for _, t in args.shapes)))
+    config = reranker.config
     result = {
         "artifact": args.artifact.name,
         "scheme": config.quantization,
@@ -147,7 +153,7 @@ def main() -> None:
         "shapes": {},
     }
     for batch, tokens in args.shapes:
-        ids, lengths = token_ids(args.artifact, batch, tokens)
+        ids, lengths = token_ids(reranker, batch, tokens)
         result["shapes"][f"{batch}x{tokens}"] = profile_shape(config.graph_path, ids, lengths, args.threads)
         print(f"{batch}x{tokens}: {result['shapes'][f'{batch}x{tokens}']['run_ms'] / 1000:.1f} s", flush=True)
     name = f"profile-{args.name or args.artifact.name}"

@@ -40,7 +40,8 @@ def peak_rss_gb() -> float:
                 return int(line.split()[1]) * 1024 / 1e9
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # KiB on Linux
+    # no /proc (macOS): ru_maxrss is in bytes there, and exec does not carry it over
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024) / 1e9
 
 
 class Ours:
@@ -145,7 +146,6 @@ def main() -> int:
             growth[str(n)]["tokens_per_s"] = growth[str(n)]["tokens"] / times[0]
             result["growth"] = growth
             report()
-    report()
     return 0
 
 
