@@ -46,7 +46,7 @@ def prepare(size: str, stacks: list[str]) -> dict[str, Path]:
             continue
         name = stack.removeprefix("ours-")
         out = WORK / f"{size}-{name}"
-        if _cached_scheme(out) != scheme:  # absent, or cached by an older bench under another scheme
+        if _cached_scheme(out) != scheme:  # absent, another scheme, or a graph from before the prefix cache
             print(f"exporting {out.name}", file=sys.stderr)
             subprocess.run(
                 [sys.executable, "-m", "rerank_onnx.cli", "export", str(checkpoint), str(out), "--quantize", scheme, "--overwrite"],
@@ -58,8 +58,9 @@ def prepare(size: str, stacks: list[str]) -> dict[str, Path]:
 
 def _cached_scheme(folder: Path) -> str | None:
     try:
-        return json.loads((folder / "rerank_config.json").read_text())["quantization"]["scheme"]
-    except (OSError, KeyError, ValueError):
+        config = json.loads((folder / "rerank_config.json").read_text())
+        return config["quantization"]["scheme"] if "past_keys" in config["graph"]["inputs"] else None
+    except (OSError, KeyError, ValueError, TypeError):
         return None
 
 

@@ -54,7 +54,7 @@ def token_ids(reranker: Reranker, batch: int, tokens: int) -> tuple[np.ndarray, 
 def profile_shape(graph: Path, ids: np.ndarray, lengths: np.ndarray, threads: int) -> dict:
     import onnxruntime as ort
 
-    from rerank_onnx.session import INPUT_IDS, LENGTHS, SCORES
+    from rerank_onnx.session import INPUT_IDS, LENGTHS, PAST_KEYS, PAST_VALUES, SCORES
 
     with tempfile.TemporaryDirectory() as tmp:
         options = ort.SessionOptions()
@@ -64,8 +64,14 @@ def profile_shape(graph: Path, ids: np.ndarray, lengths: np.ndarray, threads: in
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tmp) / "profile")
         session = ort.InferenceSession(str(graph), sess_options=options, providers=["CPUExecutionProvider"])
+        feeds = {INPUT_IDS: ids, LENGTHS: lengths}
+        inputs = {i.name: i.shape for i in session.get_inputs()}
+        if PAST_KEYS in inputs:  # full prompts: an empty shared prefix
+            layers, kv_heads, _, head_dim = inputs[PAST_KEYS]
+            empty = np.zeros((layers, kv_heads, 0, head_dim), dtype=np.float32)
+            feeds |= {PAST_KEYS: empty, PAST_VALUES: empty}
         for _ in range(2):  # warm-up, then the measured run
-            session.run([SCORES], {INPUT_IDS: ids, LENGTHS: lengths})
+            session.run([SCORES], feeds)
         events = json.loads(Path(session.end_profiling()).read_text())
     runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
     last = runs[-1]

@@ -9,22 +9,38 @@ from pathlib import Path
 import onnx
 import torch
 
-from rerank_onnx.session import INPUT_IDS, LENGTHS, SCORES
+from rerank_onnx.errors import ExportError
+from rerank_onnx.session import INPUT_IDS, LENGTHS, PAST_KEYS, PAST_VALUES, PRESENT_KEYS, PRESENT_VALUES, SCORES
 
 OPSET = 17
 
 
 class ScoreGraph(torch.nn.Module):
-    """Score = final hidden state of each row's last real token . (W["1"] - W["0"]).
+    """Score = final hidden state of each row's last real token . (W["1"] - W["0"]), after an optional
+    prefix whose keys and values every row shares.
 
     The full-vocabulary lm_head is collapsed to the one direction that the score needs: logit("1") -
     logit("0") is linear in the hidden state. Rows are right-padded, so with a causal mask no real
     token ever attends to padding, and no padding mask is needed.
+
+    The prompts of one query start with the same tokens (chat prefix, instruction, query). The graph
+    takes their keys and values as `past_keys`/`past_values` [layers, kv_heads, past, head_dim] (past
+    may be 0) and returns the keys and values of row 0 after its tokens, so that the runtime computes a
+    shared prefix once and scores every document as its continuation.
+
+    The layer loop is written out (with the checkpoint's own modules and rotary embedding) because
+    transformers' cache classes and mask builder do not trace; it is the eager attention of Qwen2.
     """
 
     def __init__(self, causal_lm: torch.nn.Module, *, yes_token_id: int, no_token_id: int) -> None:
         super().__init__()
-        self.body = causal_lm.model
+        config = causal_lm.config
+        if getattr(config, "use_sliding_window", False):
+            raise ExportError("this checkpoint uses sliding-window attention, which the score graph does not implement")
+        body = causal_lm.model
+        self.embed, self.layers, self.norm, self.rotary = body.embed_tokens, body.layers, body.norm, body.rotary_emb
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         head = causal_lm.get_output_embeddings()
         direction = head.weight[yes_token_id] - head.weight[no_token_id]
         self.register_buffer("direction", direction.detach().clone().float())
@@ -32,24 +48,55 @@ class ScoreGraph(torch.nn.Module):
         offset = (bias[yes_token_id] - bias[no_token_id]).item() if bias is not None else 0.0
         self.register_buffer("offset", torch.tensor(offset, dtype=torch.float32))
 
-    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, lengths: torch.Tensor, past_keys: torch.Tensor, past_values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+
         batch, seq = input_ids.shape
-        # Our own 4-D additive causal mask: transformers' mask builder uses vmap, which the TorchScript
-        # exporter cannot trace ("unordered_map::at").
-        positions = torch.arange(seq, device=input_ids.device)
-        allowed = positions.view(1, -1) <= positions.view(-1, 1)
-        mask = torch.where(allowed, torch.zeros((), dtype=torch.float32), torch.full((), torch.finfo(torch.float32).min))
-        mask = mask.view(1, 1, seq, seq).expand(batch, 1, seq, seq)
-        hidden = self.body(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
+        past = past_keys.shape[2]
+        positions = torch.arange(seq, device=input_ids.device) + past
+        # Query i sees every past position and the new positions up to its own.
+        causal = positions.view(1, -1) <= positions.view(-1, 1)
+        allowed = torch.cat([torch.ones(seq, past, dtype=torch.bool, device=input_ids.device), causal], dim=1)
+        zero, blocked = torch.zeros((), dtype=torch.float32), torch.full((), torch.finfo(torch.float32).min)
+        mask = torch.where(allowed, zero, blocked).view(1, 1, seq, past + seq)
+        x = self.embed(input_ids)
+        cos, sin = self.rotary(x, positions.view(1, -1).expand(batch, -1))
+        groups, scale = self.heads // self.kv_heads, self.head_dim**-0.5
+        present_keys, present_values = [], []
+        for i, layer in enumerate(self.layers):
+            attention = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attention.q_proj(h).view(batch, seq, self.heads, self.head_dim).transpose(1, 2)
+            k = attention.k_proj(h).view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = attention.v_proj(h).view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            k = torch.cat([past_keys[i].unsqueeze(0).expand(batch, -1, -1, -1), k], dim=2)
+            v = torch.cat([past_values[i].unsqueeze(0).expand(batch, -1, -1, -1), v], dim=2)
+            present_keys.append(k[0])
+            present_values.append(v[0])
+            total = k.shape[2]
+            shape = (batch, self.heads, total, self.head_dim)
+            k = k[:, :, None].expand(batch, self.kv_heads, groups, total, self.head_dim).reshape(shape)
+            v = v[:, :, None].expand(batch, self.kv_heads, groups, total, self.head_dim).reshape(shape)
+            weights = torch.softmax(torch.matmul(q, k.transpose(2, 3)) * scale + mask, dim=-1, dtype=torch.float32)
+            out = torch.matmul(weights, v).transpose(1, 2).reshape(batch, seq, -1)
+            x = x + attention.o_proj(out)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        hidden = self.norm(x)
         index = (lengths - 1).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
         last = hidden.gather(1, index).squeeze(1)
-        return torch.matmul(last, self.direction) + self.offset
+        scores = torch.matmul(last, self.direction) + self.offset
+        return scores, torch.stack(present_keys), torch.stack(present_values)
 
 
 def export_fp32(graph: ScoreGraph, destination: Path, *, data_file: str) -> None:
     """Write `graph` to `destination`, its weights to one external `data_file` beside it."""
     example_ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 3, 4, 0, 0, 0, 0]], dtype=torch.int64)
     example_lengths = torch.tensor([8, 4], dtype=torch.int64)
+    # A non-empty example past, so that the tracer keeps the past length symbolic (0 works at run time).
+    example_past = torch.zeros(len(graph.layers), graph.kv_heads, 3, graph.head_dim)
     # The TorchScript exporter writes one file per tensor beside a large graph: keep them in a
     # scratch folder of their own, then gather them into one data file.
     raw = destination.parent / (destination.stem + ".raw")
@@ -58,11 +105,14 @@ def export_fp32(graph: ScoreGraph, destination: Path, *, data_file: str) -> None
     with torch.no_grad():
         torch.onnx.export(
             graph,
-            (example_ids, example_lengths),
+            (example_ids, example_lengths, example_past, example_past),
             str(raw / destination.name),
-            input_names=[INPUT_IDS, LENGTHS],
-            output_names=[SCORES],
-            dynamic_axes={INPUT_IDS: {0: "batch", 1: "sequence"}, LENGTHS: {0: "batch"}, SCORES: {0: "batch"}},
+            input_names=[INPUT_IDS, LENGTHS, PAST_KEYS, PAST_VALUES],
+            output_names=[SCORES, PRESENT_KEYS, PRESENT_VALUES],
+            dynamic_axes={
+                INPUT_IDS: {0: "batch", 1: "sequence"}, LENGTHS: {0: "batch"}, SCORES: {0: "batch"},
+                PAST_KEYS: {2: "past"}, PAST_VALUES: {2: "past"}, PRESENT_KEYS: {2: "total"}, PRESENT_VALUES: {2: "total"},
+            },  # fmt: skip
             opset_version=OPSET,
             do_constant_folding=True,
             dynamo=False,

@@ -191,6 +191,7 @@ def _json_type(value: Any) -> str:
 class Prepared:
     input_ids: list[list[int]]
     prompt_tokens: int
+    head_lengths: list[int]  # EncodedPairs.head_lengths: lets the pairs of the query share its head
 
 
 def prepare(request: RerankRequest, reranker: Any, limits: Limits) -> Prepared:
@@ -216,7 +217,7 @@ def prepare(request: RerankRequest, reranker: Any, limits: Limits) -> Prepared:
             413, f"the request needs {prompt_tokens} prompt tokens; the limit is {limits.max_request_tokens}",
             code="too_many_tokens",
         )  # fmt: skip
-    return Prepared(encoded.input_ids, prompt_tokens)
+    return Prepared(encoded.input_ids, prompt_tokens, encoded.head_lengths)
 
 
 def finish(request: RerankRequest, reranker: Any, prepared: Prepared, raw_scores: Any, *, model_name: str) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import numpy as np
 from .artifact import ArtifactConfig, load_artifact
 from .batching import pad_batch, plan_batches
 from .errors import InputTooLongError, InvalidInputError, describe
-from .session import OnnxScoreSession, ScoreSession
+from .session import PrefixScoreSession, ScoreSession, open_session
 from .template import EncodedPairs, PairEncoder, load_tokenizer
 
 log = logging.getLogger("rerank_onnx")
@@ -37,6 +37,10 @@ class Reranker:
     max_length: token budget for query + document, as in the reference (default 8192).
     max_batch_tokens / max_batch_size: a batch holds at most this many padded tokens / pairs.
     session: a ready ScoreSession to use instead of loading the artifact's graph (tests, custom providers).
+    share_prefix: compute the tokens that the pairs of one query share (chat prefix, instruction, query)
+        once per query instead of once per pair, when the graph takes past keys and values (older
+        artifacts run every prompt in full). Scores agree up to float rounding (int8-fast: up to its
+        per-batch activation scales); off, every prompt runs in full.
     """
 
     def __init__(
@@ -48,6 +52,7 @@ class Reranker:
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         session: ScoreSession | None = None,
+        share_prefix: bool = True,
     ) -> None:
         _check_positive_int("threads", threads, allow_none=True)
         _check_positive_int("max_length", max_length, allow_none=True)
@@ -62,7 +67,13 @@ class Reranker:
         )
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
-        self._session: ScoreSession = session or OnnxScoreSession(self.config.graph_path, threads=threads)
+        self._session: ScoreSession = session or open_session(self.config.graph_path, threads=threads)
+        self.share_prefix = share_prefix
+
+    @property
+    def shares_prefix(self) -> bool:
+        """True when pairs of one query share the computation of their common head."""
+        return self.share_prefix and isinstance(self._session, PrefixScoreSession)
 
     @property
     def max_length(self) -> int:
@@ -132,7 +143,9 @@ class Reranker:
                 "%d of %d pairs exceed max_length=%d tokens and were truncated as the reference does",
                 sum(encoded.truncated), len(encoded.truncated), self.max_length,
             )  # fmt: skip
-        scores = self.score_encoded(encoded.input_ids, batch_size=batch_size, show_progress=show_progress)
+        scores = self.score_encoded(
+            encoded.input_ids, head_lengths=encoded.head_lengths, batch_size=batch_size, show_progress=show_progress
+        )
         return self.normalize(scores) if normalize else scores
 
     def encode(
@@ -162,32 +175,89 @@ class Reranker:
         )
 
     def score_encoded(
-        self, input_ids: Sequence[Sequence[int]], *, batch_size: int | None = None, show_progress: bool = False
+        self,
+        input_ids: Sequence[Sequence[int]],
+        *,
+        head_lengths: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        show_progress: bool = False,
     ) -> np.ndarray:
-        """Run the graph over already-encoded prompts in length-bucketed batches; scores in input order."""
+        """Run the graph over already-encoded prompts in length-bucketed batches; scores in input order.
+
+        head_lengths (EncodedPairs.head_lengths): rows whose first head_lengths[i] tokens are equal share
+        one computation of those tokens. Without it every prompt runs in full.
+        """
         scores = np.zeros(len(input_ids), dtype=np.float32)
         if not input_ids:
             return scores
-        batches = plan_batches(
-            [len(ids) for ids in input_ids],
-            max_batch_tokens=self.max_batch_tokens,
-            max_batch_size=batch_size or self.max_batch_size,
-        )
+        if head_lengths is not None and len(head_lengths) != len(input_ids):
+            raise InvalidInputError(
+                f"head_lengths: expected one per prompt ({len(input_ids)}), got {len(head_lengths)}"
+            )
         progress = _Progress(len(input_ids)) if show_progress else None
-        pad_id = self.config.template.pad_token_id
-        for batch in batches:
-            matrix, lengths = pad_batch([input_ids[i] for i in batch], pad_id=pad_id)
-            scores[batch] = self._session.run(matrix, lengths)
+        groups, alone = self._shared_heads(input_ids, head_lengths)
+        session = self._session
+        for head, members in groups:
+            assert isinstance(session, PrefixScoreSession)
+            prefix = session.prefill(np.asarray([input_ids[members[0]][:head]], dtype=np.int64))
+            rest = [input_ids[i][head:] for i in members]
+            for batch, part in self._batches(rest, batch_size):
+                scores[[members[i] for i in batch]] = session.run_after(prefix, *part)
+                if progress:
+                    progress.advance(len(batch))
+        rows = [input_ids[i] for i in alone]
+        for batch, part in self._batches(rows, batch_size):
+            scores[[alone[i] for i in batch]] = session.run(*part)
             if progress:
                 progress.advance(len(batch))
         if progress:
             progress.close()
         return scores
 
+    def _batches(
+        self, rows: Sequence[Sequence[int]], batch_size: int | None
+    ) -> Iterator[tuple[list[int], tuple[np.ndarray, np.ndarray]]]:
+        batches = plan_batches(
+            [len(ids) for ids in rows],
+            max_batch_tokens=self.max_batch_tokens,
+            max_batch_size=batch_size or self.max_batch_size,
+        )
+        pad_id = self.config.template.pad_token_id
+        for batch in batches:
+            yield batch, pad_batch([rows[i] for i in batch], pad_id=pad_id)
+
+    def _shared_heads(
+        self, input_ids: Sequence[Sequence[int]], head_lengths: Sequence[int] | None
+    ) -> tuple[list[tuple[int, list[int]]], list[int]]:
+        """(head length, row indices) for each head that two or more rows share, and the rows that share none."""
+        if head_lengths is None or not self.shares_prefix:
+            return [], list(range(len(input_ids)))
+        by_head: dict[tuple[int, ...], list[int]] = {}
+        for i, (ids, n) in enumerate(zip(input_ids, head_lengths)):
+            n = min(int(n), len(ids) - 1)  # at least one token after the head carries the score
+            by_head.setdefault(tuple(ids[:n]) if n > 0 else (), []).append(i)
+        groups = [
+            (_common_length([input_ids[i] for i in rows], len(head)), rows)
+            for head, rows in by_head.items()
+            if head and len(rows) > 1
+        ]
+        alone = sorted(i for head, rows in by_head.items() if not (head and len(rows) > 1) for i in rows)
+        return groups, alone
+
     def normalize(self, scores: np.ndarray) -> np.ndarray:
         """sigmoid(score - estimated_max / 2): the reference's `normalize=True`."""
         shifted = np.asarray(scores, dtype=np.float64) - self.config.estimated_max / 2
         return (1.0 / (1.0 + np.exp(-shifted))).astype(np.float32)
+
+
+def _common_length(rows: Sequence[Sequence[int]], start: int) -> int:
+    """How far rows that agree on their first `start` tokens go on agreeing (the separator and "document:"
+    that follow every query, or a boilerplate opening), keeping one token of each row to score."""
+    limit = min(len(r) for r in rows) - 1
+    n = start
+    while n < limit and all(r[n] == rows[0][n] for r in rows):
+        n += 1
+    return n
 
 
 class _Progress:

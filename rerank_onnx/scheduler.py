@@ -22,6 +22,7 @@ from .reranker import Reranker
 @dataclass
 class _Job:
     input_ids: list[list[int]]
+    head_lengths: list[int] | None
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.perf_counter)
@@ -52,7 +53,7 @@ class Scheduler:
         self._thread = threading.Thread(target=self._work, name="rerank-inference", daemon=True)
         self._thread.start()
 
-    async def score(self, input_ids: list[list[int]]) -> np.ndarray:
+    async def score(self, input_ids: list[list[int]], head_lengths: list[int] | None = None) -> np.ndarray:
         if not input_ids:
             return np.zeros(0, dtype=np.float32)
         with self._lock:
@@ -64,7 +65,7 @@ class Scheduler:
             self._pending += len(input_ids)
             self._metrics.queue_pairs = self._pending
         loop = asyncio.get_running_loop()
-        job = _Job(input_ids, loop.create_future(), loop)
+        job = _Job(input_ids, head_lengths, loop.create_future(), loop)
         self._queue.put(job)
         return await job.future
 
@@ -104,8 +105,10 @@ class Scheduler:
 
     def _run(self, jobs: list[_Job]) -> None:
         combined = [ids for job in jobs for ids in job.input_ids]
+        # a job without head lengths shares nothing (0); jobs of one query share their head across requests
+        heads = [n for job in jobs for n in (job.head_lengths or [0] * len(job.input_ids))]
         try:
-            scores = self._reranker.score_encoded(combined)
+            scores = self._reranker.score_encoded(combined, head_lengths=heads)
             error: BaseException | None = None
         except BaseException as exc:  # delivered to every waiting request rather than killing the thread
             scores, error = None, exc

@@ -135,7 +135,7 @@ async def _rerank(state: _State, request: RerankRequest, limits: Limits) -> Any:
         raise RequestError(503, "the model is still loading; retry when GET /health answers 200", type="server_error")
     # tokenizing a large request takes milliseconds to seconds: keep it off the event loop too
     prepared = await asyncio.to_thread(prepare, request, state.reranker, limits)
-    raw = await state.scheduler.score(prepared.input_ids)
+    raw = await state.scheduler.score(prepared.input_ids, prepared.head_lengths)
     return finish(request, state.reranker, prepared, raw, model_name=state.model_name)
 
 

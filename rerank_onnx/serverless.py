@@ -46,7 +46,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         request = parse_request(data, shape, _limits)
         reranker = _model()
         prepared = prepare(request, reranker, _limits)
-        raw_scores = reranker.score_encoded(prepared.input_ids)
+        raw_scores = reranker.score_encoded(prepared.input_ids, head_lengths=prepared.head_lengths)
         payload = finish(request, reranker, prepared, raw_scores, model_name=reranker.config.source_model)
         return _respond(200, payload, started)
     except RequestError as exc:

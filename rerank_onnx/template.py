@@ -20,6 +20,8 @@ from .artifact import Template
 class EncodedPairs:
     input_ids: list[list[int]]
     truncated: list[bool]  # True where any part of the query or document was cut
+    # Tokens before the document part (chat prefix, instruction, query): the pairs of one query share them.
+    head_lengths: list[int]
 
 
 class PairEncoder:
@@ -62,6 +64,7 @@ class PairEncoder:
         query_cap = self.max_length * 3 // 4  # reference: reserve at least a quarter for the document
         ids: list[list[int]] = []
         truncated: list[bool] = []
+        heads: list[int] = []
         for query, document in zip(queries, doc_ids):
             q, cut_q = self._cut(query_ids[query], query_cap)
             available = t.model_max_length - len(q) - self.predefined_length
@@ -70,7 +73,8 @@ class PairEncoder:
             pair, cut_p = self._cut(sep + d, self.max_length - len(q))
             ids.append(head + q + pair + tail)
             truncated.append(cut_q or cut_d or cut_p)
-        return EncodedPairs(input_ids=ids, truncated=truncated)
+            heads.append(len(head) + len(q))
+        return EncodedPairs(input_ids=ids, truncated=truncated, head_lengths=heads)
 
     def _encode_texts(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]

@@ -33,18 +33,22 @@ def test_artifact_is_self_contained_and_hashed(int8_artifact: Path, tiny_checkpo
 
 def test_export_report_measures_agreement(int8_artifact: Path, fp32_artifact: Path) -> None:
     report = json.loads((int8_artifact / REPORT_FILE).read_text())
-    assert set(report["agreement"]) == {"int8_graph_vs_pytorch", "fp32_graph_vs_pytorch", "int8_graph_vs_fp32_graph"}
+    assert set(report["agreement"]) == {
+        "int8_graph_vs_pytorch", "fp32_graph_vs_pytorch", "int8_graph_vs_fp32_graph", "shared_prefix_vs_full_prompts"
+    }  # fmt: skip
     assert report["agreement"]["fp32_graph_vs_pytorch"]["max_abs_diff"] < 1e-3
     assert report["agreement"]["int8_graph_vs_pytorch"]["pairs"] == 32
+    assert report["agreement"]["shared_prefix_vs_full_prompts"]["max_abs_diff"] < 1e-3
     fp32_report = json.loads((fp32_artifact / REPORT_FILE).read_text())
-    assert set(fp32_report["agreement"]) == {"fp32_graph_vs_pytorch"}
+    assert set(fp32_report["agreement"]) == {"fp32_graph_vs_pytorch", "shared_prefix_vs_full_prompts"}
+    assert fp32_report["agreement"]["shared_prefix_vs_full_prompts"]["max_abs_diff"] < 1e-4
     assert fp32_report["passed"] is True
 
 
 def test_graph_outputs_scores_without_a_vocabulary_head(fp32_artifact: Path) -> None:
     model = onnx.load(str(fp32_artifact / "model.onnx"))
-    assert [i.name for i in model.graph.input] == ["input_ids", "lengths"]
-    assert [o.name for o in model.graph.output] == ["scores"]
+    assert [i.name for i in model.graph.input] == ["input_ids", "lengths", "past_keys", "past_values"]
+    assert [o.name for o in model.graph.output] == ["scores", "present_keys", "present_values"]
     vocab_sized = [t.name for t in model.graph.initializer if 151936 in t.dims]
     assert len(vocab_sized) == 1, f"only the input embedding should be vocabulary-sized, got {vocab_sized}"
 

@@ -1,0 +1,211 @@
+"""The shared-prefix path: the pairs of one query compute their common head once.
+
+A fake session checks grouping and order in milliseconds; the tiny exported graphs check that scores
+with a shared prefix equal scores of full prompts (and, through test_oracle, the reference).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from rerank_onnx import Reranker
+from rerank_onnx.errors import ModelLoadError
+from rerank_onnx.metrics import Metrics
+from rerank_onnx.scheduler import Scheduler
+from rerank_onnx.session import OnnxScoreSession, Prefix, PrefixScoreSession, open_session
+
+
+def _full_score(ids: list[int]) -> float:
+    return float(sum((i + 1) * t for i, t in enumerate(ids)) % 100_003) + len(ids) / 1000
+
+
+class PrefixFake:
+    """Score depends on every token and its position; a Prefix carries its token ids in `keys`."""
+
+    def __init__(self) -> None:
+        self.prefills: list[int] = []
+        self.full_rows = 0
+        self.after_rows = 0
+
+    def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        self.full_rows += len(lengths)
+        return np.array([_full_score(list(row[:n])) for row, n in zip(input_ids, lengths)], dtype=np.float32)
+
+    def prefill(self, input_ids: np.ndarray) -> Prefix:
+        assert input_ids.shape[0] == 1
+        self.prefills.append(input_ids.shape[1])
+        ids = input_ids.astype(np.float32).reshape(1, 1, -1, 1)
+        return Prefix(keys=ids, values=ids)
+
+    def run_after(self, prefix: Prefix, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        self.after_rows += len(lengths)
+        head = [int(t) for t in prefix.keys.reshape(-1)]
+        return np.array([_full_score(head + list(row[:n])) for row, n in zip(input_ids, lengths)], dtype=np.float32)
+
+
+def test_fake_satisfies_the_protocol() -> None:
+    assert isinstance(PrefixFake(), PrefixScoreSession)
+
+
+def test_each_query_computes_its_head_once_and_scores_keep_input_order(fp32_artifact: Path) -> None:
+    session = PrefixFake()
+    reranker = Reranker(fp32_artifact, session=session, max_batch_tokens=300, max_batch_size=3)
+    queries = ["cats?", "dogs?", "cats?", "lonely query", "dogs?", "cats?", "dogs?"]
+    documents = ["x " * n for n in (50, 1, 30, 2, 80, 5, 0)]
+    encoded = reranker.encode(queries, documents)
+    scores = reranker.predict(queries, documents)
+    np.testing.assert_allclose(scores, [_full_score(ids) for ids in encoded.input_ids], rtol=1e-6)
+    # one head per query with two or more documents (as far as its prompts agree); the lonely pair runs in full
+    heads = {q: n for q, n in zip(queries, encoded.head_lengths)}
+    expected = [_agree([ids for q2, ids in zip(queries, encoded.input_ids) if q2 == q]) for q in ("cats?", "dogs?")]
+    assert sorted(session.prefills) == sorted(expected)
+    assert all(n >= heads[q] + 1 for n, q in zip(expected, ("cats?", "dogs?")))  # + the separator at least
+    assert session.after_rows == 6 and session.full_rows == 1
+
+
+def _agree(rows: list[list[int]]) -> int:
+    n = 0
+    while all(len(r) > n + 1 and r[n] == rows[0][n] for r in rows):
+        n += 1
+    return n
+
+
+def test_a_head_extends_as_far_as_its_rows_agree(fp32_artifact: Path) -> None:
+    session = PrefixFake()
+    reranker = Reranker(fp32_artifact, session=session)
+    rows = [[1, 2, 3, 4, 9], [1, 2, 3, 4, 8, 7], [1, 2, 3, 5]]
+    scores = reranker.score_encoded(rows, head_lengths=[2, 2, 2])
+    np.testing.assert_allclose(scores, [_full_score(r) for r in rows], rtol=1e-6)
+    assert session.prefills == [3]
+
+
+def test_share_prefix_off_runs_every_prompt_in_full(fp32_artifact: Path) -> None:
+    session = PrefixFake()
+    reranker = Reranker(fp32_artifact, session=session, share_prefix=False)
+    scores = reranker.predict(["q"] * 4, ["a", "b c", "d", "e f g"])
+    assert session.prefills == [] and session.full_rows == 4
+    assert not reranker.shares_prefix
+    expected = [_full_score(ids) for ids in reranker.encode(["q"] * 4, ["a", "b c", "d", "e f g"]).input_ids]
+    np.testing.assert_allclose(scores, expected, rtol=1e-6)
+
+
+def test_head_lengths_must_match_the_prompts(fp32_artifact: Path) -> None:
+    from rerank_onnx.errors import InvalidInputError
+
+    reranker = Reranker(fp32_artifact, session=PrefixFake())
+    with pytest.raises(InvalidInputError, match="one per prompt"):
+        reranker.score_encoded([[1, 2, 3], [1, 2, 4]], head_lengths=[2])
+
+
+def test_a_head_as_long_as_the_prompt_keeps_one_token_to_score(fp32_artifact: Path) -> None:
+    session = PrefixFake()
+    reranker = Reranker(fp32_artifact, session=session)
+    rows = [[5, 6, 7], [5, 6, 7], [5, 6, 7, 8]]
+    scores = reranker.score_encoded(rows, head_lengths=[3, 3, 3])
+    np.testing.assert_allclose(scores, [_full_score(r) for r in rows], rtol=1e-6)
+    assert session.prefills == [2]  # the head of [5, 6, 7] shrinks to [5, 6]; [5, 6, 7, 8] keeps its own
+
+
+def test_the_scheduler_shares_heads_within_and_across_requests(fp32_artifact: Path) -> None:
+    session = PrefixFake()
+    reranker = Reranker(fp32_artifact, session=session)
+    scheduler = Scheduler(reranker, Metrics(), coalesce_ms=50.0)
+    first = reranker.encode(["cats?"] * 2, ["a b", "c"])
+    second = reranker.encode(["cats?"] * 3, ["d", "e f", "g"])
+
+    async def both():
+        return await asyncio.gather(
+            scheduler.score(first.input_ids, first.head_lengths), scheduler.score(second.input_ids, second.head_lengths)
+        )
+
+    try:
+        a, b = asyncio.run(both())
+    finally:
+        scheduler.close()
+    np.testing.assert_allclose(a, [_full_score(r) for r in first.input_ids], rtol=1e-6)
+    np.testing.assert_allclose(b, [_full_score(r) for r in second.input_ids], rtol=1e-6)
+    assert session.full_rows == 0 and len(session.prefills) == 1  # coalesced: one head for five pairs
+
+
+QUERIES = ["where do fish live?", "¿qué come un gato?", "where do fish live?", "x", "¿qué come un gato?", "x"]
+DOCUMENTS = ["Fish live in rivers.", "", "Salmon swim upstream to spawn " * 20, "x", "Los gatos comen pescado. 猫", "y " * 300]
+
+
+@pytest.mark.parametrize("instruction", [None, "Prefer short answers."])
+def test_fp32_shared_prefix_equals_full_prompts(fp32_artifact: Path, instruction: str | None) -> None:
+    shared = Reranker(fp32_artifact, max_batch_size=2)
+    assert shared.shares_prefix
+    full = Reranker(fp32_artifact, share_prefix=False)
+    a = shared.predict(QUERIES, DOCUMENTS, instruction=instruction)
+    b = full.predict(QUERIES, DOCUMENTS, instruction=instruction)
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
+
+
+def test_truncated_queries_share_their_truncated_head(fp32_artifact: Path) -> None:
+    reranker = Reranker(fp32_artifact, max_length=40)
+    query = "a very long query about rivers and fish " * 10
+    docs = ["fish", "rivers flood in spring", "nothing at all"]
+    encoded = reranker.encode([query] * 3, docs)
+    assert all(encoded.truncated) and len(set(encoded.head_lengths)) == 1
+    a = reranker.predict([query] * 3, docs)
+    b = Reranker(fp32_artifact, max_length=40, share_prefix=False).predict([query] * 3, docs)
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
+
+
+def test_blockwise_int8_shared_prefix_equals_full_prompts(int8_artifact: Path) -> None:
+    # blockwise int8 quantizes each token's activations on their own: a shared head changes only rounding
+    a = Reranker(int8_artifact).predict(QUERIES, DOCUMENTS)
+    b = Reranker(int8_artifact, share_prefix=False).predict(QUERIES, DOCUMENTS)
+    np.testing.assert_allclose(a, b, atol=1e-3, rtol=0)
+
+
+def test_int8_fast_shared_prefix_stays_within_its_batch_noise(int8_fast_artifact: Path) -> None:
+    # int8-fast has one activation scale per batch, which the head no longer joins: held to the same
+    # bound as its agreement with the reference (test_oracle)
+    a = Reranker(int8_fast_artifact).predict(QUERIES, DOCUMENTS)
+    b = Reranker(int8_fast_artifact, share_prefix=False).predict(QUERIES, DOCUMENTS)
+    assert np.mean(np.abs(a - b)) < 0.25 * np.std(b)
+
+
+def _plain_graph(path: Path, inputs: list[str]) -> Path:
+    """A graph of the layout written before the prefix cache (or a wrong one): score = float(lengths)."""
+    declared = [
+        helper.make_tensor_value_info(name, TensorProto.INT64, ["batch"] if name == "lengths" else ["batch", "sequence"])
+        for name in inputs
+    ]
+    node = helper.make_node("Cast", ["lengths"], ["scores"], to=TensorProto.FLOAT)
+    output = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch"])
+    graph = helper.make_graph([node], "plain", declared, [output])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_a_graph_without_past_inputs_runs_in_full(tmp_path: Path) -> None:
+    session = open_session(_plain_graph(tmp_path / "old.onnx", ["input_ids", "lengths"]), threads=1)
+    assert isinstance(session, OnnxScoreSession) and not isinstance(session, PrefixScoreSession)
+    ids = np.zeros((2, 3), dtype=np.int64)
+    np.testing.assert_array_equal(session.run(ids, np.array([3, 1], dtype=np.int64)), [3.0, 1.0])
+
+
+def test_a_graph_with_other_inputs_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="expected graph inputs"):
+        open_session(_plain_graph(tmp_path / "odd.onnx", ["input_ids", "lengths", "token_type_ids"]), threads=1)
+
+
+def test_the_exported_graph_prefills_and_continues(fp32_artifact: Path) -> None:
+    session = open_session(fp32_artifact / "model.onnx", threads=1)
+    assert isinstance(session, PrefixScoreSession)
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, 151_000, size=(3, 20))
+    rows[:, :8] = rows[0, :8]
+    full = session.run(rows, np.array([20, 20, 20], dtype=np.int64))
+    prefix = session.prefill(rows[:1, :8])
+    assert prefix.length == 8 and prefix.keys.shape == prefix.values.shape
+    after = session.run_after(prefix, rows[:, 8:], np.array([12, 12, 12], dtype=np.int64))
+    np.testing.assert_allclose(after, full, atol=1e-4, rtol=0)
