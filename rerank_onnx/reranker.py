@@ -242,6 +242,15 @@ class Reranker:
             if head and len(rows) > 1
         ]
         alone = sorted(i for head, rows in by_head.items() if not (head and len(rows) > 1) for i in rows)
+        # Pairs of different queries still share the chat prefix that opens every prompt of the template.
+        opening = list(self.config.template.prefix_ids)
+        openers = [
+            i for i in alone
+            if 0 < len(opening) <= head_lengths[i] < len(input_ids[i]) and list(input_ids[i][: len(opening)]) == opening
+        ]  # fmt: skip
+        if len(openers) > 1:
+            groups.append((_common_length([input_ids[i] for i in openers], len(opening)), openers))
+            alone = sorted(set(alone) - set(openers))
         return groups, alone
 
     def normalize(self, scores: np.ndarray) -> np.ndarray:

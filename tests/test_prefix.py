@@ -85,6 +85,27 @@ def test_a_head_extends_as_far_as_its_rows_agree(fp32_artifact: Path) -> None:
     assert session.prefills == [3]
 
 
+def test_pairs_of_different_queries_share_the_chat_prefix(fp32_artifact: Path) -> None:
+    session = PrefixFake()
+    reranker = Reranker(fp32_artifact, session=session)
+    queries, documents = ["cats?", "dogs?", "fish?"], ["a", "b", "c"]
+    encoded = reranker.encode(queries, documents)
+    scores = reranker.predict(queries, documents)
+    np.testing.assert_allclose(scores, [_full_score(ids) for ids in encoded.input_ids], rtol=1e-6)
+    opening = len(reranker.config.template.prefix_ids)
+    assert session.prefills == [_agree(encoded.input_ids)] and session.prefills[0] >= opening
+    assert session.full_rows == 0
+
+
+def test_rows_that_do_not_open_with_the_chat_prefix_run_in_full(fp32_artifact: Path) -> None:
+    session = PrefixFake()
+    reranker = Reranker(fp32_artifact, session=session)
+    rows = [[1, 2, 3] * 20, [4, 5, 6] * 20]  # not prompts of this template: nothing may be assumed shared
+    scores = reranker.score_encoded(rows, head_lengths=[40, 40])
+    np.testing.assert_allclose(scores, [_full_score(r) for r in rows], rtol=1e-6)
+    assert session.prefills == [] and session.full_rows == 2
+
+
 def test_share_prefix_off_runs_every_prompt_in_full(fp32_artifact: Path) -> None:
     session = PrefixFake()
     reranker = Reranker(fp32_artifact, session=session, share_prefix=False)
