@@ -59,7 +59,7 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def open_session(graph: Path, *, threads: int | None = None) -> OnnxScoreSession:
+def open_session(graph: Path, *, threads: int | None = None) -> OnnxScoreSession | OnnxPrefixScoreSession:
     """The session for an artifact's graph: prefix-capable when the graph takes past keys and values
     (artifacts written since the prefix cache), plain otherwise."""
     session = OnnxScoreSession(graph, threads=threads)
