@@ -16,7 +16,7 @@ from rerank_onnx import artifact
 from rerank_onnx.artifact import Template
 from rerank_onnx.errors import ExportError
 from rerank_onnx.reranker import Reranker
-from rerank_onnx.session import ScoreSession, open_session
+from rerank_onnx.session import open_session
 from rerank_onnx.template import PairEncoder, load_tokenizer
 
 from . import report
@@ -113,13 +113,17 @@ def export_checkpoint(
     _write_config(staging, checkpoint, template_dict, quantize, estimated_max)
     comparisons: dict[str, dict] = {}
     # Scored as rank() scores them: the pairs of one query share the computation of its head.
-    graph_scores = _score_artifact(staging, pair_ids, head_lengths, session=None)
-    full_prompt_scores = _score_artifact(staging, pair_ids, None, session=None)
+    # One session for both: a second one of the large-v2 graph costs seconds and its prepacked weights.
+    reranker = Reranker(staging)
+    graph_scores = reranker.score_encoded(pair_ids, head_lengths=head_lengths)
+    full_prompt_scores = reranker.score_encoded(pair_ids)
+    del reranker
+    gc.collect()
     graph_name = "fp32" if quantize == "none" else quantize
     comparisons[f"{graph_name}_graph_vs_pytorch"] = asdict(report.agreement(torch_scores, graph_scores))
     comparisons["shared_prefix_vs_full_prompts"] = asdict(report.agreement(full_prompt_scores, graph_scores))
     if quantize != "none":
-        fp32_scores = _score_artifact(staging, pair_ids, head_lengths, session=open_session(fp32_path))
+        fp32_scores = _score_fp32_graph(staging, fp32_path, pair_ids, head_lengths)
         comparisons["fp32_graph_vs_pytorch"] = asdict(report.agreement(torch_scores, fp32_scores))
         comparisons[f"{quantize}_graph_vs_fp32_graph"] = asdict(report.agreement(fp32_scores, graph_scores))
     shutil.rmtree(work)
@@ -186,10 +190,9 @@ def _builtin_pair_ids(encoder: PairEncoder) -> tuple[list[list[int]], list[int]]
     return ids, heads
 
 
-def _score_artifact(
-    folder: Path, pair_ids: list[list[int]], head_lengths: list[int] | None, *, session: ScoreSession | None
-) -> np.ndarray:
-    reranker = Reranker(folder, session=session)
+def _score_fp32_graph(folder: Path, fp32_path: Path, pair_ids: list[list[int]], head_lengths: list[int]) -> np.ndarray:
+    """The unquantized graph, with the artifact's tokenizer and template, before it is deleted."""
+    reranker = Reranker(folder, session=open_session(fp32_path))
     scores = reranker.score_encoded(pair_ids, head_lengths=head_lengths)
     del reranker
     gc.collect()

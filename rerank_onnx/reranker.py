@@ -58,6 +58,8 @@ class Reranker:
         _check_positive_int("max_length", max_length, allow_none=True)
         _check_positive_int("max_batch_tokens", max_batch_tokens)
         _check_positive_int("max_batch_size", max_batch_size)
+        if not isinstance(share_prefix, bool):
+            raise InvalidInputError(f"share_prefix: expected True or False, got {describe(share_prefix)}")
         self.config: ArtifactConfig = load_artifact(model_dir)
         template = self.config.template
         self._encoder = PairEncoder(
@@ -190,10 +192,8 @@ class Reranker:
         scores = np.zeros(len(input_ids), dtype=np.float32)
         if not input_ids:
             return scores
-        if head_lengths is not None and len(head_lengths) != len(input_ids):
-            raise InvalidInputError(
-                f"head_lengths: expected one per prompt ({len(input_ids)}), got {len(head_lengths)}"
-            )
+        if head_lengths is not None:
+            _check_head_lengths(head_lengths, len(input_ids))
         progress = _Progress(len(input_ids)) if show_progress else None
         groups, alone = self._shared_heads(input_ids, head_lengths)
         session = self._session
@@ -300,6 +300,17 @@ def _check_str_list(name: str, value: object) -> list[str]:
         if not isinstance(item, str):
             raise InvalidInputError(f"{name}[{i}]: expected a string, got {describe(item)}")
     return list(value)
+
+
+def _check_head_lengths(value: object, prompts: int) -> None:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != prompts:
+        raise InvalidInputError(
+            f"head_lengths: expected a list of {prompts} non-negative integers (one per prompt; "
+            f"EncodedPairs.head_lengths), got {describe(value)}"
+        )
+    for i, n in enumerate(value):
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise InvalidInputError(f"head_lengths[{i}]: expected a non-negative integer, got {describe(n)}")
 
 
 def _check_positive_int(name: str, value: object, *, allow_none: bool = False) -> None:

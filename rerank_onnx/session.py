@@ -63,7 +63,7 @@ def open_session(graph: Path, *, threads: int | None = None) -> OnnxScoreSession
     """The session for an artifact's graph: prefix-capable when the graph takes past keys and values
     (artifacts written since the prefix cache), plain otherwise."""
     session = OnnxScoreSession(graph, threads=threads)
-    return OnnxPrefixScoreSession(session) if session.takes_past else session
+    return OnnxPrefixScoreSession(session) if session.empty_prefix is not None else session
 
 
 class OnnxScoreSession:
@@ -85,20 +85,20 @@ class OnnxScoreSession:
             raise ModelLoadError(
                 f"{graph}: expected graph inputs {sorted(plain)} or {sorted(with_past)}, got {sorted(inputs)}"
             )
-        self.takes_past = set(inputs) == with_past
-        self._empty: Prefix | None = None
-        if self.takes_past:
+        # the past a graph with past inputs gets when nothing is shared; None for the plain layout
+        self.empty_prefix: Prefix | None = None
+        if set(inputs) == with_past:
             layers, kv_heads, _, head_dim = inputs[PAST_KEYS].shape
             if not all(isinstance(n, int) for n in (layers, kv_heads, head_dim)):
                 raise ModelLoadError(f"{graph}: {PAST_KEYS} needs fixed layer, head and width dimensions")
             empty = np.zeros((layers, kv_heads, 0, head_dim), dtype=np.float32)
-            self._empty = Prefix(keys=empty, values=empty)
+            self.empty_prefix = Prefix(keys=empty, values=empty)
         self.threads = options.intra_op_num_threads
 
     def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         feeds = {INPUT_IDS: input_ids, LENGTHS: lengths}
-        if self._empty is not None:
-            feeds |= {PAST_KEYS: self._empty.keys, PAST_VALUES: self._empty.values}
+        if self.empty_prefix is not None:
+            feeds |= {PAST_KEYS: self.empty_prefix.keys, PAST_VALUES: self.empty_prefix.values}
         (scores,) = self._session.run([SCORES], feeds)
         return np.asarray(scores, dtype=np.float32).reshape(-1)
 
@@ -111,9 +111,10 @@ class OnnxPrefixScoreSession:
     """An OnnxScoreSession whose graph takes past keys and values."""
 
     def __init__(self, session: OnnxScoreSession) -> None:
-        if session._empty is None:
+        if session.empty_prefix is None:
             raise ModelLoadError("this graph takes no past keys and values; re-export it for the prefix cache")
         self._inner = session
+        self._empty = session.empty_prefix
         self.threads = session.threads
 
     def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -121,9 +122,7 @@ class OnnxPrefixScoreSession:
 
     def prefill(self, input_ids: np.ndarray) -> Prefix:
         lengths = np.array([input_ids.shape[1]], dtype=np.int64)
-        empty = self._inner._empty
-        assert empty is not None  # checked in __init__
-        keys, values = self._inner._run_past(empty, input_ids, lengths, [PRESENT_KEYS, PRESENT_VALUES])
+        keys, values = self._inner._run_past(self._empty, input_ids, lengths, [PRESENT_KEYS, PRESENT_VALUES])
         return Prefix(keys=keys, values=values)
 
     def run_after(self, prefix: Prefix, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -122,6 +122,13 @@ def test_head_lengths_must_match_the_prompts(fp32_artifact: Path) -> None:
     reranker = Reranker(fp32_artifact, session=PrefixFake())
     with pytest.raises(InvalidInputError, match="one per prompt"):
         reranker.score_encoded([[1, 2, 3], [1, 2, 4]], head_lengths=[2])
+    with pytest.raises(InvalidInputError, match="list of 2 non-negative integers"):
+        reranker.score_encoded([[1, 2, 3], [1, 2, 4]], head_lengths=2)  # type: ignore[arg-type]
+    for bad in ("2", -1, 1.5, True):
+        with pytest.raises(InvalidInputError, match=r"head_lengths\[1\]: expected a non-negative integer"):
+            reranker.score_encoded([[1, 2, 3], [1, 2, 4]], head_lengths=[2, bad])  # type: ignore[list-item]
+    with pytest.raises(InvalidInputError, match="share_prefix: expected True or False"):
+        Reranker(fp32_artifact, session=PrefixFake(), share_prefix="yes")  # type: ignore[arg-type]
 
 
 def test_a_head_as_long_as_the_prompt_keeps_one_token_to_score(fp32_artifact: Path) -> None:
