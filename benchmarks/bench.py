@@ -24,8 +24,18 @@ sys.path.insert(0, str(HERE))
 from common import RESULTS, environment, median, write_results  # noqa: E402
 
 WORK = HERE / "work"
-STACKS = ["official-fp32", "pytorch-bf16", "ours-fp32", "ours-int8", "ours-int8-fast"]
-SCHEMES = {"ours-fp32": "none", "ours-int8": "int8", "ours-int8-fast": "int8-fast"}  # stack -> export --quantize
+# "ours-<artifact>" runs on onnxruntime, "ours-<artifact>@openvino-<precision>" on OpenVINO, and
+# "ours-default" is what a user gets: the default (int8) artifact with backend="auto".
+STACKS = [
+    "official-fp32", "pytorch-bf16", "ours-fp32", "ours-int8", "ours-int8-fast", "ours-default",
+    "ours-int8@openvino-fp32", "ours-int8@openvino-bf16", "ours-fp32@openvino-bf16",
+]  # fmt: skip
+SCHEMES = {"ours-fp32": "none", "ours-int8": "int8", "ours-int8-fast": "int8-fast"}  # artifact -> export --quantize
+
+
+def artifact_of(stack: str) -> str:
+    """The artifact stack a stack runs on: ours-int8@openvino-bf16 -> ours-int8; ours-default -> ours-int8."""
+    return "ours-int8" if stack == "ours-default" else stack.split("@")[0]
 
 
 def prepare(size: str, stacks: list[str]) -> dict[str, Path]:
@@ -41,8 +51,9 @@ def prepare(size: str, stacks: list[str]) -> dict[str, Path]:
         print(f"building a random {size} checkpoint", file=sys.stderr)
         build_random_checkpoint(checkpoint, size=size, tokenizer_json=tokenizer)
     paths = {"checkpoint": checkpoint}
+    wanted = {artifact_of(s) for s in stacks}
     for stack, scheme in SCHEMES.items():
-        if stack not in stacks and not (stack == "ours-fp32"):  # fp32 is the fidelity reference
+        if stack not in wanted and not (stack == "ours-fp32"):  # fp32 is the fidelity reference
             continue
         name = stack.removeprefix("ours-")
         out = WORK / f"{size}-{name}"
@@ -67,7 +78,7 @@ def _cached_scheme(folder: Path) -> str | None:
 def run_stack(
     stack: str, paths: dict[str, Path], threads: int, reps: int, quick: bool, skip: list[str], timeout: float
 ) -> dict:
-    model = paths.get(stack, paths["checkpoint"])
+    model = paths.get(artifact_of(stack), paths["checkpoint"])
     cmd = [sys.executable, str(HERE / "worker.py"), "--stack", stack, "--model", str(model), "--threads", str(threads),
            "--reps", str(reps), "--spawned-at", repr(time.time())]  # fmt: skip
     if quick:
@@ -145,22 +156,35 @@ def main() -> int:
 
         results.update(measure(paths["checkpoint"], WORK, threads=args.threads, reps=reps))
 
-    sizes = {stack: size_of(paths.get(stack, paths["checkpoint"])) for stack in STACKS}
+    sizes = {stack: size_of(paths.get(artifact_of(stack), paths["checkpoint"])) for stack in STACKS}
     reference = results.get("ours-fp32", {})
+    score_std = _score_std(reference)
     for stack, r in results.items():
         r["artifact_gb"] = r.get("artifact_gb") or sizes.get(stack.split(" ")[0], 0) / 1e9
+        if "faithful" in r and score_std:
+            r["faithful"]["reference_score_std"] = score_std
+            for key in ("alone_vs_batch", "shared_vs_full"):
+                r["faithful"][f"{key}_pct_of_std"] = 100 * r["faithful"][key] / score_std
         if "rag20" in reference and "rag20" in r and stack != "ours-fp32":
             sets = [w for w in ("rag20", "mixed100") if w in reference and w in r]
             r["fidelity_vs_ours_fp32"] = fidelity(
                 [x for w in sets for x in reference[w]["scores"]], [x for w in sets for x in r[w]["scores"]]
             )
             r["fidelity_vs_ours_fp32"]["pairs_compared"] = sum(len(r[w]["scores"]) for w in sets)
-    data = {"size": size, "reps": reps, "environment": environment(args.threads), "results": results}
-    name = f"bench-{size}"
+    env = environment(args.threads)
+    data = {"size": size, "reps": reps, "environment": env, "results": results}
+    name = f"bench-{size}-{env['cpu_class']}"
     write_results(name, data, table(data))
     chart(data, name)
     print((RESULTS / f"{name}.md").read_text())
     return 0
+
+
+def _score_std(reference: dict) -> float | None:
+    import numpy as np
+
+    scores = [x for w in ("rag20", "mixed100") for x in reference.get(w, {}).get("scores", [])]
+    return float(np.std(scores)) if len(scores) > 1 else None
 
 
 def table(data: dict) -> str:
@@ -173,13 +197,16 @@ def table(data: dict) -> str:
         f"median of {data['reps']} run(s); tokens/s count real prompt tokens",
         "",
         "| stack | b16x256 tok/s | vs official | RAG 20x200 p50 / p95 (s) | 100 mixed: pairs/s | 1 short pair (s) "
-        "| cold start (s) | peak RSS (GB) | model files (GB) | Spearman / top-10 vs ours-fp32 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| cold start (s) | peak RSS (GB) | model files (GB) | Spearman / top-10 vs ours-fp32 "
+        "| alone vs batch / shared vs full (% of score std) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for stack, r in res.items():
         if "error" in r:
-            lines.append(f"| {stack} | failed: {r['error'][:80]} |||||||||")
+            lines.append(f"| {stack} | failed: {r['error'][:80]} ||||||||||")
             continue
+        if "backend" in r:
+            stack = f"{stack} ({r['backend']})"
         tps = r.get("b16x256", {}).get("tokens_per_s")
         ratio = f"{tps / base:.2f}x" if tps and base else "-"
         label = f"{stack} (stopped at the time limit)" if "stopped" in r else stack
@@ -209,8 +236,15 @@ def _row(stack: str, r: dict, ratio: str, tps: float | None, rag: dict, mixed: d
         f(r.get("peak_rss_gb"), ".2f"),
         f(r.get("artifact_gb"), ".2f"),
         f"{fid['spearman']:.3f} / {fid['top10_overlap']:.1f}" if fid else "-",
+        _faithful_cell(r.get("faithful", {})),
     ]
     return "| " + " | ".join(cells) + " |"
+
+
+def _faithful_cell(faithful: dict) -> str:
+    if "alone_vs_batch_pct_of_std" not in faithful:
+        return "-"
+    return f"{faithful['alone_vs_batch_pct_of_std']:.2f}% / {faithful['shared_vs_full_pct_of_std']:.2f}%"
 
 
 def chart(data: dict, name: str) -> None:

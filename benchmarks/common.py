@@ -34,8 +34,11 @@ def environment(threads: int | None = None) -> dict:
                                 cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
     except OSError:
         commit = ""
+    from rerank_onnx.backends.select import cpu_class, cpu_flags
+
     env = {
         "cpu": model,
+        "cpu_class": cpu_class(cpu_flags()),
         "cpu_flags": flags,
         "cores": len(__import__("os").sched_getaffinity(0)),
         "threads": threads,
@@ -44,6 +47,12 @@ def environment(threads: int | None = None) -> dict:
         "numpy": numpy.__version__,
         "git_commit": commit,
     }
+    try:
+        import openvino
+
+        env["openvino"] = openvino.__version__
+    except ImportError:
+        pass
     try:
         import torch
 

@@ -27,6 +27,7 @@ def workloads(quick: bool) -> dict:
         "short": {"query": "cat", "docs": ["a cat is a small feline"]},
         "b16x256": {"query": "team season game", "docs": [text_of_tokens(256 - 90, 900 + i) for i in range(16)]},
         "growth": [128, 512, 2048] if quick else [128, 512, 2048, 8192],
+        "faithful": {"query": "where do rivers flood?", "docs": [text_of_tokens(n, 1200 + n) for n in (12, 40, 75, 110, 150, 190, 230, 300)]},
     }
 
 
@@ -45,10 +46,27 @@ def peak_rss_gb() -> float:
 
 
 class Ours:
-    def __init__(self, artifact: str, threads: int) -> None:
+    def __init__(self, artifact: str, threads: int, backend: str, precision: str) -> None:
         from rerank_onnx import Reranker
 
-        self.r = Reranker(artifact, threads=threads, max_batch_tokens=8192)
+        self.r = Reranker(artifact, threads=threads, max_batch_tokens=8192, backend=backend, precision=precision)
+        self.backend = self.r.backend.describe() if self.r.backend else "custom session"
+
+    def faithful(self, query: str, docs: list[str]) -> dict:
+        """Max |score difference|: each pair alone vs inside one batch, and a shared head vs full prompts."""
+        import numpy as np
+
+        queries = [query] * len(docs)
+        self.r.share_prefix = False
+        alone = np.concatenate([self.r.predict([q], [d]) for q, d in zip(queries, docs)])
+        batch = self.r.predict(queries, docs)
+        self.r.share_prefix = True
+        shared = self.r.predict(queries, docs)
+        return {
+            "pairs": len(docs),
+            "alone_vs_batch": float(np.abs(alone - batch).max()),
+            "shared_vs_full": float(np.abs(shared - batch).max()),
+        }
 
     def scores(self, query: str, docs: list[str]) -> list[float]:
         return self.r.predict([query] * len(docs), docs).tolist()
@@ -96,12 +114,16 @@ def main() -> int:
     args = parser.parse_args()
 
     if args.stack.startswith("ours"):
-        stack = Ours(args.model, args.threads)
+        backend, _, precision = args.stack.partition("@")[2].partition("-")
+        stack = Ours(args.model, args.threads, backend or ("auto" if args.stack == "ours-default" else "onnxruntime"),
+                     precision or "auto")  # fmt: skip
     else:
         stack = Official(args.model, args.threads, bf16=args.stack == "pytorch-bf16")
     w = workloads(args.quick)
     stack.scores(w["short"]["query"], w["short"]["docs"])
     result: dict = {"stack": args.stack, "cold_start_s": time.time() - args.spawned_at}
+    if isinstance(stack, Ours):
+        result["backend"] = stack.backend
 
     def report() -> None:  # after every workload: a stack stopped at its time limit keeps what it measured
         result["peak_rss_gb"] = peak_rss_gb()
@@ -126,6 +148,9 @@ def main() -> int:
         times, _ = timed(w["b16x256"]["query"], w["b16x256"]["docs"], args.reps)
         tokens = stack.tokens(w["b16x256"]["query"], w["b16x256"]["docs"])
         result["b16x256"] = {"tokens": tokens, "seconds": median(times), "tokens_per_s": tokens / median(times)}
+        report()
+    if isinstance(stack, Ours):
+        result["faithful"] = stack.faithful(w["faithful"]["query"], w["faithful"]["docs"])
         report()
     times, rag_scores = timed(w["rag20"]["query"], w["rag20"]["docs"], args.reps)
     result["rag20"] = {"p50_s": percentile(times, 50), "p95_s": percentile(times, 95), "runs": times,

@@ -10,7 +10,7 @@ import onnx
 import torch
 
 from rerank_onnx.errors import ExportError
-from rerank_onnx.session import INPUT_IDS, LENGTHS, PAST_KEYS, PAST_VALUES, PRESENT_KEYS, PRESENT_VALUES, SCORES
+from rerank_onnx.artifact import INPUT_IDS, LENGTHS, PAST_KEYS, PAST_VALUES, PRESENT_KEYS, PRESENT_VALUES, SCORES
 
 OPSET = 17
 

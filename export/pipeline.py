@@ -16,7 +16,8 @@ from rerank_onnx import artifact
 from rerank_onnx.artifact import Template
 from rerank_onnx.errors import ExportError
 from rerank_onnx.reranker import Reranker
-from rerank_onnx.session import open_session
+from rerank_onnx.backends import open_session
+from rerank_onnx.backends.select import BackendChoice
 from rerank_onnx.template import PairEncoder, load_tokenizer
 
 from . import report
@@ -110,15 +111,26 @@ def export_checkpoint(
         quantize_graph(quantize, fp32_path, staging / artifact.GRAPH_FILE, data_file=artifact.GRAPH_DATA_FILE)
         timings["quantize_s"] = time.perf_counter() - t
 
-    _write_config(staging, checkpoint, template_dict, quantize, estimated_max)
+    artifact.write_config(
+        staging,
+        source_model=checkpoint.source,
+        source_revision=checkpoint.revision,
+        template=template_dict,
+        quantization=quantize,
+        quantization_description=SCHEMES[quantize],
+        estimated_max=estimated_max if estimated_max is not None else checkpoint.estimated_max,
+    )
     comparisons: dict[str, dict] = {}
     # Scored as rank() scores them: the pairs of one query share the computation of its head.
     # One session for both: a second one of the large-v2 graph costs seconds and its prepacked weights.
-    reranker = Reranker(staging)
+    reranker = Reranker(staging, backend="onnxruntime")
     graph_scores = reranker.score_encoded(pair_ids, head_lengths=head_lengths)
     full_prompt_scores = reranker.score_encoded(pair_ids)
     del reranker
     gc.collect()
+    log("checking every backend this machine runs against PyTorch")
+    backend_checks = _backend_checks(staging, quantize, pair_ids, head_lengths, torch_scores)
+    backend_checks["results"]["onnxruntime"] = _backend_agreement(torch_scores, graph_scores, full_prompt_scores)
     graph_name = "fp32" if quantize == "none" else quantize
     comparisons[f"{graph_name}_graph_vs_pytorch"] = asdict(report.agreement(torch_scores, graph_scores))
     comparisons["shared_prefix_vs_full_prompts"] = asdict(report.agreement(full_prompt_scores, graph_scores))
@@ -160,6 +172,7 @@ def export_checkpoint(
         "pairs": len(pair_ids),
         "prompt_tokens": [len(ids) for ids in pair_ids],
         "agreement": comparisons,
+        "backends": backend_checks,
         "passed": passed,
         "warnings": warnings,
         "timings": timings,
@@ -190,52 +203,51 @@ def _builtin_pair_ids(encoder: PairEncoder) -> tuple[list[list[int]], list[int]]
     return ids, heads
 
 
+def _backend_checks(
+    folder: Path, scheme: str, pair_ids: list[list[int]], head_lengths: list[int], torch_scores: np.ndarray
+) -> dict:
+    """The artifact on every OpenVINO precision this machine runs natively, against PyTorch fp32, and
+    what `backend="auto"` picks here: a user with the real checkpoint sees the agreement on their CPU."""
+    from rerank_onnx.backends.openvino import available
+    from rerank_onnx.backends.select import choose, cpu_class, cpu_flags
+    from rerank_onnx.errors import RerankError
+
+    installed = available()
+    kind = cpu_class(cpu_flags())
+    checks: dict = {
+        "cpu_class": kind,
+        "auto": choose("auto", "auto", scheme=scheme, openvino_installed=installed).describe(),
+        "results": {},
+    }
+    precisions = ["fp32", "bf16"] if kind in ("amx", "avx512-bf16") else ["fp32"]  # emulated bf16 is slow
+    if not installed or scheme == "int8-fast":
+        precisions = []
+    for precision in precisions:
+        try:
+            reranker = Reranker(folder, backend="openvino", precision=precision, compile_cache=False)  # type: ignore[arg-type]
+        except RerankError as exc:
+            checks["results"][f"openvino-{precision}"] = {"error": str(exc)}
+            continue
+        shared = reranker.score_encoded(pair_ids, head_lengths=head_lengths)
+        full = reranker.score_encoded(pair_ids)
+        checks["results"][f"openvino-{precision}"] = _backend_agreement(torch_scores, shared, full)
+        del reranker
+        gc.collect()
+    return checks
+
+
+def _backend_agreement(torch_scores: np.ndarray, shared: np.ndarray, full: np.ndarray) -> dict:
+    return {
+        "vs_pytorch": asdict(report.agreement(torch_scores, shared)),
+        "shared_prefix_vs_full_max_abs_diff": float(np.abs(shared - full).max()),
+    }
+
+
 def _score_fp32_graph(folder: Path, fp32_path: Path, pair_ids: list[list[int]], head_lengths: list[int]) -> np.ndarray:
     """The unquantized graph, with the artifact's tokenizer and template, before it is deleted."""
-    reranker = Reranker(folder, session=open_session(fp32_path))
+    onnxruntime = BackendChoice("onnxruntime", "stored", "other", "the export's reference graph")
+    reranker = Reranker(folder, session=open_session(fp32_path, onnxruntime))
     scores = reranker.score_encoded(pair_ids, head_lengths=head_lengths)
     del reranker
     gc.collect()
     return scores
-
-
-def _write_config(
-    folder: Path, checkpoint, template_dict: dict, quantize: str, estimated_max: float | None
-) -> None:
-    for path in folder.iterdir():
-        if path.is_file():
-            path.chmod(0o644)  # onnx writes its data file 0600: unreadable to a service user or a container
-    files = {
-        p.name: artifact.file_digest(p)
-        for p in sorted(folder.iterdir())
-        if p.is_file() and p.name not in (artifact.CONFIG_FILE, artifact.REPORT_FILE)
-    }
-    config = {
-        "format": artifact.FORMAT_NAME,
-        "format_version": artifact.FORMAT_VERSION,
-        "model_family": "mxbai-rerank-v2",
-        "source_model": checkpoint.source,
-        "source_revision": checkpoint.revision,
-        "quantization": {"scheme": quantize, "description": SCHEMES[quantize]},
-        "graph": {
-            "file": artifact.GRAPH_FILE,
-            "inputs": {
-                "input_ids": "int64 [batch, sequence], right-padded; the tokens after the past ones",
-                "lengths": "int64 [batch], real tokens of each row after the past ones",
-                "past_keys": "float32 [layers, kv_heads, past, head_dim], keys of a prefix every row shares (past may be 0)",
-                "past_values": "float32 [layers, kv_heads, past, head_dim], its values",
-            },
-            "outputs": {
-                "scores": "float32 [batch], logit('1') - logit('0') at each row's last token",
-                "present_keys": "float32 [layers, kv_heads, past + sequence, head_dim], row 0's keys after its tokens",
-                "present_values": "float32 [layers, kv_heads, past + sequence, head_dim], row 0's values",
-            },
-        },
-        "template": template_dict,
-        "normalization": {
-            "kind": "sigmoid(score - estimated_max / 2)",
-            "estimated_max": float(estimated_max if estimated_max is not None else checkpoint.estimated_max),
-        },
-        "files": files,
-    }
-    (folder / artifact.CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")

@@ -117,11 +117,15 @@ def build_random_checkpoint(
     seed: int = 0,
     tokenizer_json: Path | None = None,
     max_position_embeddings: int | None = None,
+    weight_std: float | None = None,
 ) -> Path:
     """Save a random-weight Qwen2ForCausalLM of `size` with the Qwen2.5 tokenizer into `destination`.
 
     `tokenizer_json` reuses a file from `build_qwen2_tokenizer_json` (the conversion takes ~10 s).
     `max_position_embeddings` overrides the architecture's context length (tests of the length limits).
+    `weight_std` redraws every matrix from N(0, weight_std) (default: 0.2 for tiny, transformers' init
+    otherwise). Rounding differences between numerics grow with it in a deep random network, so
+    compare schemes on one model, side by side (base-v2 at 0.035: score std ~1.6).
     """
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -153,13 +157,15 @@ def build_random_checkpoint(
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
-    if size == "tiny":
+    if weight_std is None and size == "tiny":
         # Default init (std 0.02) leaves a tiny model's scores near 0; larger weights spread them out
         # so that ranking comparisons in tests are meaningful.
+        weight_std = 0.2
+    if weight_std is not None:
         with torch.no_grad():
             for p in model.parameters():
                 if p.dim() > 1:
-                    p.normal_(0.0, 0.2)
+                    p.normal_(0.0, weight_std)
     model.save_pretrained(destination, safe_serialization=True)
     _write_tokenizer_files(destination, Path(tokenizer_json))
     return destination
@@ -176,8 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=sorted(ARCHITECTURES), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tokenizer-json", type=Path, default=None, help="reuse a converted tokenizer.json")
+    parser.add_argument("--weight-std", type=float, default=None, help="draw every matrix from N(0, std)")
     args = parser.parse_args(argv)
-    build_random_checkpoint(args.output, size=args.size, seed=args.seed, tokenizer_json=args.tokenizer_json)
+    build_random_checkpoint(
+        args.output, size=args.size, seed=args.seed, tokenizer_json=args.tokenizer_json, weight_std=args.weight_std
+    )
     print(args.output)
     return 0
 

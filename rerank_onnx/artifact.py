@@ -1,6 +1,6 @@
-"""The artifact folder: what the exporter writes and the runtime reads.
+"""The artifact folder: its schema, read here and written here (the exporter calls `write_config`).
 
-    model.onnx            score graph (input_ids, lengths) -> scores
+    model.onnx            score graph (input_ids, lengths, past_keys, past_values) -> scores, present_*
     model.onnx.data       its weights (memory-mapped by onnxruntime)
     tokenizer.json        the checkpoint's fast tokenizer
     rerank_config.json    prompt template and token ids, limits, normalization, provenance, sha256 of files
@@ -24,6 +24,28 @@ GRAPH_DATA_FILE = "model.onnx.data"
 REPORT_FILE = "export_report.json"
 FORMAT_NAME = "rerank-onnx"
 FORMAT_VERSION = 1
+
+# The score graph's inputs and outputs (names shared by the exporter and every backend).
+INPUT_IDS = "input_ids"
+LENGTHS = "lengths"
+PAST_KEYS = "past_keys"
+PAST_VALUES = "past_values"
+SCORES = "scores"
+PRESENT_KEYS = "present_keys"
+PRESENT_VALUES = "present_values"
+GRAPH_INPUTS = {
+    INPUT_IDS: "int64 [batch, sequence], right-padded; the tokens after the past ones",
+    LENGTHS: "int64 [batch], real tokens of each row after the past ones",
+    PAST_KEYS: "float32 [layers, kv_heads, past, head_dim], keys of a prefix every row shares (past may be 0)",
+    PAST_VALUES: "float32 [layers, kv_heads, past, head_dim], its values",
+}
+GRAPH_OUTPUTS = {
+    SCORES: "float32 [batch], logit('1') - logit('0') at each row's last token",
+    PRESENT_KEYS: "float32 [layers, kv_heads, past + sequence, head_dim], row 0's keys after its tokens",
+    PRESENT_VALUES: "float32 [layers, kv_heads, past + sequence, head_dim], row 0's values",
+}
+# Graphs written before the shared prefix take only these two inputs; they still load and run in full.
+PLAIN_GRAPH_INPUTS = (INPUT_IDS, LENGTHS)
 
 
 @dataclass(frozen=True)
@@ -115,6 +137,48 @@ def load_artifact(folder: str | Path) -> ArtifactConfig:
                 "truncated or was replaced; re-run the export"
             )
     return config
+
+
+def write_config(
+    folder: Path,
+    *,
+    source_model: str,
+    source_revision: str | None,
+    template: dict[str, Any],
+    quantization: str,
+    quantization_description: str,
+    estimated_max: float,
+) -> None:
+    """Write rerank_config.json for the files already in `folder` (the exporter's last step before the report).
+
+    Args:
+        folder: the staging artifact folder, holding the graph, its data and the tokenizer.
+        source_model: the hub id or folder the user exported.
+        source_revision: the hub commit, when fetched from the hub.
+        template: the `template` section (export/prompt.py's `template_data`).
+        quantization: the scheme name (`--quantize`).
+        quantization_description: what the scheme does, for a reader of the config.
+        estimated_max: the normalization constant.
+    """
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o644)  # onnx writes its data file 0600: unreadable to a service user or a container
+    files = {
+        p.name: file_digest(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name not in (CONFIG_FILE, REPORT_FILE)
+    }
+    config = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "model_family": "mxbai-rerank-v2",
+        "source_model": source_model,
+        "source_revision": source_revision,
+        "quantization": {"scheme": quantization, "description": quantization_description},
+        "graph": {"file": GRAPH_FILE, "inputs": GRAPH_INPUTS, "outputs": GRAPH_OUTPUTS},
+        "template": template,
+        "normalization": {"kind": "sigmoid(score - estimated_max / 2)", "estimated_max": float(estimated_max)},
+        "files": files,
+    }
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
 
 def file_digest(path: Path) -> dict[str, Any]:

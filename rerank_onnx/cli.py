@@ -129,6 +129,18 @@ def _summary(report: dict) -> str:
             f"  {name:28s} max|diff| {a['max_abs_diff']:.2e}  Spearman {a['spearman']:.4f}  "
             f"top-{a['top_k']} overlap {a['top_k_overlap']:.2f}  (score std {a['reference_score_std']:.2f})"
         )
+    backends = report.get("backends", {})
+    if backends:
+        lines.append(f"  on this {backends['cpu_class']} CPU, backend='auto' runs {backends['auto']}")
+    for name, check in backends.get("results", {}).items():
+        if "error" in check:
+            lines.append(f"  {name:28s} cannot run here: {check['error']}")
+            continue
+        a = check["vs_pytorch"]
+        lines.append(
+            f"  {name + ' vs pytorch':28s} max|diff| {a['max_abs_diff']:.2e}  Spearman {a['spearman']:.4f}  "
+            f"top-{a['top_k']} overlap {a['top_k_overlap']:.2f}"
+        )
     sizes = ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in report["files"].items())
     lines.append(f"  files: {sizes}")
     return "\n".join(lines)

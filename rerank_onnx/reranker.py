@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import logging
-import sys
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .artifact import ArtifactConfig, load_artifact
-from .batching import pad_batch, plan_batches
+from .backends import ScoreSession, open_session
+from .backends.cache import compile_cache_dir
+from .backends.select import Backend, BackendChoice, Precision, choose
 from .errors import InputTooLongError, InvalidInputError, describe
-from .session import PrefixScoreSession, ScoreSession, open_session
+from .scorer import Scorer
 from .template import EncodedPairs, PairEncoder, load_tokenizer
 
 log = logging.getLogger("rerank_onnx")
@@ -33,14 +33,27 @@ class RankResult:
 class Reranker:
     """Scores (query, document) pairs with an artifact written by `rerank-onnx export`.
 
-    threads: onnxruntime intra-op threads (default: the CPUs this process may use).
-    max_length: token budget for query + document, as in the reference (default 8192).
-    max_batch_tokens / max_batch_size: a batch holds at most this many padded tokens / pairs.
-    session: a ready ScoreSession to use instead of loading the artifact's graph (tests, custom providers).
-    share_prefix: compute the tokens that the pairs of one query share (chat prefix, instruction, query)
-        once per query instead of once per pair, when the graph takes past keys and values (older
-        artifacts run every prompt in full). Scores agree up to float rounding (int8-fast: up to its
-        per-batch activation scales); off, every prompt runs in full.
+    Args:
+        model_dir: the artifact folder.
+        threads: intra-op threads (default: the CPUs this process may use).
+        max_length: token budget for query + document, as in the reference (default 8192).
+        max_batch_tokens: a batch holds at most this many padded tokens.
+        max_batch_size: a batch holds at most this many pairs.
+        session: a ready ScoreSession to use instead of loading the artifact's graph (tests, custom engines).
+        share_prefix: compute the tokens that the pairs of one query share (chat prefix, instruction,
+            query) once per query instead of once per pair, when the graph takes past keys and values
+            (older artifacts run every prompt in full). Off, every prompt runs in full.
+        backend: "auto" (the fastest faithful engine measured for this CPU class, see
+            `backends/select.py`), "onnxruntime" or "openvino".
+        precision: OpenVINO's compute precision, "auto", "fp32" or "bf16"; onnxruntime runs the
+            artifact's stored numerics and takes only "auto".
+        compile_cache: keep OpenVINO's compiled model on disk, so the next start skips compiling
+            (off by itself where no writable folder exists).
+        cache_dir: where that cache lives (default: $RERANK_ONNX_CACHE_DIR, else ~/.cache/rerank-onnx).
+
+    Raises:
+        ModelLoadError: the artifact is missing, incomplete, or cannot be compiled.
+        InvalidInputError: a knob has the wrong type or value.
     """
 
     def __init__(
@@ -53,13 +66,18 @@ class Reranker:
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         session: ScoreSession | None = None,
         share_prefix: bool = True,
+        backend: Backend = "auto",
+        precision: Precision = "auto",
+        compile_cache: bool = True,
+        cache_dir: str | Path | None = None,
     ) -> None:
         _check_positive_int("threads", threads, allow_none=True)
         _check_positive_int("max_length", max_length, allow_none=True)
         _check_positive_int("max_batch_tokens", max_batch_tokens)
         _check_positive_int("max_batch_size", max_batch_size)
-        if not isinstance(share_prefix, bool):
-            raise InvalidInputError(f"share_prefix: expected True or False, got {describe(share_prefix)}")
+        for name, flag in (("share_prefix", share_prefix), ("compile_cache", compile_cache)):
+            if not isinstance(flag, bool):
+                raise InvalidInputError(f"{name}: expected True or False, got {describe(flag)}")
         self.config: ArtifactConfig = load_artifact(model_dir)
         template = self.config.template
         self._encoder = PairEncoder(
@@ -67,15 +85,47 @@ class Reranker:
             template,
             max_length=max_length or template.max_length,
         )
-        self.max_batch_tokens = max_batch_tokens
-        self.max_batch_size = max_batch_size
-        self._session: ScoreSession = session or open_session(self.config.graph_path, threads=threads)
-        self.share_prefix = share_prefix
+        # None when the caller brought its own session
+        self.backend: BackendChoice | None = None
+        if session is None:
+            self.backend = choose(
+                backend, precision, scheme=self.config.quantization, openvino_installed=_openvino_installed()
+            )
+            (log.warning if "not installed" in self.backend.reason else log.info)(
+                "backend: %s", self.backend.describe()
+            )
+            cache = compile_cache_dir(self.config, cache_dir) if compile_cache and self.backend.backend == "openvino" else None
+            session = open_session(self.config.graph_path, self.backend, threads=threads, cache_dir=cache)
+        self._scorer = Scorer(
+            session,
+            pad_id=template.pad_token_id,
+            opening=template.prefix_ids,
+            max_batch_tokens=max_batch_tokens,
+            max_batch_size=max_batch_size,
+            share_prefix=share_prefix,
+        )
+
+    @property
+    def share_prefix(self) -> bool:
+        """Whether the caller asked for shared heads (see `shares_prefix` for whether they happen)."""
+        return self._scorer.share_prefix
+
+    @share_prefix.setter
+    def share_prefix(self, value: bool) -> None:
+        self._scorer.share_prefix = value
 
     @property
     def shares_prefix(self) -> bool:
         """True when pairs of one query share the computation of their common head."""
-        return self.share_prefix and isinstance(self._session, PrefixScoreSession)
+        return self._scorer.shares_prefix
+
+    @property
+    def max_batch_tokens(self) -> int:
+        return self._scorer.max_batch_tokens
+
+    @property
+    def max_batch_size(self) -> int:
+        return self._scorer.max_batch_size
 
     @property
     def max_length(self) -> int:
@@ -184,74 +234,23 @@ class Reranker:
         batch_size: int | None = None,
         show_progress: bool = False,
     ) -> np.ndarray:
-        """Run the graph over already-encoded prompts in length-bucketed batches; scores in input order.
+        """Run the graph over already-encoded prompts in length-bucketed batches.
 
-        head_lengths (EncodedPairs.head_lengths): rows whose first head_lengths[i] tokens are equal share
-        one computation of those tokens. Without it every prompt runs in full.
+        Args:
+            input_ids: one prompt's token ids per row (EncodedPairs.input_ids).
+            head_lengths: EncodedPairs.head_lengths; rows whose first head_lengths[i] tokens are equal
+                share one computation of those tokens. None: every prompt runs in full.
+            batch_size: pairs per batch at most.
+            show_progress: draw a progress bar on stderr.
+
+        Returns:
+            float32 scores in input order.
         """
-        scores = np.zeros(len(input_ids), dtype=np.float32)
-        if not input_ids:
-            return scores
         if head_lengths is not None:
             _check_head_lengths(head_lengths, len(input_ids))
-        progress = _Progress(len(input_ids)) if show_progress else None
-        groups, alone = self._shared_heads(input_ids, head_lengths)
-        session = self._session
-        for head, members in groups:
-            assert isinstance(session, PrefixScoreSession)
-            prefix = session.prefill(np.asarray([input_ids[members[0]][:head]], dtype=np.int64))
-            rest = [input_ids[i][head:] for i in members]
-            for batch, part in self._batches(rest, batch_size):
-                scores[[members[i] for i in batch]] = session.run_after(prefix, *part)
-                if progress:
-                    progress.advance(len(batch))
-        rows = [input_ids[i] for i in alone]
-        for batch, part in self._batches(rows, batch_size):
-            scores[[alone[i] for i in batch]] = session.run(*part)
-            if progress:
-                progress.advance(len(batch))
-        if progress:
-            progress.close()
-        return scores
-
-    def _batches(
-        self, rows: Sequence[Sequence[int]], batch_size: int | None
-    ) -> Iterator[tuple[list[int], tuple[np.ndarray, np.ndarray]]]:
-        batches = plan_batches(
-            [len(ids) for ids in rows],
-            max_batch_tokens=self.max_batch_tokens,
-            max_batch_size=batch_size or self.max_batch_size,
+        return self._scorer.score(
+            input_ids, head_lengths=head_lengths, batch_size=batch_size, show_progress=show_progress
         )
-        pad_id = self.config.template.pad_token_id
-        for batch in batches:
-            yield batch, pad_batch([rows[i] for i in batch], pad_id=pad_id)
-
-    def _shared_heads(
-        self, input_ids: Sequence[Sequence[int]], head_lengths: Sequence[int] | None
-    ) -> tuple[list[tuple[int, list[int]]], list[int]]:
-        """(head length, row indices) for each head that two or more rows share, and the rows that share none."""
-        if head_lengths is None or not self.shares_prefix:
-            return [], list(range(len(input_ids)))
-        by_head: dict[tuple[int, ...], list[int]] = {}
-        for i, (ids, n) in enumerate(zip(input_ids, head_lengths)):
-            n = min(int(n), len(ids) - 1)  # at least one token after the head carries the score
-            by_head.setdefault(tuple(ids[:n]) if n > 0 else (), []).append(i)
-        groups = [
-            (_common_length([input_ids[i] for i in rows], len(head)), rows)
-            for head, rows in by_head.items()
-            if head and len(rows) > 1
-        ]
-        alone = sorted(i for head, rows in by_head.items() if not (head and len(rows) > 1) for i in rows)
-        # Pairs of different queries still share the chat prefix that opens every prompt of the template.
-        opening = list(self.config.template.prefix_ids)
-        openers = [
-            i for i in alone
-            if 0 < len(opening) <= head_lengths[i] < len(input_ids[i]) and list(input_ids[i][: len(opening)]) == opening
-        ]  # fmt: skip
-        if len(openers) > 1:
-            groups.append((_common_length([input_ids[i] for i in openers], len(opening)), openers))
-            alone = sorted(set(alone) - set(openers))
-        return groups, alone
 
     def normalize(self, scores: np.ndarray) -> np.ndarray:
         """sigmoid(score - estimated_max / 2): the reference's `normalize=True`."""
@@ -259,31 +258,10 @@ class Reranker:
         return (1.0 / (1.0 + np.exp(-shifted))).astype(np.float32)
 
 
-def _common_length(rows: Sequence[Sequence[int]], start: int) -> int:
-    """How far rows that agree on their first `start` tokens go on agreeing (the separator and "document:"
-    that follow every query, or a boilerplate opening), keeping one token of each row to score."""
-    limit = min(len(r) for r in rows) - 1
-    n = start
-    while n < limit and all(r[n] == rows[0][n] for r in rows):
-        n += 1
-    return n
+def _openvino_installed() -> bool:
+    from .backends.openvino import available
 
-
-class _Progress:
-    """A one-line progress bar on stderr; no dependency."""
-
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.start = total, 0, time.perf_counter()
-
-    def advance(self, count: int) -> None:
-        self.done += count
-        rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-        filled = int(30 * self.done / self.total)
-        sys.stderr.write(f"\rRanking |{'#' * filled}{' ' * (30 - filled)}| {self.done}/{self.total} pairs, {rate:.1f}/s")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        sys.stderr.write("\n")
+    return available()
 
 
 def _check_str(name: str, value: object) -> None:

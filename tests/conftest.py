@@ -10,6 +10,16 @@ import pytest
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
+# Every backend the runtime has, at fp32 numerics: each must equal the reference (test_oracle).
+ENGINES = [pytest.param(("onnxruntime", "auto"), id="onnxruntime"), pytest.param(("openvino", "fp32"), id="openvino")]
+
+
+def choice(backend: str, precision: str = "auto"):
+    """A BackendChoice as `choose` resolves it on this machine."""
+    from rerank_onnx.backends.select import choose
+
+    return choose(backend, precision, scheme="none", openvino_installed=True)
+
 
 @pytest.fixture(scope="session")
 def tokenizer_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -67,11 +77,13 @@ def short_context_artifact(tmp_path_factory: pytest.TempPathFactory, short_conte
     return _export(tmp_path_factory, short_context_checkpoint, "none")
 
 
-@pytest.fixture(scope="session")
-def fp32_reranker(fp32_artifact: Path):
+@pytest.fixture(scope="session", params=ENGINES)
+def fp32_reranker(request: pytest.FixtureRequest, fp32_artifact: Path):
+    """The fp32 artifact on each backend in turn."""
     from rerank_onnx import Reranker
 
-    return Reranker(fp32_artifact)
+    backend, precision = request.param
+    return Reranker(fp32_artifact, backend=backend, precision=precision, compile_cache=False)
 
 
 @pytest.fixture(scope="session")

@@ -134,10 +134,32 @@ def test_int8_scores_are_close_to_the_reference(oracle, scheme, request) -> None
     assert np.mean(np.abs(got - expected)) < 0.25 * np.std(expected)
 
 
-def test_default_int8_scores_do_not_depend_on_the_batch(int8_artifact) -> None:
+def test_blockwise_int8_on_onnxruntime_does_not_depend_on_the_batch(int8_artifact) -> None:
     # Blockwise activation scales are per row, so a pair scores the same alone or among others.
     queries, documents = _pairs()
-    reranker = Reranker(int8_artifact)
+    reranker = Reranker(int8_artifact, backend="onnxruntime")
     together = reranker.predict(queries, documents)
     alone = np.array([reranker.predict([q], [d])[0] for q, d in zip(queries, documents)])
     np.testing.assert_allclose(alone, together, atol=1e-4)
+
+
+def test_the_default_path_is_faithful(oracle, int8_artifact, fp32_artifact) -> None:
+    """What `Reranker(artifact)` runs on this CPU (backend="auto"): a pair alone and in a batch, and a shared
+    head and full prompts, within 2% of the score spread; ranking like fp32 as well as blockwise int8 does."""
+    from rerank_onnx_export.report import spearman
+
+    queries, documents = _pairs()
+    default = Reranker(int8_artifact)
+    assert default.backend is not None
+    bound = 0.02 * np.std(_oracle_predict(oracle, queries, documents))
+    default.share_prefix = False
+    alone = np.array([default.predict([q], [d])[0] for q, d in zip(queries, documents)])
+    together = default.predict(queries, documents)
+    default.share_prefix = True
+    shared = default.predict(queries, documents)
+    assert np.abs(alone - together).max() <= bound, default.backend.describe()
+    assert np.abs(shared - together).max() <= bound, default.backend.describe()
+    fp32 = Reranker(fp32_artifact, backend="onnxruntime").predict(queries, documents)
+    blockwise = Reranker(int8_artifact, backend="onnxruntime").predict(queries, documents)
+    # side by side on the same pairs; 0.005 of slack for the tiny model's ties and rounding
+    assert spearman(fp32, shared) >= spearman(fp32, blockwise) - 0.005, default.backend.describe()

@@ -18,7 +18,9 @@ from rerank_onnx import Reranker
 from rerank_onnx.errors import ModelLoadError
 from rerank_onnx.metrics import Metrics
 from rerank_onnx.scheduler import Scheduler
-from rerank_onnx.session import OnnxScoreSession, Prefix, PrefixScoreSession, open_session
+from rerank_onnx.backends import GraphSession, Prefix, PrefixScoreSession, open_session
+
+from conftest import ENGINES, choice
 
 
 def _full_score(ids: list[int]) -> float:
@@ -49,8 +51,11 @@ class PrefixFake:
         return np.array([_full_score(head + list(row[:n])) for row, n in zip(input_ids, lengths)], dtype=np.float32)
 
 
-def test_fake_satisfies_the_protocol() -> None:
+def test_the_fake_and_every_engine_satisfy_the_protocol(fp32_artifact: Path) -> None:
     assert isinstance(PrefixFake(), PrefixScoreSession)
+    for backend, precision in (p.values[0] for p in ENGINES):
+        session = open_session(fp32_artifact / "model.onnx", choice(backend, precision), threads=1)
+        assert isinstance(session, PrefixScoreSession), backend
 
 
 def test_each_query_computes_its_head_once_and_scores_keep_input_order(fp32_artifact: Path) -> None:
@@ -165,11 +170,15 @@ QUERIES = ["where do fish live?", "¿qué come un gato?", "where do fish live?",
 DOCUMENTS = ["Fish live in rivers.", "", "Salmon swim upstream to spawn " * 20, "x", "Los gatos comen pescado. 猫", "y " * 300]
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("instruction", [None, "Prefer short answers."])
-def test_fp32_shared_prefix_equals_full_prompts(fp32_artifact: Path, instruction: str | None) -> None:
-    shared = Reranker(fp32_artifact, max_batch_size=2)
+def test_fp32_shared_prefix_equals_full_prompts(
+    fp32_artifact: Path, instruction: str | None, engine: tuple[str, str]
+) -> None:
+    backend, precision = engine
+    shared = Reranker(fp32_artifact, max_batch_size=2, backend=backend, precision=precision)  # type: ignore[arg-type]
     assert shared.shares_prefix
-    full = Reranker(fp32_artifact, share_prefix=False)
+    full = Reranker(fp32_artifact, share_prefix=False, backend=backend, precision=precision)  # type: ignore[arg-type]
     a = shared.predict(QUERIES, DOCUMENTS, instruction=instruction)
     b = full.predict(QUERIES, DOCUMENTS, instruction=instruction)
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
@@ -188,8 +197,8 @@ def test_truncated_queries_share_their_truncated_head(fp32_artifact: Path) -> No
 
 def test_blockwise_int8_shared_prefix_equals_full_prompts(int8_artifact: Path) -> None:
     # blockwise int8 quantizes each token's activations on their own: a shared head changes only rounding
-    a = Reranker(int8_artifact).predict(QUERIES, DOCUMENTS)
-    b = Reranker(int8_artifact, share_prefix=False).predict(QUERIES, DOCUMENTS)
+    a = Reranker(int8_artifact, backend="onnxruntime").predict(QUERIES, DOCUMENTS)
+    b = Reranker(int8_artifact, backend="onnxruntime", share_prefix=False).predict(QUERIES, DOCUMENTS)
     np.testing.assert_allclose(a, b, atol=1e-3, rtol=0)
 
 
@@ -214,20 +223,24 @@ def _plain_graph(path: Path, inputs: list[str]) -> Path:
     return path
 
 
-def test_a_graph_without_past_inputs_runs_in_full(tmp_path: Path) -> None:
-    session = open_session(_plain_graph(tmp_path / "old.onnx", ["input_ids", "lengths"]), threads=1)
-    assert isinstance(session, OnnxScoreSession) and not isinstance(session, PrefixScoreSession)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_graph_without_past_inputs_runs_in_full(tmp_path: Path, engine: tuple[str, str]) -> None:
+    session = open_session(_plain_graph(tmp_path / "old.onnx", ["input_ids", "lengths"]), choice(*engine), threads=1)
+    assert isinstance(session, GraphSession) and not isinstance(session, PrefixScoreSession)
     ids = np.zeros((2, 3), dtype=np.int64)
     np.testing.assert_array_equal(session.run(ids, np.array([3, 1], dtype=np.int64)), [3.0, 1.0])
 
 
-def test_a_graph_with_other_inputs_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_graph_with_other_inputs_is_refused(tmp_path: Path, engine: tuple[str, str]) -> None:
+    odd = _plain_graph(tmp_path / "odd.onnx", ["input_ids", "lengths", "token_type_ids"])
     with pytest.raises(ModelLoadError, match="expected graph inputs"):
-        open_session(_plain_graph(tmp_path / "odd.onnx", ["input_ids", "lengths", "token_type_ids"]), threads=1)
+        open_session(odd, choice(*engine), threads=1)
 
 
-def test_the_exported_graph_prefills_and_continues(fp32_artifact: Path) -> None:
-    session = open_session(fp32_artifact / "model.onnx", threads=1)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_exported_graph_prefills_and_continues(fp32_artifact: Path, engine: tuple[str, str]) -> None:
+    session = open_session(fp32_artifact / "model.onnx", choice(*engine), threads=1)
     assert isinstance(session, PrefixScoreSession)
     rng = np.random.default_rng(0)
     rows = rng.integers(0, 151_000, size=(3, 20))

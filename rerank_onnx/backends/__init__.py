@@ -1,0 +1,176 @@
+"""Inference backends behind one small protocol, so batching and ordering can be tested with a fake.
+
+A backend is an `Engine`: it compiles the artifact's score graph and runs it on named numpy feeds.
+`GraphSession` turns an engine into the `ScoreSession` the scorer drives (and `PrefixGraphSession`
+into a `PrefixScoreSession` when the graph takes past keys and values). Adding a backend is one
+module with an `Engine` plus a row in `select.py`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from ..artifact import (
+    INPUT_IDS,
+    LENGTHS,
+    PAST_KEYS,
+    PAST_VALUES,
+    PLAIN_GRAPH_INPUTS,
+    PRESENT_KEYS,
+    PRESENT_VALUES,
+    SCORES,
+)
+from ..errors import ModelLoadError
+from .select import BackendChoice
+
+
+class ScoreSession(Protocol):
+    def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """(batch, sequence) int64 right-padded ids and (batch,) int64 lengths -> (batch,) float32 scores."""
+        ...
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """Keys and values of a token prefix that several prompts share: float32 [layers, kv_heads, tokens, head_dim]."""
+
+    keys: np.ndarray
+    values: np.ndarray
+
+    @property
+    def length(self) -> int:
+        return int(self.keys.shape[2])
+
+
+@runtime_checkable
+class PrefixScoreSession(ScoreSession, Protocol):
+    """A session that can compute a shared prefix once and score continuations of it."""
+
+    def prefill(self, input_ids: np.ndarray) -> Prefix:
+        """(1, tokens) int64 ids -> their keys and values."""
+        ...
+
+    def run_after(self, prefix: Prefix, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Score rows that continue `prefix`: ids and lengths count only the tokens after it."""
+        ...
+
+
+class Engine(Protocol):
+    """One compiled score graph on one inference engine."""
+
+    threads: int
+
+    def input_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        """Each graph input's shape; None where a dimension is dynamic."""
+        ...
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        """Run the graph; return the named outputs as arrays the caller may keep."""
+        ...
+
+
+def default_threads() -> int:
+    """CPUs this process may run on (respects taskset/cgroup affinity, unlike os.cpu_count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class GraphSession:
+    """A score graph on an engine: the plain `ScoreSession` (every prompt in full)."""
+
+    def __init__(self, engine: Engine, graph: Path) -> None:
+        shapes = engine.input_shapes()
+        plain, with_past = set(PLAIN_GRAPH_INPUTS), {*PLAIN_GRAPH_INPUTS, PAST_KEYS, PAST_VALUES}
+        if set(shapes) not in (plain, with_past):
+            raise ModelLoadError(
+                f"{graph}: expected graph inputs {sorted(plain)} or {sorted(with_past)}, got {sorted(shapes)}"
+            )
+        self._engine = engine
+        self.threads = engine.threads
+        # the past a graph with past inputs gets when nothing is shared; None for the plain layout
+        self.empty_prefix: Prefix | None = None
+        if set(shapes) == with_past:
+            layers, kv_heads, _, head_dim = shapes[PAST_KEYS]
+            if layers is None or kv_heads is None or head_dim is None:
+                raise ModelLoadError(f"{graph}: {PAST_KEYS} needs fixed layer, head and width dimensions")
+            empty = np.zeros((layers, kv_heads, 0, head_dim), dtype=np.float32)
+            self.empty_prefix = Prefix(keys=empty, values=empty)
+
+    def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        if self.empty_prefix is None:
+            (scores,) = self._engine.run({INPUT_IDS: input_ids, LENGTHS: lengths}, [SCORES])
+            return np.asarray(scores, dtype=np.float32).reshape(-1)
+        return self._run_past(self.empty_prefix, input_ids, lengths)
+
+    def _run_past(self, prefix: Prefix, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        feeds = {INPUT_IDS: input_ids, LENGTHS: lengths, PAST_KEYS: prefix.keys, PAST_VALUES: prefix.values}
+        (scores,) = self._engine.run(feeds, [SCORES])
+        return np.asarray(scores, dtype=np.float32).reshape(-1)
+
+
+class PrefixGraphSession(GraphSession):
+    """A score graph that takes past keys and values: computes a shared prefix once (`PrefixScoreSession`)."""
+
+    def prefill(self, input_ids: np.ndarray) -> Prefix:
+        assert self.empty_prefix is not None  # open_session builds this class only for graphs with a past
+        feeds = {
+            INPUT_IDS: input_ids,
+            LENGTHS: np.array([input_ids.shape[1]], dtype=np.int64),
+            PAST_KEYS: self.empty_prefix.keys,
+            PAST_VALUES: self.empty_prefix.values,
+        }
+        keys, values = self._engine.run(feeds, [PRESENT_KEYS, PRESENT_VALUES])
+        return Prefix(keys=np.asarray(keys, dtype=np.float32), values=np.asarray(values, dtype=np.float32))
+
+    def run_after(self, prefix: Prefix, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        return self._run_past(prefix, input_ids, lengths)
+
+
+def open_session(
+    graph: Path, choice: BackendChoice, *, threads: int | None = None, cache_dir: Path | None = None
+) -> GraphSession:
+    """The session for an artifact's graph on the chosen backend: prefix-capable when the graph takes
+    past keys and values (artifacts written since the prefix cache), plain otherwise.
+
+    Args:
+        graph: the artifact's model.onnx.
+        choice: backend and precision, from `select.choose`.
+        threads: intra-op threads (default: the CPUs this process may use).
+        cache_dir: where OpenVINO keeps compiled models (None: no cache); onnxruntime ignores it.
+
+    Returns:
+        A `PrefixGraphSession` or a plain `GraphSession`.
+    """
+    threads = threads or default_threads()
+    engine: Engine
+    if choice.backend == "openvino":
+        from .openvino import OpenVinoEngine
+
+        engine = OpenVinoEngine(graph, precision=choice.precision, threads=threads, cache_dir=cache_dir)
+    else:
+        from .onnxruntime import OnnxRuntimeEngine
+
+        engine = OnnxRuntimeEngine(graph, threads=threads)
+    kind = PrefixGraphSession if PAST_KEYS in engine.input_shapes() else GraphSession
+    return kind(engine, graph)
+
+
+__all__ = [
+    "BackendChoice",
+    "Engine",
+    "GraphSession",
+    "Prefix",
+    "PrefixGraphSession",
+    "PrefixScoreSession",
+    "ScoreSession",
+    "default_threads",
+    "open_session",
+]

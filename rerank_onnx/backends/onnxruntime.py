@@ -1,0 +1,38 @@
+"""The onnxruntime backend: runs the artifact's graph as stored (fp32, blockwise int8 or int8-fast)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ModelLoadError
+
+
+class OnnxRuntimeEngine:
+    """onnxruntime's CPU provider, one sequential session with `threads` intra-op threads."""
+
+    name = "onnxruntime"
+
+    def __init__(self, graph: Path, *, threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self._session = ort.InferenceSession(str(graph), sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for corrupt or missing data
+            raise ModelLoadError(f"onnxruntime cannot load {graph}: {exc}") from exc
+        self.threads = threads
+
+    def input_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        return {
+            i.name: tuple(d if isinstance(d, int) else None for d in i.shape) for i in self._session.get_inputs()
+        }
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        return [np.asarray(a) for a in self._session.run(outputs, dict(feeds))]

@@ -1,0 +1,82 @@
+"""The OpenVINO backend: reads the artifact's ONNX graph directly and compiles it for this CPU.
+
+OpenVINO's ONNX frontend turns the blockwise int8 `MatMulNBits` nodes into compressed weights, fuses
+RMSNorm and rotary embeddings itself, and computes in the precision asked for:
+- "bf16": bf16 compute (AMX or AVX512-BF16), fp32 or int8 weights decompressed to bf16;
+- "fp32": fp32 compute, int8 weights decompressed (weight-only int8).
+Its dynamic int8 activation quantization is turned off in both: it makes a pair's score depend on its
+batch companions (measured in benchmarks/README.md), which the default path must not do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import MissingDependencyError, ModelLoadError
+
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+
+def available() -> bool:
+    """True when the openvino package can be imported."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def compile_config(precision: str, threads: int) -> dict[str, Any]:
+    """The CPU plugin properties for `precision` on `threads` threads, one stream (latency)."""
+    if precision not in PRECISION_HINTS:
+        raise ModelLoadError(f"openvino precision: expected one of {sorted(PRECISION_HINTS)}, got {precision!r}")
+    return {
+        "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
+        "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0",
+        "INFERENCE_NUM_THREADS": str(threads),
+        "NUM_STREAMS": "1",
+        "PERFORMANCE_HINT": "LATENCY",
+    }
+
+
+class OpenVinoEngine:
+    """The score graph compiled by OpenVINO's CPU plugin, with one infer request."""
+
+    name = "openvino"
+
+    def __init__(self, graph: Path, *, precision: str, threads: int, cache_dir: Path | None) -> None:
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise MissingDependencyError("openvino (the openvino extra)", "pip install 'rerank-onnx[openvino]'") from exc
+        core = ov.Core()
+        if cache_dir is not None:
+            core.set_property({"CACHE_DIR": str(cache_dir)})
+        config = compile_config(precision, threads)
+        try:
+            # compiled from the path, so that a cached blob skips reading the ONNX file altogether
+            self._compiled = core.compile_model(str(graph), "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses for unreadable or unsupported graphs
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(
+                f"openvino cannot compile {graph}: {first}. Use backend='onnxruntime' for this artifact"
+            ) from exc
+        self._request = self._compiled.create_infer_request()
+        self._shapes = {
+            port.get_any_name(): tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
+            for port in self._compiled.inputs
+        }
+        self.threads = threads
+        self.precision = precision
+
+    def input_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        return dict(self._shapes)
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        self._request.infer(dict(feeds))
+        # the request reuses its output buffers on the next run: copy what the caller keeps
+        return [self._request.get_tensor(name).data.copy() for name in outputs]

@@ -1,0 +1,176 @@
+"""Which backend and precision run an artifact on this CPU: the table `auto` reads, and why.
+
+Every row names the measurement that backs it (benchmarks/README.md, "Which path auto takes"). A CPU
+class with no measurement keeps onnxruntime, the path every artifact was built and tested for.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from dataclasses import dataclass
+from typing import Literal
+
+from ..errors import InvalidInputError, describe
+
+Backend = Literal["auto", "onnxruntime", "openvino"]
+Precision = Literal["auto", "fp32", "bf16"]
+CpuClass = Literal["amx", "avx512-bf16", "avx512-vnni", "avx2", "other"]
+
+BACKENDS: tuple[Backend, ...] = ("auto", "onnxruntime", "openvino")
+PRECISIONS: tuple[Precision, ...] = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """A resolved choice: the engine, its compute precision ("stored" for onnxruntime: the artifact's
+    own numerics), the CPU class it was made for, and the reason, for logs, /v1/models and benchmarks."""
+
+    backend: Literal["onnxruntime", "openvino"]
+    precision: Literal["stored", "fp32", "bf16"]
+    cpu_class: CpuClass
+    reason: str
+
+    def describe(self) -> str:
+        precision = "" if self.precision == "stored" else f" {self.precision}"
+        return f"{self.backend}{precision} on a {self.cpu_class} CPU ({self.reason})"
+
+
+@dataclass(frozen=True)
+class _Row:
+    backend: Literal["onnxruntime", "openvino"]
+    precision: Literal["stored", "fp32", "bf16"]
+    evidence: str
+
+
+# What `auto` takes for the default (blockwise int8) artifact, per CPU class. An fp32 artifact keeps
+# fp32 numerics on onnxruntime and an int8-fast artifact runs onnxruntime's kernel, on every CPU.
+AUTO_TABLE: dict[CpuClass, _Row] = {
+    "amx": _Row(
+        "openvino", "bf16",
+        "MEASURE-AMX",
+    ),
+    "avx512-bf16": _Row(
+        "openvino", "bf16",
+        "measured on a 2-core Zen 5 with AVX512-BF16 (Nov 27): base-v2 1.7-1.9x onnxruntime int8, Spearman 0.989-0.997",
+    ),
+    "avx512-vnni": _Row("onnxruntime", "stored", "no OpenVINO measurement on AVX512-VNNI without BF16 yet"),
+    "avx2": _Row("onnxruntime", "stored", "no OpenVINO measurement on AVX2 yet; onnxruntime measured (Nov 27)"),
+    "other": _Row("onnxruntime", "stored", "unknown CPU: the path every artifact is tested on"),
+}
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags, read once (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_class(flags: frozenset[str]) -> CpuClass:
+    """The class of a CPU by its flags, most capable first."""
+    if {"amx_bf16", "amx_tile"} <= flags:
+        return "amx"
+    if "avx512_bf16" in flags:
+        return "avx512-bf16"
+    if "avx512_vnni" in flags:
+        return "avx512-vnni"
+    if "avx2" in flags:
+        return "avx2"
+    return "other"
+
+
+def choose(
+    backend: str,
+    precision: str,
+    *,
+    scheme: str,
+    flags: frozenset[str] | None = None,
+    openvino_installed: bool,
+) -> BackendChoice:
+    """Resolve the caller's backend and precision for an artifact of quantization `scheme`.
+
+    Args:
+        backend: "auto", "onnxruntime" or "openvino".
+        precision: "auto", "fp32" or "bf16" (OpenVINO's compute precision; onnxruntime runs the stored numerics).
+        scheme: the artifact's quantization scheme ("int8", "int8-fast" or "none").
+        flags: the CPU's flags (default: this machine's).
+        openvino_installed: whether the openvino package imports.
+
+    Returns:
+        The resolved choice with its reason.
+
+    Raises:
+        InvalidInputError: an unknown name, or a combination that cannot run.
+    """
+    if backend not in BACKENDS:
+        raise InvalidInputError(f"backend: expected one of {', '.join(BACKENDS)}, got {describe(backend)}")
+    if precision not in PRECISIONS:
+        raise InvalidInputError(f"precision: expected one of {', '.join(PRECISIONS)}, got {describe(precision)}")
+    kind = cpu_class(cpu_flags() if flags is None else flags)
+    bf16_capable = kind in ("amx", "avx512-bf16")
+    if backend == "onnxruntime":
+        if precision != "auto":
+            raise InvalidInputError(
+                f"precision={precision!r} needs backend='openvino': onnxruntime runs the artifact's stored "
+                f"numerics ({scheme}); pass precision='auto' or backend='openvino'"
+            )
+        return BackendChoice("onnxruntime", "stored", kind, "asked for")
+    if backend == "openvino":
+        if not openvino_installed:
+            raise InvalidInputError(
+                "backend='openvino' needs the openvino package: pip install 'rerank-onnx[openvino]', or pass "
+                "backend='auto' to fall back to onnxruntime"
+            )
+        if scheme == "int8-fast":
+            raise InvalidInputError(
+                "backend='openvino' cannot run an int8-fast artifact (its DynamicQuantizeMatMul nodes are "
+                "onnxruntime's); use backend='onnxruntime', or export with --quantize int8 or none"
+            )
+        chosen = precision if precision != "auto" else ("bf16" if bf16_capable else "fp32")
+        if chosen == "bf16" and not bf16_capable:
+            reason = "asked for; this CPU has no bf16 instructions, so OpenVINO emulates it slowly"
+        else:
+            reason = "asked for" if precision != "auto" else "the CPU's best faithful precision"
+        return BackendChoice("openvino", chosen, kind, reason)  # type: ignore[arg-type]
+    # auto
+    if precision != "auto":
+        raise InvalidInputError(
+            f"precision={precision!r} needs backend='openvino' (auto picks the precision itself); "
+            "pass backend='openvino' too, or leave precision='auto'"
+        )
+    if scheme == "int8-fast":
+        return BackendChoice("onnxruntime", "stored", kind, "int8-fast artifacts run onnxruntime's kernel")
+    if scheme == "none":
+        return BackendChoice("onnxruntime", "stored", kind, "an fp32 artifact keeps fp32 numerics")
+    row = AUTO_TABLE[kind]
+    if row.backend == "openvino" and not openvino_installed:
+        return BackendChoice(
+            "onnxruntime", "stored", kind,
+            "OpenVINO is faster on this CPU but not installed: pip install 'rerank-onnx[openvino]'",
+        )  # fmt: skip
+    return BackendChoice(row.backend, row.precision, kind, row.evidence)
+
+
+def machine_summary() -> dict[str, object]:
+    """The CPU as benchmarks and /v1/models report it: model name, class, and the flags that matter here."""
+    flags = cpu_flags()
+    interesting = sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c")))
+    return {"cpu": _cpu_model(), "cpu_class": cpu_class(flags), "cpu_flags": interesting, "machine": platform.machine()}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

@@ -1,0 +1,126 @@
+"""The loop that runs planned batches on a session, computing shared heads once.
+
+Used by `Reranker`, the server's scheduler (through `Reranker.score_encoded`) and the export's
+self-check alike, so every caller scores the same way.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from .backends import PrefixScoreSession, ScoreSession
+from .batching import pad_batch, plan_batches, plan_shared_heads
+
+
+class Scorer:
+    """Scores encoded prompts on `session` in length-bucketed batches, in input order.
+
+    Args:
+        session: the graph session (or a fake in tests).
+        pad_id: the token right padding uses.
+        opening: the template's chat prefix, shared by the prompts of every query.
+        max_batch_tokens: padded tokens per batch at most.
+        max_batch_size: pairs per batch at most.
+        share_prefix: compute the tokens that rows share once, when the session can.
+    """
+
+    def __init__(
+        self,
+        session: ScoreSession,
+        *,
+        pad_id: int,
+        opening: Sequence[int],
+        max_batch_tokens: int,
+        max_batch_size: int,
+        share_prefix: bool,
+    ) -> None:
+        self.session = session
+        self.pad_id = pad_id
+        self.opening = list(opening)
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.share_prefix = share_prefix
+
+    @property
+    def shares_prefix(self) -> bool:
+        """True when rows that share a head compute it once."""
+        return self.share_prefix and isinstance(self.session, PrefixScoreSession)
+
+    def score(
+        self,
+        input_ids: Sequence[Sequence[int]],
+        *,
+        head_lengths: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        show_progress: bool = False,
+    ) -> np.ndarray:
+        """Scores of already-encoded prompts, float32, in input order.
+
+        Args:
+            input_ids: one prompt's token ids per row.
+            head_lengths: the tokens before each row's document; rows with equal heads share them.
+                None: every row runs in full.
+            batch_size: pairs per batch at most, below `max_batch_size`.
+            show_progress: draw a progress bar on stderr.
+
+        Returns:
+            One score per row.
+        """
+        scores = np.zeros(len(input_ids), dtype=np.float32)
+        if not input_ids:
+            return scores
+        progress = _Progress(len(input_ids)) if show_progress else None
+        groups: list[tuple[int, list[int]]] = []
+        alone = list(range(len(input_ids)))
+        if head_lengths is not None and self.shares_prefix:
+            groups, alone = plan_shared_heads(input_ids, head_lengths, self.opening)
+        session = self.session
+        for head, members in groups:
+            assert isinstance(session, PrefixScoreSession)  # shares_prefix checked it
+            prefix = session.prefill(np.asarray([input_ids[members[0]][:head]], dtype=np.int64))
+            rest = [input_ids[i][head:] for i in members]
+            for batch, (ids, lengths) in self._batches(rest, batch_size):
+                scores[[members[i] for i in batch]] = session.run_after(prefix, ids, lengths)
+                if progress:
+                    progress.advance(len(batch))
+        rows = [input_ids[i] for i in alone]
+        for batch, (ids, lengths) in self._batches(rows, batch_size):
+            scores[[alone[i] for i in batch]] = session.run(ids, lengths)
+            if progress:
+                progress.advance(len(batch))
+        if progress:
+            progress.close()
+        return scores
+
+    def _batches(
+        self, rows: Sequence[Sequence[int]], batch_size: int | None
+    ) -> Iterator[tuple[list[int], tuple[np.ndarray, np.ndarray]]]:
+        batches = plan_batches(
+            [len(ids) for ids in rows],
+            max_batch_tokens=self.max_batch_tokens,
+            max_batch_size=batch_size or self.max_batch_size,
+        )
+        for batch in batches:
+            yield batch, pad_batch([rows[i] for i in batch], pad_id=self.pad_id)
+
+
+class _Progress:
+    """A one-line progress bar on stderr; no dependency."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        rate = self.done / max(time.perf_counter() - self.start, 1e-9)
+        filled = int(30 * self.done / self.total)
+        bar = "#" * filled + " " * (30 - filled)
+        sys.stderr.write(f"\rRanking |{bar}| {self.done}/{self.total} pairs, {rate:.1f}/s")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
