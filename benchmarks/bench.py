@@ -21,15 +21,25 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import RESULTS, environment, median, write_results  # noqa: E402
+from common import RESULTS, environment, write_results
 
 WORK = HERE / "work"
 # "ours-<artifact>" runs on onnxruntime, "ours-<artifact>@openvino-<precision>" on OpenVINO, and
 # "ours-default" is what a user gets: the default (int8) artifact with backend="auto".
 STACKS = [
-    "official-fp32", "pytorch-bf16", "ours-fp32", "ours-int8", "ours-int8-fast", "ours-default",
-    "ours-int8@openvino-fp32", "ours-int8@openvino-bf16", "ours-fp32@openvino-bf16",
-]  # fmt: skip
+    "official-fp32",
+    "pytorch-bf16",
+    "ours-fp32",
+    "ours-int8",
+    "ours-int8-fast",
+    "ours-default",
+    "ours-int8@openvino-fp32",
+    "ours-int8@openvino-bf16",
+    "ours-fp32@openvino-bf16",
+]
+# sentence-transformers 6 (the peer a well-informed user picks), run with --st-python's interpreter. Its
+# onnx backend is missing: sentence-transformers[onnx]==6.2.0 cannot be installed (st_stack.py says why).
+ST_STACKS = ["st-torch", "st-torch-bf16", "st-openvino"]
 SCHEMES = {"ours-fp32": "none", "ours-int8": "int8", "ours-int8-fast": "int8-fast"}  # artifact -> export --quantize
 
 
@@ -53,14 +63,24 @@ def prepare(size: str, stacks: list[str]) -> dict[str, Path]:
     paths = {"checkpoint": checkpoint}
     wanted = {artifact_of(s) for s in stacks}
     for stack, scheme in SCHEMES.items():
-        if stack not in wanted and not (stack == "ours-fp32"):  # fp32 is the fidelity reference
+        if stack not in wanted and stack != "ours-fp32":  # fp32 is the fidelity reference
             continue
         name = stack.removeprefix("ours-")
         out = WORK / f"{size}-{name}"
         if _cached_scheme(out) != scheme:  # absent, another scheme, or a graph from before the prefix cache
             print(f"exporting {out.name}", file=sys.stderr)
             subprocess.run(
-                [sys.executable, "-m", "rerank_onnx.cli", "export", str(checkpoint), str(out), "--quantize", scheme, "--overwrite"],
+                [
+                    sys.executable,
+                    "-m",
+                    "rerank_onnx.cli",
+                    "export",
+                    str(checkpoint),
+                    str(out),
+                    "--quantize",
+                    scheme,
+                    "--overwrite",
+                ],
                 check=False,
             )
         paths[stack] = out
@@ -76,11 +96,30 @@ def _cached_scheme(folder: Path) -> str | None:
 
 
 def run_stack(
-    stack: str, paths: dict[str, Path], threads: int, reps: int, quick: bool, skip: list[str], timeout: float
+    stack: str,
+    paths: dict[str, Path],
+    threads: int,
+    reps: int,
+    quick: bool,
+    skip: list[str],
+    timeout: float,
+    python: str = sys.executable,
 ) -> dict:
     model = paths.get(artifact_of(stack), paths["checkpoint"])
-    cmd = [sys.executable, str(HERE / "worker.py"), "--stack", stack, "--model", str(model), "--threads", str(threads),
-           "--reps", str(reps), "--spawned-at", repr(time.time())]  # fmt: skip
+    cmd = [
+        python,
+        str(HERE / "worker.py"),
+        "--stack",
+        stack,
+        "--model",
+        str(model),
+        "--threads",
+        str(threads),
+        "--reps",
+        str(reps),
+        "--spawned-at",
+        repr(time.time()),
+    ]
     if quick:
         cmd.append("--quick")
     if skip:
@@ -100,12 +139,13 @@ def run_stack(
 
 
 def size_of(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.iterdir() if p.is_file() and p.suffix in (".onnx", ".data", ".safetensors"))
+    return sum(
+        p.stat().st_size for p in path.iterdir() if p.is_file() and p.suffix in (".onnx", ".data", ".safetensors")
+    )
 
 
 def fidelity(reference: list[float], candidate: list[float], k: int = 10) -> dict:
     import numpy as np
-
     from rerank_onnx_export.report import spearman
 
     a, b = np.asarray(reference), np.asarray(candidate)
@@ -119,37 +159,71 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="base-v2, one repetition, no 8k growth point")
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--stacks", nargs="+", default=STACKS, choices=STACKS)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["mixed100", "growth", "b16x256"], help="workloads to leave out")
+    parser.add_argument("--stacks", nargs="+", default=STACKS, choices=STACKS + ST_STACKS)
+    parser.add_argument(
+        "--st-python",
+        default=None,
+        help="interpreter of a venv with sentence-transformers[onnx,openvino]==6.2.0 (transformers 5): adds the st-* stacks",
+    )
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["mixed100", "growth", "b16x256"], help="workloads to leave out"
+    )
     parser.add_argument("--no-thread-scaling", action="store_true", help="skip the 1-thread RAG run")
-    parser.add_argument("--scaling-stack", default="ours-int8-fast", help="the stack whose RAG call also runs on 1 thread")
-    parser.add_argument("--heavy-stacks", nargs="*", default=None,
-                        help="stacks that also run mixed100 and growth (default: all of ours)")
+    parser.add_argument(
+        "--scaling-stack", default="ours-int8-fast", help="the stack whose RAG call also runs on 1 thread"
+    )
+    parser.add_argument(
+        "--heavy-stacks",
+        nargs="*",
+        default=None,
+        help="stacks that also run mixed100 and growth (default: all of ours)",
+    )
     parser.add_argument("--stack-timeout", type=float, default=1800, help="seconds before a stack is given up")
-    parser.add_argument("--bf16-timeout", type=float, default=None,
-                        help="seconds for pytorch-bf16, which has no fast path on CPUs without AVX512-BF16/AMX "
-                             "(default 900; 480 with --quick, enough for its b16x256 at base-v2 size on 2 AVX2 cores)")
+    parser.add_argument(
+        "--bf16-timeout",
+        type=float,
+        default=None,
+        help="seconds for pytorch-bf16, which has no fast path on CPUs without AVX512-BF16/AMX "
+        "(default 900; 480 with --quick, enough for its b16x256 at base-v2 size on 2 AVX2 cores)",
+    )
     parser.add_argument("--llama-cpp", action="store_true", help="also measure llama.cpp Q8_0/Q4_0 (builds it: ~5 min)")
     args = parser.parse_args()
     size = args.size or ("base-v2" if args.quick else "large-v2")
     reps = args.reps or (1 if args.quick else 3)
     bf16_timeout = args.bf16_timeout if args.bf16_timeout is not None else (480 if args.quick else 900)
 
-    paths = prepare(size, args.stacks)
+    stacks = list(args.stacks)
+    if args.st_python:
+        stacks += [s for s in ST_STACKS if s not in stacks]
+    paths = prepare(size, stacks)
     results = {}
-    for stack in args.stacks:
+    for stack in stacks:
         print(f"measuring {stack}", file=sys.stderr)
         # Only heavy stacks run mixed100 and growth: the official stack needs ~16 min for mixed100 at large-v2,
         # and the reference materializes [seq, 151936] logits at long lengths.
         heavy = stack in args.heavy_stacks if args.heavy_stacks is not None else stack.startswith("ours")
         skip = list(args.skip) + ([] if heavy else ["growth", "mixed100"])
         timeout = min(args.stack_timeout, bf16_timeout) if stack == "pytorch-bf16" else args.stack_timeout
-        results[stack] = run_stack(stack, paths, args.threads, reps, args.quick, skip, timeout)
-        print(json.dumps({k: v for k, v in results[stack].items() if k not in ("rag20", "mixed100")})[:400], file=sys.stderr)
+        python = args.st_python if stack.startswith("st-") else sys.executable
+        if stack.startswith("st-") and not python:
+            results[stack] = {"stack": stack, "error": "needs --st-python (a venv with sentence-transformers 6)"}
+            continue
+        results[stack] = run_stack(stack, paths, args.threads, reps, args.quick, skip, timeout, python)
+        print(
+            json.dumps({k: v for k, v in results[stack].items() if k not in ("rag20", "mixed100")})[:400],
+            file=sys.stderr,
+        )
     if args.scaling_stack in args.stacks and not args.no_thread_scaling and args.threads > 1:
         print(f"measuring {args.scaling_stack} with 1 thread (RAG call only)", file=sys.stderr)
-        one = run_stack(args.scaling_stack, paths, 1, max(1, reps // 2), args.quick, ["b16x256", "mixed100", "growth"],
-                        args.stack_timeout)  # fmt: skip
+        one = run_stack(
+            args.scaling_stack,
+            paths,
+            1,
+            max(1, reps // 2),
+            args.quick,
+            ["b16x256", "mixed100", "growth"],
+            args.stack_timeout,
+        )
         results[f"{args.scaling_stack} (1 thread)"] = one
     if args.llama_cpp:
         from llama_cpp_bench import measure
@@ -210,14 +284,25 @@ def table(data: dict) -> str:
         tps = r.get("b16x256", {}).get("tokens_per_s")
         ratio = f"{tps / base:.2f}x" if tps and base else "-"
         label = f"{stack} (stopped at the time limit)" if "stopped" in r else stack
-        lines.append(_row(label, r, ratio, tps, r.get("rag20", {}), r.get("mixed100", {}), r.get("fidelity_vs_ours_fp32")))
+        lines.append(
+            _row(label, r, ratio, tps, r.get("rag20", {}), r.get("mixed100", {}), r.get("fidelity_vs_ours_fp32"))
+        )
     growth = {s: r["growth"] for s, r in res.items() if "growth" in r}
     if growth:
         lengths = sorted({int(n) for g in growth.values() for n in g})
-        lines += ["", "Cost growth, one pair, tokens/s by document length:", "",
-                  "| stack | " + " | ".join(str(n) for n in lengths) + " |", "|---" * (len(lengths) + 1) + "|"]  # fmt: skip
+        lines += [
+            "",
+            "Cost growth, one pair, tokens/s by document length:",
+            "",
+            "| stack | " + " | ".join(str(n) for n in lengths) + " |",
+            "|---" * (len(lengths) + 1) + "|",
+        ]
         for stack, g in growth.items():
-            lines.append(f"| {stack} | " + " | ".join(f"{g[str(n)]['tokens_per_s']:.0f}" if str(n) in g else "-" for n in lengths) + " |")
+            lines.append(
+                f"| {stack} | "
+                + " | ".join(f"{g[str(n)]['tokens_per_s']:.0f}" if str(n) in g else "-" for n in lengths)
+                + " |"
+            )
     return "\n".join(lines)
 
 
@@ -257,7 +342,10 @@ def chart(data: dict, name: str) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     names = list(res)
     left.barh(names, [res[s]["b16x256"]["tokens_per_s"] for s in names], color="#4c72b0")
-    left.set(xlabel="prompt tokens / s (16 x 256)", title=f"{data['size']}: throughput, {data['environment']['threads']} threads")
+    left.set(
+        xlabel="prompt tokens / s (16 x 256)",
+        title=f"{data['size']}: throughput, {data['environment']['threads']} threads",
+    )
     rag = [s for s in names if "rag20" in res[s]]
     right.barh(rag, [res[s]["rag20"]["p50_s"] for s in rag], color="#dd8452")
     right.set(xlabel="seconds (p50)", title="RAG call: 1 query x 20 documents of ~200 tokens")

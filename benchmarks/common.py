@@ -9,37 +9,90 @@ import subprocess
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-WORDS = (
-    "the of and a to in is was for on that with as by at from his her an were are which this be or has had "
-    "not but their its new one after also first two they who been more other into all time year some "
-    "river city music film school team season war state world album game party station line village"
-).split()
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "a",
+    "to",
+    "in",
+    "is",
+    "was",
+    "for",
+    "on",
+    "that",
+    "with",
+    "as",
+    "by",
+    "at",
+    "from",
+    "his",
+    "her",
+    "an",
+    "were",
+    "are",
+    "which",
+    "this",
+    "be",
+    "or",
+    "has",
+    "had",
+    "not",
+    "but",
+    "their",
+    "its",
+    "new",
+    "one",
+    "after",
+    "also",
+    "first",
+    "two",
+    "they",
+    "who",
+    "been",
+    "more",
+    "other",
+    "into",
+    "all",
+    "time",
+    "year",
+    "some",
+    "river",
+    "city",
+    "music",
+    "film",
+    "school",
+    "team",
+    "season",
+    "war",
+    "state",
+    "world",
+    "album",
+    "game",
+    "party",
+    "station",
+    "line",
+    "village",
+]
 
 
 def environment(threads: int | None = None) -> dict:
     import numpy
     import onnxruntime
 
-    flags = ""
-    model = platform.processor()
     try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        model = next((l.split(":", 1)[1].strip() for l in cpuinfo.splitlines() if l.startswith("model name")), model)
-        line = next((l for l in cpuinfo.splitlines() if l.startswith("flags")), "")
-        flags = " ".join(sorted(f for f in line.split() if f.startswith(("avx", "amx", "fma", "sse4"))))
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+        ).stdout.strip()
     except OSError:
         commit = ""
-    from rerank_onnx.backends.select import cpu_class, cpu_flags
+    from rerank_onnx.backends.select import machine_summary
 
+    machine = machine_summary()
     env = {
-        "cpu": model,
-        "cpu_class": cpu_class(cpu_flags()),
-        "cpu_flags": flags,
+        "cpu": machine["cpu"],
+        "cpu_class": machine["cpu_class"],
+        "cpu_flags": " ".join(machine["cpu_flags"]),
         "cores": len(__import__("os").sched_getaffinity(0)),
         "threads": threads,
         "python": platform.python_version(),

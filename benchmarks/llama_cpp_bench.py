@@ -12,11 +12,9 @@ from pathlib import Path
 
 
 def _cpu_flags() -> set[str]:
-    try:
-        line = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags"))
-        return set(line.split(":", 1)[1].split())
-    except (OSError, StopIteration):
-        return set()
+    from rerank_onnx.backends.select import cpu_flags
+
+    return set(cpu_flags())
 
 
 def build(work: Path) -> Path:
@@ -26,24 +24,57 @@ def build(work: Path) -> Path:
     if existing and (existing[0] / "build/bin/llama-bench").exists():
         return existing[0]
     src_root.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "llama-cpp-python", "--no-binary", ":all:", "--no-deps",
-                    "-d", str(src_root)], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "llama-cpp-python",
+            "--no-binary",
+            ":all:",
+            "--no-deps",
+            "-d",
+            str(src_root),
+        ],
+        check=True,
+    )
     (archive,) = src_root.glob("llama_cpp_python-*.tar.gz")
     with tarfile.open(archive) as tar:
         tar.extractall(src_root, filter="data")
     (llama,) = src_root.glob("*/vendor/llama.cpp")
     flags = _cpu_flags()
     # A native build enables ggml's AMX path, which died with SIGILL on these machines: pick ISA by hand.
-    options = ["-DGGML_NATIVE=OFF", "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF",
-               "-DLLAMA_CURL=OFF", "-DGGML_OPENMP=ON", "-DCMAKE_BUILD_TYPE=Release",
-               f"-DGGML_AVX={'ON' if 'avx' in flags else 'OFF'}", f"-DGGML_AVX2={'ON' if 'avx2' in flags else 'OFF'}",
-               f"-DGGML_FMA={'ON' if 'fma' in flags else 'OFF'}", f"-DGGML_F16C={'ON' if 'f16c' in flags else 'OFF'}",
-               f"-DGGML_AVX512={'ON' if 'avx512f' in flags else 'OFF'}",
-               f"-DGGML_AVX512_VNNI={'ON' if 'avx512_vnni' in flags else 'OFF'}",
-               f"-DGGML_AVX512_BF16={'ON' if 'avx512_bf16' in flags else 'OFF'}"]  # fmt: skip
+    options = [
+        "-DGGML_NATIVE=OFF",
+        "-DGGML_AMX_TILE=OFF",
+        "-DGGML_AMX_INT8=OFF",
+        "-DGGML_AMX_BF16=OFF",
+        "-DLLAMA_CURL=OFF",
+        "-DGGML_OPENMP=ON",
+        "-DCMAKE_BUILD_TYPE=Release",
+        f"-DGGML_AVX={'ON' if 'avx' in flags else 'OFF'}",
+        f"-DGGML_AVX2={'ON' if 'avx2' in flags else 'OFF'}",
+        f"-DGGML_FMA={'ON' if 'fma' in flags else 'OFF'}",
+        f"-DGGML_F16C={'ON' if 'f16c' in flags else 'OFF'}",
+        f"-DGGML_AVX512={'ON' if 'avx512f' in flags else 'OFF'}",
+        f"-DGGML_AVX512_VNNI={'ON' if 'avx512_vnni' in flags else 'OFF'}",
+        f"-DGGML_AVX512_BF16={'ON' if 'avx512_bf16' in flags else 'OFF'}",
+    ]
     subprocess.run(["cmake", "-S", str(llama), "-B", str(llama / "build"), *options], check=True)
-    subprocess.run(["cmake", "--build", str(llama / "build"), "-j", str(os.cpu_count() or 2),
-                    "--target", "llama-bench", "llama-quantize"], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            "cmake",
+            "--build",
+            str(llama / "build"),
+            "-j",
+            str(os.cpu_count() or 2),
+            "--target",
+            "llama-bench",
+            "llama-quantize",
+        ],
+        check=True,
+    )
     return llama
 
 
@@ -53,8 +84,19 @@ def convert(llama: Path, checkpoint: Path, work: Path) -> dict[str, Path]:
     f16 = work / f"{checkpoint.name}-f16.gguf"
     env = {**os.environ, "PYTHONPATH": str(llama / "gguf-py")}
     if not f16.exists():
-        subprocess.run([sys.executable, str(llama / "convert_hf_to_gguf.py"), str(checkpoint), "--outfile", str(f16),
-                        "--outtype", "f16"], check=True, env=env)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                str(llama / "convert_hf_to_gguf.py"),
+                str(checkpoint),
+                "--outfile",
+                str(f16),
+                "--outtype",
+                "f16",
+            ],
+            check=True,
+            env=env,
+        )
     out = {}
     for q in ("Q8_0", "Q4_0"):
         path = work / f"{checkpoint.name}-{q}.gguf"
@@ -73,15 +115,34 @@ def measure(checkpoint: Path, work: Path, *, threads: int, reps: int) -> dict[st
         return {"llama.cpp": {"stack": "llama.cpp", "error": f"build or conversion failed: {exc}"}}
     for q, path in models.items():
         name = f"llama.cpp-{q}"
-        run = subprocess.run([str(llama / "build/bin/llama-bench"), "-m", str(path), "-p", "256", "-n", "0",
-                              "-t", str(threads), "-r", str(max(reps, 2)), "-o", "json"],
-                             capture_output=True, text=True)  # fmt: skip
+        run = subprocess.run(
+            [
+                str(llama / "build/bin/llama-bench"),
+                "-m",
+                str(path),
+                "-p",
+                "256",
+                "-n",
+                "0",
+                "-t",
+                str(threads),
+                "-r",
+                str(max(reps, 2)),
+                "-o",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if run.returncode != 0:
             results[name] = {"stack": name, "error": f"llama-bench exit {run.returncode}: {run.stderr.strip()[-200:]}"}
             continue
         rows = json.loads(run.stdout)
         tps = rows[0]["avg_ts"]
         # pp256 is one 256-token sequence; reported in the b16x256 column as the closest workload
-        results[name] = {"stack": name, "b16x256": {"tokens": 256, "tokens_per_s": tps, "note": "pp256, one sequence"},
-                         "artifact_gb": path.stat().st_size / 1e9}  # fmt: skip
+        results[name] = {
+            "stack": name,
+            "b16x256": {"tokens": 256, "tokens_per_s": tps, "note": "pp256, one sequence"},
+            "artifact_gb": path.stat().st_size / 1e9,
+        }
     return results

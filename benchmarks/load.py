@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import socket
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, median, percentile, text_of_tokens, write_results  # noqa: E402
+from common import environment, median, percentile, text_of_tokens, write_results
 
 
 def free_port() -> int:
@@ -33,7 +32,17 @@ def free_port() -> int:
 
 def start_server(artifact: str, coalesce_ms: float, threads: int | None) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "rerank_onnx.cli", "serve", artifact, "--port", str(port), "--coalesce-ms", str(coalesce_ms)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rerank_onnx.cli",
+        "serve",
+        artifact,
+        "--port",
+        str(port),
+        "--coalesce-ms",
+        str(coalesce_ms),
+    ]
     if threads:
         cmd += ["--threads", str(threads)]
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -50,7 +59,9 @@ def start_server(artifact: str, coalesce_ms: float, threads: int | None) -> tupl
     raise RuntimeError("server did not become ready")
 
 
-async def run_load(url: str, concurrency: int, requests_per_client: int, time_limit: float, docs: int, doc_tokens: int) -> dict:
+async def run_load(
+    url: str, concurrency: int, requests_per_client: int, time_limit: float, docs: int, doc_tokens: int
+) -> dict:
     latencies: list[float] = []
     errors = 0
     stop_at = time.perf_counter() + time_limit
@@ -114,7 +125,9 @@ def main() -> int:
                 )
                 row["mode"] = mode
                 rows.append(row)
-                print(f"{mode:12s} c={concurrency:3d} {row['requests_per_s']:.2f} req/s  p50 {row['p50_s']:.2f}s  p95 {row['p95_s']:.2f}s  errors {row['errors']}")
+                print(
+                    f"{mode:12s} c={concurrency:3d} {row['requests_per_s']:.2f} req/s  p50 {row['p50_s']:.2f}s  p95 {row['p95_s']:.2f}s  errors {row['errors']}"
+                )
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=120)
@@ -142,7 +155,6 @@ def chart(rows: list[dict], name: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from common import RESULTS
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, median, text_of_tokens, write_results  # noqa: E402
+from common import RESULTS, environment, median, text_of_tokens, write_results
 
 QUERY = "what causes rivers to flood in spring?"
 
@@ -91,7 +91,11 @@ def chart(data: dict, name: str) -> None:
     ax.bar([i - 0.2 for i in x], [100 * r["token_share_saved"] for r in rows], width=0.4, label="tokens saved")
     ax.bar([i + 0.2 for i in x], [100 * r["time_saved"] for r in rows], width=0.4, label="time saved (measured)")
     ax.set_xticks(list(x), labels)
-    ax.set(xlabel="document tokens", ylabel="%", title=f"Shared prefix: {data['artifact']}, 1 query x {rows[0]['docs']} docs")
+    ax.set(
+        xlabel="document tokens",
+        ylabel="%",
+        title=f"Shared prefix: {data['artifact']}, 1 query x {rows[0]['docs']} docs",
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(RESULTS / f"{name}.png", dpi=100)

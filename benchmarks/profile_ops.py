@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, text_of_tokens, write_results  # noqa: E402
+from common import RESULTS, environment, text_of_tokens, write_results
 
 if TYPE_CHECKING:
     from rerank_onnx import Reranker
@@ -53,7 +53,6 @@ def token_ids(reranker: Reranker, batch: int, tokens: int) -> tuple[np.ndarray, 
 
 def profile_shape(graph: Path, ids: np.ndarray, lengths: np.ndarray, threads: int) -> dict:
     import onnxruntime as ort
-
     from rerank_onnx.session import INPUT_IDS, LENGTHS, PAST_KEYS, PAST_VALUES, SCORES
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,8 +89,10 @@ def profile_shape(graph: Path, ids: np.ndarray, lengths: np.ndarray, threads: in
 def table(result: dict) -> str:
     shapes = list(result["shapes"])
     totals = {s: sum(result["shapes"][s]["ops_ms"].values()) for s in shapes}
-    ops = sorted({op for s in shapes for op in result["shapes"][s]["ops_ms"]},
-                 key=lambda op: -max(result["shapes"][s]["ops_ms"].get(op, 0) / totals[s] for s in shapes))  # fmt: skip
+    ops = sorted(
+        {op for s in shapes for op in result["shapes"][s]["ops_ms"]},
+        key=lambda op: -max(result["shapes"][s]["ops_ms"].get(op, 0) / totals[s] for s in shapes),
+    )
     lines = [
         f"Artifact `{result['artifact']}` (scheme `{result['scheme']}`), {result['environment']['threads']} threads, "
         f"{result['environment']['cpu']}; share of node time in one run after a warm-up.",
@@ -101,15 +102,34 @@ def table(result: dict) -> str:
     ]
     shown, rest = ops[:10], ops[10:]
     for op in shown:
-        lines.append(f"| {op} | " + " | ".join(f"{100 * result['shapes'][s]['ops_ms'].get(op, 0) / totals[s]:.1f}%" for s in shapes) + " |")
+        lines.append(
+            f"| {op} | "
+            + " | ".join(f"{100 * result['shapes'][s]['ops_ms'].get(op, 0) / totals[s]:.1f}%" for s in shapes)
+            + " |"
+        )
     if rest:
-        lines.append(f"| {len(rest)} other op types | " + " | ".join(
-            f"{100 * sum(result['shapes'][s]['ops_ms'].get(op, 0) for op in rest) / totals[s]:.1f}%" for s in shapes) + " |")  # fmt: skip
-    lines.append("| **integer GEMMs together** | " + " | ".join(
-        f"**{100 * sum(v for op, v in result['shapes'][s]['ops_ms'].items() if op in INTEGER_GEMMS) / totals[s]:.1f}%**"
-        for s in shapes) + " |")  # fmt: skip
-    lines.append("| run time (s) / tokens/s | " + " | ".join(
-        f"{result['shapes'][s]['run_ms'] / 1000:.1f} / {result['shapes'][s]['tokens_per_s']:.0f}" for s in shapes) + " |")  # fmt: skip
+        lines.append(
+            f"| {len(rest)} other op types | "
+            + " | ".join(
+                f"{100 * sum(result['shapes'][s]['ops_ms'].get(op, 0) for op in rest) / totals[s]:.1f}%" for s in shapes
+            )
+            + " |"
+        )
+    lines.append(
+        "| **integer GEMMs together** | "
+        + " | ".join(
+            f"**{100 * sum(v for op, v in result['shapes'][s]['ops_ms'].items() if op in INTEGER_GEMMS) / totals[s]:.1f}%**"
+            for s in shapes
+        )
+        + " |"
+    )
+    lines.append(
+        "| run time (s) / tokens/s | "
+        + " | ".join(
+            f"{result['shapes'][s]['run_ms'] / 1000:.1f} / {result['shapes'][s]['tokens_per_s']:.0f}" for s in shapes
+        )
+        + " |"
+    )
     return "\n".join(lines)
 
 
@@ -124,9 +144,12 @@ def chart(result: dict, path: Path) -> None:
     top = sorted({op for s in shapes for op in list(result["shapes"][s]["ops_ms"])[:6]})
     fig, ax = plt.subplots(figsize=(9, 1.6 + 0.6 * len(shapes)))
     left = np.zeros(len(shapes))
-    for op in top + ["other"]:
+    for op in [*top, "other"]:
         if op == "other":
-            share = [100 * sum(v for o, v in result["shapes"][s]["ops_ms"].items() if o not in top) / totals[s] for s in shapes]
+            share = [
+                100 * sum(v for o, v in result["shapes"][s]["ops_ms"].items() if o not in top) / totals[s]
+                for s in shapes
+            ]
         else:
             share = [100 * result["shapes"][s]["ops_ms"].get(op, 0) / totals[s] for s in shapes]
         ax.barh(shapes, share, left=left, label=op)

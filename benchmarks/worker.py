@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import text_of_tokens  # noqa: E402
+from common import text_of_tokens
 
 
 def workloads(quick: bool) -> dict:
@@ -22,12 +22,21 @@ def workloads(quick: bool) -> dict:
     rng = random.Random(7)
     mixed_lengths = [min(900, max(20, int(rng.lognormvariate(5.3, 0.7)))) for _ in range(100)]  # median ~200
     return {
-        "rag20": {"query": "what causes rivers to flood in spring?", "docs": [text_of_tokens(200, 100 + i) for i in range(20)]},
-        "mixed100": {"query": "history of music in the city", "docs": [text_of_tokens(n, 500 + i) for i, n in enumerate(mixed_lengths)]},
+        "rag20": {
+            "query": "what causes rivers to flood in spring?",
+            "docs": [text_of_tokens(200, 100 + i) for i in range(20)],
+        },
+        "mixed100": {
+            "query": "history of music in the city",
+            "docs": [text_of_tokens(n, 500 + i) for i, n in enumerate(mixed_lengths)],
+        },
         "short": {"query": "cat", "docs": ["a cat is a small feline"]},
         "b16x256": {"query": "team season game", "docs": [text_of_tokens(256 - 90, 900 + i) for i in range(16)]},
         "growth": [128, 512, 2048] if quick else [128, 512, 2048, 8192],
-        "faithful": {"query": "where do rivers flood?", "docs": [text_of_tokens(n, 1200 + n) for n in (12, 40, 75, 110, 150, 190, 230, 300)]},
+        "faithful": {
+            "query": "where do rivers flood?",
+            "docs": [text_of_tokens(n, 1200 + n) for n in (12, 40, 75, 110, 150, 190, 230, 300)],
+        },
     }
 
 
@@ -113,10 +122,20 @@ def main() -> int:
     parser.add_argument("--skip", nargs="*", default=[])
     args = parser.parse_args()
 
-    if args.stack.startswith("ours"):
+    if args.stack.startswith("st-"):
+        from st_stack import SentenceTransformersStack
+
+        stack = SentenceTransformersStack(
+            args.stack, args.model, args.threads, Path(__file__).resolve().parent / "work"
+        )
+    elif args.stack.startswith("ours"):
         backend, _, precision = args.stack.partition("@")[2].partition("-")
-        stack = Ours(args.model, args.threads, backend or ("auto" if args.stack == "ours-default" else "onnxruntime"),
-                     precision or "auto")  # fmt: skip
+        stack = Ours(
+            args.model,
+            args.threads,
+            backend or ("auto" if args.stack == "ours-default" else "onnxruntime"),
+            precision or "auto",
+        )
     else:
         stack = Official(args.model, args.threads, bf16=args.stack == "pytorch-bf16")
     w = workloads(args.quick)
@@ -153,14 +172,24 @@ def main() -> int:
         result["faithful"] = stack.faithful(w["faithful"]["query"], w["faithful"]["docs"])
         report()
     times, rag_scores = timed(w["rag20"]["query"], w["rag20"]["docs"], args.reps)
-    result["rag20"] = {"p50_s": percentile(times, 50), "p95_s": percentile(times, 95), "runs": times,
-                       "tokens": stack.tokens(w["rag20"]["query"], w["rag20"]["docs"]), "scores": rag_scores}  # fmt: skip
+    result["rag20"] = {
+        "p50_s": percentile(times, 50),
+        "p95_s": percentile(times, 95),
+        "runs": times,
+        "tokens": stack.tokens(w["rag20"]["query"], w["rag20"]["docs"]),
+        "scores": rag_scores,
+    }
     report()
     if "mixed100" not in args.skip:
         times, scores = timed(w["mixed100"]["query"], w["mixed100"]["docs"], max(1, args.reps // 2))
         tokens = stack.tokens(w["mixed100"]["query"], w["mixed100"]["docs"])
-        result["mixed100"] = {"tokens": tokens, "seconds": median(times), "pairs_per_s": 100 / median(times),
-                              "tokens_per_s": tokens / median(times), "scores": scores}  # fmt: skip
+        result["mixed100"] = {
+            "tokens": tokens,
+            "seconds": median(times),
+            "pairs_per_s": 100 / median(times),
+            "tokens_per_s": tokens / median(times),
+            "scores": scores,
+        }
         report()
     if "growth" not in args.skip:
         growth = {}

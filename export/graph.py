@@ -9,8 +9,8 @@ from pathlib import Path
 import onnx
 import torch
 
-from rerank_onnx.errors import ExportError
 from rerank_onnx.artifact import INPUT_IDS, LENGTHS, PAST_KEYS, PAST_VALUES, PRESENT_KEYS, PRESENT_VALUES, SCORES
+from rerank_onnx.errors import ExportError
 
 OPSET = 17
 
@@ -110,9 +110,14 @@ def export_fp32(graph: ScoreGraph, destination: Path, *, data_file: str) -> None
             input_names=[INPUT_IDS, LENGTHS, PAST_KEYS, PAST_VALUES],
             output_names=[SCORES, PRESENT_KEYS, PRESENT_VALUES],
             dynamic_axes={
-                INPUT_IDS: {0: "batch", 1: "sequence"}, LENGTHS: {0: "batch"}, SCORES: {0: "batch"},
-                PAST_KEYS: {2: "past"}, PAST_VALUES: {2: "past"}, PRESENT_KEYS: {2: "total"}, PRESENT_VALUES: {2: "total"},
-            },  # fmt: skip
+                INPUT_IDS: {0: "batch", 1: "sequence"},
+                LENGTHS: {0: "batch"},
+                SCORES: {0: "batch"},
+                PAST_KEYS: {2: "past"},
+                PAST_VALUES: {2: "past"},
+                PRESENT_KEYS: {2: "total"},
+                PRESENT_VALUES: {2: "total"},
+            },
             opset_version=OPSET,
             do_constant_folding=True,
             dynamo=False,
@@ -129,6 +134,10 @@ def save_with_external_data(model: onnx.ModelProto, destination: Path, *, data_f
     """Weights in one external file, whatever the size: onnxruntime memory-maps it, which halves
     session creation time and peak RSS of the large-v2 int8 graph against weights inside the protobuf."""
     onnx.save_model(
-        model, str(destination), save_as_external_data=True, all_tensors_to_one_file=True,
-        location=data_file, size_threshold=1024,
-    )  # fmt: skip
+        model,
+        str(destination),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data_file,
+        size_threshold=1024,
+    )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import shutil
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,10 +16,10 @@ import numpy as np
 
 from rerank_onnx import artifact
 from rerank_onnx.artifact import Template
-from rerank_onnx.errors import ExportError
-from rerank_onnx.reranker import Reranker
 from rerank_onnx.backends import open_session
 from rerank_onnx.backends.select import BackendChoice
+from rerank_onnx.errors import ExportError, RerankError
+from rerank_onnx.reranker import Reranker
 from rerank_onnx.template import PairEncoder, load_tokenizer
 
 from . import report
@@ -25,7 +27,7 @@ from .graph import ScoreGraph, export_fp32
 from .prompt import template_data
 from .quantize import SCHEMES
 from .quantize import quantize as quantize_graph
-from .source import resolve_checkpoint
+from .source import Checkpoint, resolve_checkpoint
 
 FP32_TOLERANCE = 1e-3  # fp32 graph vs PyTorch, max |diff|: above this the export is broken
 INT8_MIN_SPEARMAN = 0.95  # int8 graph vs PyTorch on the built-in pairs: below this, warn loudly
@@ -50,61 +52,115 @@ def export_checkpoint(
     overwrite: bool = False,
     log: Callable[[str], None] = print,
 ) -> ExportResult:
-    """Convert a Qwen2 mxbai-rerank-v2 checkpoint (hub id or folder) into an artifact folder."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Convert a Qwen2 mxbai-rerank-v2 checkpoint (hub id or folder) into an artifact folder.
 
+    Args:
+        source: a hub id or a local checkpoint folder.
+        output_dir: the artifact folder to write (written as `<name>.partial`, renamed when complete).
+        quantize: "int8" (blockwise, the default), "int8-fast" or "none".
+        revision: the hub revision.
+        estimated_max: the normalization constant (default: the reference's for the hub id).
+        overwrite: replace an existing, non-empty output folder.
+        log: where progress lines go.
+
+    Returns:
+        The folder, its self-check report, whether the hard checks passed, and warnings.
+
+    Raises:
+        ExportError: the checkpoint cannot be fetched, read or converted; nothing is left behind.
+    """
     if quantize not in SCHEMES:
         raise ExportError(f"quantize: expected one of {sorted(SCHEMES)}, got {quantize!r}")
     output = Path(output_dir).expanduser()
+    if output.exists() and not output.is_dir():
+        raise ExportError(f"{output} is a file, not a folder: choose a folder path for the artifact")
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise ExportError(f"{output} exists and is not empty; choose another folder or pass --overwrite")
-    timings: dict[str, float] = {}
     started = time.perf_counter()
-
     checkpoint = resolve_checkpoint(source, revision=revision)
     log(f"checkpoint: {checkpoint.folder}")
     staging = output.with_name(output.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with quiet_transformers():
+            export_report = _export_into(staging, checkpoint, quantize, estimated_max, log)
+    except RerankError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    except Exception as exc:  # transformers, torch and onnx raise their own types for a checkpoint they cannot take
+        shutil.rmtree(staging, ignore_errors=True)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ExportError(f"cannot export {source}: {type(exc).__name__}: {reason}") from exc
+    except BaseException:  # Ctrl-C: no partial folder either
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    export_report["timings"]["total_s"] = time.perf_counter() - started
+    (staging / artifact.REPORT_FILE).write_text(json.dumps(export_report, indent=2) + "\n")
+    if output.exists():
+        shutil.rmtree(output)
+    staging.rename(output)
+    return ExportResult(
+        folder=output, report=export_report, passed=export_report["passed"], warnings=export_report["warnings"]
+    )
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence what transformers and torch.onnx print about code paths this export does not take (the
+    Mistral regex notice of a converted tokenizer, deprecations inside the tracer)."""
+    import transformers
+
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*TracerWarning.*")
+            warnings.filterwarnings("ignore", category=UserWarning, module="torch.onnx")
+            yield
+    finally:
+        transformers.logging.set_verbosity(level)
+
+
+def _export_into(
+    staging: Path, checkpoint: Checkpoint, quantize: str, estimated_max: float | None, log: Callable[[str], None]
+) -> dict:
+    """Write the artifact into `staging` and return its self-check report (without the total time)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    timings: dict[str, float] = {}
     work = staging / ".work"
     work.mkdir(parents=True)
-
-    hf_tokenizer = AutoTokenizer.from_pretrained(str(checkpoint.folder))
-    if not getattr(hf_tokenizer, "is_fast", False):
-        raise ExportError(f"{source}: no fast tokenizer (tokenizer.json) could be built for this checkpoint")
-    hf_tokenizer.backend_tokenizer.save(str(staging / artifact.TOKENIZER_FILE))
-    tokenizer = load_tokenizer(str(staging / artifact.TOKENIZER_FILE))
-    model_max_length = int(checkpoint.config.get("max_position_embeddings", 32768))
-    template_dict = template_data(
-        tokenizer, model_max_length=model_max_length, truncation_side=hf_tokenizer.truncation_side
-    )
+    template_dict = _write_tokenizer(staging, checkpoint)
     template = Template.from_dict(template_dict)
-    encoder = PairEncoder(tokenizer, template, max_length=template.max_length)
-    pair_ids, head_lengths = _builtin_pair_ids(encoder)
+    tokenizer = load_tokenizer(str(staging / artifact.TOKENIZER_FILE))
+    pair_ids, head_lengths = _builtin_pair_ids(PairEncoder(tokenizer, template, max_length=template.max_length))
 
     t = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(
-        str(checkpoint.folder), torch_dtype=torch.float32, attn_implementation="eager"
+        str(checkpoint.folder), dtype=torch.float32, attn_implementation="eager"
     ).eval()
     timings["load_checkpoint_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    log(f"scoring {len(pair_ids)} built-in pairs with PyTorch fp32")
-    torch_scores = report.torch_scores(model, pair_ids, yes_id=template.yes_token_id, no_id=template.no_token_id)
+    torch_scores = report.torch_scores(
+        model,
+        pair_ids,
+        yes_id=template.yes_token_id,
+        no_id=template.no_token_id,
+        progress=lambda done: log(f"scoring the built-in pairs with PyTorch fp32: {done}/{len(pair_ids)}"),
+    )
     timings["pytorch_scoring_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     log("exporting the fp32 score graph")
     fp32_path = (work if quantize != "none" else staging) / artifact.GRAPH_FILE
-    export_fp32(
-        ScoreGraph(model, yes_token_id=template.yes_token_id, no_token_id=template.no_token_id),
-        fp32_path,
-        data_file=artifact.GRAPH_DATA_FILE,
-    )
-    architecture = {k: checkpoint.config.get(k) for k in _ARCH_KEYS}
-    del model
+    graph = ScoreGraph(model, yes_token_id=template.yes_token_id, no_token_id=template.no_token_id)
+    export_fp32(graph, fp32_path, data_file=artifact.GRAPH_DATA_FILE)
+    del model, graph
     gc.collect()
     timings["export_fp32_s"] = time.perf_counter() - t
-
     if quantize != "none":
         t = time.perf_counter()
         log(f"quantizing ({quantize})")
@@ -120,7 +176,46 @@ def export_checkpoint(
         quantization_description=SCHEMES[quantize],
         estimated_max=estimated_max if estimated_max is not None else checkpoint.estimated_max,
     )
-    comparisons: dict[str, dict] = {}
+    log("checking the written graph on every backend this machine runs")
+    t = time.perf_counter()
+    checks = _self_check(staging, fp32_path, quantize, pair_ids, head_lengths, torch_scores)
+    timings["self_check_s"] = time.perf_counter() - t
+    shutil.rmtree(work)
+    return {
+        "source_model": checkpoint.source,
+        "source_revision": checkpoint.revision,
+        "architecture": {k: checkpoint.config.get(k) for k in _ARCH_KEYS},
+        "quantization": {"scheme": quantize, "description": SCHEMES[quantize]},
+        "pairs": len(pair_ids),
+        "prompt_tokens": [len(ids) for ids in pair_ids],
+        **checks,
+        "timings": timings,
+        "files": {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()},
+    }
+
+
+def _write_tokenizer(staging: Path, checkpoint: Checkpoint) -> dict:
+    """Save the checkpoint's fast tokenizer into the artifact; return the template section built with it."""
+    from transformers import AutoTokenizer
+
+    hf_tokenizer = AutoTokenizer.from_pretrained(str(checkpoint.folder))
+    if not getattr(hf_tokenizer, "is_fast", False):
+        raise ExportError(f"{checkpoint.source}: no fast tokenizer (tokenizer.json) could be built for this checkpoint")
+    hf_tokenizer.backend_tokenizer.save(str(staging / artifact.TOKENIZER_FILE))
+    tokenizer = load_tokenizer(str(staging / artifact.TOKENIZER_FILE))
+    model_max_length = int(checkpoint.config.get("max_position_embeddings", 32768))
+    return template_data(tokenizer, model_max_length=model_max_length, truncation_side=hf_tokenizer.truncation_side)
+
+
+def _self_check(
+    staging: Path,
+    fp32_path: Path,
+    quantize: str,
+    pair_ids: list[list[int]],
+    head_lengths: list[int],
+    torch_scores: np.ndarray,
+) -> dict:
+    """The report's agreement, backends, passed and warnings sections."""
     # Scored as rank() scores them: the pairs of one query share the computation of its head.
     # One session for both: a second one of the large-v2 graph costs seconds and its prepacked weights.
     reranker = Reranker(staging, backend="onnxruntime")
@@ -128,9 +223,9 @@ def export_checkpoint(
     full_prompt_scores = reranker.score_encoded(pair_ids)
     del reranker
     gc.collect()
-    log("checking every backend this machine runs against PyTorch")
     backend_checks = _backend_checks(staging, quantize, pair_ids, head_lengths, torch_scores)
     backend_checks["results"]["onnxruntime"] = _backend_agreement(torch_scores, graph_scores, full_prompt_scores)
+    comparisons: dict[str, dict] = {}
     graph_name = "fp32" if quantize == "none" else quantize
     comparisons[f"{graph_name}_graph_vs_pytorch"] = asdict(report.agreement(torch_scores, graph_scores))
     comparisons["shared_prefix_vs_full_prompts"] = asdict(report.agreement(full_prompt_scores, graph_scores))
@@ -138,8 +233,12 @@ def export_checkpoint(
         fp32_scores = _score_fp32_graph(staging, fp32_path, pair_ids, head_lengths)
         comparisons["fp32_graph_vs_pytorch"] = asdict(report.agreement(torch_scores, fp32_scores))
         comparisons[f"{quantize}_graph_vs_fp32_graph"] = asdict(report.agreement(fp32_scores, graph_scores))
-    shutil.rmtree(work)
+    passed, warnings = _verdict(comparisons, quantize)
+    return {"agreement": comparisons, "backends": backend_checks, "passed": passed, "warnings": warnings}
 
+
+def _verdict(comparisons: dict[str, dict], quantize: str) -> tuple[bool, list[str]]:
+    """Whether the hard checks pass (fp32 graph = PyTorch; shared prefix = full prompts), and warnings."""
     fp32_check = comparisons["fp32_graph_vs_pytorch"]
     prefix_check = comparisons["shared_prefix_vs_full_prompts"]
     # int8-fast quantizes activations with one scale per batch, so a shared prefix moves its scores a little
@@ -161,35 +260,24 @@ def export_checkpoint(
             warnings.append(
                 f"{quantize} graph agrees poorly with PyTorch fp32: Spearman {q['spearman']:.3f} (want >= "
                 f"{INT8_MIN_SPEARMAN}), top-{q['top_k']} overlap {q['top_k_overlap']:.2f} (want >= "
-                f"{INT8_MIN_TOP_K_OVERLAP}). Check the ranking on your own data, or export with --quantize int8 (blockwise) or none (fp32)."
+                f"{INT8_MIN_TOP_K_OVERLAP}). Check the ranking on your own data, or export with --quantize int8 "
+                "(blockwise) or none (fp32)."
             )
-    timings["total_s"] = time.perf_counter() - started
-    export_report = {
-        "source_model": checkpoint.source,
-        "source_revision": checkpoint.revision,
-        "architecture": architecture,
-        "quantization": {"scheme": quantize, "description": SCHEMES[quantize]},
-        "pairs": len(pair_ids),
-        "prompt_tokens": [len(ids) for ids in pair_ids],
-        "agreement": comparisons,
-        "backends": backend_checks,
-        "passed": passed,
-        "warnings": warnings,
-        "timings": timings,
-        "files": {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()},
-    }
-    (staging / artifact.REPORT_FILE).write_text(json.dumps(export_report, indent=2) + "\n")
-
-    if output.exists():
-        shutil.rmtree(output)
-    staging.rename(output)
-    return ExportResult(folder=output, report=export_report, passed=passed, warnings=warnings)
+    return passed, warnings
 
 
 _ARCH_KEYS = (
-    "model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "vocab_size", "max_position_embeddings", "rope_theta", "tie_word_embeddings",
-)  # fmt: skip
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+    "max_position_embeddings",
+    "rope_theta",
+    "tie_word_embeddings",
+)
 
 
 def _builtin_pair_ids(encoder: PairEncoder) -> tuple[list[list[int]], list[int]]:

@@ -138,7 +138,9 @@ def _quantize_embedding_per_row(model: onnx.ModelProto) -> None:
         ids = node.input[1]
         replacement = [
             helper.make_node("Gather", [name + "_int8", ids], [out + "_int8"], name=node.name + "_int8", axis=0),
-            helper.make_node("Cast", [out + "_int8"], [out + "_int8_f"], name=node.name + "_cast", to=TensorProto.FLOAT),
+            helper.make_node(
+                "Cast", [out + "_int8"], [out + "_int8_f"], name=node.name + "_cast", to=TensorProto.FLOAT
+            ),
             helper.make_node("Gather", [name + "_row_scale", ids], [out + "_scale"], name=node.name + "_scale", axis=0),
             helper.make_node("Mul", [out + "_int8_f", out + "_scale"], [out], name=node.name + "_dequant"),
         ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,7 +54,14 @@ def builtin_pairs() -> tuple[list[str], list[str], list[str | None]]:
 
 
 @torch.no_grad()
-def torch_scores(causal_lm: torch.nn.Module, input_ids: Sequence[Sequence[int]], *, yes_id: int, no_id: int) -> np.ndarray:
+def torch_scores(
+    causal_lm: torch.nn.Module,
+    input_ids: Sequence[Sequence[int]],
+    *,
+    yes_id: int,
+    no_id: int,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
     """The reference computation: full-vocabulary logits at the last position, one unpadded row at a time.
 
     logits_to_keep=1 skips the head at the other positions, whose logits the score never reads.
@@ -64,6 +71,8 @@ def torch_scores(causal_lm: torch.nn.Module, input_ids: Sequence[Sequence[int]],
         batch = torch.tensor([list(ids)], dtype=torch.long)
         logits = causal_lm(input_ids=batch, use_cache=False, logits_to_keep=1).logits[0, -1]
         out.append(float(logits[yes_id] - logits[no_id]))
+        if progress is not None and (len(out) % 8 == 0 or len(out) == len(input_ids)):
+            progress(len(out))
     return np.asarray(out, dtype=np.float32)
 
 

@@ -3,5 +3,5 @@
 from .errors import InputTooLongError, InvalidInputError, ModelLoadError, RerankError
 from .reranker import RankResult, Reranker
 
-__all__ = ["Reranker", "RankResult", "RerankError", "ModelLoadError", "InvalidInputError", "InputTooLongError"]
+__all__ = ["InputTooLongError", "InvalidInputError", "ModelLoadError", "RankResult", "RerankError", "Reranker"]
 __version__ = "0.1.0"

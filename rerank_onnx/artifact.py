@@ -1,10 +1,10 @@
 """The artifact folder: its schema, read here and written here (the exporter calls `write_config`).
 
-    model.onnx            score graph (input_ids, lengths, past_keys, past_values) -> scores, present_*
-    model.onnx.data       its weights (memory-mapped by onnxruntime)
-    tokenizer.json        the checkpoint's fast tokenizer
-    rerank_config.json    prompt template and token ids, limits, normalization, provenance, sha256 of files
-    export_report.json    the exporter's agreement check against PyTorch (informational)
+model.onnx            score graph (input_ids, lengths, past_keys, past_values) -> scores, present_*
+model.onnx.data       its weights (memory-mapped by onnxruntime)
+tokenizer.json        the checkpoint's fast tokenizer
+rerank_config.json    prompt template and token ids, limits, normalization, provenance, sha256 of files
+export_report.json    the exporter's agreement check against PyTorch (informational)
 """
 
 from __future__ import annotations
@@ -164,7 +164,9 @@ def write_config(
         if path.is_file():
             path.chmod(0o644)  # onnx writes its data file 0600: unreadable to a service user or a container
     files = {
-        p.name: file_digest(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name not in (CONFIG_FILE, REPORT_FILE)
+        p.name: file_digest(p)
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name not in (CONFIG_FILE, REPORT_FILE)
     }
     config = {
         "format": FORMAT_NAME,
@@ -192,4 +194,6 @@ def file_digest(path: Path) -> dict[str, Any]:
 def verify_artifact(folder: str | Path) -> list[str]:
     """Recompute each file's sha256; return the names that differ from the config (empty: all good)."""
     config = load_artifact(folder)
-    return [name for name, meta in config.files.items() if file_digest(config.folder / name)["sha256"] != meta["sha256"]]
+    return [
+        name for name, meta in config.files.items() if file_digest(config.folder / name)["sha256"] != meta["sha256"]
+    ]

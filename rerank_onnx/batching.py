@@ -66,7 +66,8 @@ def plan_shared_heads(
     openers = [
         i
         for i in alone
-        if 0 < len(opening) <= head_lengths[i] < len(input_ids[i]) and list(input_ids[i][: len(opening)]) == list(opening)
+        if 0 < len(opening) <= head_lengths[i] < len(input_ids[i])
+        and list(input_ids[i][: len(opening)]) == list(opening)
     ]
     if len(openers) > 1:
         groups.append((common_length([input_ids[i] for i in openers], len(opening)), openers))

@@ -7,6 +7,8 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from .errors import MissingDependencyError, RerankError
 
@@ -32,15 +34,19 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("source", help="hub id (e.g. mixedbread-ai/mxbai-rerank-large-v2) or local checkpoint folder")
     export.add_argument("output", help="artifact folder to write")
     export.add_argument(
-        "--quantize", choices=["int8", "int8-fast", "none"], default="int8",
+        "--quantize",
+        choices=["int8", "int8-fast", "none"],
+        default="int8",
         help="int8 (default): blockwise, ranks like fp32; int8-fast: per-tensor activations, fastest, less "
         "faithful; none: fp32",
-    )  # fmt: skip
+    )
     export.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     export.add_argument(
-        "--estimated-max", type=float, default=None,
+        "--estimated-max",
+        type=float,
+        default=None,
         help="normalization constant (default: 9.0 for the base-v2 hub id, 12.0 otherwise, as the reference)",
-    )  # fmt: skip
+    )
     export.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     export.set_defaults(run=_export)
 
@@ -53,53 +59,135 @@ def _parser() -> argparse.ArgumentParser:
     rank.add_argument("--normalize", action="store_true", help="scores in (0, 1) instead of raw logit differences")
     rank.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rank.add_argument("--threads", type=int, default=None)
+    _engine_arguments(rank)
     rank.add_argument("--progress", action="store_true", help="show a progress bar")
+    rank.add_argument(
+        "--keep-blank-lines", action="store_true", help="rank blank lines as empty documents (default: skip them)"
+    )
     rank.set_defaults(run=_rank)
 
     serve = commands.add_parser(
-        "serve", help="serve the rerank HTTP API (Jina/Cohere/vLLM/TEI shapes)",
-        description="Every option can also be set by the environment variable named in its help.",
-    )  # fmt: skip
-    serve.add_argument("model", nargs="?", default=_env("MODEL"), help="artifact folder [RERANK_ONNX_MODEL]")
-    serve.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="bind address [RERANK_ONNX_HOST] (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=int(_env("PORT", "8080")), help="[RERANK_ONNX_PORT] (default 8080)")
-    serve.add_argument("--api-key", default=_env("API_KEY"), help="require 'Authorization: Bearer KEY' [RERANK_ONNX_API_KEY]")
-    serve.add_argument("--model-name", default=_env("MODEL_NAME"), help="name reported to clients [RERANK_ONNX_MODEL_NAME]")
-    serve.add_argument("--threads", type=int, default=_env_int("THREADS"), help="[RERANK_ONNX_THREADS]")
-    serve.add_argument("--max-documents", type=int, default=_env_int("MAX_DOCUMENTS", 1000), help="per request [RERANK_ONNX_MAX_DOCUMENTS] (1000)")
-    serve.add_argument("--max-body-bytes", type=int, default=_env_int("MAX_BODY_BYTES", 2 * 1024 * 1024), help="[RERANK_ONNX_MAX_BODY_BYTES] (2 MiB)")
-    serve.add_argument("--max-request-tokens", type=int, default=_env_int("MAX_REQUEST_TOKENS", 1_000_000), help="prompt tokens per request [RERANK_ONNX_MAX_REQUEST_TOKENS]")
-    serve.add_argument("--max-queue-pairs", type=int, default=_env_int("MAX_QUEUE_PAIRS", 4096), help="queued pairs before 429 [RERANK_ONNX_MAX_QUEUE_PAIRS]")
-    serve.add_argument("--coalesce-ms", type=float, default=float(_env("COALESCE_MS", "0")), help="wait this long to batch concurrent requests together; 0 (default) disables [RERANK_ONNX_COALESCE_MS]")
+        "serve",
+        help="serve the rerank HTTP API (Jina/Cohere/vLLM/TEI shapes)",
+        description="Every option can also be set by the environment variable named in its help; a flag wins.",
+    )
+    serve.add_argument("model", nargs="?", default=None, help="artifact folder [RERANK_ONNX_MODEL]")
+    for setting in SERVE_SETTINGS:
+        kind = {int: int, float: float}.get(setting.kind, str)
+        serve.add_argument(
+            setting.flag,
+            type=kind,
+            default=None,
+            choices=setting.choices,
+            help=f"{setting.help} [RERANK_ONNX_{setting.env}] (default {setting.default})",
+        )
     serve.set_defaults(run=_serve)
     return parser
 
 
-def _env(name: str, default: str | None = None) -> str | None:
+BACKEND_HELP = "inference engine: auto takes the fastest faithful one measured for this CPU class"
+PRECISION_HELP = "OpenVINO's compute precision (auto: bf16 where the CPU has it)"
+
+
+def _engine_arguments(parser: argparse.ArgumentParser) -> None:
+    from .backends.select import BACKENDS, PRECISIONS
+
+    parser.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP + " (default auto)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP + " (default auto)")
+
+
+@dataclass(frozen=True)
+class ServeSetting:
+    """One `serve` option: its flag, its environment variable (RERANK_ONNX_<env>), type and default."""
+
+    flag: str
+    env: str
+    kind: type
+    default: object
+    help: str
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+
+SERVE_SETTINGS = (
+    ServeSetting("--host", "HOST", str, "127.0.0.1", "bind address"),
+    ServeSetting("--port", "PORT", int, 8080, "TCP port"),
+    ServeSetting("--api-key", "API_KEY", str, None, "require 'Authorization: Bearer KEY'"),
+    ServeSetting("--model-name", "MODEL_NAME", str, None, "name reported to clients"),
+    ServeSetting("--threads", "THREADS", int, None, "inference threads"),
+    ServeSetting("--backend", "BACKEND", str, "auto", BACKEND_HELP, ("auto", "onnxruntime", "openvino")),
+    ServeSetting("--precision", "PRECISION", str, "auto", PRECISION_HELP, ("auto", "fp32", "bf16")),
+    ServeSetting("--max-documents", "MAX_DOCUMENTS", int, 1000, "documents per request"),
+    ServeSetting("--max-body-bytes", "MAX_BODY_BYTES", int, 2 * 1024 * 1024, "request body bytes"),
+    ServeSetting("--max-request-tokens", "MAX_REQUEST_TOKENS", int, 1_000_000, "prompt tokens per request"),
+    ServeSetting("--max-queue-pairs", "MAX_QUEUE_PAIRS", int, 4096, "queued pairs before 429"),
+    ServeSetting("--coalesce-ms", "COALESCE_MS", float, 0.0, "wait this long to batch concurrent requests; 0 disables"),
+)
+
+
+def _serve_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Each serve option from its flag, else its environment variable (parsed here, and only for serve:
+    Kubernetes sets RERANK_ONNX_PORT=tcp://... for a Service of that name), else its default."""
     import os
 
-    return os.environ.get(f"RERANK_ONNX_{name}", default)
+    from .errors import InvalidInputError
+
+    values: dict[str, Any] = {}
+    for setting in SERVE_SETTINGS:
+        value = getattr(args, setting.dest)
+        raw = os.environ.get(f"RERANK_ONNX_{setting.env}")
+        if value is None and raw:
+            value = _parse_setting(setting, raw)
+            if value is None:
+                kinds = {int: "a non-negative integer", float: "a non-negative number", str: "a string"}
+                expected = f"one of {', '.join(setting.choices)}" if setting.choices else kinds[setting.kind]
+                raise InvalidInputError(
+                    f"RERANK_ONNX_{setting.env}: expected {expected}, got {raw!r}; fix or unset it, or pass {setting.flag}"
+                )
+        values[setting.dest] = setting.default if value is None else value
+    values["model"] = args.model or os.environ.get("RERANK_ONNX_MODEL")
+    return values
 
 
-def _env_int(name: str, default: int | None = None) -> int | None:
-    value = _env(name)
-    return int(value) if value else default
+def _parse_setting(setting: ServeSetting, raw: str) -> object | None:
+    """The environment value as the setting's type, or None when it is not one."""
+    try:
+        value = setting.kind(raw)
+    except ValueError:
+        return None
+    if setting.choices and value not in setting.choices:
+        return None
+    if isinstance(value, (int, float)) and value < 0:
+        return None
+    return value
 
 
 def _serve(args: argparse.Namespace) -> int:
     from .errors import InvalidInputError
 
-    if not args.model:
+    values = _serve_settings(args)
+    if not values["model"]:
         raise InvalidInputError("serve: expected an artifact folder (argument or RERANK_ONNX_MODEL), got none")
     from .protocol import Limits
     from .server import ServerSettings, serve
 
+    v: dict[str, Any] = values
     settings = ServerSettings(
-        model_dir=args.model, model_name=args.model_name, api_key=args.api_key, threads=args.threads,
-        limits=Limits(max_documents=args.max_documents, max_request_tokens=args.max_request_tokens),
-        max_body_bytes=args.max_body_bytes, coalesce_ms=args.coalesce_ms, max_queue_pairs=args.max_queue_pairs,
-    )  # fmt: skip
-    serve(settings, host=args.host, port=args.port)
+        model_dir=v["model"],
+        model_name=v["model_name"],
+        api_key=v["api_key"],
+        threads=v["threads"],
+        backend=v["backend"],
+        precision=v["precision"],
+        limits=Limits(max_documents=v["max_documents"], max_request_tokens=v["max_request_tokens"]),
+        max_body_bytes=v["max_body_bytes"],
+        coalesce_ms=v["coalesce_ms"],
+        max_queue_pairs=v["max_queue_pairs"],
+    )
+    serve(settings, host=v["host"], port=v["port"])
     return 0
 
 
@@ -111,10 +199,14 @@ def _export(args: argparse.Namespace) -> int:
             f"the export extra ({exc.name or exc})", "pip install 'rerank-onnx[export]'"
         ) from exc
     result = export_checkpoint(
-        args.source, args.output, quantize=args.quantize, revision=args.revision,
-        estimated_max=args.estimated_max, overwrite=args.overwrite,
+        args.source,
+        args.output,
+        quantize=args.quantize,
+        revision=args.revision,
+        estimated_max=args.estimated_max,
+        overwrite=args.overwrite,
         log=lambda message: print(message, file=sys.stderr),
-    )  # fmt: skip
+    )
     print(_summary(result.report))
     for warning in result.warnings:
         print(f"WARNING: {warning}", file=sys.stderr)
@@ -149,18 +241,41 @@ def _summary(report: dict) -> str:
 def _rank(args: argparse.Namespace) -> int:
     from .reranker import Reranker
 
-    documents = _read_documents(args.documents)
-    reranker = Reranker(args.model, threads=args.threads)
+    lines = _read_documents(args.documents)
+    # a blank line is no document: skipped unless asked for, and said so; indices stay line numbers
+    kept = [(i, text) for i, text in enumerate(lines) if args.keep_blank_lines or text.strip()]
+    if len(kept) < len(lines):
+        print(f"note: skipped {len(lines) - len(kept)} blank line(s); --keep-blank-lines ranks them", file=sys.stderr)
+    query = _strict_text("--query", args.query)
+    instruction = _strict_text("--instruction", args.instruction) if args.instruction is not None else None
+    reranker = Reranker(args.model, threads=args.threads, backend=args.backend, precision=args.precision)
     results = reranker.rank(
-        args.query, documents, top_k=args.top_k, instruction=args.instruction,
-        normalize=args.normalize, show_progress=args.progress,
-    )  # fmt: skip
+        query,
+        [text for _, text in kept],
+        top_k=args.top_k,
+        instruction=instruction,
+        normalize=args.normalize,
+        show_progress=args.progress,
+    )
+    rows = [(kept[r.index][0], r.score, r.document) for r in results]
     if args.json:
-        print(json.dumps([{"index": r.index, "score": r.score, "document": r.document} for r in results], ensure_ascii=False))
+        print(json.dumps([{"index": i, "score": score, "document": doc} for i, score, doc in rows], ensure_ascii=False))
     else:
-        for rank, r in enumerate(results, start=1):
-            print(f"{rank}\t{r.score:.4f}\t{r.index}\t{r.document}")
+        for rank, (i, score, doc) in enumerate(rows, start=1):
+            print(f"{rank}\t{score:.4f}\t{i}\t{doc}")
     return 0
+
+
+def _strict_text(name: str, value: str) -> str:
+    """A command-line argument as text: the shell hands over bytes, which Python decodes with
+    surrogateescape, so invalid UTF-8 shows up as lone surrogates."""
+    from .errors import InvalidInputError
+
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(f"{name} is not valid UTF-8 text (byte {exc.start}); pass UTF-8") from exc
+    return value
 
 
 def _read_documents(source: str) -> list[str]:
@@ -168,14 +283,16 @@ def _read_documents(source: str) -> list[str]:
 
     try:
         if source == "-":
-            text = sys.stdin.read()
+            data = sys.stdin.buffer.read()
         else:
-            with open(source, encoding="utf-8") as handle:
-                text = handle.read()
+            with open(source, "rb") as handle:
+                data = handle.read()
+        text = data.decode("utf-8")
     except OSError as exc:
         raise InvalidInputError(f"cannot read documents from {source!r}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
-        raise InvalidInputError(f"documents file {source!r} is not UTF-8 text: {exc}") from exc
+        where = "stdin" if source == "-" else f"documents file {source!r}"
+        raise InvalidInputError(f"{where} is not UTF-8 text (byte {exc.start}); convert it to UTF-8") from exc
     return text.splitlines()
 
 

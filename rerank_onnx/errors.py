@@ -19,6 +19,10 @@ class InputTooLongError(InvalidInputError):
     """A pair would be truncated and the caller asked for no truncation."""
 
 
+class QueueFullError(RerankError):
+    """The inference queue holds as many pairs as it may: retry later (HTTP 429)."""
+
+
 class ExportError(RerankError):
     """The checkpoint could not be fetched, read or converted."""
 

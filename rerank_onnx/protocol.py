@@ -25,8 +25,14 @@ class RequestError(RerankError):
         super().__init__(message)
         self.status = status
         self.type = type
-        self.code = code or {400: "bad_request", 401: "unauthorized", 413: "too_large", 422: "invalid_value",
-                             429: "overloaded", 503: "unavailable"}.get(status, "error")  # fmt: skip
+        self.code = code or {
+            400: "bad_request",
+            401: "unauthorized",
+            413: "too_large",
+            422: "invalid_value",
+            429: "overloaded",
+            503: "unavailable",
+        }.get(status, "error")
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": str(self), "type": self.type, "code": self.code}}
@@ -61,8 +67,12 @@ def parse_json(body: bytes) -> dict[str, Any]:
         raise RequestError(400, f"request body is not valid UTF-8 (byte {exc.start}); send UTF-8 JSON") from exc
     try:
         data = json.loads(text)
+    except RecursionError as exc:
+        raise RequestError(400, "request body is nested too deeply to parse; send a flat rerank request") from exc
     except json.JSONDecodeError as exc:
-        raise RequestError(400, f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+        raise RequestError(
+            400, f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc
     if not isinstance(data, dict):
         raise RequestError(422, f"request body: expected a JSON object, got {_json_type(data)}")
     return data
@@ -78,15 +88,18 @@ def parse_request(data: dict[str, Any], shape: str, limits: Limits) -> RerankReq
         documents = [_text(item, f"documents[{i}]", allow_object=True) for i, item in enumerate(raw_documents)]
     if len(documents) > limits.max_documents:
         raise RequestError(
-            413, f"{len(documents)} documents in one request; this server takes at most {limits.max_documents}: "
-            "split the request", code="too_many_documents",
-        )  # fmt: skip
+            413,
+            f"{len(documents)} documents in one request; this server takes at most {limits.max_documents}: "
+            "split the request",
+            code="too_many_documents",
+        )
     for i, document in enumerate(documents):
         if len(document) > limits.max_document_chars:
             raise RequestError(
-                413, f"document {i} has {len(document)} characters; the limit is {limits.max_document_chars}",
+                413,
+                f"document {i} has {len(document)} characters; the limit is {limits.max_document_chars}",
                 code="document_too_long",
-            )  # fmt: skip
+            )
     top_n = _field(data, "top_n", int, required=False)
     if top_n is not None and top_n < 0:
         raise RequestError(422, f"top_n: expected a non-negative integer, got {top_n}")
@@ -100,7 +113,9 @@ def parse_request(data: dict[str, Any], shape: str, limits: Limits) -> RerankReq
         return_documents = bool(_field(data, "return_text", bool, required=False, default=False))
         direction = _field(data, "truncation_direction", str, required=False, default="Right")
         if direction not in ("Right", "right"):
-            raise RequestError(422, f"truncation_direction: only 'Right' is supported (the model's own rule), got {direction!r}")
+            raise RequestError(
+                422, f"truncation_direction: only 'Right' is supported (the model's own rule), got {direction!r}"
+            )
     else:
         return_documents = bool(_field(data, "return_documents", bool, required=False, default=shape == "v1"))
     return RerankRequest(
@@ -200,23 +215,28 @@ def prepare(request: RerankRequest, reranker: Any, limits: Limits) -> Prepared:
 
     try:
         encoded = reranker.encode(
-            [request.query] * len(request.documents), request.documents, instruction=request.instruction,
+            [request.query] * len(request.documents),
+            request.documents,
+            instruction=request.instruction,
             max_document_tokens=request.max_tokens_per_doc,
-        )  # fmt: skip
+        )
     except InvalidInputError as exc:
         raise RequestError(422, str(exc)) from exc
     if not request.truncate and any(encoded.truncated):
         first = encoded.truncated.index(True)
         raise RequestError(
-            413, f"texts[{first}]: query + text exceed the model's {reranker.max_length}-token limit; "
-            "send truncate=true to cut it, or shorten it", code="input_too_long",
-        )  # fmt: skip
+            413,
+            f"texts[{first}]: query + text exceed the model's {reranker.max_length}-token limit; "
+            "send truncate=true to cut it, or shorten it",
+            code="input_too_long",
+        )
     prompt_tokens = sum(len(ids) for ids in encoded.input_ids)
     if prompt_tokens > limits.max_request_tokens:
         raise RequestError(
-            413, f"the request needs {prompt_tokens} prompt tokens; the limit is {limits.max_request_tokens}",
+            413,
+            f"the request needs {prompt_tokens} prompt tokens; the limit is {limits.max_request_tokens}",
             code="too_many_tokens",
-        )  # fmt: skip
+        )
     return Prepared(encoded.input_ids, prompt_tokens, encoded.head_lengths)
 
 

@@ -94,7 +94,11 @@ class Reranker:
             (log.warning if "not installed" in self.backend.reason else log.info)(
                 "backend: %s", self.backend.describe()
             )
-            cache = compile_cache_dir(self.config, cache_dir) if compile_cache and self.backend.backend == "openvino" else None
+            cache = (
+                compile_cache_dir(self.config, cache_dir)
+                if compile_cache and self.backend.backend == "openvino"
+                else None
+            )
             session = open_session(self.config.graph_path, self.backend, threads=threads, cache_dir=cache)
         self._scorer = Scorer(
             session,
@@ -154,9 +158,14 @@ class Reranker:
         docs = _check_str_list("documents", documents)
         _check_positive_int("top_k", top_k, allow_none=True)
         scores = self.predict(
-            [query] * len(docs), docs, instruction=instruction, normalize=normalize,
-            truncate=truncate, batch_size=batch_size, show_progress=show_progress,
-        )  # fmt: skip
+            [query] * len(docs),
+            docs,
+            instruction=instruction,
+            normalize=normalize,
+            truncate=truncate,
+            batch_size=batch_size,
+            show_progress=show_progress,
+        )
         order = np.lexsort((np.arange(len(scores)), -scores))  # score descending, then index ascending
         chosen = order[: top_k if top_k is not None else len(order)]
         if not sort:
@@ -193,8 +202,10 @@ class Reranker:
         if any(encoded.truncated):
             log.warning(
                 "%d of %d pairs exceed max_length=%d tokens and were truncated as the reference does",
-                sum(encoded.truncated), len(encoded.truncated), self.max_length,
-            )  # fmt: skip
+                sum(encoded.truncated),
+                len(encoded.truncated),
+                self.max_length,
+            )
         scores = self.score_encoded(
             encoded.input_ids, head_lengths=encoded.head_lengths, batch_size=batch_size, show_progress=show_progress
         )
@@ -267,6 +278,18 @@ def _openvino_installed() -> bool:
 def _check_str(name: str, value: object) -> None:
     if not isinstance(value, str):
         raise InvalidInputError(f"{name}: expected a string, got {describe(value)}")
+    _check_encodable(name, value)
+
+
+def _check_encodable(name: str, value: str) -> None:
+    """Text the tokenizer can take: a lone surrogate (e.g. JSON's "\\ud800") is no character at all."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"{name}: expected valid Unicode text, got a lone surrogate {value[exc.start]!r} at position "
+            f"{exc.start}; fix the text's encoding, or replace it (text.encode('utf-8', 'replace').decode())"
+        ) from exc
 
 
 def _check_str_list(name: str, value: object) -> list[str]:
@@ -277,6 +300,7 @@ def _check_str_list(name: str, value: object) -> list[str]:
     for i, item in enumerate(value):
         if not isinstance(item, str):
             raise InvalidInputError(f"{name}[{i}]: expected a string, got {describe(item)}")
+        _check_encodable(f"{name}[{i}]", item)
     return list(value)
 
 

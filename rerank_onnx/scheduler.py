@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import QueueFullError
 from .metrics import Metrics
-from .protocol import RequestError
 from .reranker import Reranker
 
 
@@ -58,12 +58,11 @@ class Scheduler:
             return np.zeros(0, dtype=np.float32)
         with self._lock:
             if self._pending and self._pending + len(input_ids) > self._max_queue:
-                raise RequestError(
-                    429, f"server busy: {self._pending} pairs already queued (limit {self._max_queue}); retry later",
-                    type="rate_limit_error",
-                )  # fmt: skip
+                raise QueueFullError(
+                    f"server busy: {self._pending} pairs already queued (limit {self._max_queue}); retry later"
+                )
             self._pending += len(input_ids)
-            self._metrics.queue_pairs = self._pending
+            self._metrics.queue(self._pending)
         loop = asyncio.get_running_loop()
         job = _Job(input_ids, head_lengths, loop.create_future(), loop)
         self._queue.put(job)
@@ -118,7 +117,7 @@ class Scheduler:
             n = len(job.input_ids)
             with self._lock:
                 self._pending -= n
-                self._metrics.queue_pairs = self._pending
+                self._metrics.queue(self._pending)
             if error is not None:
                 job.loop.call_soon_threadsafe(_set_exception, job.future, error)
             else:

@@ -10,11 +10,12 @@ import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import MissingDependencyError, RerankError
-from .metrics import Metrics
+from .backends.select import Backend, Precision, machine_summary
+from .errors import MissingDependencyError, QueueFullError, RerankError
+from .metrics import CONTENT_TYPE, Metrics
 from .protocol import Limits, RequestError, RerankRequest, finish, parse_json, parse_request, prepare
 from .reranker import Reranker
 
@@ -24,7 +25,9 @@ try:
     from starlette.responses import JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
 except ImportError as exc:  # pragma: no cover - exercised by the missing-extra test
-    raise MissingDependencyError("starlette and uvicorn (the server extra)", "pip install 'rerank-onnx[server]'") from exc
+    raise MissingDependencyError(
+        "starlette and uvicorn (the server extra)", "pip install 'rerank-onnx[server]'"
+    ) from exc
 
 from .scheduler import Scheduler
 
@@ -37,7 +40,9 @@ class ServerSettings:
     model_name: str | None = None  # reported in responses and /v1/models (default: the source model)
     api_key: str | None = None
     threads: int | None = None
-    limits: Limits = Limits()
+    backend: Backend = "auto"
+    precision: Precision = "auto"
+    limits: Limits = field(default_factory=Limits)
     max_body_bytes: int = 2 * 1024 * 1024
     # Off by default: on a 2-core AVX2 box it measured no throughput or p95 gain (benchmarks/README.md).
     coalesce_ms: float = 0.0
@@ -60,7 +65,9 @@ def create_app(settings: ServerSettings, *, reranker: Reranker | None = None) ->
 
     def load() -> None:
         try:
-            model = reranker or Reranker(settings.model_dir, threads=settings.threads)
+            model = reranker or Reranker(
+                settings.model_dir, threads=settings.threads, backend=settings.backend, precision=settings.precision
+            )
             state.model_name = settings.model_name or model.config.source_model
             state.scheduler = Scheduler(
                 model, metrics, coalesce_ms=settings.coalesce_ms, max_queue_pairs=settings.max_queue_pairs
@@ -90,8 +97,13 @@ def create_app(settings: ServerSettings, *, reranker: Reranker | None = None) ->
                 parsed = parse_request(parse_json(body), shape, settings.limits)
                 payload = await _rerank(state, parsed, settings.limits)
                 response: Response = JSONResponse(payload)
+            except QueueFullError as exc:
+                error = RequestError(429, str(exc), type="rate_limit_error")
+                response = JSONResponse(error.body(), status_code=429, headers=_extra_headers(error))
             except RequestError as exc:
                 response = JSONResponse(exc.body(), status_code=exc.status, headers=_extra_headers(exc))
+            except Exception as exc:  # a bug or an engine failure: still a JSON answer, and counted
+                response = _internal_error_response(request, exc)
             metrics.request(request.url.path, response.status_code, time.perf_counter() - started)
             return response
 
@@ -105,14 +117,28 @@ def create_app(settings: ServerSettings, *, reranker: Reranker | None = None) ->
         return JSONResponse({"status": "loading"}, status_code=503)
 
     async def prometheus(request: Request) -> Response:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
 
     async def models(request: Request) -> Response:
         try:
             _authorize(request, settings.api_key)
         except RequestError as exc:
             return JSONResponse(exc.body(), status_code=exc.status, headers=_extra_headers(exc))
-        entry = {"id": state.model_name, "object": "model", "created": state.started, "owned_by": "rerank-onnx"}
+        entry: dict[str, Any] = {
+            "id": state.model_name,
+            "object": "model",
+            "created": state.started,
+            "owned_by": "rerank-onnx",
+        }
+        if state.reranker is not None:
+            choice = state.reranker.backend
+            entry["quantization"] = state.reranker.config.quantization
+            entry["backend"] = {
+                "name": choice.backend if choice else "custom",
+                "precision": choice.precision if choice else None,
+                "reason": choice.reason if choice else None,
+                **machine_summary(),
+            }
         return JSONResponse({"object": "list", "data": [entry] if state.reranker is not None else []})
 
     routes = [
@@ -145,13 +171,17 @@ def _authorize(request: Request, api_key: str | None) -> None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-        raise RequestError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", type="authentication_error")
+        raise RequestError(
+            401, "missing or wrong API key: send 'Authorization: Bearer <key>'", type="authentication_error"
+        )
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, f"request body of {declared} bytes exceeds the {limit}-byte limit", code="body_too_large")
+        raise RequestError(
+            413, f"request body of {declared} bytes exceeds the {limit}-byte limit", code="body_too_large"
+        )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -180,7 +210,11 @@ async def _not_allowed(request: Request, exc: Exception) -> Response:
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error on %s", request.url.path)
+    return _internal_error_response(request, exc)
+
+
+def _internal_error_response(request: Request, exc: Exception) -> Response:
+    log.error("unexpected error on %s", request.url.path, exc_info=exc)
     error = RequestError(500, f"internal error: {type(exc).__name__}", type="server_error")
     return JSONResponse(error.body(), status_code=500)
 

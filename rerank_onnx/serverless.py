@@ -3,7 +3,9 @@
     RERANK_ONNX_MODEL=/opt/model  handler = rerank_onnx.serverless.handler
 
 The model loads once per container, on the first event (or at import when RERANK_ONNX_PRELOAD=1,
-so that the load counts as the platform's init phase). Nothing is written to disk, so a read-only
+so that the load counts as the platform's init phase). RERANK_ONNX_THREADS, RERANK_ONNX_BACKEND and
+RERANK_ONNX_PRECISION choose as `rerank-onnx serve` does. Nothing is written to disk unless
+RERANK_ONNX_CACHE_DIR names a writable folder for OpenVINO's compiled model, so a read-only
 filesystem is fine. The path picks the shape: .../v2/rerank (Cohere v2), .../rerank with `texts`
 (TEI); anything else is the Jina / Cohere v1 shape.
 """
@@ -11,15 +13,18 @@ filesystem is fine. The path picks the shape: .../v2/rerank (Cohere v2), .../rer
 from __future__ import annotations
 
 import base64
+import binascii
 import json
+import logging
 import os
 import time
 from typing import Any
 
-from .errors import ModelLoadError
+from .errors import InvalidInputError, ModelLoadError, RerankError
 from .protocol import Limits, RequestError, finish, parse_json, parse_request, prepare
 from .reranker import Reranker
 
+log = logging.getLogger("rerank_onnx.serverless")
 _reranker: Reranker | None = None
 _limits = Limits()
 
@@ -29,20 +34,48 @@ def _model() -> Reranker:
     if _reranker is None:
         folder = os.environ.get("RERANK_ONNX_MODEL")
         if not folder:
-            raise RequestError(500, "RERANK_ONNX_MODEL is not set: point it at the artifact folder", type="server_error")
-        threads = os.environ.get("RERANK_ONNX_THREADS")
-        _reranker = Reranker(folder, threads=int(threads) if threads else None)
+            raise RequestError(
+                500, "RERANK_ONNX_MODEL is not set: point it at the artifact folder", type="server_error"
+            )
+        threads = os.environ.get("RERANK_ONNX_THREADS") or None
+        if threads is not None and not threads.isdigit():
+            raise RequestError(
+                500,
+                f"RERANK_ONNX_THREADS: expected a positive integer, got {threads!r}; fix the function's environment",
+                type="server_error",
+            )
+        try:
+            _reranker = Reranker(
+                folder,
+                threads=int(threads) if threads else None,
+                backend=os.environ.get("RERANK_ONNX_BACKEND", "auto"),  # type: ignore[arg-type]
+                precision=os.environ.get("RERANK_ONNX_PRECISION", "auto"),  # type: ignore[arg-type]
+                compile_cache=bool(os.environ.get("RERANK_ONNX_CACHE_DIR")),
+            )
+        except InvalidInputError as exc:  # a bad setting in the environment is the deployment's error
+            raise RequestError(500, f"the function's environment: {exc}", type="server_error") from exc
     return _reranker
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    """Answer one API Gateway proxy event; every event gets a {statusCode, headers, body} answer.
+
+    Args:
+        event: the proxy event (REST or HTTP API), its body the JSON of a rerank request.
+        context: the platform's context object (unused).
+
+    Returns:
+        The proxy response: 200 with the rerank body, 4xx for a bad request, 5xx for a server fault.
+    """
     started = time.perf_counter()
     try:
-        body = event.get("body") or b""
-        raw = base64.b64decode(body) if event.get("isBase64Encoded") else (body.encode() if isinstance(body, str) else body)
-        data = parse_json(raw)
+        if not isinstance(event, dict):
+            raise RequestError(
+                400, f"event: expected an API Gateway proxy event (an object), got {type(event).__name__}"
+            )
+        data = parse_json(_body_bytes(event))
         path = event.get("rawPath") or event.get("path") or ""
-        shape = "v2" if path.rstrip("/").endswith("/v2/rerank") else "tei" if "texts" in data else "v1"
+        shape = "v2" if str(path).rstrip("/").endswith("/v2/rerank") else "tei" if "texts" in data else "v1"
         request = parse_request(data, shape, _limits)
         reranker = _model()
         prepared = prepare(request, reranker, _limits)
@@ -53,16 +86,41 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         return _respond(exc.status, exc.body(), started)
     except ModelLoadError as exc:  # input errors were mapped to 4xx by parse_request/prepare
         return _respond(500, RequestError(500, str(exc), type="server_error").body(), started)
+    except Exception as exc:  # a bug or an engine fault: logged once, answered as JSON
+        log.error("unexpected error", exc_info=exc)
+        error = RequestError(500, f"internal error: {type(exc).__name__}", type="server_error")
+        return _respond(500, error.body(), started)
+
+
+def _body_bytes(event: dict[str, Any]) -> bytes:
+    """The request body as bytes: plain text, or base64 when the event says so."""
+    body = event.get("body")
+    if body is None:
+        return b""
+    if not isinstance(body, (str, bytes)):
+        raise RequestError(400, f"body: expected a string (JSON text, or base64 of it), got {type(body).__name__}")
+    if not event.get("isBase64Encoded"):
+        return body.encode("utf-8", errors="surrogatepass") if isinstance(body, str) else body
+    try:
+        return base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RequestError(400, f"body: isBase64Encoded is true but the body is not valid base64 ({exc})") from exc
 
 
 def _respond(status: int, payload: Any, started: float) -> dict[str, Any]:
     return {
         "statusCode": status,
-        "headers": {"content-type": "application/json", "x-total-time": f"{(time.perf_counter() - started) * 1000:.1f}"},
+        "headers": {
+            "content-type": "application/json",
+            "x-total-time": f"{(time.perf_counter() - started) * 1000:.1f}",
+        },
         "body": json.dumps(payload, ensure_ascii=False),
         "isBase64Encoded": False,
     }
 
 
 if os.environ.get("RERANK_ONNX_PRELOAD") == "1":
-    _model()
+    try:
+        _model()
+    except RerankError as exc:  # the init phase must not crash: every event then answers 500 with the reason
+        log.error("cannot load the model at init: %s", exc)

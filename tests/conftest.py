@@ -41,18 +41,23 @@ def short_context_checkpoint(tmp_path_factory: pytest.TempPathFactory, tokenizer
     from rerank_onnx_export.random_checkpoint import build_random_checkpoint
 
     return build_random_checkpoint(
-        tmp_path_factory.mktemp("ckpt") / "short", size="tiny", seed=1, tokenizer_json=tokenizer_json,
+        tmp_path_factory.mktemp("ckpt") / "short",
+        size="tiny",
+        seed=1,
+        tokenizer_json=tokenizer_json,
         max_position_embeddings=160,
-    )  # fmt: skip
+    )
 
 
 def _export(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path, quantize: str) -> Path:
     from rerank_onnx_export.pipeline import export_checkpoint
 
     result = export_checkpoint(
-        str(checkpoint), tmp_path_factory.mktemp("artifacts") / f"{checkpoint.name}-{quantize}", quantize=quantize,
+        str(checkpoint),
+        tmp_path_factory.mktemp("artifacts") / f"{checkpoint.name}-{quantize}",
+        quantize=quantize,
         log=lambda message: None,
-    )  # fmt: skip
+    )
     assert result.passed, result.warnings
     return result.folder
 

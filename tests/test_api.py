@@ -88,7 +88,7 @@ def test_truncation_is_reported_and_can_be_refused(fp32_artifact: Path, caplog) 
     with caplog.at_level("WARNING", logger="rerank_onnx"):
         reranker.rank("q", [long_doc, "short"])
     assert "1 of 2 pairs exceed max_length=32" in caplog.text
-    with pytest.raises(InputTooLongError, match="pair 0 .* exceeds max_length=32"):
+    with pytest.raises(InputTooLongError, match=r"pair 0 .* exceeds max_length=32"):
         reranker.rank("q", [long_doc, "short"], truncate=False)
     assert len(reranker.rank("q", ["short"], truncate=False)) == 1
 

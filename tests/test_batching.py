@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from pathlib import Path
 
@@ -22,7 +23,9 @@ class RecordingSession:
         assert input_ids.dtype == np.int64 and lengths.dtype == np.int64
         assert input_ids.shape[1] == lengths.max(), "a batch is padded only to its own longest row"
         self.batches.append(input_ids.shape)
-        return np.array([float(row[:n].sum() % 9973) + n / 1000 for row, n in zip(input_ids, lengths)], dtype=np.float32)
+        return np.array(
+            [float(row[:n].sum() % 9973) + n / 1000 for row, n in zip(input_ids, lengths)], dtype=np.float32
+        )
 
 
 def test_plan_covers_each_pair_once_and_respects_budgets() -> None:
@@ -73,7 +76,7 @@ def test_rank_orders_by_score_then_index_and_applies_top_k(fp32_artifact: Path) 
     results = reranker.rank("q", documents)
     scores = [r.score for r in results]
     assert scores == sorted(scores, reverse=True)
-    for a, b in zip(results, results[1:]):
+    for a, b in itertools.pairwise(results):
         if a.score == b.score:
             assert a.index < b.index
     top = reranker.rank("q", documents, top_k=2, return_documents=False)
@@ -87,7 +90,7 @@ def test_rank_orders_by_score_then_index_and_applies_top_k(fp32_artifact: Path) 
 @pytest.mark.parametrize("budget,size", [(64, 1), (512, 4), (100_000, 64)])
 def test_fp32_score_does_not_depend_on_the_batch(fp32_artifact: Path, fp32_reranker: Reranker, budget, size) -> None:
     rng = random.Random(1)
-    words = "cat dog river bank money fish tree sun ¿qué? 猫 🐟".split()
+    words = ["cat", "dog", "river", "bank", "money", "fish", "tree", "sun", "¿qué?", "猫", "🐟"]
     documents = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 60))) for _ in range(24)]
     queries = ["where do fish live?"] * len(documents)
     alone = np.array([fp32_reranker.predict([q], [d])[0] for q, d in zip(queries, documents)])

@@ -28,9 +28,15 @@ def test_export_then_rank_from_a_file(tmp_path: Path, tiny_checkpoint: Path) -> 
     docs.write_text("a cat is a feline\nbananas are yellow\n\nle chat est un félin\n", encoding="utf-8")
     ranked = _run(["rank", str(out), "--query", "what is a cat?", str(docs), "--json", "--top-k", "3"])
     assert ranked.returncode == 0, ranked.stderr
+    assert "skipped 1 blank line(s)" in ranked.stderr
     results = json.loads(ranked.stdout)
-    expected = Reranker(out).rank("what is a cat?", docs.read_text(encoding="utf-8").splitlines(), top_k=3)
-    assert [r["index"] for r in results] == [r.index for r in expected]
+    lines = docs.read_text(encoding="utf-8").splitlines()
+    kept = [i for i, line in enumerate(lines) if line.strip()]
+    expected = Reranker(out).rank("what is a cat?", [lines[i] for i in kept], top_k=3)
+    assert [r["index"] for r in results] == [kept[r.index] for r in expected]  # indices are line numbers
+    assert 2 not in [r["index"] for r in results]
+    every = _run(["rank", str(out), "--query", "what is a cat?", str(docs), "--json", "--keep-blank-lines"])
+    assert sorted(r["index"] for r in json.loads(every.stdout)) == [0, 1, 2, 3]
     np.testing.assert_allclose([r["score"] for r in results], [r.score for r in expected], atol=1e-6)
     assert results[0]["document"] == expected[0].document
 
@@ -55,3 +61,33 @@ def test_cli_errors_are_one_line_and_exit_nonzero(tmp_path: Path) -> None:
     assert "could not fetch 'mixedbread-ai/mxbai-rerank-large-v2'" in offline.stderr
     assert "pass the local folder instead" in offline.stderr
     assert "Traceback" not in offline.stderr
+
+
+def test_bad_environment_only_matters_to_serve(tmp_path: Path, fp32_artifact: Path) -> None:
+    # Kubernetes sets RERANK_ONNX_PORT=tcp://IP:PORT for a Service named rerank-onnx
+    env = {"RERANK_ONNX_PORT": "tcp://10.0.0.1:8080", "RERANK_ONNX_THREADS": "abc", "RERANK_ONNX_COALESCE_MS": "x"}
+    assert _run(["export", "--help"], env=env).returncode == 0
+    ranked = _run(["rank", str(fp32_artifact), "--query", "q", "-"], stdin="a\n", env=env)
+    assert ranked.returncode == 0, ranked.stderr
+    served = _run(["serve", str(fp32_artifact)], env=env)
+    assert served.returncode == 2 and "Traceback" not in served.stderr
+    assert served.stderr.strip().splitlines() == [
+        "error: RERANK_ONNX_PORT: expected a non-negative integer, got 'tcp://10.0.0.1:8080'; fix or unset it, or pass --port"
+    ]
+
+
+def test_invalid_utf8_is_one_error_line(fp32_artifact: Path) -> None:
+    def run(args: list[str], stdin: bytes) -> subprocess.CompletedProcess:
+        return subprocess.run(CLI + args, input=stdin, capture_output=True)
+
+    for args, stdin, message in [
+        (["rank", str(fp32_artifact), "--query", "q", "-"], b"a\xff\n", b"error: stdin is not UTF-8 text"),
+        (
+            ["rank", str(fp32_artifact), "--query", b"\xff".decode("utf-8", "surrogateescape"), "-"],
+            b"a\n",
+            b"error: --query is not valid UTF-8 text",
+        ),
+    ]:
+        done = run(args, stdin)
+        assert done.returncode == 2 and done.stderr.startswith(message) and b"Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1

@@ -34,8 +34,11 @@ def test_artifact_is_self_contained_and_hashed(int8_artifact: Path, tiny_checkpo
 def test_export_report_measures_agreement(int8_artifact: Path, fp32_artifact: Path) -> None:
     report = json.loads((int8_artifact / REPORT_FILE).read_text())
     assert set(report["agreement"]) == {
-        "int8_graph_vs_pytorch", "fp32_graph_vs_pytorch", "int8_graph_vs_fp32_graph", "shared_prefix_vs_full_prompts"
-    }  # fmt: skip
+        "int8_graph_vs_pytorch",
+        "fp32_graph_vs_pytorch",
+        "int8_graph_vs_fp32_graph",
+        "shared_prefix_vs_full_prompts",
+    }
     assert report["agreement"]["fp32_graph_vs_pytorch"]["max_abs_diff"] < 1e-3
     assert report["agreement"]["int8_graph_vs_pytorch"]["pairs"] == 32
     assert report["agreement"]["shared_prefix_vs_full_prompts"]["max_abs_diff"] < 1e-3
@@ -54,7 +57,9 @@ def test_graph_outputs_scores_without_a_vocabulary_head(fp32_artifact: Path) -> 
 
 
 def _weight_matmul_ops(model: onnx.ModelProto) -> list[str]:
-    return [n.op_type for n in model.graph.node if n.op_type in ("MatMulNBits", "MatMulInteger", "DynamicQuantizeLinear")]
+    return [
+        n.op_type for n in model.graph.node if n.op_type in ("MatMulNBits", "MatMulInteger", "DynamicQuantizeLinear")
+    ]
 
 
 def test_int8_graph_uses_blockwise_8bit_matmuls(int8_artifact: Path) -> None:
@@ -76,9 +81,10 @@ def test_int8_fast_graph_uses_per_tensor_integer_matmuls(int8_fast_artifact: Pat
 
 def _assert_no_float_weights(model: onnx.ModelProto) -> None:
     float_matmuls = [
-        n for n in model.graph.node
+        n
+        for n in model.graph.node
         if n.op_type == "MatMul" and any(t.name == n.input[1] and len(t.dims) == 2 for t in model.graph.initializer)
-    ]  # fmt: skip
+    ]
     assert float_matmuls == []
     vocab_sized = {t.name: t.data_type for t in model.graph.initializer if 151936 in t.dims}
     assert sorted(vocab_sized.values()) == [onnx.TensorProto.FLOAT, onnx.TensorProto.INT8]  # row scales + int8 table
@@ -106,7 +112,7 @@ def test_bad_sources_and_outputs_are_refused(tmp_path: Path, tiny_checkpoint: Pa
     with pytest.raises(ExportError, match="neither a local checkpoint folder nor a Hugging Face hub id"):
         export_checkpoint("./no/such/folder", tmp_path / "out", log=lambda m: None)
     (tmp_path / "not-a-model").mkdir()
-    with pytest.raises(ExportError, match="has no config.json"):
+    with pytest.raises(ExportError, match=r"has no config\.json"):
         export_checkpoint(str(tmp_path / "not-a-model"), tmp_path / "out", log=lambda m: None)
     occupied = tmp_path / "occupied"
     occupied.mkdir()
@@ -128,16 +134,28 @@ def test_unsupported_architecture_is_refused(tmp_path: Path, tiny_checkpoint: Pa
     config = json.loads((other / "config.json").read_text())
     config["architectures"] = ["BertForSequenceClassification"]
     (other / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ExportError, match="expected a Qwen2ForCausalLM checkpoint.*BertForSequenceClassification"):
+    with pytest.raises(ExportError, match=r"expected a Qwen2ForCausalLM checkpoint.*BertForSequenceClassification"):
         export_checkpoint(str(other), tmp_path / "out", log=lambda m: None)
 
 
 def test_wheel_installs_no_bare_export_package(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[1]
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(root)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(root),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = tmp_path.glob("rerank_onnx-*.whl")
     top_level = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert "export" not in top_level

@@ -9,7 +9,9 @@ import pytest
 
 from rerank_onnx import Reranker
 
-LONG_DOC = " ".join(f"Paragraph {i}: the quick brown fox jumps over the lazy dog near river bank {i * 7}." for i in range(25))
+LONG_DOC = " ".join(
+    f"Paragraph {i}: the quick brown fox jumps over the lazy dog near river bank {i * 7}." for i in range(25)
+)
 QUERIES = [
     "what is a cat?",
     "Was ist die Hauptstadt von Deutschland?",
@@ -48,7 +50,9 @@ def _oracle_predict(oracle, queries, documents, *, instruction=None, normalize=F
     """The reference materializes full-vocabulary logits for every position: feed it a few pairs at a time."""
     return np.concatenate(
         [
-            oracle.predict(queries[i : i + 4], documents[i : i + 4], instruction=instruction, normalize=normalize).numpy()
+            oracle.predict(
+                queries[i : i + 4], documents[i : i + 4], instruction=instruction, normalize=normalize
+            ).numpy()
             for i in range(0, len(queries), 4)
         ]
     )
@@ -119,7 +123,9 @@ def test_model_context_limit_follows_the_reference(short_context_checkpoint, sho
     ours = reranker.encode(queries, documents).input_ids
     assert ours == _oracle_ids(oracle, queries, documents, None)
     assert max(len(ids) for ids in ours) <= 160
-    np.testing.assert_allclose(reranker.predict(queries, documents), _oracle_predict(oracle, queries, documents), atol=1e-3)
+    np.testing.assert_allclose(
+        reranker.predict(queries, documents), _oracle_predict(oracle, queries, documents), atol=1e-3
+    )
 
 
 @pytest.mark.parametrize("scheme", ["int8", "int8-fast"])

@@ -12,15 +12,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import ENGINES, choice
 from onnx import TensorProto, helper
 
 from rerank_onnx import Reranker
+from rerank_onnx.backends import GraphSession, Prefix, PrefixScoreSession, open_session
 from rerank_onnx.errors import ModelLoadError
 from rerank_onnx.metrics import Metrics
 from rerank_onnx.scheduler import Scheduler
-from rerank_onnx.backends import GraphSession, Prefix, PrefixScoreSession, open_session
-
-from conftest import ENGINES, choice
 
 
 def _full_score(ids: list[int]) -> float:
@@ -167,7 +166,14 @@ def test_the_scheduler_shares_heads_within_and_across_requests(fp32_artifact: Pa
 
 
 QUERIES = ["where do fish live?", "¿qué come un gato?", "where do fish live?", "x", "¿qué come un gato?", "x"]
-DOCUMENTS = ["Fish live in rivers.", "", "Salmon swim upstream to spawn " * 20, "x", "Los gatos comen pescado. 猫", "y " * 300]
+DOCUMENTS = [
+    "Fish live in rivers.",
+    "",
+    "Salmon swim upstream to spawn " * 20,
+    "x",
+    "Los gatos comen pescado. 猫",
+    "y " * 300,
+]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -213,7 +219,9 @@ def test_int8_fast_shared_prefix_stays_within_its_batch_noise(int8_fast_artifact
 def _plain_graph(path: Path, inputs: list[str]) -> Path:
     """A graph of the layout written before the prefix cache (or a wrong one): score = float(lengths)."""
     declared = [
-        helper.make_tensor_value_info(name, TensorProto.INT64, ["batch"] if name == "lengths" else ["batch", "sequence"])
+        helper.make_tensor_value_info(
+            name, TensorProto.INT64, ["batch"] if name == "lengths" else ["batch", "sequence"]
+        )
         for name in inputs
     ]
     node = helper.make_node("Cast", ["lengths"], ["scores"], to=TensorProto.FLOAT)

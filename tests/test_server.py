@@ -33,8 +33,11 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "rerank_onnx.cli", "serve", str(artifact), "--port", str(self.port), *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
         deadline = time.time() + 60
         while time.time() < deadline:
             try:
@@ -66,7 +69,9 @@ def library(fp32_artifact: Path) -> Reranker:
 
 def _post(server: Server, path: str, body, **kwargs) -> httpx.Response:
     if isinstance(body, (bytes, str)):
-        return httpx.post(server.url + path, content=body, headers={"content-type": "application/json"}, timeout=60, **kwargs)
+        return httpx.post(
+            server.url + path, content=body, headers={"content-type": "application/json"}, timeout=60, **kwargs
+        )
     return httpx.post(server.url + path, json=body, timeout=60, **kwargs)
 
 
@@ -77,7 +82,9 @@ def test_v1_rerank_jina_cohere_shape(server: Server, library: Reranker) -> None:
     assert set(body) >= {"id", "model", "results", "usage"} and body["model"] == "m"
     expected = library.rank("what is a cat?", DOCS, normalize=True)
     assert [x["index"] for x in body["results"]] == [e.index for e in expected[:3]]
-    np.testing.assert_allclose([x["relevance_score"] for x in body["results"]], [e.score for e in expected[:3]], atol=1e-6)
+    np.testing.assert_allclose(
+        [x["relevance_score"] for x in body["results"]], [e.score for e in expected[:3]], atol=1e-6
+    )
     assert all(0 <= x["relevance_score"] <= 1 for x in body["results"])
     assert body["results"][0]["document"] == {"text": DOCS[expected[0].index]}
     tokens = sum(len(ids) for ids in library.encode(["what is a cat?"] * len(DOCS), DOCS).input_ids)
@@ -85,7 +92,9 @@ def test_v1_rerank_jina_cohere_shape(server: Server, library: Reranker) -> None:
 
 
 def test_v1_options(server: Server) -> None:
-    everything = _post(server, "/v1/rerank", {"query": "q", "documents": DOCS, "top_n": 99, "return_documents": False}).json()
+    everything = _post(
+        server, "/v1/rerank", {"query": "q", "documents": DOCS, "top_n": 99, "return_documents": False}
+    ).json()
     assert len(everything["results"]) == len(DOCS) and all("document" not in x for x in everything["results"])
     objects = [{"text": "a cat", "id": "doc-1"}, {"text": "a dog", "id": "doc-2"}]
     kept = _post(server, "/v1/rerank", {"query": "q", "documents": objects}).json()
@@ -111,7 +120,9 @@ def test_v2_rerank_cohere_shape(server: Server, library: Reranker) -> None:
     assert [x["index"] for x in body["results"]] == [e.index for e in expected]
     missing_model = _post(server, "/v2/rerank", {"query": "q", "documents": DOCS})
     assert missing_model.status_code == 422 and "model" in missing_model.json()["error"]["message"]
-    capped = _post(server, "/v2/rerank", {"model": "m", "query": "q", "documents": ["word " * 50], "max_tokens_per_doc": 5})
+    capped = _post(
+        server, "/v2/rerank", {"model": "m", "query": "q", "documents": ["word " * 50], "max_tokens_per_doc": 5}
+    )
     assert capped.status_code == 200
     full = library.encode(["q"], ["word " * 50]).input_ids[0]
     cut = library.encode(["q"], ["word " * 50], max_document_tokens=5).input_ids[0]
@@ -149,11 +160,21 @@ def test_tei_shape(server: Server, library: Reranker) -> None:
         ("/v1/rerank", {"query": "q", "documents": [{"title": "x"}]}, 422, "documents[0]: a document object needs"),
         ("/v1/rerank", {"query": "q", "documents": ["a"], "top_n": -1}, 422, "top_n: expected a non-negative integer"),
         ("/v1/rerank", {"query": "q", "documents": ["a"], "top_n": "3"}, 422, "top_n: expected an integer"),
-        ("/v1/rerank", {"query": "q", "documents": ["a"], "top_n": True}, 422, "top_n: expected an integer, got a boolean"),
+        (
+            "/v1/rerank",
+            {"query": "q", "documents": ["a"], "top_n": True},
+            422,
+            "top_n: expected an integer, got a boolean",
+        ),
         ("/v1/rerank", {"query": "q", "documents": ["a"], "return_documents": "yes"}, 422, "return_documents"),
         ("/v1/rerank", {"query": "q", "documents": ["a"] * 51}, 413, "at most 50"),
         ("/rerank", {"query": "q", "texts": [{"text": "a"}]}, 422, "texts[0]: expected a string"),
-        ("/v2/rerank", {"model": "m", "query": "q", "documents": ["a"], "max_tokens_per_doc": 0}, 422, "max_tokens_per_doc"),
+        (
+            "/v2/rerank",
+            {"model": "m", "query": "q", "documents": ["a"], "max_tokens_per_doc": 0},
+            422,
+            "max_tokens_per_doc",
+        ),
     ],
 )
 def test_hostile_bodies_get_4xx_json(server: Server, path, body, status, fragment) -> None:
@@ -180,14 +201,17 @@ def test_health_models_metrics(server: Server) -> None:
     text = httpx.get(server.url + "/metrics").text
     assert 'rerank_requests_total{endpoint="/v1/rerank",status="200"}' in text
     assert "rerank_request_seconds_bucket" in text and "rerank_batch_pairs_count" in text
-    assert "rerank_queue_pairs 0" in text
+    assert "rerank_queue_pairs 0.0" in text
     tokens = [line for line in text.splitlines() if line.startswith("rerank_tokens_total ")]
-    assert int(tokens[0].split()[1]) > 0
+    assert float(tokens[0].split()[1]) > 0
+    assert "process_resident_memory_bytes" in text  # prometheus_client's process collector
+    model = models["data"][0]
+    assert model["backend"]["name"] in ("onnxruntime", "openvino") and model["backend"]["cpu_class"]
 
 
 def test_concurrent_clients_each_get_their_own_answer(server: Server, library: Reranker) -> None:
     rng = np.random.default_rng(0)
-    words = "cat dog fish river bank money tree sun moon star rain".split()
+    words = ["cat", "dog", "fish", "river", "bank", "money", "tree", "sun", "moon", "star", "rain"]
     jobs = []
     for i in range(12):
         query = f"query {i} " + " ".join(rng.choice(words, 3))
@@ -220,12 +244,25 @@ def test_api_key(fp32_artifact: Path) -> None:
         assert server.stop() == 0
 
 
+def _wait_for_queued_pairs(server: Server, deadline_s: float = 60.0) -> None:
+    """Poll /metrics until the inference queue holds pairs (an event, not a guess at timing)."""
+    stop = time.monotonic() + deadline_s
+    while time.monotonic() < stop:
+        text = httpx.get(server.url + "/metrics").text
+        line = next(line for line in text.splitlines() if line.startswith("rerank_queue_pairs "))
+        if float(line.split()[1]) > 0:
+            return
+    raise AssertionError("no request reached the inference queue")
+
+
 def test_sigterm_finishes_in_flight_requests(fp32_artifact: Path) -> None:
     server = Server(fp32_artifact)
-    docs = [f"word {i} " * 300 for i in range(40)]  # ~4 s of work per request: long enough to be in flight when the signal lands
+    docs = [
+        f"word {i} " * 300 for i in range(40)
+    ]  # ~4 s of work per request: long enough to be in flight when the signal lands
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         futures = [pool.submit(_post, server, "/v1/rerank", {"query": f"q{i}", "documents": docs}) for i in range(4)]
-        time.sleep(1.0)
+        _wait_for_queued_pairs(server)  # the signal lands while pairs are queued or running
         in_flight = sum(not f.done() for f in futures)
         server.process.send_signal(signal.SIGTERM)
         responses = [f.result() for f in futures]
@@ -259,3 +296,75 @@ def test_missing_server_extra_names_the_install_command() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "pip install 'rerank-onnx[server]'" in out
+
+
+def _in_process(app, requests):
+    """Run `requests(client)` against the ASGI app in this process, lifespan included, once the model is ready."""
+    import asyncio
+
+    async def main():
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://rerank.test") as client:
+                while (await client.get("/health")).status_code != 200:  # the loader thread finishes
+                    await asyncio.sleep(0)
+                return await requests(client)
+
+    return asyncio.run(main())
+
+
+def test_an_engine_fault_answers_500_json_and_is_counted(fp32_artifact: Path) -> None:
+    from rerank_onnx.server import ServerSettings, create_app
+
+    class Broken:
+        def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+            raise RuntimeError("engine fault")
+
+    app = create_app(ServerSettings(model_dir=str(fp32_artifact)), reranker=Reranker(fp32_artifact, session=Broken()))
+
+    async def requests(client):
+        response = await client.post("/v1/rerank", json={"query": "q", "documents": ["a"]})
+        return response, (await client.get("/metrics")).text
+
+    response, metrics = _in_process(app, requests)
+    assert response.status_code == 500 and response.json()["error"]["type"] == "server_error"
+    assert 'rerank_requests_total{endpoint="/v1/rerank",status="500"} 1.0' in metrics
+
+
+def test_a_body_over_the_limit_without_content_length_gets_413(fp32_artifact: Path) -> None:
+    from rerank_onnx.server import ServerSettings, create_app
+
+    settings = ServerSettings(model_dir=str(fp32_artifact), max_body_bytes=1000)
+    app = create_app(settings, reranker=Reranker(fp32_artifact))
+
+    async def chunks():
+        for _ in range(10):
+            yield b" " * 500
+
+    async def requests(client):
+        return await client.post("/v1/rerank", content=chunks(), headers={"content-type": "application/json"})
+
+    response = _in_process(app, requests)
+    assert "content-length" not in response.request.headers
+    assert response.status_code == 413 and "exceeds the 1000-byte limit" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "body,status,fragment",
+    [
+        (b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
+        (b'{"query": "a\\ud800b", "documents": ["x"]}', 422, "lone surrogate"),
+        (b'{"query": "q", "texts": ["x\\udfff"]}', 422, "lone surrogate"),
+    ],
+)
+def test_hostile_text_gets_4xx_in_process(fp32_artifact: Path, body: bytes, status: int, fragment: str) -> None:
+    from rerank_onnx.server import ServerSettings, create_app
+
+    app = create_app(ServerSettings(model_dir=str(fp32_artifact)), reranker=Reranker(fp32_artifact))
+    path = "/rerank" if b"texts" in body else "/v1/rerank"
+
+    async def requests(client):
+        return await client.post(path, content=body, headers={"content-type": "application/json"})
+
+    response = _in_process(app, requests)
+    assert response.status_code == status and fragment in response.json()["error"]["message"]

@@ -27,8 +27,12 @@ def handler(fp32_artifact: Path, monkeypatch):
 
 
 def test_api_gateway_v1_event(handler, fp32_artifact: Path) -> None:
-    event = {"httpMethod": "POST", "path": "/v1/rerank", "isBase64Encoded": False,
-             "body": json.dumps({"query": "what is a cat?", "documents": DOCS, "top_n": 2})}  # fmt: skip
+    event = {
+        "httpMethod": "POST",
+        "path": "/v1/rerank",
+        "isBase64Encoded": False,
+        "body": json.dumps({"query": "what is a cat?", "documents": DOCS, "top_n": 2}),
+    }
     response = handler(event, None)
     assert response["statusCode"] == 200 and response["headers"]["content-type"] == "application/json"
     body = json.loads(response["body"])
@@ -42,13 +46,21 @@ def test_http_api_v2_event_with_base64_body_and_other_shapes(handler) -> None:
     event = {"rawPath": "/v2/rerank", "isBase64Encoded": True, "body": base64.b64encode(payload).decode()}
     body = json.loads(handler(event, None)["body"])
     assert body["meta"]["api_version"]["version"] == "2" and len(body["results"]) == 3
-    tei = json.loads(handler({"path": "/rerank", "body": json.dumps({"query": "q", "texts": DOCS, "raw_scores": True})})["body"])
+    tei = json.loads(
+        handler({"path": "/rerank", "body": json.dumps({"query": "q", "texts": DOCS, "raw_scores": True})})["body"]
+    )
     assert isinstance(tei, list) and len(tei) == 3
 
 
 @pytest.mark.parametrize(
     "body,status",
-    [("{oops", 400), ("[]", 422), (json.dumps({"query": "q"}), 422), (None, 400), (json.dumps({"query": "q", "documents": [3]}), 422)],
+    [
+        ("{oops", 400),
+        ("[]", 422),
+        (json.dumps({"query": "q"}), 422),
+        (None, 400),
+        (json.dumps({"query": "q", "documents": [3]}), 422),
+    ],
 )
 def test_bad_events_get_4xx(handler, body, status) -> None:
     response = handler({"path": "/v1/rerank", "body": body}, None)
@@ -83,3 +95,39 @@ def test_cold_container_on_a_read_only_copy(fp32_artifact: Path, tmp_path: Path)
     assert out.stdout.strip() == "200"
     # root ignores file modes, so also check that nothing was written beside the model
     assert sorted(p.name for p in model.iterdir()) == sorted(p.name for p in fp32_artifact.iterdir())
+
+
+@pytest.mark.parametrize(
+    "event,status,fragment",
+    [
+        ({"path": "/v1/rerank", "isBase64Encoded": True, "body": "abc"}, 400, "not valid base64"),
+        ({"path": "/v1/rerank", "isBase64Encoded": True, "body": "a"}, 400, "not valid base64"),
+        ({"path": "/v1/rerank", "body": 12}, 400, "body: expected a string"),
+        ({"path": "/v1/rerank", "body": "[" * 100_000 + "]" * 100_000}, 400, "nested too deeply"),
+        ({"path": "/v1/rerank", "body": '{"query": "a\\ud800b", "documents": ["x"]}'}, 422, "lone surrogate"),
+        ({"path": "/v1/rerank", "body": '{"query": "q", "documents": ["x\\udfff"]}'}, 422, "documents[0]"),
+        ({"path": "/v1/rerank", "body": "a\ud800b"}, 400, "not valid UTF-8"),
+    ],
+)
+def test_every_event_gets_a_json_answer(handler, event, status, fragment) -> None:
+    response = handler(event, None)
+    assert response["statusCode"] == status, response["body"]
+    assert fragment in json.loads(response["body"])["error"]["message"]
+
+
+def test_a_bad_environment_answers_500_with_the_reason_at_init_and_per_event(fp32_artifact: Path) -> None:
+    code = (
+        "import json, rerank_onnx.serverless as s\n"
+        "r = s.handler({'path': '/v1/rerank', 'body': json.dumps({'query': 'q', 'documents': ['a']})})\n"
+        "print(r['statusCode']); print(json.loads(r['body'])['error']['message'])\n"
+    )
+    env = {
+        **os.environ,
+        "RERANK_ONNX_MODEL": str(fp32_artifact),
+        "RERANK_ONNX_THREADS": "abc",
+        "RERANK_ONNX_PRELOAD": "1",
+    }
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    status, message = out.stdout.strip().splitlines()
+    assert status == "500" and "RERANK_ONNX_THREADS: expected a positive integer, got 'abc'" in message
+    assert "Traceback" not in out.stderr

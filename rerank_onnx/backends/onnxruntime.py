@@ -30,9 +30,7 @@ class OnnxRuntimeEngine:
         self.threads = threads
 
     def input_shapes(self) -> dict[str, tuple[int | None, ...]]:
-        return {
-            i.name: tuple(d if isinstance(d, int) else None for d in i.shape) for i in self._session.get_inputs()
-        }
+        return {i.name: tuple(d if isinstance(d, int) else None for d in i.shape) for i in self._session.get_inputs()}
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
         return [np.asarray(a) for a in self._session.run(outputs, dict(feeds))]

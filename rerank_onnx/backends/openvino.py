@@ -52,7 +52,9 @@ class OpenVinoEngine:
         try:
             import openvino as ov
         except ImportError as exc:
-            raise MissingDependencyError("openvino (the openvino extra)", "pip install 'rerank-onnx[openvino]'") from exc
+            raise MissingDependencyError(
+                "openvino (the openvino extra)", "pip install 'rerank-onnx[openvino]'"
+            ) from exc
         core = ov.Core()
         if cache_dir is not None:
             core.set_property({"CACHE_DIR": str(cache_dir)})

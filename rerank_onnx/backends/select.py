@@ -47,11 +47,13 @@ class _Row:
 # fp32 numerics on onnxruntime and an int8-fast artifact runs onnxruntime's kernel, on every CPU.
 AUTO_TABLE: dict[CpuClass, _Row] = {
     "amx": _Row(
-        "openvino", "bf16",
+        "openvino",
+        "bf16",
         "MEASURE-AMX",
     ),
     "avx512-bf16": _Row(
-        "openvino", "bf16",
+        "openvino",
+        "bf16",
         "measured on a 2-core Zen 5 with AVX512-BF16 (Nov 27): base-v2 1.7-1.9x onnxruntime int8, Spearman 0.989-0.997",
     ),
     "avx512-vnni": _Row("onnxruntime", "stored", "no OpenVINO measurement on AVX512-VNNI without BF16 yet"),
@@ -152,9 +154,11 @@ def choose(
     row = AUTO_TABLE[kind]
     if row.backend == "openvino" and not openvino_installed:
         return BackendChoice(
-            "onnxruntime", "stored", kind,
+            "onnxruntime",
+            "stored",
+            kind,
             "OpenVINO is faster on this CPU but not installed: pip install 'rerank-onnx[openvino]'",
-        )  # fmt: skip
+        )
     return BackendChoice(row.backend, row.precision, kind, row.evidence)
 
 

@@ -1,0 +1,149 @@
+"""Cold start: process start to first score, per backend, with OpenVINO's compiled-model cache cold,
+warm and off.
+
+    python benchmarks/cold_start.py benchmarks/work/base-v2-int8 --reps 3
+
+Each measurement is a fresh Python process that imports rerank_onnx, loads the artifact and scores one
+short pair; the parent takes the time from just before it spawns the process to the moment the child
+has its score. The page cache is warm in every case (the artifact was read before): this measures the
+work, not the disk. Results: results/cold-start-<artifact>-<cpu class>.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import RESULTS, environment, median, write_results
+
+CHILD = """
+import json, sys, time
+from rerank_onnx import Reranker
+backend, precision, cache, threads = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+loaded_at = time.time()
+r = Reranker(sys.argv[1], backend=backend, precision=precision, threads=threads,
+             compile_cache=cache != "off", cache_dir=None if cache == "off" else cache)
+ready_at = time.time()
+r.rank("what is a cat?", ["A cat is a small feline."])
+print(json.dumps({"imported_at": loaded_at, "ready_at": ready_at, "scored_at": time.time(),
+                  "backend": r.backend.describe() if r.backend else None}))
+"""
+
+# (label, backend, precision, cache state)
+CASES = [
+    ("onnxruntime", "onnxruntime", "auto", "off"),
+    ("auto, no cache", "auto", "auto", "off"),
+    ("auto, cache cold", "auto", "auto", "cold"),
+    ("auto, cache warm", "auto", "auto", "warm"),
+]
+
+
+def measure(artifact: Path, backend: str, precision: str, cache: str, threads: int) -> dict:
+    started = time.time()
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(artifact), backend, precision, cache, str(threads)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    child = json.loads(out.stdout.strip().splitlines()[-1])
+    return {
+        "first_score_s": child["scored_at"] - started,
+        "imports_s": child["imported_at"] - started,
+        "load_s": child["ready_at"] - child["imported_at"],
+        "first_call_s": child["scored_at"] - child["ready_at"],
+        "backend": child["backend"],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("artifact", type=Path)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    results: dict[str, dict] = {}
+    for label, backend, precision, state in CASES:
+        runs = []
+        for _ in range(args.reps):
+            cache = "off"
+            if state != "off":
+                cache = tempfile.mkdtemp(prefix="rerank-cache-") if state == "cold" else _warm_cache(args, backend)
+            runs.append(measure(args.artifact, backend, precision, cache, args.threads))
+            if state == "cold":
+                shutil.rmtree(cache)
+        results[label] = {
+            "runs": runs,
+            "backend": runs[-1]["backend"],
+            **{key: median([r[key] for r in runs]) for key in ("first_score_s", "imports_s", "load_s", "first_call_s")},
+        }
+        print(label, json.dumps({k: v for k, v in results[label].items() if k != "runs"}), file=sys.stderr)
+    env = environment(args.threads)
+    data = {"artifact": args.artifact.name, "reps": args.reps, "environment": env, "results": results}
+    name = f"cold-start-{args.artifact.name}-{env['cpu_class']}"
+    write_results(name, data, _table(data))
+    _chart(data, name)
+    print((RESULTS / f"{name}.md").read_text())
+    return 0
+
+
+_WARM: dict[str, str] = {}
+
+
+def _warm_cache(args: argparse.Namespace, backend: str) -> str:
+    """One cache folder, filled by a first (unmeasured) run, reused by every warm measurement."""
+    if backend not in _WARM:
+        _WARM[backend] = tempfile.mkdtemp(prefix="rerank-cache-")
+        measure(args.artifact, backend, "auto", _WARM[backend], args.threads)
+    return _WARM[backend]
+
+
+def _table(data: dict) -> str:
+    env = data["environment"]
+    lines = [
+        f"# Cold start, {data['artifact']}, {env['threads']} threads, {env['cpu']} ({env['cpu_class']}: {env['cpu_flags']})",
+        f"onnxruntime {env['onnxruntime']}, openvino {env.get('openvino', '-')}, commit {env['git_commit']}, "
+        f"median of {data['reps']} fresh processes, page cache warm",
+        "",
+        "| case | engine | process start to first score (s) | imports (s) | load + compile (s) | first call (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, r in data["results"].items():
+        lines.append(
+            f"| {label} | {r['backend']} | {r['first_score_s']:.2f} | {r['imports_s']:.2f} | {r['load_s']:.2f} "
+            f"| {r['first_call_s']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def _chart(data: dict, name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(data["results"])
+    parts = ("imports_s", "load_s", "first_call_s")
+    fig, ax = plt.subplots(figsize=(8, 3))
+    left = [0.0] * len(labels)
+    for part, colour in zip(parts, ("#8172b2", "#4c72b0", "#dd8452")):
+        values = [data["results"][label][part] for label in labels]
+        ax.barh(labels, values, left=left, color=colour, label=part.removesuffix("_s").replace("_", " "))
+        left = [a + b for a, b in zip(left, values)]
+    ax.set(xlabel="seconds, process start to first score", title=f"cold start: {data['artifact']}")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{name}.png", dpi=100)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
