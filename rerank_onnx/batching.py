@@ -1,7 +1,12 @@
 """Pure batch planning: length-bucketed batches under a padded-token budget, and which rows share a head.
 
-Right padding: each row is its prompt followed by pad tokens up to the longest row of its own batch.
-The graph is causal, so a row's score does not depend on its neighbours or on how much padding follows.
+Right padding: each row is its prompt followed by pad tokens up to the width of its batch. The graph is
+causal, so in exact arithmetic a row's score does not depend on its neighbours or on how much padding
+follows. Some numerics are not exact in that sense: with bf16 compute, OpenVINO's attention kernels
+block the work by the padded width, and a different blocking flips bf16 roundings that a deep network
+then amplifies (benchmarks/README.md). A session with such numerics declares a `pad_multiple`: every
+row is padded to the next multiple of it, and a batch holds rows of one width only, so a row computes
+the same bits alone or in any batch.
 """
 
 from __future__ import annotations
@@ -11,33 +16,45 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def plan_batches(lengths: Sequence[int], *, max_batch_tokens: int, max_batch_size: int) -> list[list[int]]:
-    """Group pair indices into batches whose padded size (rows x longest row) stays within the budget.
+def padded_width(length: int, pad_multiple: int = 1) -> int:
+    """The width a row of `length` tokens is padded to: the next multiple of `pad_multiple`."""
+    return -(-length // pad_multiple) * pad_multiple
+
+
+def plan_batches(
+    lengths: Sequence[int], *, max_batch_tokens: int, max_batch_size: int, pad_multiple: int = 1
+) -> list[list[int]]:
+    """Group pair indices into batches whose padded size (rows x width) stays within the budget.
 
     Longest first, so that a batch too large for memory fails at once rather than at the end. A
-    single pair longer than the budget gets a batch of its own.
+    single pair longer than the budget gets a batch of its own. With `pad_multiple` > 1 a batch holds
+    rows of one padded width only (see the module's docstring).
     """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    widths = [padded_width(n, pad_multiple) for n in lengths]
+    order = sorted(range(len(lengths)), key=lambda i: (-widths[i], -lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
     width = 0
     for i in order:
         if current:
-            new_width = max(width, lengths[i])
-            if len(current) + 1 > max_batch_size or (len(current) + 1) * new_width > max_batch_tokens:
+            new_width = max(width, widths[i])
+            other_bucket = pad_multiple > 1 and widths[i] != width
+            full = len(current) + 1 > max_batch_size or (len(current) + 1) * new_width > max_batch_tokens
+            if other_bucket or full:
                 batches.append(current)
                 current, width = [], 0
         current.append(i)
-        width = max(width, lengths[i])
+        width = max(width, widths[i])
     if current:
         batches.append(current)
     return batches
 
 
-def pad_batch(rows: Sequence[Sequence[int]], *, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad `rows` into an int64 (batch, longest) matrix; also return each row's length."""
+def pad_batch(rows: Sequence[Sequence[int]], *, pad_id: int, pad_multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad `rows` into an int64 (batch, width) matrix, width the longest row rounded up to a
+    multiple of `pad_multiple`; also return each row's length."""
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-    matrix = np.full((len(rows), int(lengths.max())), pad_id, dtype=np.int64)
+    matrix = np.full((len(rows), padded_width(int(lengths.max()), pad_multiple)), pad_id, dtype=np.int64)
     for row, ids in zip(matrix, rows):
         row[: len(ids)] = ids
     return matrix, lengths

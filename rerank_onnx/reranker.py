@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .artifact import ArtifactConfig, load_artifact
-from .backends import ScoreSession, open_session
+from .backends import GraphSession, ScoreSession, open_session
 from .backends.cache import compile_cache_dir
 from .backends.select import Backend, BackendChoice, Precision, choose
 from .errors import InputTooLongError, InvalidInputError, describe
@@ -107,6 +107,7 @@ class Reranker:
             max_batch_tokens=max_batch_tokens,
             max_batch_size=max_batch_size,
             share_prefix=share_prefix,
+            pad_multiple=session.pad_multiple if isinstance(session, GraphSession) else 1,
         )
 
     @property

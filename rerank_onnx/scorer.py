@@ -26,6 +26,8 @@ class Scorer:
         max_batch_tokens: padded tokens per batch at most.
         max_batch_size: pairs per batch at most.
         share_prefix: compute the tokens that rows share once, when the session can.
+        pad_multiple: pad rows to a multiple of this and batch rows of one width only, for numerics
+            whose result depends on the padded width (batching.py); 1: pad to the batch's longest row.
     """
 
     def __init__(
@@ -37,8 +39,10 @@ class Scorer:
         max_batch_tokens: int,
         max_batch_size: int,
         share_prefix: bool,
+        pad_multiple: int = 1,
     ) -> None:
         self.session = session
+        self.pad_multiple = pad_multiple
         self.pad_id = pad_id
         self.opening = list(opening)
         self.max_batch_tokens = max_batch_tokens
@@ -103,9 +107,10 @@ class Scorer:
             [len(ids) for ids in rows],
             max_batch_tokens=self.max_batch_tokens,
             max_batch_size=batch_size or self.max_batch_size,
+            pad_multiple=self.pad_multiple,
         )
         for batch in batches:
-            yield batch, pad_batch([rows[i] for i in batch], pad_id=self.pad_id)
+            yield batch, pad_batch([rows[i] for i in batch], pad_id=self.pad_id, pad_multiple=self.pad_multiple)
 
 
 class _Progress:

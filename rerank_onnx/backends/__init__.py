@@ -62,9 +62,14 @@ class PrefixScoreSession(ScoreSession, Protocol):
 
 
 class Engine(Protocol):
-    """One compiled score graph on one inference engine."""
+    """One compiled score graph on one inference engine.
+
+    `pad_multiple`: 1 when a row's result does not depend on how far its batch pads it; otherwise the
+    width granularity the scorer pads to and buckets by (batching.py).
+    """
 
     threads: int
+    pad_multiple: int
 
     def input_shapes(self) -> dict[str, tuple[int | None, ...]]:
         """Each graph input's shape; None where a dimension is dynamic."""
@@ -95,6 +100,7 @@ class GraphSession:
             )
         self._engine = engine
         self.threads = engine.threads
+        self.pad_multiple = engine.pad_multiple
         # the past a graph with past inputs gets when nothing is shared; None for the plain layout
         self.empty_prefix: Prefix | None = None
         if set(shapes) == with_past:

@@ -49,12 +49,14 @@ AUTO_TABLE: dict[CpuClass, _Row] = {
     "amx": _Row(
         "openvino",
         "bf16",
-        "MEASURE-AMX",
+        "measured on a 2-core Xeon with AMX (Nov 30, base-v2): 2.5x onnxruntime's blockwise int8, same "
+        "Spearman vs fp32, a pair's score the same alone or in any batch",
     ),
     "avx512-bf16": _Row(
         "openvino",
         "bf16",
-        "measured on a 2-core Zen 5 with AVX512-BF16 (Nov 27): base-v2 1.7-1.9x onnxruntime int8, Spearman 0.989-0.997",
+        "measured on a 2-core Zen 5 with AVX512-BF16 (Nov 27, base-v2): 1.7x onnxruntime's blockwise int8, "
+        "Spearman 0.989 vs fp32",
     ),
     "avx512-vnni": _Row("onnxruntime", "stored", "no OpenVINO measurement on AVX512-VNNI without BF16 yet"),
     "avx2": _Row("onnxruntime", "stored", "no OpenVINO measurement on AVX2 yet; onnxruntime measured (Nov 27)"),
