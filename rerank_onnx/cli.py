@@ -155,7 +155,7 @@ def _serve_settings(args: argparse.Namespace) -> dict[str, Any]:
 def _parse_setting(setting: ServeSetting, raw: str) -> object | None:
     """The environment value as the setting's type, or None when it is not one."""
     try:
-        value = setting.kind(raw)
+        value: object = setting.kind(raw)
     except ValueError:
         return None
     if setting.choices and value not in setting.choices:
@@ -214,7 +214,7 @@ def _export(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
-def _summary(report: dict) -> str:
+def _summary(report: dict[str, Any]) -> str:
     lines = [f"export report ({report['pairs']} built-in pairs, quantization {report['quantization']['scheme']}):"]
     for name, a in report["agreement"].items():
         lines.append(

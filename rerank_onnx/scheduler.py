@@ -23,7 +23,7 @@ from .reranker import Reranker
 class _Job:
     input_ids: list[list[int]]
     head_lengths: list[int] | None
-    future: asyncio.Future
+    future: asyncio.Future[np.ndarray]
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -66,7 +66,8 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         job = _Job(input_ids, head_lengths, loop.create_future(), loop)
         self._queue.put(job)
-        return await job.future
+        scores: np.ndarray = await job.future
+        return scores
 
     def close(self) -> None:
         """Finish every queued job, then stop the worker."""
@@ -106,11 +107,12 @@ class Scheduler:
         combined = [ids for job in jobs for ids in job.input_ids]
         # a job without head lengths shares nothing (0); jobs of one query share their head across requests
         heads = [n for job in jobs for n in (job.head_lengths or [0] * len(job.input_ids))]
+        scores = np.zeros(0, dtype=np.float32)
+        error: BaseException | None = None
         try:
             scores = self._reranker.score_encoded(combined, head_lengths=heads)
-            error: BaseException | None = None
         except BaseException as exc:  # delivered to every waiting request rather than killing the thread
-            scores, error = None, exc
+            error = exc
         self._metrics.batch(len(combined), sum(len(ids) for ids in combined))
         start = 0
         for job in jobs:
@@ -125,11 +127,11 @@ class Scheduler:
             start += n
 
 
-def _set_result(future: asyncio.Future, value: np.ndarray) -> None:
+def _set_result(future: asyncio.Future[np.ndarray], value: np.ndarray) -> None:
     if not future.done():
         future.set_result(value)
 
 
-def _set_exception(future: asyncio.Future, error: BaseException) -> None:
+def _set_exception(future: asyncio.Future[np.ndarray], error: BaseException) -> None:
     if not future.done():
         future.set_exception(error)

@@ -9,7 +9,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,7 +79,7 @@ def create_app(settings: ServerSettings, *, reranker: Reranker | None = None) ->
             log.error("cannot load the model: %s", exc)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette):
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loader = threading.Thread(target=load, name="rerank-load", daemon=True)
         loader.start()
         yield
