@@ -27,7 +27,7 @@ def measure(reranker, doc_tokens: int, docs: int, reps: int) -> dict:
     texts = [text_of_tokens(doc_tokens, 100 + i) for i in range(docs)]
     encoded = reranker.encode([QUERY] * docs, texts)
     rows = encoded.input_ids
-    head = encoded.head_lengths[0]  # then as far as every prompt agrees, as the runtime extends it
+    head = encoded.prefix_lengths[0]  # then as far as every prompt agrees, as the runtime extends it
     while head < min(len(r) for r in rows) - 1 and all(r[head] == rows[0][head] for r in rows):
         head += 1
     tokens = sum(len(r) for r in encoded.input_ids)
@@ -115,7 +115,7 @@ def main() -> int:
     from rerank_onnx import Reranker
 
     reranker = Reranker(args.artifact, threads=args.threads, max_batch_tokens=8192)
-    if not reranker.shares_prefix:
+    if not reranker.computes_shared_prefix:
         raise SystemExit(f"{args.artifact}: its graph takes no past keys and values; re-export it")
     results = []
     for n in args.doc_lengths:

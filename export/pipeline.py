@@ -136,7 +136,7 @@ def _export_into(
     template_dict = _write_tokenizer(staging, checkpoint)
     template = Template.from_dict(template_dict)
     tokenizer = load_tokenizer(str(staging / artifact.TOKENIZER_FILE))
-    pair_ids, head_lengths = _builtin_pair_ids(PairEncoder(tokenizer, template, max_length=template.max_length))
+    pair_ids, prefix_lengths = _builtin_pair_ids(PairEncoder(tokenizer, template, max_length=template.max_length))
 
     t = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(
@@ -178,7 +178,7 @@ def _export_into(
     )
     log("checking the written graph on every backend this machine runs")
     t = time.perf_counter()
-    checks = _self_check(staging, fp32_path, quantize, pair_ids, head_lengths, torch_scores)
+    checks = _self_check(staging, fp32_path, quantize, pair_ids, prefix_lengths, torch_scores)
     timings["self_check_s"] = time.perf_counter() - t
     shutil.rmtree(work)
     return {
@@ -212,25 +212,25 @@ def _self_check(
     fp32_path: Path,
     quantize: str,
     pair_ids: list[list[int]],
-    head_lengths: list[int],
+    prefix_lengths: list[int],
     torch_scores: np.ndarray,
 ) -> dict:
     """The report's agreement, backends, passed and warnings sections."""
     # Scored as rank() scores them: the pairs of one query share the computation of its head.
     # One session for both: a second one of the large-v2 graph costs seconds and its prepacked weights.
     reranker = Reranker(staging, backend="onnxruntime")
-    graph_scores = reranker.score_encoded(pair_ids, head_lengths=head_lengths)
+    graph_scores = reranker.score_encoded(pair_ids, prefix_lengths=prefix_lengths)
     full_prompt_scores = reranker.score_encoded(pair_ids)
     del reranker
     gc.collect()
-    backend_checks = _backend_checks(staging, quantize, pair_ids, head_lengths, torch_scores)
+    backend_checks = _backend_checks(staging, quantize, pair_ids, prefix_lengths, torch_scores)
     backend_checks["results"]["onnxruntime"] = _backend_agreement(torch_scores, graph_scores, full_prompt_scores)
     comparisons: dict[str, dict] = {}
     graph_name = "fp32" if quantize == "none" else quantize
     comparisons[f"{graph_name}_graph_vs_pytorch"] = asdict(report.agreement(torch_scores, graph_scores))
     comparisons["shared_prefix_vs_full_prompts"] = asdict(report.agreement(full_prompt_scores, graph_scores))
     if quantize != "none":
-        fp32_scores = _score_fp32_graph(staging, fp32_path, pair_ids, head_lengths)
+        fp32_scores = _score_fp32_graph(staging, fp32_path, pair_ids, prefix_lengths)
         comparisons["fp32_graph_vs_pytorch"] = asdict(report.agreement(torch_scores, fp32_scores))
         comparisons[f"{quantize}_graph_vs_fp32_graph"] = asdict(report.agreement(fp32_scores, graph_scores))
     passed, warnings = _verdict(comparisons, quantize)
@@ -287,12 +287,12 @@ def _builtin_pair_ids(encoder: PairEncoder) -> tuple[list[list[int]], list[int]]
     for q, d, i in zip(queries, documents, instructions):
         encoded = encoder.encode([q], [d], instruction=i)
         ids.extend(encoded.input_ids)
-        heads.extend(encoded.head_lengths)
+        heads.extend(encoded.prefix_lengths)
     return ids, heads
 
 
 def _backend_checks(
-    folder: Path, scheme: str, pair_ids: list[list[int]], head_lengths: list[int], torch_scores: np.ndarray
+    folder: Path, scheme: str, pair_ids: list[list[int]], prefix_lengths: list[int], torch_scores: np.ndarray
 ) -> dict:
     """The artifact on every OpenVINO precision this machine runs natively, against PyTorch fp32, and
     what `backend="auto"` picks here: a user with the real checkpoint sees the agreement on their CPU."""
@@ -316,7 +316,7 @@ def _backend_checks(
         except RerankError as exc:
             checks["results"][f"openvino-{precision}"] = {"error": str(exc)}
             continue
-        shared = reranker.score_encoded(pair_ids, head_lengths=head_lengths)
+        shared = reranker.score_encoded(pair_ids, prefix_lengths=prefix_lengths)
         full = reranker.score_encoded(pair_ids)
         checks["results"][f"openvino-{precision}"] = _backend_agreement(torch_scores, shared, full)
         del reranker
@@ -331,11 +331,13 @@ def _backend_agreement(torch_scores: np.ndarray, shared: np.ndarray, full: np.nd
     }
 
 
-def _score_fp32_graph(folder: Path, fp32_path: Path, pair_ids: list[list[int]], head_lengths: list[int]) -> np.ndarray:
+def _score_fp32_graph(
+    folder: Path, fp32_path: Path, pair_ids: list[list[int]], prefix_lengths: list[int]
+) -> np.ndarray:
     """The unquantized graph, with the artifact's tokenizer and template, before it is deleted."""
     onnxruntime = BackendChoice("onnxruntime", "stored", "other", "the export's reference graph")
     reranker = Reranker(folder, session=open_session(fp32_path, onnxruntime))
-    scores = reranker.score_encoded(pair_ids, head_lengths=head_lengths)
+    scores = reranker.score_encoded(pair_ids, prefix_lengths=prefix_lengths)
     del reranker
     gc.collect()
     return scores

@@ -1,4 +1,4 @@
-"""Pure batch planning: length-bucketed batches under a padded-token budget, and which rows share a head.
+"""Pure batch planning: length-bucketed batches under a padded-token budget, and which rows share a prefix.
 
 Right padding: each row is its prompt followed by pad tokens up to the width of its batch. The graph is
 causal, so in exact arithmetic a row's score does not depend on its neighbours or on how much padding
@@ -60,41 +60,41 @@ def pad_batch(rows: Sequence[Sequence[int]], *, pad_id: int, pad_multiple: int =
     return matrix, lengths
 
 
-def plan_shared_heads(
-    input_ids: Sequence[Sequence[int]], head_lengths: Sequence[int], opening: Sequence[int]
+def plan_shared_prefixes(
+    input_ids: Sequence[Sequence[int]], prefix_lengths: Sequence[int], chat_prefix: Sequence[int]
 ) -> tuple[list[tuple[int, list[int]]], list[int]]:
-    """Which rows compute a shared head once: (head length, row indices) for each head that two or more
+    """Which rows compute a shared prefix once: (prefix length, row indices) for each prefix that two or more
     rows share, and the rows that share none (they run in full).
 
-    head_lengths[i]: the tokens of row i before its document (EncodedPairs.head_lengths): rows whose
-    heads are equal share them, and as many tokens after as they all agree on. `opening`: the template's
+    prefix_lengths[i]: the tokens of row i before its document (EncodedPairs.prefix_lengths): rows whose
+    prefixes are equal share them, and as many tokens after as they all agree on. `chat_prefix`: the template's
     chat prefix, which rows of different queries still share.
     """
-    by_head: dict[tuple[int, ...], list[int]] = {}
-    for i, (ids, n) in enumerate(zip(input_ids, head_lengths)):
-        n = min(int(n), len(ids) - 1)  # at least one token after the head carries the score
-        by_head.setdefault(tuple(ids[:n]) if n > 0 else (), []).append(i)
+    by_prefix: dict[tuple[int, ...], list[int]] = {}
+    for i, (ids, n) in enumerate(zip(input_ids, prefix_lengths)):
+        n = min(int(n), len(ids) - 1)  # at least one token after the prefix carries the score
+        by_prefix.setdefault(tuple(ids[:n]) if n > 0 else (), []).append(i)
     groups = [
-        (common_length([input_ids[i] for i in rows], len(head)), rows)
-        for head, rows in by_head.items()
-        if head and len(rows) > 1
+        (common_length([input_ids[i] for i in rows], len(prefix)), rows)
+        for prefix, rows in by_prefix.items()
+        if prefix and len(rows) > 1
     ]
-    alone = sorted(i for head, rows in by_head.items() if not (head and len(rows) > 1) for i in rows)
-    openers = [
+    alone = sorted(i for prefix, rows in by_prefix.items() if not (prefix and len(rows) > 1) for i in rows)
+    chat_rows = [
         i
         for i in alone
-        if 0 < len(opening) <= head_lengths[i] < len(input_ids[i])
-        and list(input_ids[i][: len(opening)]) == list(opening)
+        if 0 < len(chat_prefix) <= prefix_lengths[i] < len(input_ids[i])
+        and list(input_ids[i][: len(chat_prefix)]) == list(chat_prefix)
     ]
-    if len(openers) > 1:
-        groups.append((common_length([input_ids[i] for i in openers], len(opening)), openers))
-        alone = sorted(set(alone) - set(openers))
+    if len(chat_rows) > 1:
+        groups.append((common_length([input_ids[i] for i in chat_rows], len(chat_prefix)), chat_rows))
+        alone = sorted(set(alone) - set(chat_rows))
     return groups, alone
 
 
 def common_length(rows: Sequence[Sequence[int]], start: int) -> int:
     """How far rows that agree on their first `start` tokens go on agreeing (the separator and "document:"
-    that follow every query, or a boilerplate opening), keeping one token of each row to score."""
+    that follow every query, or a boilerplate chat_prefix), keeping one token of each row to score."""
     limit = min(len(r) for r in rows) - 1
     n = start
     while n < limit and all(r[n] == rows[0][n] for r in rows):

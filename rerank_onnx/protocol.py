@@ -13,9 +13,13 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+import msgspec
+from msgspec import UNSET
 
 from .errors import RerankError
+from .wire import REQUESTS, RerankResponse, Result, TeiResult, Usage, validation_message
 
 
 class RequestError(RerankError):
@@ -45,9 +49,12 @@ class Limits:
     max_request_tokens: int = 1_000_000
 
 
+Shape = Literal["v1", "v2", "tei"]
+
+
 @dataclass(frozen=True)
 class RerankRequest:
-    shape: str  # "v1" | "v2" | "tei"
+    shape: Shape
     model: str | None
     query: str
     documents: list[str]
@@ -57,6 +64,7 @@ class RerankRequest:
     raw_scores: bool
     truncate: bool
     max_tokens_per_doc: int | None
+    max_prompt_tokens: int | None  # vLLM's truncate_prompt_tokens: the whole prompt, template included
     instruction: str | None
 
 
@@ -78,14 +86,97 @@ def parse_json(body: bytes) -> dict[str, Any]:
     return data
 
 
-def parse_request(data: dict[str, Any], shape: str, limits: Limits) -> RerankRequest:
-    query = _field(data, "query", str, required=True)
+def shape_for(path: str, data: dict[str, Any]) -> Shape:
+    """The request dialect: Cohere v2 by its path; TEI when the body has `texts` and no `documents`;
+    otherwise Jina / Cohere v1 / vLLM, which several clients also post to a bare /rerank."""
+    if path.rstrip("/").endswith("/v2/rerank"):
+        return "v2"
+    return "tei" if "texts" in data and "documents" not in data else "v1"
+
+
+def parse_request(data: dict[str, Any], shape: Shape, limits: Limits) -> RerankRequest:
+    """Validate a decoded body of dialect `shape` (wire.py's models) into a RerankRequest.
+
+    Raises:
+        RequestError: 422 naming the field for wrong types, missing fields or values out of range; 413
+            for more documents or characters than `limits` allow.
+    """
+    try:
+        model: Any = msgspec.convert(data, REQUESTS[shape])
+    except msgspec.ValidationError as exc:
+        message = validation_message(exc)
+        raise RequestError(422, message, code="missing_field" if "required field" in message else None) from exc
+    raw_documents, documents = _documents(model, shape)
+    _check_sizes(documents, limits)
+    top_n = model.top_n
+    if top_n is not None and top_n < 0:
+        raise RequestError(422, f"top_n: expected a non-negative integer, got {top_n}")
+    if top_n == 0 and shape != "tei":
+        top_n = None  # vLLM: 0 means all
+    max_tokens = getattr(model, "max_tokens_per_doc", None)
+    if max_tokens is not None and max_tokens < 1:
+        raise RequestError(422, f"max_tokens_per_doc: expected a positive integer, got {max_tokens}")
+    if getattr(model, "max_chunks_per_doc", None) is not None:
+        raise RequestError(
+            422,
+            "max_chunks_per_doc: scoring a long document by chunks is not supported yet; documents longer than "
+            "the model's limit are truncated as the reference does. Remove the field",
+            code="unsupported_field",
+        )
+    prompt_cap = getattr(model, "truncate_prompt_tokens", None)
+    if prompt_cap is not None and (prompt_cap < -1 or prompt_cap == 0):
+        raise RequestError(422, f"truncate_prompt_tokens: expected a positive integer or -1, got {prompt_cap}")
+    if shape == "tei" and model.truncation_direction not in ("Right", "right"):
+        raise RequestError(
+            422,
+            f"truncation_direction: only 'Right' is supported (the model's own rule), got {model.truncation_direction!r}",
+        )
+    return RerankRequest(
+        shape=shape,
+        model=model.model,
+        query=model.query,
+        documents=documents,
+        document_objects=raw_documents,
+        top_n=top_n,
+        return_documents=model.return_text if shape == "tei" else model.return_documents,
+        raw_scores=model.raw_scores if shape == "tei" else False,
+        # TEI refuses over-long input unless truncate=true; the Cohere/Jina APIs truncate.
+        truncate=model.truncate if shape == "tei" else True,
+        max_tokens_per_doc=max_tokens,
+        max_prompt_tokens=prompt_cap if prompt_cap and prompt_cap > 0 else None,
+        instruction=model.instruction,
+    )
+
+
+def _documents(model: Any, shape: Shape) -> tuple[list[Any], list[str]]:
+    """The documents as sent, and the text each is scored on (Cohere v1's rank_fields pick and order the
+    fields of object documents: "field: value" lines; otherwise an object's `text`)."""
     if shape == "tei":
-        raw_documents = _field(data, "texts", list, required=True)
-        documents = [_text(item, f"texts[{i}]", allow_object=False) for i, item in enumerate(raw_documents)]
-    else:
-        raw_documents = _field(data, "documents", list, required=True)
-        documents = [_text(item, f"documents[{i}]", allow_object=True) for i, item in enumerate(raw_documents)]
+        return list(model.texts), list(model.texts)
+    raw = list(model.documents)
+    rank_fields = getattr(model, "rank_fields", None)
+    if rank_fields is None:
+        return raw, [_text(item, f"documents[{i}]") for i, item in enumerate(raw)]
+    if not rank_fields:
+        raise RequestError(422, "rank_fields: expected a non-empty array of field names (strings)")
+    texts = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise RequestError(422, f"documents[{i}]: rank_fields needs object documents, got {_json_type(item)}")
+        missing = [name for name in rank_fields if name not in item]
+        if missing:
+            raise RequestError(422, f"documents[{i}]: has no field {missing[0]!r} named in rank_fields")
+        texts.append("\n".join(f"{name}: {_field_text(item[name], i, name)}" for name in rank_fields))
+    return raw, texts
+
+
+def _field_text(value: Any, index: int, name: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise RequestError(422, f"documents[{index}].{name}: expected a string or number, got {_json_type(value)}")
+    return str(value)
+
+
+def _check_sizes(documents: list[str], limits: Limits) -> None:
     if len(documents) > limits.max_documents:
         raise RequestError(
             413,
@@ -100,90 +191,44 @@ def parse_request(data: dict[str, Any], shape: str, limits: Limits) -> RerankReq
                 f"document {i} has {len(document)} characters; the limit is {limits.max_document_chars}",
                 code="document_too_long",
             )
-    top_n = _field(data, "top_n", int, required=False)
-    if top_n is not None and top_n < 0:
-        raise RequestError(422, f"top_n: expected a non-negative integer, got {top_n}")
-    if top_n == 0 and shape != "tei":
-        top_n = None  # vLLM: 0 means all
-    max_tokens = _field(data, "max_tokens_per_doc", int, required=False) if shape == "v2" else None
-    if max_tokens is not None and max_tokens < 1:
-        raise RequestError(422, f"max_tokens_per_doc: expected a positive integer, got {max_tokens}")
-    model = _field(data, "model", str, required=shape == "v2")
-    if shape == "tei":
-        return_documents = bool(_field(data, "return_text", bool, required=False, default=False))
-        direction = _field(data, "truncation_direction", str, required=False, default="Right")
-        if direction not in ("Right", "right"):
-            raise RequestError(
-                422, f"truncation_direction: only 'Right' is supported (the model's own rule), got {direction!r}"
-            )
-    else:
-        return_documents = bool(_field(data, "return_documents", bool, required=False, default=shape == "v1"))
-    return RerankRequest(
-        shape=shape,
-        model=model,
-        query=query,
-        documents=documents,
-        document_objects=list(raw_documents),
-        top_n=top_n,
-        return_documents=return_documents,
-        raw_scores=bool(_field(data, "raw_scores", bool, required=False, default=False)) if shape == "tei" else False,
-        # TEI refuses over-long input unless truncate=true; the Cohere/Jina APIs truncate.
-        truncate=bool(_field(data, "truncate", bool, required=False, default=False)) if shape == "tei" else True,
-        max_tokens_per_doc=max_tokens,
-        instruction=_field(data, "instruction", str, required=False),
-    )
 
 
 def build_response(
     request: RerankRequest, scores: list[float], order: list[int], *, model_name: str, prompt_tokens: int
 ) -> Any:
-    """`order`: document indices best first, already cut to top_n."""
+    """The response body (wire.py's models, as JSON-ready builtins); `order`: indices best first, cut to top_n."""
     if request.shape == "tei":
-        return [
-            {"index": i, "score": scores[i], **({"text": request.documents[i]} if request.return_documents else {})}
-            for i in order
-        ]
+        return msgspec.to_builtins(
+            [
+                TeiResult(index=i, score=scores[i], text=request.documents[i] if request.return_documents else UNSET)
+                for i in order
+            ]
+        )
     results = []
     for i in order:
-        item: dict[str, Any] = {"index": i, "relevance_score": scores[i]}
+        document: Any = UNSET
         if request.return_documents:
             original = request.document_objects[i]
-            item["document"] = original if isinstance(original, dict) else {"text": request.documents[i]}
-        results.append(item)
-    response: dict[str, Any] = {"id": str(uuid.uuid4()), "model": request.model or model_name, "results": results}
-    response["usage"] = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
-    if request.shape == "v2":
-        response["meta"] = {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}}
-    else:
-        response["meta"] = {"api_version": {"version": "1"}, "billed_units": {"search_units": 1}}
-    return response
+            document = original if isinstance(original, dict) else {"text": request.documents[i]}
+        results.append(Result(index=i, relevance_score=scores[i], document=document))
+    version = "2" if request.shape == "v2" else "1"
+    response = RerankResponse(
+        id=str(uuid.uuid4()),
+        model=request.model or model_name,
+        results=results,
+        usage=Usage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens),
+        meta={"api_version": {"version": version}, "billed_units": {"search_units": 1}},
+    )
+    return msgspec.to_builtins(response)
 
 
-def _field(data: dict[str, Any], name: str, kind: type, *, required: bool, default: Any = None) -> Any:
-    if name not in data or data[name] is None:
-        if required:
-            raise RequestError(422, f"{name}: required field is missing", code="missing_field")
-        return default
-    value = data[name]
-    # JSON true/false are Python bools, which are ints: never accept one for the other.
-    if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
-        raise RequestError(422, f"{name}: expected {_KIND_NAMES[kind]}, got {_json_type(value)}")
-    return value
-
-
-def _text(item: Any, where: str, *, allow_object: bool) -> str:
+def _text(item: Any, where: str) -> str:
     if isinstance(item, str):
         return item
-    if allow_object and isinstance(item, dict):
-        text = item.get("text")
-        if isinstance(text, str):
-            return text
-        raise RequestError(422, f"{where}: a document object needs a string field 'text', got {_json_type(text)}")
-    expected = "a string or an object with a 'text' string" if allow_object else "a string"
-    raise RequestError(422, f"{where}: expected {expected}, got {_json_type(item)}")
-
-
-_KIND_NAMES = {str: "a string", int: "an integer", bool: "a boolean", list: "an array", dict: "an object"}
+    text = item.get("text")
+    if isinstance(text, str):
+        return text
+    raise RequestError(422, f"{where}: a document object needs a string field 'text', got {_json_type(text)}")
 
 
 def _json_type(value: Any) -> str:
@@ -206,19 +251,29 @@ def _json_type(value: Any) -> str:
 class Prepared:
     input_ids: list[list[int]]
     prompt_tokens: int
-    head_lengths: list[int]  # EncodedPairs.head_lengths: lets the pairs of the query share its head
+    prefix_lengths: list[int]  # EncodedPairs.prefix_lengths: lets the pairs of the query share their prefix
 
 
-def prepare(request: RerankRequest, reranker: Any, limits: Limits) -> Prepared:
+def encode_request(request: RerankRequest, reranker: Any, limits: Limits) -> Prepared:
     """Tokenize a parsed request and apply the token limits (reranker: a rerank_onnx.Reranker)."""
     from .errors import InvalidInputError
 
+    pair_budget = None
+    if request.max_prompt_tokens is not None:
+        pair_budget = request.max_prompt_tokens - reranker.template_tokens
+        if pair_budget < 1:
+            raise RequestError(
+                422,
+                f"truncate_prompt_tokens: the template alone takes {reranker.template_tokens} tokens; "
+                f"expected more than that, got {request.max_prompt_tokens}",
+            )
     try:
         encoded = reranker.encode(
             [request.query] * len(request.documents),
             request.documents,
             instruction=request.instruction,
             max_document_tokens=request.max_tokens_per_doc,
+            max_length=pair_budget,
         )
     except InvalidInputError as exc:
         raise RequestError(422, str(exc)) from exc
@@ -237,10 +292,12 @@ def prepare(request: RerankRequest, reranker: Any, limits: Limits) -> Prepared:
             f"the request needs {prompt_tokens} prompt tokens; the limit is {limits.max_request_tokens}",
             code="too_many_tokens",
         )
-    return Prepared(encoded.input_ids, prompt_tokens, encoded.head_lengths)
+    return Prepared(encoded.input_ids, prompt_tokens, encoded.prefix_lengths)
 
 
-def finish(request: RerankRequest, reranker: Any, prepared: Prepared, raw_scores: Any, *, model_name: str) -> Any:
+def render_response(
+    request: RerankRequest, reranker: Any, prepared: Prepared, raw_scores: Any, *, model_name: str
+) -> Any:
     """Scores -> the response body of the request's shape: sorted best first, cut to top_n."""
     import numpy as np
 

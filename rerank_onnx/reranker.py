@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from .artifact import ArtifactConfig, load_artifact
-from .backends import GraphSession, ScoreSession, open_session
-from .backends.cache import compile_cache_dir
-from .backends.select import Backend, BackendChoice, Precision, choose
+from .backends import GraphSession, ScoreSession, open_backend
+from .backends.select import Backend, BackendChoice, Precision
 from .errors import InputTooLongError, InvalidInputError, describe
 from .scorer import Scorer
 from .template import EncodedPairs, PairEncoder, load_tokenizer
@@ -88,22 +87,17 @@ class Reranker:
         # None when the caller brought its own session
         self.backend: BackendChoice | None = None
         if session is None:
-            self.backend = choose(
-                backend, precision, scheme=self.config.quantization, openvino_installed=_openvino_installed()
+            session, self.backend = open_backend(
+                self.config,
+                backend=backend,
+                precision=precision,
+                threads=threads,
+                cache_dir=cache_dir if compile_cache else False,
             )
-            (log.warning if "not installed" in self.backend.reason else log.info)(
-                "backend: %s", self.backend.describe()
-            )
-            cache = (
-                compile_cache_dir(self.config, cache_dir)
-                if compile_cache and self.backend.backend == "openvino"
-                else None
-            )
-            session = open_session(self.config.graph_path, self.backend, threads=threads, cache_dir=cache)
         self._scorer = Scorer(
             session,
             pad_id=template.pad_token_id,
-            opening=template.prefix_ids,
+            chat_prefix=template.prefix_ids,
             max_batch_tokens=max_batch_tokens,
             max_batch_size=max_batch_size,
             share_prefix=share_prefix,
@@ -112,7 +106,7 @@ class Reranker:
 
     @property
     def share_prefix(self) -> bool:
-        """Whether the caller asked for shared heads (see `shares_prefix` for whether they happen)."""
+        """Whether the caller asked for shared prefixes (see `computes_shared_prefix` for whether they happen)."""
         return self._scorer.share_prefix
 
     @share_prefix.setter
@@ -120,9 +114,9 @@ class Reranker:
         self._scorer.share_prefix = value
 
     @property
-    def shares_prefix(self) -> bool:
-        """True when pairs of one query share the computation of their common head."""
-        return self._scorer.shares_prefix
+    def computes_shared_prefix(self) -> bool:
+        """True when pairs of one query share the computation of their common prefix."""
+        return self._scorer.computes_shared_prefix
 
     @property
     def max_batch_tokens(self) -> int:
@@ -134,7 +128,13 @@ class Reranker:
 
     @property
     def max_length(self) -> int:
+        """The query + document token budget (the reference's max_length, within the model's limit)."""
         return self._encoder.max_length
+
+    @property
+    def template_tokens(self) -> int:
+        """Tokens every prompt spends on the template around query and document."""
+        return self._encoder.predefined_length
 
     def rank(
         self,
@@ -178,8 +178,8 @@ class Reranker:
 
     def predict(
         self,
-        queries: Sequence[str],
-        documents: Sequence[str],
+        queries: Sequence[str] | Sequence[tuple[str, str]],
+        documents: Sequence[str] | None = None,
         *,
         instruction: str | None = None,
         normalize: bool = False,
@@ -187,28 +187,32 @@ class Reranker:
         batch_size: int | None = None,
         show_progress: bool = False,
     ) -> np.ndarray:
-        """Scores of the pairs (queries[i], documents[i]) as float32, in input order.
+        """Scores of the pairs (queries[i], documents[i]), in input order.
 
-        Raw scores are logit("1") - logit("0"); normalize=True maps them to (0, 1) as the reference does.
+        Args:
+            queries: one query per pair; or, with `documents` left out, the pairs themselves as
+                (query, document) tuples, as sentence-transformers' `CrossEncoder.predict` takes them.
+            documents: one document per pair, parallel to `queries`.
+            instruction: the model's instruction slot (None or "": none).
+            normalize: map scores to (0, 1) as the reference does: sigmoid(score - estimated_max / 2).
+            truncate: cut pairs longer than max_length as the reference does; False raises instead.
+            batch_size: pairs per batch at most (below max_batch_size).
+            show_progress: draw a progress bar on stderr.
+
+        Returns:
+            float32 scores: raw logit("1") - logit("0"), or the normalized ones.
+
+        Raises:
+            InvalidInputError: wrong types, unequal lengths, malformed pairs, or invalid text.
+            InputTooLongError: a pair exceeds max_length and truncate is False.
         """
         _check_positive_int("batch_size", batch_size, allow_none=True)
-        encoded = self.encode(queries, documents, instruction=instruction)
-        if any(encoded.truncated) and not truncate:
-            first = encoded.truncated.index(True)
-            raise InputTooLongError(
-                f"pair {first} (and {sum(encoded.truncated) - 1} more) exceeds max_length={self.max_length} "
-                "tokens for query + document; shorten it, raise max_length (model limit "
-                f"{self._encoder.template_limit}), or pass truncate=True to cut it as the reference does"
-            )
-        if any(encoded.truncated):
-            log.warning(
-                "%d of %d pairs exceed max_length=%d tokens and were truncated as the reference does",
-                sum(encoded.truncated),
-                len(encoded.truncated),
-                self.max_length,
-            )
+        if documents is None:
+            queries, documents = _split_pairs(queries)
+        encoded = self.encode(queries, documents, instruction=instruction)  # type: ignore[arg-type]
+        _check_truncation(encoded.truncated, truncate=truncate, encoder=self._encoder)
         scores = self.score_encoded(
-            encoded.input_ids, head_lengths=encoded.head_lengths, batch_size=batch_size, show_progress=show_progress
+            encoded.input_ids, prefix_lengths=encoded.prefix_lengths, batch_size=batch_size, show_progress=show_progress
         )
         return self.normalize(scores) if normalize else scores
 
@@ -219,10 +223,22 @@ class Reranker:
         *,
         instruction: str | None = None,
         max_document_tokens: int | None = None,
+        max_length: int | None = None,
     ) -> EncodedPairs:
         """The prompt token ids of each pair, and whether it had to be truncated.
 
-        max_document_tokens caps each document's own tokens below what max_length allows.
+        Args:
+            queries: one query per pair.
+            documents: one document per pair, parallel to `queries`.
+            instruction: the model's instruction slot (None or "": none).
+            max_document_tokens: a cap on each document's own tokens below what max_length allows.
+            max_length: a lower query + document budget for this call than the reranker's.
+
+        Returns:
+            EncodedPairs: token ids, which pairs were cut, and each pair's prefix length (the tokens before its document).
+
+        Raises:
+            InvalidInputError: wrong types, unequal lengths, or text that is not valid Unicode.
         """
         queries = _check_str_list("queries", queries)
         documents = _check_str_list("documents", documents)
@@ -234,15 +250,16 @@ class Reranker:
         if instruction is not None:
             _check_str("instruction", instruction)
         _check_positive_int("max_document_tokens", max_document_tokens, allow_none=True)
+        _check_positive_int("max_length", max_length, allow_none=True)
         return self._encoder.encode(
-            queries, documents, instruction=instruction, max_document_tokens=max_document_tokens
+            queries, documents, instruction=instruction, max_document_tokens=max_document_tokens, max_length=max_length
         )
 
     def score_encoded(
         self,
         input_ids: Sequence[Sequence[int]],
         *,
-        head_lengths: Sequence[int] | None = None,
+        prefix_lengths: Sequence[int] | None = None,
         batch_size: int | None = None,
         show_progress: bool = False,
     ) -> np.ndarray:
@@ -250,7 +267,7 @@ class Reranker:
 
         Args:
             input_ids: one prompt's token ids per row (EncodedPairs.input_ids).
-            head_lengths: EncodedPairs.head_lengths; rows whose first head_lengths[i] tokens are equal
+            prefix_lengths: EncodedPairs.prefix_lengths; rows whose first prefix_lengths[i] tokens are equal
                 share one computation of those tokens. None: every prompt runs in full.
             batch_size: pairs per batch at most.
             show_progress: draw a progress bar on stderr.
@@ -258,10 +275,10 @@ class Reranker:
         Returns:
             float32 scores in input order.
         """
-        if head_lengths is not None:
-            _check_head_lengths(head_lengths, len(input_ids))
+        if prefix_lengths is not None:
+            _check_prefix_lengths(prefix_lengths, len(input_ids))
         return self._scorer.score(
-            input_ids, head_lengths=head_lengths, batch_size=batch_size, show_progress=show_progress
+            input_ids, prefix_lengths=prefix_lengths, batch_size=batch_size, show_progress=show_progress
         )
 
     def normalize(self, scores: np.ndarray) -> np.ndarray:
@@ -270,10 +287,41 @@ class Reranker:
         return (1.0 / (1.0 + np.exp(-shifted))).astype(np.float32)
 
 
-def _openvino_installed() -> bool:
-    from .backends.openvino import available
+def _check_truncation(truncated: list[bool], *, truncate: bool, encoder: PairEncoder) -> None:
+    """Raise InputTooLongError for cut pairs when truncation is refused; otherwise log how many were cut."""
+    if not any(truncated):
+        return
+    if not truncate:
+        raise InputTooLongError(
+            f"pair {truncated.index(True)} (and {sum(truncated) - 1} more) exceeds max_length={encoder.max_length} "
+            "tokens for query + document; shorten it, raise max_length (model limit "
+            f"{encoder.template_limit}), or pass truncate=True to cut it as the reference does"
+        )
+    log.warning(
+        "%d of %d pairs exceed max_length=%d tokens and were truncated as the reference does",
+        sum(truncated),
+        len(truncated),
+        encoder.max_length,
+    )
 
-    return available()
+
+def _split_pairs(pairs: object) -> tuple[list[str], list[str]]:
+    """(query, document) pairs -> parallel lists, with a typed error for anything else."""
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
+        raise InvalidInputError(
+            f"queries: expected a list of strings with documents, or a list of (query, document) pairs, "
+            f"got {describe(pairs)}"
+        )
+    queries, documents = [], []
+    for i, pair in enumerate(pairs):
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
+            raise InvalidInputError(
+                f"pairs[{i}]: expected a (query, document) pair, got {describe(pair)}; pass documents= to give "
+                "queries and documents as two lists"
+            )
+        queries.append(pair[0])
+        documents.append(pair[1])
+    return queries, documents
 
 
 def _check_str(name: str, value: object) -> None:
@@ -305,15 +353,15 @@ def _check_str_list(name: str, value: object) -> list[str]:
     return list(value)
 
 
-def _check_head_lengths(value: object, prompts: int) -> None:
+def _check_prefix_lengths(value: object, prompts: int) -> None:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != prompts:
         raise InvalidInputError(
-            f"head_lengths: expected a list of {prompts} non-negative integers (one per prompt; "
-            f"EncodedPairs.head_lengths), got {describe(value)}"
+            f"prefix_lengths: expected a list of {prompts} non-negative integers (one per prompt; "
+            f"EncodedPairs.prefix_lengths), got {describe(value)}"
         )
     for i, n in enumerate(value):
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-            raise InvalidInputError(f"head_lengths[{i}]: expected a non-negative integer, got {describe(n)}")
+            raise InvalidInputError(f"prefix_lengths[{i}]: expected a non-negative integer, got {describe(n)}")
 
 
 def _check_positive_int(name: str, value: object, *, allow_none: bool = False) -> None:

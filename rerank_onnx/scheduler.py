@@ -22,7 +22,7 @@ from .reranker import Reranker
 @dataclass
 class _Job:
     input_ids: list[list[int]]
-    head_lengths: list[int] | None
+    prefix_lengths: list[int] | None
     future: asyncio.Future[np.ndarray]
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.perf_counter)
@@ -53,7 +53,7 @@ class Scheduler:
         self._thread = threading.Thread(target=self._work, name="rerank-inference", daemon=True)
         self._thread.start()
 
-    async def score(self, input_ids: list[list[int]], head_lengths: list[int] | None = None) -> np.ndarray:
+    async def score(self, input_ids: list[list[int]], prefix_lengths: list[int] | None = None) -> np.ndarray:
         if not input_ids:
             return np.zeros(0, dtype=np.float32)
         with self._lock:
@@ -64,7 +64,7 @@ class Scheduler:
             self._pending += len(input_ids)
             self._metrics.queue(self._pending)
         loop = asyncio.get_running_loop()
-        job = _Job(input_ids, head_lengths, loop.create_future(), loop)
+        job = _Job(input_ids, prefix_lengths, loop.create_future(), loop)
         self._queue.put(job)
         scores: np.ndarray = await job.future
         return scores
@@ -105,12 +105,12 @@ class Scheduler:
 
     def _run(self, jobs: list[_Job]) -> None:
         combined = [ids for job in jobs for ids in job.input_ids]
-        # a job without head lengths shares nothing (0); jobs of one query share their head across requests
-        heads = [n for job in jobs for n in (job.head_lengths or [0] * len(job.input_ids))]
+        # a job without prefix lengths shares nothing (0); jobs of one query share their prefix across requests
+        prefixes = [n for job in jobs for n in (job.prefix_lengths or [0] * len(job.input_ids))]
         scores = np.zeros(0, dtype=np.float32)
         error: BaseException | None = None
         try:
-            scores = self._reranker.score_encoded(combined, head_lengths=heads)
+            scores = self._reranker.score_encoded(combined, prefix_lengths=prefixes)
         except BaseException as exc:  # delivered to every waiting request rather than killing the thread
             error = exc
         self._metrics.batch(len(combined), sum(len(ids) for ids in combined))

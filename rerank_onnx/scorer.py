@@ -1,4 +1,4 @@
-"""The loop that runs planned batches on a session, computing shared heads once.
+"""The loop that runs planned batches on a session, computing shared prefixes once.
 
 Used by `Reranker`, the server's scheduler (through `Reranker.score_encoded`) and the export's
 self-check alike, so every caller scores the same way.
@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from .backends import PrefixScoreSession, ScoreSession
-from .batching import pad_batch, plan_batches, plan_shared_heads
+from .batching import pad_batch, plan_batches, plan_shared_prefixes
 
 
 class Scorer:
@@ -22,7 +22,7 @@ class Scorer:
     Args:
         session: the graph session (or a fake in tests).
         pad_id: the token right padding uses.
-        opening: the template's chat prefix, shared by the prompts of every query.
+        chat_prefix: the template's chat prefix, shared by the prompts of every query.
         max_batch_tokens: padded tokens per batch at most.
         max_batch_size: pairs per batch at most.
         share_prefix: compute the tokens that rows share once, when the session can.
@@ -35,7 +35,7 @@ class Scorer:
         session: ScoreSession,
         *,
         pad_id: int,
-        opening: Sequence[int],
+        chat_prefix: Sequence[int],
         max_batch_tokens: int,
         max_batch_size: int,
         share_prefix: bool,
@@ -44,21 +44,21 @@ class Scorer:
         self.session = session
         self.pad_multiple = pad_multiple
         self.pad_id = pad_id
-        self.opening = list(opening)
+        self.chat_prefix = list(chat_prefix)
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.share_prefix = share_prefix
 
     @property
-    def shares_prefix(self) -> bool:
-        """True when rows that share a head compute it once."""
+    def computes_shared_prefix(self) -> bool:
+        """True when rows that share a prefix compute it once."""
         return self.share_prefix and isinstance(self.session, PrefixScoreSession)
 
     def score(
         self,
         input_ids: Sequence[Sequence[int]],
         *,
-        head_lengths: Sequence[int] | None = None,
+        prefix_lengths: Sequence[int] | None = None,
         batch_size: int | None = None,
         show_progress: bool = False,
     ) -> np.ndarray:
@@ -66,7 +66,7 @@ class Scorer:
 
         Args:
             input_ids: one prompt's token ids per row.
-            head_lengths: the tokens before each row's document; rows with equal heads share them.
+            prefix_lengths: the tokens before each row's document; rows with equal prefixes share them.
                 None: every row runs in full.
             batch_size: pairs per batch at most, below `max_batch_size`.
             show_progress: draw a progress bar on stderr.
@@ -80,13 +80,13 @@ class Scorer:
         progress = _Progress(len(input_ids)) if show_progress else None
         groups: list[tuple[int, list[int]]] = []
         alone = list(range(len(input_ids)))
-        if head_lengths is not None and self.shares_prefix:
-            groups, alone = plan_shared_heads(input_ids, head_lengths, self.opening)
+        if prefix_lengths is not None and self.computes_shared_prefix:
+            groups, alone = plan_shared_prefixes(input_ids, prefix_lengths, self.chat_prefix)
         session = self.session
-        for head, members in groups:
-            assert isinstance(session, PrefixScoreSession)  # shares_prefix checked it
-            prefix = session.prefill(np.asarray([input_ids[members[0]][:head]], dtype=np.int64))
-            rest = [input_ids[i][head:] for i in members]
+        for shared, members in groups:
+            assert isinstance(session, PrefixScoreSession)  # computes_shared_prefix checked it
+            prefix = session.prefill(np.asarray([input_ids[members[0]][:shared]], dtype=np.int64))
+            rest = [input_ids[i][shared:] for i in members]
             for batch, (ids, lengths) in self._batches(rest, batch_size):
                 scores[[members[i] for i in batch]] = session.run_after(prefix, ids, lengths)
                 if progress:

@@ -16,12 +16,22 @@ from typing import Any
 from .backends.select import Backend, Precision, machine_summary
 from .errors import MissingDependencyError, QueueFullError, RerankError
 from .metrics import CONTENT_TYPE, Metrics
-from .protocol import Limits, RequestError, RerankRequest, finish, parse_json, parse_request, prepare
+from .protocol import (
+    Limits,
+    RequestError,
+    RerankRequest,
+    Shape,
+    encode_request,
+    parse_json,
+    parse_request,
+    render_response,
+    shape_for,
+)
 from .reranker import Reranker
 
 try:
     from starlette.applications import Starlette
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
 except ImportError as exc:  # pragma: no cover - exercised by the missing-extra test
@@ -29,9 +39,13 @@ except ImportError as exc:  # pragma: no cover - exercised by the missing-extra 
         "starlette and uvicorn (the server extra)", "pip install 'rerank-onnx[server]'"
     ) from exc
 
+from . import __version__
 from .scheduler import Scheduler
+from .wire import openapi_document
 
 log = logging.getLogger("rerank_onnx.server")
+# nginx's status for a request its client abandoned; it appears only in /metrics and the log
+CLIENT_CLOSED_REQUEST = 499
 
 
 @dataclass(frozen=True)
@@ -74,9 +88,9 @@ def create_app(settings: ServerSettings, *, reranker: Reranker | None = None) ->
             )
             state.reranker = model
             log.info("model %s ready", state.model_name)
-        except RerankError as exc:
-            state.load_error = str(exc)
-            log.error("cannot load the model: %s", exc)
+        except Exception as exc:  # any failure: /health and every route say why, instead of "loading" forever
+            state.load_error = str(exc) if isinstance(exc, RerankError) else f"{type(exc).__name__}: {exc}"
+            log.error("cannot load the model: %s", state.load_error)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -88,13 +102,14 @@ def create_app(settings: ServerSettings, *, reranker: Reranker | None = None) ->
         if state.scheduler is not None:
             await asyncio.to_thread(state.scheduler.close)
 
-    def rerank_route(shape: str) -> Callable[[Request], Awaitable[Response]]:
+    def rerank_route(shape: Shape | None) -> Callable[[Request], Awaitable[Response]]:
         async def handle(request: Request) -> Response:
             started = time.perf_counter()
             try:
                 _authorize(request, settings.api_key)
                 body = await _read_body(request, settings.max_body_bytes)
-                parsed = parse_request(parse_json(body), shape, settings.limits)
+                data = parse_json(body)
+                parsed = parse_request(data, shape or shape_for(request.url.path, data), settings.limits)
                 payload = await _rerank(state, parsed, settings.limits)
                 response: Response = JSONResponse(payload)
             except QueueFullError as exc:
@@ -102,6 +117,9 @@ def create_app(settings: ServerSettings, *, reranker: Reranker | None = None) ->
                 response = JSONResponse(error.body(), status_code=429, headers=_extra_headers(error))
             except RequestError as exc:
                 response = JSONResponse(exc.body(), status_code=exc.status, headers=_extra_headers(exc))
+            except ClientDisconnect:  # the client left mid-body: nobody to answer; counted, one line
+                log.info("client disconnected before sending its whole request to %s", request.url.path)
+                response = Response(status_code=CLIENT_CLOSED_REQUEST)
             except Exception as exc:  # a bug or an engine failure: still a JSON answer, and counted
                 response = _internal_error_response(request, exc)
             metrics.request(request.url.path, response.status_code, time.perf_counter() - started)
@@ -141,13 +159,20 @@ def create_app(settings: ServerSettings, *, reranker: Reranker | None = None) ->
             }
         return JSONResponse({"object": "list", "data": [entry] if state.reranker is not None else []})
 
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_document("rerank-onnx", __version__))
+
     routes = [
         Route("/v1/rerank", rerank_route("v1"), methods=["POST"]),
-        Route("/rerank", rerank_route("tei"), methods=["POST"]),
+        # a bare /rerank speaks TEI (`texts`) or Jina/Cohere/vLLM (`documents`), as vLLM and llama.cpp do
+        Route("/rerank", rerank_route(None), methods=["POST"]),
         Route("/v2/rerank", rerank_route("v2"), methods=["POST"]),
+        Route("/reranking", rerank_route(None), methods=["POST"]),  # llama.cpp's names
+        Route("/v1/reranking", rerank_route(None), methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
     ]
     return Starlette(
         routes=routes,
@@ -157,12 +182,14 @@ def create_app(settings: ServerSettings, *, reranker: Reranker | None = None) ->
 
 
 async def _rerank(state: _State, request: RerankRequest, limits: Limits) -> Any:
+    if state.load_error is not None:
+        raise RequestError(503, f"the model could not be loaded: {state.load_error}", type="server_error")
     if state.reranker is None or state.scheduler is None:
         raise RequestError(503, "the model is still loading; retry when GET /health answers 200", type="server_error")
     # tokenizing a large request takes milliseconds to seconds: keep it off the event loop too
-    prepared = await asyncio.to_thread(prepare, request, state.reranker, limits)
-    raw = await state.scheduler.score(prepared.input_ids, prepared.head_lengths)
-    return finish(request, state.reranker, prepared, raw, model_name=state.model_name)
+    prepared = await asyncio.to_thread(encode_request, request, state.reranker, limits)
+    raw = await state.scheduler.score(prepared.input_ids, prepared.prefix_lengths)
+    return render_response(request, state.reranker, prepared, raw, model_name=state.model_name)
 
 
 def _authorize(request: Request, api_key: str | None) -> None:

@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from .errors import InvalidInputError, ModelLoadError, RerankError
-from .protocol import Limits, RequestError, finish, parse_json, parse_request, prepare
+from .protocol import Limits, RequestError, encode_request, parse_json, parse_request, render_response, shape_for
 from .reranker import Reranker
 
 log = logging.getLogger("rerank_onnx.serverless")
@@ -74,13 +74,12 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
                 400, f"event: expected an API Gateway proxy event (an object), got {type(event).__name__}"
             )
         data = parse_json(_body_bytes(event))
-        path = event.get("rawPath") or event.get("path") or ""
-        shape = "v2" if str(path).rstrip("/").endswith("/v2/rerank") else "tei" if "texts" in data else "v1"
-        request = parse_request(data, shape, _limits)
+        path = str(event.get("rawPath") or event.get("path") or "")
+        request = parse_request(data, shape_for(path, data), _limits)
         reranker = _model()
-        prepared = prepare(request, reranker, _limits)
-        raw_scores = reranker.score_encoded(prepared.input_ids, head_lengths=prepared.head_lengths)
-        payload = finish(request, reranker, prepared, raw_scores, model_name=reranker.config.source_model)
+        prepared = encode_request(request, reranker, _limits)
+        raw_scores = reranker.score_encoded(prepared.input_ids, prefix_lengths=prepared.prefix_lengths)
+        payload = render_response(request, reranker, prepared, raw_scores, model_name=reranker.config.source_model)
         return _respond(200, payload, started)
     except RequestError as exc:
         return _respond(exc.status, exc.body(), started)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from tokenizers import Tokenizer
 
 from .artifact import Template
+from .errors import ModelLoadError
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class EncodedPairs:
     input_ids: list[list[int]]
     truncated: list[bool]  # True where any part of the query or document was cut
     # Tokens before the document part (chat prefix, instruction, query): the pairs of one query share them.
-    head_lengths: list[int]
+    prefix_lengths: list[int]
 
 
 class PairEncoder:
@@ -52,29 +53,32 @@ class PairEncoder:
         *,
         instruction: str | None,
         max_document_tokens: int | None = None,
+        max_length: int | None = None,
     ) -> EncodedPairs:
-        """max_document_tokens: an extra cap on each document's own tokens (Cohere's max_tokens_per_doc)."""
+        """max_document_tokens: an extra cap on each document's own tokens (Cohere's max_tokens_per_doc).
+        max_length: a lower query + document budget for this call (vLLM's truncate_prompt_tokens)."""
+        limit = min(self.max_length, max_length) if max_length else self.max_length
         # rank() repeats one query for every document: tokenize each distinct query once.
         distinct = list(dict.fromkeys(queries))
         query_ids = dict(zip(distinct, self._encode_texts([self.query_text(q, instruction) for q in distinct])))
         doc_ids = self._encode_texts([self._t.document_prompt.format(document=d) for d in documents])
         t = self._t
-        head, tail = list(t.prefix_ids), list(t.separator_ids) + list(t.task_ids) + list(t.suffix_ids)
+        chat_prefix, tail = list(t.prefix_ids), list(t.separator_ids) + list(t.task_ids) + list(t.suffix_ids)
         sep = list(t.separator_ids)
-        query_cap = self.max_length * 3 // 4  # reference: reserve at least a quarter for the document
+        query_cap = limit * 3 // 4  # reference: reserve at least a quarter for the document
         ids: list[list[int]] = []
         truncated: list[bool] = []
-        heads: list[int] = []
+        prefixes: list[int] = []
         for query, document in zip(queries, doc_ids):
             q, cut_q = self._cut(query_ids[query], query_cap)
             available = t.model_max_length - len(q) - self.predefined_length
-            cap = min(available, self.max_length, max_document_tokens or self.max_length)
+            cap = min(available, limit, max_document_tokens or limit)
             d, cut_d = self._cut(document, cap)
-            pair, cut_p = self._cut(sep + d, self.max_length - len(q))
-            ids.append(head + q + pair + tail)
+            pair, cut_p = self._cut(sep + d, limit - len(q))
+            ids.append(chat_prefix + q + pair + tail)
             truncated.append(cut_q or cut_d or cut_p)
-            heads.append(len(head) + len(q))
-        return EncodedPairs(input_ids=ids, truncated=truncated, head_lengths=heads)
+            prefixes.append(len(chat_prefix) + len(q))
+        return EncodedPairs(input_ids=ids, truncated=truncated, prefix_lengths=prefixes)
 
     def _encode_texts(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
@@ -87,7 +91,15 @@ class PairEncoder:
 
 
 def load_tokenizer(path: str) -> Tokenizer:
-    tokenizer = Tokenizer.from_file(path)
+    """The artifact's tokenizer with truncation and padding off (the encoder does both).
+
+    Raises:
+        ModelLoadError: the file is missing or is not a tokenizer the `tokenizers` library can read.
+    """
+    try:
+        tokenizer = Tokenizer.from_file(path)
+    except Exception as exc:  # tokenizers raises a bare Exception for unreadable JSON
+        raise ModelLoadError(f"cannot read the tokenizer {path}: {exc}; re-run the export or restore the file") from exc
     # Truncation and padding are ours to do; a tokenizer.json may carry its own settings.
     tokenizer.no_truncation()
     tokenizer.no_padding()

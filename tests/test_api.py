@@ -66,6 +66,12 @@ def test_empty_document_list_returns_empty(fp32_reranker: Reranker) -> None:
         (lambda r: r.predict(["q"], {"a": 1}), "documents: expected a list of strings, got dict"),
         (lambda r: r.predict(["q"], ["a"], batch_size=0), "batch_size: expected a positive integer"),
         (lambda r: r.encode(["q", "q"], ["a"]), "equal length, got 2 queries and 1 documents"),
+        (lambda r: r.predict(["q", "a"]), "pairs[0]: expected a (query, document) pair, got str"),
+        (lambda r: r.predict([("q", "a", "b")]), "pairs[0]: expected a (query, document) pair, got tuple"),
+        (lambda r: r.predict([("q", 5)]), "documents[0]: expected a string, got int"),
+        (lambda r: r.predict("q"), "expected a list of strings with documents, or a list of (query, document)"),
+        (lambda r: r.rank("a\ud800", ["x"]), "query: expected valid Unicode text, got a lone surrogate"),
+        (lambda r: r.rank("q", ["ok", "x\udfff"]), "documents[1]: expected valid Unicode text"),
     ],
 )
 def test_bad_arguments_raise_typed_errors(fp32_reranker: Reranker, call, message) -> None:
@@ -135,3 +141,10 @@ def test_malformed_config_is_a_load_error(tmp_path: Path, fp32_artifact: Path) -
 def test_progress_bar_writes_to_stderr(fp32_reranker: Reranker, capsys) -> None:
     fp32_reranker.rank("q", ["a", "b", "c"], show_progress=True)
     assert "3/3 pairs" in capsys.readouterr().err
+
+
+def test_predict_takes_pairs_as_a_cross_encoder_does(fp32_reranker: Reranker) -> None:
+    queries, documents = ["what is a cat?", "bananas?", "what is a cat?"], ["a feline", "yellow fruit", "a dog"]
+    expected = fp32_reranker.predict(queries, documents)
+    np.testing.assert_array_equal(fp32_reranker.predict(list(zip(queries, documents))), expected)
+    np.testing.assert_array_equal(fp32_reranker.predict([list(p) for p in zip(queries, documents)]), expected)

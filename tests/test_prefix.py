@@ -66,7 +66,7 @@ def test_each_query_computes_its_head_once_and_scores_keep_input_order(fp32_arti
     scores = reranker.predict(queries, documents)
     np.testing.assert_allclose(scores, [_full_score(ids) for ids in encoded.input_ids], rtol=1e-6)
     # one head per query with two or more documents (as far as its prompts agree); the lonely pair runs in full
-    heads = {q: n for q, n in zip(queries, encoded.head_lengths)}
+    heads = {q: n for q, n in zip(queries, encoded.prefix_lengths)}
     expected = [_agree([ids for q2, ids in zip(queries, encoded.input_ids) if q2 == q]) for q in ("cats?", "dogs?")]
     assert sorted(session.prefills) == sorted(expected)
     assert all(n >= heads[q] + 1 for n, q in zip(expected, ("cats?", "dogs?")))  # + the separator at least
@@ -84,7 +84,7 @@ def test_a_head_extends_as_far_as_its_rows_agree(fp32_artifact: Path) -> None:
     session = PrefixFake()
     reranker = Reranker(fp32_artifact, session=session)
     rows = [[1, 2, 3, 4, 9], [1, 2, 3, 4, 8, 7], [1, 2, 3, 5]]
-    scores = reranker.score_encoded(rows, head_lengths=[2, 2, 2])
+    scores = reranker.score_encoded(rows, prefix_lengths=[2, 2, 2])
     np.testing.assert_allclose(scores, [_full_score(r) for r in rows], rtol=1e-6)
     assert session.prefills == [3]
 
@@ -105,7 +105,7 @@ def test_rows_that_do_not_open_with_the_chat_prefix_run_in_full(fp32_artifact: P
     session = PrefixFake()
     reranker = Reranker(fp32_artifact, session=session)
     rows = [[1, 2, 3] * 20, [4, 5, 6] * 20]  # not prompts of this template: nothing may be assumed shared
-    scores = reranker.score_encoded(rows, head_lengths=[40, 40])
+    scores = reranker.score_encoded(rows, prefix_lengths=[40, 40])
     np.testing.assert_allclose(scores, [_full_score(r) for r in rows], rtol=1e-6)
     assert session.prefills == [] and session.full_rows == 2
 
@@ -115,7 +115,7 @@ def test_share_prefix_off_runs_every_prompt_in_full(fp32_artifact: Path) -> None
     reranker = Reranker(fp32_artifact, session=session, share_prefix=False)
     scores = reranker.predict(["q"] * 4, ["a", "b c", "d", "e f g"])
     assert session.prefills == [] and session.full_rows == 4
-    assert not reranker.shares_prefix
+    assert not reranker.computes_shared_prefix
     expected = [_full_score(ids) for ids in reranker.encode(["q"] * 4, ["a", "b c", "d", "e f g"]).input_ids]
     np.testing.assert_allclose(scores, expected, rtol=1e-6)
 
@@ -125,12 +125,12 @@ def test_head_lengths_must_match_the_prompts(fp32_artifact: Path) -> None:
 
     reranker = Reranker(fp32_artifact, session=PrefixFake())
     with pytest.raises(InvalidInputError, match="one per prompt"):
-        reranker.score_encoded([[1, 2, 3], [1, 2, 4]], head_lengths=[2])
+        reranker.score_encoded([[1, 2, 3], [1, 2, 4]], prefix_lengths=[2])
     with pytest.raises(InvalidInputError, match="list of 2 non-negative integers"):
-        reranker.score_encoded([[1, 2, 3], [1, 2, 4]], head_lengths=2)  # type: ignore[arg-type]
+        reranker.score_encoded([[1, 2, 3], [1, 2, 4]], prefix_lengths=2)  # type: ignore[arg-type]
     for bad in ("2", -1, 1.5, True):
-        with pytest.raises(InvalidInputError, match=r"head_lengths\[1\]: expected a non-negative integer"):
-            reranker.score_encoded([[1, 2, 3], [1, 2, 4]], head_lengths=[2, bad])  # type: ignore[list-item]
+        with pytest.raises(InvalidInputError, match=r"prefix_lengths\[1\]: expected a non-negative integer"):
+            reranker.score_encoded([[1, 2, 3], [1, 2, 4]], prefix_lengths=[2, bad])  # type: ignore[list-item]
     with pytest.raises(InvalidInputError, match="share_prefix: expected True or False"):
         Reranker(fp32_artifact, session=PrefixFake(), share_prefix="yes")  # type: ignore[arg-type]
 
@@ -139,7 +139,7 @@ def test_a_head_as_long_as_the_prompt_keeps_one_token_to_score(fp32_artifact: Pa
     session = PrefixFake()
     reranker = Reranker(fp32_artifact, session=session)
     rows = [[5, 6, 7], [5, 6, 7], [5, 6, 7, 8]]
-    scores = reranker.score_encoded(rows, head_lengths=[3, 3, 3])
+    scores = reranker.score_encoded(rows, prefix_lengths=[3, 3, 3])
     np.testing.assert_allclose(scores, [_full_score(r) for r in rows], rtol=1e-6)
     assert session.prefills == [2]  # the head of [5, 6, 7] shrinks to [5, 6]; [5, 6, 7, 8] keeps its own
 
@@ -153,7 +153,8 @@ def test_the_scheduler_shares_heads_within_and_across_requests(fp32_artifact: Pa
 
     async def both():
         return await asyncio.gather(
-            scheduler.score(first.input_ids, first.head_lengths), scheduler.score(second.input_ids, second.head_lengths)
+            scheduler.score(first.input_ids, first.prefix_lengths),
+            scheduler.score(second.input_ids, second.prefix_lengths),
         )
 
     try:
@@ -183,7 +184,7 @@ def test_fp32_shared_prefix_equals_full_prompts(
 ) -> None:
     backend, precision = engine
     shared = Reranker(fp32_artifact, max_batch_size=2, backend=backend, precision=precision)  # type: ignore[arg-type]
-    assert shared.shares_prefix
+    assert shared.computes_shared_prefix
     full = Reranker(fp32_artifact, share_prefix=False, backend=backend, precision=precision)  # type: ignore[arg-type]
     a = shared.predict(QUERIES, DOCUMENTS, instruction=instruction)
     b = full.predict(QUERIES, DOCUMENTS, instruction=instruction)
@@ -195,7 +196,7 @@ def test_truncated_queries_share_their_truncated_head(fp32_artifact: Path) -> No
     query = "a very long query about rivers and fish " * 10
     docs = ["fish", "rivers flood in spring", "nothing at all"]
     encoded = reranker.encode([query] * 3, docs)
-    assert all(encoded.truncated) and len(set(encoded.head_lengths)) == 1
+    assert all(encoded.truncated) and len(set(encoded.prefix_lengths)) == 1
     a = reranker.predict([query] * 3, docs)
     b = Reranker(fp32_artifact, max_length=40, share_prefix=False).predict([query] * 3, docs)
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)

@@ -169,6 +169,18 @@ def test_tei_shape(server: Server, library: Reranker) -> None:
         ("/v1/rerank", {"query": "q", "documents": ["a"], "return_documents": "yes"}, 422, "return_documents"),
         ("/v1/rerank", {"query": "q", "documents": ["a"] * 51}, 413, "at most 50"),
         ("/rerank", {"query": "q", "texts": [{"text": "a"}]}, 422, "texts[0]: expected a string"),
+        ("/rerank", {"query": "q"}, 422, "documents: required field is missing"),
+        ("/v1/rerank", {"query": "q", "documents": ["a"], "max_chunks_per_doc": 10}, 422, "max_chunks_per_doc"),
+        ("/v1/rerank", {"query": "q", "documents": ["a"], "rank_fields": []}, 422, "rank_fields: expected a non-empty"),
+        ("/v1/rerank", {"query": "q", "documents": ["a"], "rank_fields": ["title"]}, 422, "needs object documents"),
+        ("/v1/rerank", {"query": "q", "documents": [{"text": "a"}], "rank_fields": ["title"]}, 422, "no field 'title'"),
+        ("/v1/rerank", {"query": "q", "documents": ["a"], "truncate_prompt_tokens": 0}, 422, "truncate_prompt_tokens"),
+        (
+            "/v1/rerank",
+            {"query": "q", "documents": ["a"], "truncate_prompt_tokens": 5},
+            422,
+            "the template alone takes",
+        ),
         (
             "/v2/rerank",
             {"model": "m", "query": "q", "documents": ["a"], "max_tokens_per_doc": 0},
@@ -182,6 +194,31 @@ def test_hostile_bodies_get_4xx_json(server: Server, path, body, status, fragmen
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert fragment in error["message"] and set(error) == {"message", "type", "code"}
+
+
+def test_bare_rerank_takes_the_jina_shape_and_cohere_fields(server: Server, library: Reranker) -> None:
+    jina = _post(server, "/rerank", {"model": "m", "query": "what is a cat?", "documents": DOCS, "top_n": 2}).json()
+    expected = library.rank("what is a cat?", DOCS, top_k=2, normalize=True)
+    assert [r["index"] for r in jina["results"]] == [e.index for e in expected]
+    for route in ("/reranking", "/v1/reranking"):  # llama.cpp's routes
+        assert _post(server, route, {"query": "q", "texts": DOCS}).status_code == 200
+    objects = [{"title": "Cats", "body": "a cat is a feline", "id": 7}, {"title": "Fruit", "body": "bananas", "id": 8}]
+    ranked = _post(server, "/v1/rerank", {"query": "q", "documents": objects, "rank_fields": ["title", "body"]}).json()
+    texts = ["title: Cats\nbody: a cat is a feline", "title: Fruit\nbody: bananas"]
+    expected = library.rank("q", texts, normalize=True)
+    assert [r["index"] for r in ranked["results"]] == [e.index for e in expected]
+    np.testing.assert_allclose(
+        [r["relevance_score"] for r in ranked["results"]], [e.score for e in expected], atol=1e-6
+    )
+    assert ranked["results"][0]["document"] == objects[expected[0].index]  # echoed whole
+    long_doc = "word " * 300
+    cut = _post(server, "/v1/rerank", {"query": "q", "documents": [long_doc], "truncate_prompt_tokens": 150}).json()
+    budget = 150 - library.template_tokens
+    assert cut["usage"]["prompt_tokens"] == 150
+    expected_score = library.normalize(
+        library.score_encoded(library.encode(["q"], [long_doc], max_length=budget).input_ids)
+    )
+    np.testing.assert_allclose(cut["results"][0]["relevance_score"], expected_score[0], atol=1e-6)
 
 
 def test_oversized_body_and_unknown_routes(server: Server) -> None:
@@ -273,7 +310,8 @@ def test_sigterm_finishes_in_flight_requests(fp32_artifact: Path) -> None:
 
 
 def test_official_cohere_client_talks_to_the_server(server: Server, library: Reranker) -> None:
-    cohere = pytest.importorskip("cohere")  # installed by the dev extra
+    import cohere  # the dev extra installs it
+
     v2 = cohere.ClientV2(api_key="unused", base_url=server.url)
     response = v2.rerank(model="mxbai", query="what is a cat?", documents=DOCS, top_n=2)
     expected = library.rank("what is a cat?", DOCS, normalize=True, top_k=2)
@@ -283,6 +321,28 @@ def test_official_cohere_client_talks_to_the_server(server: Server, library: Rer
     response = v1.rerank(model="mxbai", query="what is a cat?", documents=DOCS, top_n=3, return_documents=True)
     assert [r.index for r in response.results] == [e.index for e in library.rank("what is a cat?", DOCS, top_k=3)]
     assert response.results[0].document.text == DOCS[response.results[0].index]
+
+
+def test_langchain_cohere_rerank_talks_to_the_server(server: Server, library: Reranker) -> None:
+    from langchain_cohere import CohereRerank
+    from langchain_core.documents import Document
+
+    reranker = CohereRerank(cohere_api_key="unused", base_url=server.url, model="mxbai", top_n=2)
+    ranked = reranker.compress_documents([Document(page_content=d) for d in DOCS], "what is a cat?")
+    expected = library.rank("what is a cat?", DOCS, normalize=True, top_k=2)
+    assert [d.page_content for d in ranked] == [e.document for e in expected]
+    np.testing.assert_allclose([d.metadata["relevance_score"] for d in ranked], [e.score for e in expected], atol=1e-6)
+
+
+def test_haystack_tei_ranker_talks_to_the_server(server: Server, library: Reranker) -> None:
+    from haystack import Document
+    from haystack.components.rankers import HuggingFaceTEIRanker
+
+    ranker = HuggingFaceTEIRanker(url=server.url, top_k=2)
+    ranked = ranker.run(query="what is a cat?", documents=[Document(content=d) for d in DOCS])["documents"]
+    expected = library.rank("what is a cat?", DOCS, normalize=True, top_k=2)
+    assert [d.content for d in ranked] == [e.document for e in expected]
+    np.testing.assert_allclose([d.score for d in ranked], [e.score for e in expected], atol=1e-6)
 
 
 def test_missing_server_extra_names_the_install_command() -> None:
@@ -368,3 +428,101 @@ def test_hostile_text_gets_4xx_in_process(fp32_artifact: Path, body: bytes, stat
 
     response = _in_process(app, requests)
     assert response.status_code == status and fragment in response.json()["error"]["message"]
+
+
+def test_a_corrupt_tokenizer_is_an_error_everywhere(tmp_path: Path, fp32_artifact: Path) -> None:
+    import shutil
+
+    from rerank_onnx.errors import ModelLoadError
+    from rerank_onnx.server import ServerSettings, create_app
+
+    broken = tmp_path / "artifact"
+    shutil.copytree(fp32_artifact, broken)
+    size = (broken / "tokenizer.json").stat().st_size
+    (broken / "tokenizer.json").write_bytes(b"x" * size)  # same size: the cheap size check passes
+    with pytest.raises(ModelLoadError, match="cannot read the tokenizer"):
+        Reranker(broken)
+    app = create_app(ServerSettings(model_dir=str(broken)))
+
+    async def requests(client):
+        import asyncio
+
+        while (await client.get("/health")).json()["status"] == "loading":
+            await asyncio.sleep(0)
+        return await client.get("/health"), await client.post("/v1/rerank", json={"query": "q", "documents": ["a"]})
+
+    async def main():
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://rerank.test") as client:
+                return await requests(client)
+
+    import asyncio
+
+    health, rerank = asyncio.run(main())
+    assert health.status_code == 503 and health.json()["status"] == "error"
+    assert "cannot read the tokenizer" in health.json()["error"]
+    assert (
+        rerank.status_code == 503
+        and "could not be loaded: cannot read the tokenizer" in rerank.json()["error"]["message"]
+    )
+    cli = subprocess.run(
+        [sys.executable, "-m", "rerank_onnx.cli", "rank", str(broken), "--query", "q", "-"],
+        input="a\n",
+        capture_output=True,
+        text=True,
+    )
+    assert cli.returncode == 2 and cli.stderr.startswith("error: cannot read the tokenizer")
+    assert len(cli.stderr.strip().splitlines()) == 1
+
+
+def test_a_client_that_leaves_mid_body_is_counted_without_a_traceback(fp32_artifact: Path, caplog) -> None:
+    import asyncio
+
+    from rerank_onnx.server import ServerSettings, create_app
+
+    app = create_app(ServerSettings(model_dir=str(fp32_artifact)), reranker=Reranker(fp32_artifact))
+    sent: list[dict] = []
+
+    async def main():
+        async with app.router.lifespan_context(app):
+            messages = iter([{"type": "http.request", "body": b'{"query": "q", ', "more_body": True},
+                             {"type": "http.disconnect"}])  # fmt: skip
+
+            async def receive():
+                return next(messages)
+
+            async def send(message):
+                sent.append(message)
+
+            scope = {"type": "http", "method": "POST", "path": "/v1/rerank", "headers": [], "query_string": b"",
+                     "http_version": "1.1", "scheme": "http", "server": ("test", 80), "client": ("test", 1),
+                     "root_path": "", "raw_path": b"/v1/rerank"}  # fmt: skip
+            with caplog.at_level("INFO", logger="rerank_onnx.server"):
+                await app(scope, receive, send)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://rerank.test") as client:
+                return (await client.get("/metrics")).text
+
+    metrics = asyncio.run(main())
+    assert 'rerank_requests_total{endpoint="/v1/rerank",status="499"} 1.0' in metrics
+    assert "client disconnected" in caplog.text and "Traceback" not in caplog.text
+
+
+def test_openapi_document_is_valid_and_covers_every_route(fp32_artifact: Path) -> None:
+    from openapi_spec_validator import validate
+    from starlette.routing import Route
+
+    from rerank_onnx.server import ServerSettings, create_app
+
+    app = create_app(ServerSettings(model_dir=str(fp32_artifact)), reranker=Reranker(fp32_artifact))
+
+    async def requests(client):
+        return await client.get("/openapi.json")
+
+    document = _in_process(app, requests).json()
+    validate(document)  # raises on any violation of the OpenAPI 3.1 schema
+    routes = {route.path for route in app.routes if isinstance(route, Route)}
+    assert routes == set(document["paths"])
+    for path in ("/v1/rerank", "/v2/rerank", "/rerank"):
+        assert "requestBody" in document["paths"][path]["post"]

@@ -8,11 +8,12 @@ module with an `Engine` plus a row in `select.py`.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -25,9 +26,12 @@ from ..artifact import (
     PRESENT_KEYS,
     PRESENT_VALUES,
     SCORES,
+    ArtifactConfig,
 )
 from ..errors import ModelLoadError
 from .select import BackendChoice
+
+log = logging.getLogger("rerank_onnx")
 
 
 class ScoreSession(Protocol):
@@ -169,6 +173,39 @@ def open_session(
     return kind(engine, graph)
 
 
+def open_backend(
+    config: ArtifactConfig,
+    *,
+    backend: str,
+    precision: str,
+    threads: int | None,
+    cache_dir: str | Path | Literal[False] | None,
+) -> tuple[GraphSession, BackendChoice]:
+    """Choose the backend for an artifact on this CPU (logged once), and open its session.
+
+    Args:
+        config: the loaded artifact.
+        backend: "auto", "onnxruntime" or "openvino".
+        precision: "auto", "fp32" or "bf16".
+        threads: intra-op threads (default: the CPUs this process may use).
+        cache_dir: OpenVINO's compiled-model cache root (None: the default place; False: no cache).
+
+    Returns:
+        The session and the choice, with the reason for it.
+    """
+    from .cache import compile_cache_dir
+    from .openvino import available
+    from .select import choose
+
+    choice = choose(backend, precision, scheme=config.quantization, openvino_installed=available())
+    # a missing extra on a CPU where it would pay is worth a warning; the ordinary choice is info
+    (log.warning if "not installed" in choice.reason else log.info)("backend: %s", choice.describe())
+    cache = None
+    if cache_dir is not False and choice.backend == "openvino":
+        cache = compile_cache_dir(config, cache_dir)
+    return open_session(config.graph_path, choice, threads=threads, cache_dir=cache), choice
+
+
 __all__ = [
     "BackendChoice",
     "Engine",
@@ -178,5 +215,6 @@ __all__ = [
     "PrefixScoreSession",
     "ScoreSession",
     "default_threads",
+    "open_backend",
     "open_session",
 ]
