@@ -20,6 +20,8 @@ log = logging.getLogger("rerank_onnx")
 
 DEFAULT_MAX_BATCH_TOKENS = 4096
 DEFAULT_MAX_BATCH_SIZE = 32
+# A prompt longer than this runs in slices of this many tokens (attention memory: slice x length).
+DEFAULT_SLICE_TOKENS = 1024
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,9 @@ class Reranker:
         compile_cache: keep OpenVINO's compiled model on disk, so the next start skips compiling
             (off by itself where no writable folder exists).
         cache_dir: where that cache lives (default: $RERANK_ONNX_CACHE_DIR, else ~/.cache/rerank-onnx).
+        slice_tokens: a prompt longer than this is computed in slices of this many tokens, each attending
+            to the ones before, so memory grows with slice x length instead of length squared (None:
+            every prompt in one piece; artifacts from before the shared prefix always run in one piece).
 
     Raises:
         ModelLoadError: the artifact is missing, incomplete, or cannot be compiled.
@@ -69,11 +74,13 @@ class Reranker:
         precision: Precision = "auto",
         compile_cache: bool = True,
         cache_dir: str | Path | None = None,
+        slice_tokens: int | None = DEFAULT_SLICE_TOKENS,
     ) -> None:
         _check_positive_int("threads", threads, allow_none=True)
         _check_positive_int("max_length", max_length, allow_none=True)
         _check_positive_int("max_batch_tokens", max_batch_tokens)
         _check_positive_int("max_batch_size", max_batch_size)
+        _check_positive_int("slice_tokens", slice_tokens, allow_none=True)
         for name, flag in (("share_prefix", share_prefix), ("compile_cache", compile_cache)):
             if not isinstance(flag, bool):
                 raise InvalidInputError(f"{name}: expected True or False, got {describe(flag)}")
@@ -102,6 +109,7 @@ class Reranker:
             max_batch_size=max_batch_size,
             share_prefix=share_prefix,
             pad_multiple=session.pad_multiple if isinstance(session, GraphSession) else 1,
+            slice_tokens=slice_tokens,
         )
 
     @property

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from .backends import PrefixScoreSession, ScoreSession
+from .backends import Prefix, PrefixScoreSession, ScoreSession
 from .batching import pad_batch, plan_batches, plan_shared_prefixes
 
 
@@ -28,6 +28,9 @@ class Scorer:
         share_prefix: compute the tokens that rows share once, when the session can.
         pad_multiple: pad rows to a multiple of this and batch rows of one width only, for numerics
             whose result depends on the padded width (batching.py); 1: pad to the batch's longest row.
+        slice_tokens: a row longer than this runs alone, in slices of this many tokens that each attend
+            to the keys and values of the slices before, so attention memory grows with slice x length,
+            not length squared (needs a session with a past; None: every row in one piece).
     """
 
     def __init__(
@@ -40,9 +43,11 @@ class Scorer:
         max_batch_size: int,
         share_prefix: bool,
         pad_multiple: int = 1,
+        slice_tokens: int | None = None,
     ) -> None:
         self.session = session
         self.pad_multiple = pad_multiple
+        self.slice_tokens = slice_tokens
         self.pad_id = pad_id
         self.chat_prefix = list(chat_prefix)
         self.max_batch_tokens = max_batch_tokens
@@ -99,6 +104,31 @@ class Scorer:
         if progress:
             progress.close()
         return scores
+
+    def _split_long(
+        self, rows: list[int], start: int, input_ids: Sequence[Sequence[int]]
+    ) -> tuple[list[int], list[int]]:
+        """Rows that fit in one piece, and rows whose tokens after `start` run in slices."""
+        limit = self.slice_tokens
+        if limit is None or not isinstance(self.session, PrefixScoreSession):
+            return rows, []
+        short = [i for i in rows if len(input_ids[i]) - start <= limit]
+        return short, [i for i in rows if len(input_ids[i]) - start > limit]
+
+    def _score_in_slices(self, session: PrefixScoreSession, ids: Sequence[int], prefix: Prefix | None) -> float:
+        """One row's score, its tokens fed `slice_tokens` at a time after `prefix`; the last slice is scored."""
+        assert self.slice_tokens is not None
+        step = self.slice_tokens
+        scored_from = (len(ids) - 1) // step * step  # the last slice keeps 1..step tokens
+        for begin in range(0, scored_from, step):
+            prefix = self._prefill(session, ids[begin : begin + step], prefix)
+        assert prefix is not None  # a row longer than one slice has at least one before the last
+        last, lengths = pad_batch([ids[scored_from:]], pad_id=self.pad_id, pad_multiple=self.pad_multiple)
+        return float(session.run_after(prefix, last, lengths)[0])
+
+    @staticmethod
+    def _prefill(session: PrefixScoreSession, ids: Sequence[int], after: Prefix | None) -> Prefix:
+        return session.prefill(np.asarray([ids], dtype=np.int64), after)
 
     def _batches(
         self, rows: Sequence[Sequence[int]], batch_size: int | None

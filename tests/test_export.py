@@ -160,3 +160,64 @@ def test_wheel_installs_no_bare_export_package(tmp_path: Path) -> None:
     top_level = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert "export" not in top_level
     assert {"rerank_onnx", "rerank_onnx_export"} <= top_level
+
+
+def test_export_report_checks_every_backend_this_machine_runs(int8_artifact: Path, fp32_artifact: Path) -> None:
+    from rerank_onnx.backends.select import choose, cpu_class, cpu_flags
+
+    kind = cpu_class(cpu_flags())
+    for artifact, scheme in ((int8_artifact, "int8"), (fp32_artifact, "none")):
+        backends = json.loads((artifact / REPORT_FILE).read_text())["backends"]
+        assert backends["cpu_class"] == kind
+        assert backends["auto"] == choose("auto", "auto", scheme=scheme, openvino_installed=True).describe()
+        expected = {"onnxruntime", "openvino-fp32"} | ({"openvino-bf16"} if kind in ("amx", "avx512-bf16") else set())
+        assert set(backends["results"]) == expected
+        for name, check in backends["results"].items():
+            assert check["vs_pytorch"]["pairs"] == 32, name
+        if scheme == "none":  # fp32 numerics on either engine equal PyTorch
+            for name in ("onnxruntime", "openvino-fp32"):
+                assert backends["results"][name]["vs_pytorch"]["max_abs_diff"] < 1e-3, name
+            assert backends["results"]["openvino-fp32"]["shared_prefix_vs_full_max_abs_diff"] < 1e-4
+
+
+def _broken_copy(tiny_checkpoint: Path, tmp_path: Path, name: str) -> Path:
+    import shutil
+
+    copy = tmp_path / name
+    shutil.copytree(tiny_checkpoint, copy)
+    return copy
+
+
+@pytest.mark.parametrize("defect", ["hidden_size", "sliding_window", "tokenizer"])
+def test_a_failed_export_leaves_nothing_and_says_why_in_one_line(
+    tiny_checkpoint: Path, tmp_path: Path, defect: str
+) -> None:
+    import subprocess
+    import sys
+
+    checkpoint = _broken_copy(tiny_checkpoint, tmp_path, f"broken-{defect}")
+    if defect == "tokenizer":
+        (checkpoint / "tokenizer.json").write_text("{not json")
+    else:
+        config = json.loads((checkpoint / "config.json").read_text())
+        config.update({"hidden_size": 96} if defect == "hidden_size" else {"use_sliding_window": True})
+        (checkpoint / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "rerank_onnx.cli", "export", str(checkpoint), str(out), "--quantize", "none"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert not out.exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_exporting_onto_a_file_is_a_clear_error(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from rerank_onnx_export.pipeline import export_checkpoint
+
+    target = tmp_path / "a-file"
+    target.write_text("not a folder")
+    with pytest.raises(ExportError, match="is a file, not a folder"):
+        export_checkpoint(str(tiny_checkpoint), target, log=lambda m: None)

@@ -38,10 +38,12 @@ class PrefixFake:
         self.full_rows += len(lengths)
         return np.array([_full_score(list(row[:n])) for row, n in zip(input_ids, lengths)], dtype=np.float32)
 
-    def prefill(self, input_ids: np.ndarray) -> Prefix:
+    def prefill(self, input_ids: np.ndarray, after: Prefix | None = None) -> Prefix:
         assert input_ids.shape[0] == 1
         self.prefills.append(input_ids.shape[1])
         ids = input_ids.astype(np.float32).reshape(1, 1, -1, 1)
+        if after is not None:
+            ids = np.concatenate([after.keys, ids], axis=2)
         return Prefix(keys=ids, values=ids)
 
     def run_after(self, prefix: Prefix, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -56,8 +56,8 @@ class Prefix:
 class PrefixScoreSession(ScoreSession, Protocol):
     """A session that can compute a shared prefix once and score continuations of it."""
 
-    def prefill(self, input_ids: np.ndarray) -> Prefix:
-        """(1, tokens) int64 ids -> their keys and values."""
+    def prefill(self, input_ids: np.ndarray, after: Prefix | None = None) -> Prefix:
+        """(1, tokens) int64 ids -> the keys and values of `after`'s tokens followed by these."""
         ...
 
     def run_after(self, prefix: Prefix, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -129,13 +129,14 @@ class GraphSession:
 class PrefixGraphSession(GraphSession):
     """A score graph that takes past keys and values: computes a shared prefix once (`PrefixScoreSession`)."""
 
-    def prefill(self, input_ids: np.ndarray) -> Prefix:
+    def prefill(self, input_ids: np.ndarray, after: Prefix | None = None) -> Prefix:
         assert self.empty_prefix is not None  # open_session builds this class only for graphs with a past
+        past = after or self.empty_prefix
         feeds = {
             INPUT_IDS: input_ids,
             LENGTHS: np.array([input_ids.shape[1]], dtype=np.int64),
-            PAST_KEYS: self.empty_prefix.keys,
-            PAST_VALUES: self.empty_prefix.values,
+            PAST_KEYS: past.keys,
+            PAST_VALUES: past.values,
         }
         keys, values = self._engine.run(feeds, [PRESENT_KEYS, PRESENT_VALUES])
         return Prefix(keys=np.asarray(keys, dtype=np.float32), values=np.asarray(values, dtype=np.float32))

@@ -1,0 +1,80 @@
+"""Long prompts: computed in slices that attend to the slices before, so memory stays bounded; scores
+equal one-piece runs (a fake in milliseconds, the tiny exported graph, and a subprocess memory bound)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from test_prefix import PrefixFake, _full_score
+
+from rerank_onnx import Reranker
+
+
+def test_a_long_row_runs_in_slices_and_scores_as_a_whole(fp32_artifact: Path) -> None:
+    session = PrefixFake()
+    reranker = Reranker(fp32_artifact, session=session, slice_tokens=10)
+    rows = [[1, 2, 3, 4] * 9, [1, 2, 3, 4, 5], [7] * 10]  # 36 tokens: slices 10 + 10 + 10, then 6 scored
+    scores = reranker.score_encoded(rows)
+    np.testing.assert_allclose(scores, [_full_score(r) for r in rows], rtol=1e-6)
+    assert session.prefills == [10, 10, 10] and session.after_rows == 1 and session.full_rows == 2
+
+
+def test_long_rows_after_a_shared_prefix_continue_it(fp32_artifact: Path) -> None:
+    session = PrefixFake()
+    reranker = Reranker(fp32_artifact, session=session, slice_tokens=8)
+    rows = [[5, 6, 7, 1] + [2] * 20, [5, 6, 7, 1, 3], [5, 6, 7, 1, 4, 4]]
+    scores = reranker.score_encoded(rows, prefix_lengths=[3, 3, 3])
+    np.testing.assert_allclose(scores, [_full_score(r) for r in rows], rtol=1e-6)
+    # the shared prefix once (4 tokens: the rows agree on one more), then the long row's 20 in 8 + 8 + 4
+    assert session.prefills == [4, 8, 8] and session.full_rows == 0
+
+
+def test_sliced_scores_equal_one_piece_scores_on_the_graph(fp32_artifact: Path) -> None:
+    query = "where do rivers flood in spring?"
+    documents = ["river " * 300, "bank money " * 90, "short one", "fish " * 40]
+    whole = Reranker(fp32_artifact, slice_tokens=None)
+    for slice_tokens in (16, 64):
+        sliced = Reranker(fp32_artifact, slice_tokens=slice_tokens)
+        np.testing.assert_allclose(
+            sliced.predict([query] * 4, documents), whole.predict([query] * 4, documents), atol=1e-4
+        )
+        sliced.share_prefix = False
+        np.testing.assert_allclose(
+            sliced.predict([query] * 4, documents), whole.predict([query] * 4, documents), atol=1e-4
+        )
+
+
+MEMORY_PROBE = """
+import json, sys
+from rerank_onnx import Reranker
+
+def rss():
+    status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
+    return int(status["VmRSS"].split()[0]) * 1024, int(status["VmHWM"].split()[0]) * 1024
+
+reranker = Reranker(sys.argv[1], slice_tokens=None if sys.argv[2] == "none" else int(sys.argv[2]))
+reranker.rank("q", ["warm up"])
+before, _ = rss()
+reranker.rank("where do rivers flood?", ["river bank " * 4000], truncate=True)
+after, peak = rss()
+print(json.dumps({"before": before, "after": after, "peak": peak}))
+"""
+
+
+def _probe(artifact: Path, slice_tokens: str) -> dict[str, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, str(artifact), slice_tokens], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_an_8k_pair_stays_within_a_memory_bound(fp32_artifact: Path) -> None:
+    sliced = _probe(fp32_artifact, "1024")
+    whole = _probe(fp32_artifact, "none")
+    # one 8k-token pair on the tiny model: attention of 1024 x 8192 per slice instead of 8192 x 8192
+    assert sliced["peak"] - sliced["before"] < 600e6, sliced
+    assert sliced["peak"] - sliced["before"] < (whole["peak"] - whole["before"]) / 3, (sliced, whole)
