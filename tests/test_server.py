@@ -323,28 +323,6 @@ def test_official_cohere_client_talks_to_the_server(server: Server, library: Rer
     assert response.results[0].document.text == DOCS[response.results[0].index]
 
 
-def test_langchain_cohere_rerank_talks_to_the_server(server: Server, library: Reranker) -> None:
-    from langchain_cohere import CohereRerank
-    from langchain_core.documents import Document
-
-    reranker = CohereRerank(cohere_api_key="unused", base_url=server.url, model="mxbai", top_n=2)
-    ranked = reranker.compress_documents([Document(page_content=d) for d in DOCS], "what is a cat?")
-    expected = library.rank("what is a cat?", DOCS, normalize=True, top_k=2)
-    assert [d.page_content for d in ranked] == [e.document for e in expected]
-    np.testing.assert_allclose([d.metadata["relevance_score"] for d in ranked], [e.score for e in expected], atol=1e-6)
-
-
-def test_haystack_tei_ranker_talks_to_the_server(server: Server, library: Reranker) -> None:
-    from haystack import Document
-    from haystack.components.rankers import HuggingFaceTEIRanker
-
-    ranker = HuggingFaceTEIRanker(url=server.url, top_k=2)
-    ranked = ranker.run(query="what is a cat?", documents=[Document(content=d) for d in DOCS])["documents"]
-    expected = library.rank("what is a cat?", DOCS, normalize=True, top_k=2)
-    assert [d.content for d in ranked] == [e.document for e in expected]
-    np.testing.assert_allclose([d.score for d in ranked], [e.score for e in expected], atol=1e-6)
-
-
 def test_missing_server_extra_names_the_install_command() -> None:
     code = (
         "import sys\n"
