@@ -90,12 +90,23 @@ class Scorer:
         session = self.session
         for shared, members in groups:
             assert isinstance(session, PrefixScoreSession)  # computes_shared_prefix checked it
-            prefix = session.prefill(np.asarray([input_ids[members[0]][:shared]], dtype=np.int64))
+            prefix = self._prefill(session, input_ids[members[0]][:shared], None)
+            members, long_rows = self._split_long(members, shared, input_ids)
+            for i in long_rows:
+                scores[i] = self._score_in_slices(session, input_ids[i][shared:], prefix)
+            if progress and long_rows:
+                progress.advance(len(long_rows))
             rest = [input_ids[i][shared:] for i in members]
             for batch, (ids, lengths) in self._batches(rest, batch_size):
                 scores[[members[i] for i in batch]] = session.run_after(prefix, ids, lengths)
                 if progress:
                     progress.advance(len(batch))
+        alone, long_rows = self._split_long(alone, 0, input_ids)
+        for i in long_rows:
+            assert isinstance(session, PrefixScoreSession)  # _split_long finds long rows only then
+            scores[i] = self._score_in_slices(session, input_ids[i], None)
+            if progress:
+                progress.advance(1)
         rows = [input_ids[i] for i in alone]
         for batch, (ids, lengths) in self._batches(rows, batch_size):
             scores[[alone[i] for i in batch]] = session.run(ids, lengths)
