@@ -108,7 +108,7 @@ def parse_request(data: dict[str, Any], shape: Shape, limits: Limits) -> RerankR
         raise RequestError(422, message, code="missing_field" if "required field" in message else None) from exc
     raw_documents, documents = _documents(model, shape)
     _check_sizes(documents, limits)
-    top_n = model.top_n
+    top_n = getattr(model, "top_n", None)  # TEI has none
     if top_n is not None and top_n < 0:
         raise RequestError(422, f"top_n: expected a non-negative integer, got {top_n}")
     if top_n == 0 and shape != "tei":
