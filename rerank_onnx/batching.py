@@ -21,6 +21,12 @@ def padded_width(length: int, pad_multiple: int = 1) -> int:
     return -(-length // pad_multiple) * pad_multiple
 
 
+def split_long(lengths: Sequence[int], rows: list[int], *, limit: int) -> tuple[list[int], list[int]]:
+    """`rows` (with their `lengths`) split into those that fit in one piece of `limit` tokens and the longer ones."""
+    short = [row for row, length in zip(rows, lengths) if length <= limit]
+    return short, [row for row, length in zip(rows, lengths) if length > limit]
+
+
 def plan_batches(
     lengths: Sequence[int], *, max_batch_tokens: int, max_batch_size: int, pad_multiple: int = 1
 ) -> list[list[int]]:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .chunking import DEFAULT_MAX_CHUNKS_PER_DOC
 from .errors import MissingDependencyError, RerankError
 
 
@@ -61,6 +62,16 @@ def _parser() -> argparse.ArgumentParser:
     rank.add_argument("--threads", type=int, default=None)
     _engine_arguments(rank)
     rank.add_argument("--progress", action="store_true", help="show a progress bar")
+    rank.add_argument(
+        "--long-documents",
+        choices=["truncate", "chunk"],
+        default="truncate",
+        help="truncate a long document as the reference does (default), or score it by its best window; "
+        "chunk adds the winning window's character span to the output",
+    )
+    rank.add_argument(
+        "--max-chunks-per-doc", type=int, default=DEFAULT_MAX_CHUNKS_PER_DOC, help="windows per document at most"
+    )
     rank.add_argument(
         "--keep-blank-lines", action="store_true", help="rank blank lines as empty documents (default: skip them)"
     )
@@ -255,14 +266,22 @@ def _rank(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         instruction=instruction,
         normalize=args.normalize,
+        long_documents=args.long_documents,
+        max_chunks_per_doc=args.max_chunks_per_doc,
         show_progress=args.progress,
     )
-    rows = [(kept[r.index][0], r.score, r.document) for r in results]
+    chunked = args.long_documents == "chunk"
     if args.json:
-        print(json.dumps([{"index": i, "score": score, "document": doc} for i, score, doc in rows], ensure_ascii=False))
+        rows: list[dict[str, object]] = []
+        for r in results:
+            rows.append({"index": kept[r.index][0], "score": r.score, "document": r.document})
+            if chunked:
+                rows[-1].update(span=r.span, windows=r.windows)
+        print(json.dumps(rows, ensure_ascii=False))
     else:
-        for rank, (i, score, doc) in enumerate(rows, start=1):
-            print(f"{rank}\t{score:.4f}\t{i}\t{doc}")
+        for rank, r in enumerate(results, start=1):
+            span = f"{r.span[0]}:{r.span[1]}/{r.windows}\t" if chunked and r.span else ""
+            print(f"{rank}\t{r.score:.4f}\t{kept[r.index][0]}\t{span}{r.document}")
     return 0
 
 

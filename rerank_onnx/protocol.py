@@ -18,8 +18,9 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET
 
+from .chunking import Windows
 from .errors import RerankError
-from .wire import REQUESTS, RerankResponse, Result, TeiResult, Usage, validation_message
+from .wire import REQUESTS, Chunk, RerankResponse, Result, TeiResult, Usage, validation_message
 
 
 class RequestError(RerankError):
@@ -64,6 +65,7 @@ class RerankRequest:
     raw_scores: bool
     truncate: bool
     max_tokens_per_doc: int | None
+    max_chunks_per_doc: int | None  # Cohere v1: long documents scored by up to this many windows (chunking.py)
     max_prompt_tokens: int | None  # vLLM's truncate_prompt_tokens: the whole prompt, template included
     instruction: str | None
 
@@ -116,13 +118,9 @@ def parse_request(data: dict[str, Any], shape: Shape, limits: Limits) -> RerankR
     max_tokens = getattr(model, "max_tokens_per_doc", None)
     if max_tokens is not None and max_tokens < 1:
         raise RequestError(422, f"max_tokens_per_doc: expected a positive integer, got {max_tokens}")
-    if getattr(model, "max_chunks_per_doc", None) is not None:
-        raise RequestError(
-            422,
-            "max_chunks_per_doc: scoring a long document by chunks is not supported yet; documents longer than "
-            "the model's limit are truncated as the reference does. Remove the field",
-            code="unsupported_field",
-        )
+    max_chunks = getattr(model, "max_chunks_per_doc", None)
+    if max_chunks is not None and max_chunks < 1:
+        raise RequestError(422, f"max_chunks_per_doc: expected a positive integer, got {max_chunks}")
     prompt_cap = getattr(model, "truncate_prompt_tokens", None)
     if prompt_cap is not None and (prompt_cap < -1 or prompt_cap == 0):
         raise RequestError(422, f"truncate_prompt_tokens: expected a positive integer or -1, got {prompt_cap}")
@@ -143,6 +141,7 @@ def parse_request(data: dict[str, Any], shape: Shape, limits: Limits) -> RerankR
         # TEI refuses over-long input unless truncate=true; the Cohere/Jina APIs truncate.
         truncate=model.truncate if shape == "tei" else True,
         max_tokens_per_doc=max_tokens,
+        max_chunks_per_doc=max_chunks,
         max_prompt_tokens=prompt_cap if prompt_cap and prompt_cap > 0 else None,
         instruction=model.instruction,
     )
@@ -194,7 +193,13 @@ def _check_sizes(documents: list[str], limits: Limits) -> None:
 
 
 def build_response(
-    request: RerankRequest, scores: list[float], order: list[int], *, model_name: str, prompt_tokens: int
+    request: RerankRequest,
+    scores: list[float],
+    order: list[int],
+    *,
+    model_name: str,
+    prompt_tokens: int,
+    chunks: list[Chunk] | None = None,
 ) -> Any:
     """The response body (wire.py's models, as JSON-ready builtins); `order`: indices best first, cut to top_n."""
     if request.shape == "tei":
@@ -210,7 +215,8 @@ def build_response(
         if request.return_documents:
             original = request.document_objects[i]
             document = original if isinstance(original, dict) else {"text": request.documents[i]}
-        results.append(Result(index=i, relevance_score=scores[i], document=document))
+        chunk = chunks[i] if chunks is not None else UNSET
+        results.append(Result(index=i, relevance_score=scores[i], document=document, chunk=chunk))
     version = "2" if request.shape == "v2" else "1"
     response = RerankResponse(
         id=str(uuid.uuid4()),
@@ -252,6 +258,7 @@ class Prepared:
     input_ids: list[list[int]]
     prompt_tokens: int
     prefix_lengths: list[int]  # EncodedPairs.prefix_lengths: lets the pairs of the query share their prefix
+    windows: Windows | None = None  # with max_chunks_per_doc: which document and span each row scores
 
 
 def encode_request(request: RerankRequest, reranker: Any, limits: Limits) -> Prepared:
@@ -274,11 +281,13 @@ def encode_request(request: RerankRequest, reranker: Any, limits: Limits) -> Pre
             instruction=request.instruction,
             max_document_tokens=request.max_tokens_per_doc,
             max_length=pair_budget,
+            max_chunks_per_doc=request.max_chunks_per_doc,
         )
     except InvalidInputError as exc:
         raise RequestError(422, str(exc)) from exc
-    if not request.truncate and any(encoded.truncated):
-        first = encoded.truncated.index(True)
+    truncated = encoded.pair_truncated()
+    if not request.truncate and any(truncated):
+        first = truncated.index(True)
         raise RequestError(
             413,
             f"texts[{first}]: query + text exceed the model's {reranker.max_length}-token limit; "
@@ -292,7 +301,7 @@ def encode_request(request: RerankRequest, reranker: Any, limits: Limits) -> Pre
             f"the request needs {prompt_tokens} prompt tokens; the limit is {limits.max_request_tokens}",
             code="too_many_tokens",
         )
-    return Prepared(encoded.input_ids, prompt_tokens, encoded.prefix_lengths)
+    return Prepared(encoded.input_ids, prompt_tokens, encoded.prefix_lengths, encoded.windows)
 
 
 def render_response(
@@ -301,8 +310,19 @@ def render_response(
     """Scores -> the response body of the request's shape: sorted best first, cut to top_n."""
     import numpy as np
 
+    chunks = None
+    windows = prepared.windows
+    if windows is not None:  # rows are windows: each document takes its best window's score
+        raw_scores, winners = windows.fold(np.asarray(raw_scores))
+        spans = [windows.spans[row] for row in winners]
+        chunks = [Chunk(a, b, n, done) for (a, b), n, done in zip(spans, windows.counts, windows.complete)]
     scores = raw_scores if request.raw_scores else reranker.normalize(raw_scores)
     order = np.lexsort((np.arange(len(scores)), -scores)).tolist()[: request.top_n]
     return build_response(
-        request, [float(s) for s in scores], order, model_name=model_name, prompt_tokens=prepared.prompt_tokens
+        request,
+        [float(s) for s in scores],
+        order,
+        model_name=model_name,
+        prompt_tokens=prepared.prompt_tokens,
+        chunks=chunks,
     )

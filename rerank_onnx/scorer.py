@@ -9,13 +9,15 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import KW_ONLY, dataclass
 
 import numpy as np
 
 from .backends import Prefix, PrefixScoreSession, ScoreSession
-from .batching import pad_batch, plan_batches, plan_shared_prefixes
+from .batching import pad_batch, plan_batches, plan_shared_prefixes, split_long
 
 
+@dataclass
 class Scorer:
     """Scores encoded prompts on `session` in length-bucketed batches, in input order.
 
@@ -33,26 +35,15 @@ class Scorer:
             not length squared (needs a session with a past; None: every row in one piece).
     """
 
-    def __init__(
-        self,
-        session: ScoreSession,
-        *,
-        pad_id: int,
-        chat_prefix: Sequence[int],
-        max_batch_tokens: int,
-        max_batch_size: int,
-        share_prefix: bool,
-        pad_multiple: int = 1,
-        slice_tokens: int | None = None,
-    ) -> None:
-        self.session = session
-        self.pad_multiple = pad_multiple
-        self.slice_tokens = slice_tokens
-        self.pad_id = pad_id
-        self.chat_prefix = list(chat_prefix)
-        self.max_batch_tokens = max_batch_tokens
-        self.max_batch_size = max_batch_size
-        self.share_prefix = share_prefix
+    session: ScoreSession
+    _: KW_ONLY
+    pad_id: int
+    chat_prefix: Sequence[int]
+    max_batch_tokens: int
+    max_batch_size: int
+    share_prefix: bool
+    pad_multiple: int = 1
+    slice_tokens: int | None = None
 
     @property
     def computes_shared_prefix(self) -> bool:
@@ -80,56 +71,47 @@ class Scorer:
             One score per row.
         """
         scores = np.zeros(len(input_ids), dtype=np.float32)
-        if not input_ids:
-            return scores
-        progress = _Progress(len(input_ids)) if show_progress else None
+        progress = _Progress(len(input_ids), show=show_progress)
         groups: list[tuple[int, list[int]]] = []
         alone = list(range(len(input_ids)))
         if prefix_lengths is not None and self.computes_shared_prefix:
             groups, alone = plan_shared_prefixes(input_ids, prefix_lengths, self.chat_prefix)
-        session = self.session
         for shared, members in groups:
-            assert isinstance(session, PrefixScoreSession)  # computes_shared_prefix checked it
-            prefix = self._prefill(session, input_ids[members[0]][:shared], None)
-            members, long_rows = self._split_long(members, shared, input_ids)
-            for i in long_rows:
-                scores[i] = self._score_in_slices(session, input_ids[i][shared:], prefix)
-            if progress and long_rows:
-                progress.advance(len(long_rows))
-            rest = [input_ids[i][shared:] for i in members]
-            for batch, (ids, lengths) in self._batches(rest, batch_size):
-                scores[[members[i] for i in batch]] = session.run_after(prefix, ids, lengths)
-                if progress:
-                    progress.advance(len(batch))
-        alone, long_rows = self._split_long(alone, 0, input_ids)
-        for i in long_rows:
-            assert isinstance(session, PrefixScoreSession)  # _split_long finds long rows only then
-            scores[i] = self._score_in_slices(session, input_ids[i], None)
-            if progress:
-                progress.advance(1)
-        rows = [input_ids[i] for i in alone]
-        for batch, (ids, lengths) in self._batches(rows, batch_size):
-            scores[[alone[i] for i in batch]] = session.run(ids, lengths)
-            if progress:
-                progress.advance(len(batch))
-        if progress:
-            progress.close()
+            assert isinstance(self.session, PrefixScoreSession)  # computes_shared_prefix checked it
+            prefix = self._prefill(self.session, input_ids[members[0]][:shared], None)
+            self._score_rows(input_ids, members, shared, prefix, batch_size, scores, progress)
+        self._score_rows(input_ids, alone, 0, None, batch_size, scores, progress)
+        progress.close()
         return scores
 
-    def _split_long(
-        self, rows: list[int], start: int, input_ids: Sequence[Sequence[int]]
-    ) -> tuple[list[int], list[int]]:
-        """Rows that fit in one piece, and rows whose tokens after `start` run in slices."""
-        limit = self.slice_tokens
-        if limit is None or not isinstance(self.session, PrefixScoreSession):
-            return rows, []
-        short = [i for i in rows if len(input_ids[i]) - start <= limit]
-        return short, [i for i in rows if len(input_ids[i]) - start > limit]
+    def _score_rows(
+        self,
+        input_ids: Sequence[Sequence[int]],
+        rows: list[int],
+        start: int,
+        prefix: Prefix | None,
+        batch_size: int | None,
+        scores: np.ndarray,
+        progress: _Progress,
+    ) -> None:
+        """Score input_ids[i][start:] for i in `rows` after `prefix` (None: from the start) into scores[i]."""
+        if self.slice_tokens is not None and isinstance(self.session, PrefixScoreSession):
+            rows, long_rows = split_long([len(input_ids[i]) - start for i in rows], rows, limit=self.slice_tokens)
+            for i in long_rows:
+                scores[i] = self._score_in_slices(self.session, input_ids[i][start:], prefix, self.slice_tokens)
+                progress.advance(1)
+        for batch, (ids, lengths) in self._batches([input_ids[i][start:] for i in rows], batch_size):
+            if prefix is None:
+                scores[[rows[i] for i in batch]] = self.session.run(ids, lengths)
+            else:
+                assert isinstance(self.session, PrefixScoreSession)  # only such sessions make a prefix
+                scores[[rows[i] for i in batch]] = self.session.run_after(prefix, ids, lengths)
+            progress.advance(len(batch))
 
-    def _score_in_slices(self, session: PrefixScoreSession, ids: Sequence[int], prefix: Prefix | None) -> float:
-        """One row's score, its tokens fed `slice_tokens` at a time after `prefix`; the last slice is scored."""
-        assert self.slice_tokens is not None
-        step = self.slice_tokens
+    def _score_in_slices(
+        self, session: PrefixScoreSession, ids: Sequence[int], prefix: Prefix | None, step: int
+    ) -> float:
+        """One row's score, its tokens fed `step` at a time after `prefix`; the last slice is scored."""
         scored_from = (len(ids) - 1) // step * step  # the last slice keeps 1..step tokens
         for begin in range(0, scored_from, step):
             prefix = self._prefill(session, ids[begin : begin + step], prefix)
@@ -155,12 +137,14 @@ class Scorer:
 
 
 class _Progress:
-    """A one-line progress bar on stderr; no dependency."""
+    """A one-line progress bar on stderr (nothing when not shown); no dependency."""
 
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.start = total, 0, time.perf_counter()
+    def __init__(self, total: int, *, show: bool) -> None:
+        self.total, self.done, self.start, self.show = total, 0, time.perf_counter(), show and total > 0
 
     def advance(self, count: int) -> None:
+        if not self.show or not count:
+            return
         self.done += count
         rate = self.done / max(time.perf_counter() - self.start, 1e-9)
         filled = int(30 * self.done / self.total)
@@ -169,4 +153,5 @@ class _Progress:
         sys.stderr.flush()
 
     def close(self) -> None:
-        sys.stderr.write("\n")
+        if self.show:
+            sys.stderr.write("\n")

@@ -14,15 +14,29 @@ from dataclasses import dataclass
 from tokenizers import Tokenizer
 
 from .artifact import Template
+from .chunking import Windows, char_spans, plan_windows
 from .errors import ModelLoadError
+from .validate import check_parallel, check_positive_int, check_str
 
 
 @dataclass(frozen=True)
 class EncodedPairs:
+    """One prompt per pair, or with `max_chunks_per_doc` one per window of a long document (see `windows`)."""
+
     input_ids: list[list[int]]
-    truncated: list[bool]  # True where any part of the query or document was cut
-    # Tokens before the document part (chat prefix, instruction, query): the pairs of one query share them.
+    truncated: list[bool]  # per row: True where any part of the query or document was cut
+    # Tokens before the document part (chat prefix, instruction, query): the rows of one query share them.
     prefix_lengths: list[int]
+    windows: Windows | None = None  # which pair and document span each row scores; None: one row per pair
+
+    def pair_truncated(self) -> list[bool]:
+        """Per pair: was any of its query or document left unscored."""
+        if self.windows is None:
+            return self.truncated
+        cut = [not complete for complete in self.windows.complete]
+        for row, pair in enumerate(self.windows.owner):
+            cut[pair] = cut[pair] or self.truncated[row]
+        return cut
 
 
 class PairEncoder:
@@ -34,6 +48,8 @@ class PairEncoder:
         # The reference shrinks max_length so that the template never pushes past the model's limit.
         self.max_length = min(max_length, template.model_max_length - self.predefined_length)
         self._left = template.truncation_side == "left"
+        # what the document prompt adds around a document, plus room for merges that differ at a window's edges
+        self._window_margin = len(self._encode_texts([template.document_prompt.format(document="")])[0]) + 4
 
     @property
     def template_limit(self) -> int:
@@ -54,10 +70,33 @@ class PairEncoder:
         instruction: str | None,
         max_document_tokens: int | None = None,
         max_length: int | None = None,
+        max_chunks_per_doc: int | None = None,
     ) -> EncodedPairs:
         """max_document_tokens: an extra cap on each document's own tokens (Cohere's max_tokens_per_doc).
-        max_length: a lower query + document budget for this call (vLLM's truncate_prompt_tokens)."""
+        max_length: a lower query + document budget for this call (vLLM's truncate_prompt_tokens).
+        max_chunks_per_doc: None truncates a long document as the reference does; N scores up to N
+        overlapping windows of it instead (chunking.py). Inputs are checked first (InvalidInputError)."""
+        queries, documents = check_parallel(queries, documents)
+        if instruction is not None:
+            check_str("instruction", instruction)
+        for name, value in (("max_document_tokens", max_document_tokens), ("max_length", max_length)):
+            check_positive_int(name, value, allow_none=True)
+        check_positive_int("max_chunks_per_doc", max_chunks_per_doc, allow_none=True)
         limit = min(self.max_length, max_length) if max_length else self.max_length
+        encoded, budgets = self._encode_pairs(queries, documents, instruction, limit, max_document_tokens)
+        if max_chunks_per_doc is None:
+            return encoded
+        return self._in_windows(encoded, budgets, queries, documents, instruction, limit, max_chunks_per_doc)
+
+    def _encode_pairs(
+        self,
+        queries: list[str],
+        documents: list[str],
+        instruction: str | None,
+        limit: int,
+        max_document_tokens: int | None,
+    ) -> tuple[EncodedPairs, list[int | None]]:
+        """The prompts, and for each pair whose document was cut the tokens its document could have."""
         # rank() repeats one query for every document: tokenize each distinct query once.
         distinct = list(dict.fromkeys(queries))
         query_ids = dict(zip(distinct, self._encode_texts([self.query_text(q, instruction) for q in distinct])))
@@ -69,6 +108,7 @@ class PairEncoder:
         ids: list[list[int]] = []
         truncated: list[bool] = []
         prefixes: list[int] = []
+        budgets: list[int | None] = []
         for query, document in zip(queries, doc_ids):
             q, cut_q = self._cut(query_ids[query], query_cap)
             available = t.model_max_length - len(q) - self.predefined_length
@@ -78,7 +118,36 @@ class PairEncoder:
             ids.append(chat_prefix + q + pair + tail)
             truncated.append(cut_q or cut_d or cut_p)
             prefixes.append(len(chat_prefix) + len(q))
-        return EncodedPairs(input_ids=ids, truncated=truncated, prefix_lengths=prefixes)
+            budgets.append(min(cap, limit - len(q) - len(sep)) if cut_d or cut_p else None)
+        return EncodedPairs(input_ids=ids, truncated=truncated, prefix_lengths=prefixes), budgets
+
+    def _in_windows(
+        self,
+        encoded: EncodedPairs,
+        budgets: list[int | None],
+        queries: list[str],
+        documents: list[str],
+        instruction: str | None,
+        limit: int,
+        max_windows: int,
+    ) -> EncodedPairs:
+        """Re-encode every cut document as overlapping windows, each a prompt of its own."""
+        rows: list[tuple[int, str, tuple[int, int]]] = []  # pair, text, span
+        counts, complete = [1] * len(documents), [True] * len(documents)
+        for i, (document, budget) in enumerate(zip(documents, budgets)):
+            if budget is None:
+                rows.append((i, document, (0, len(document))))
+                continue
+            offsets = self._tokenizer.encode(document, add_special_tokens=False).offsets
+            ranges, complete[i] = plan_windows(len(offsets), budget - self._window_margin, max_windows)
+            counts[i] = len(ranges)
+            rows.extend((i, document[a:b], (a, b)) for a, b in char_spans(ranges, offsets))
+        owner = [pair for pair, _, _ in rows]
+        windowed, _ = self._encode_pairs(
+            [queries[pair] for pair in owner], [text for _, text, _ in rows], instruction, limit, None
+        )
+        windows = Windows(owner=owner, spans=[span for _, _, span in rows], counts=counts, complete=complete)
+        return EncodedPairs(windowed.input_ids, windowed.truncated, windowed.prefix_lengths, windows=windows)
 
     def _encode_texts(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]

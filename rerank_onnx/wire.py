@@ -27,7 +27,7 @@ class JinaRequest(msgspec.Struct, kw_only=True):
     top_n: int | None = None  # 0 or absent: all
     return_documents: bool = True
     rank_fields: list[str] | None = None  # Cohere v1: the object fields to score on, in order
-    max_chunks_per_doc: int | None = None  # Cohere v1: refused until documents can be scored by chunks
+    max_chunks_per_doc: int | None = None  # Cohere v1: score a long document by up to this many windows
     truncate_prompt_tokens: int | None = None  # vLLM: cap on the whole prompt; -1 or absent: none
     instruction: str | None = None
 
@@ -61,10 +61,20 @@ class TeiRequest(msgspec.Struct, kw_only=True):
 REQUESTS: dict[str, type[msgspec.Struct]] = {"v1": JinaRequest, "v2": CohereV2Request, "tei": TeiRequest}
 
 
+class Chunk(msgspec.Struct):
+    """With max_chunks_per_doc: the window of the document that gave its score (an extension to the API)."""
+
+    start: int  # character offsets [start, end) in the document's text
+    end: int
+    windows: int  # windows scored for this document
+    complete: bool  # false: text after the last window was not scored (max_chunks_per_doc reached)
+
+
 class Result(msgspec.Struct, kw_only=True, omit_defaults=True):
     index: int
     relevance_score: float
     document: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+    chunk: Chunk | msgspec.UnsetType = msgspec.UNSET
 
 
 class Usage(msgspec.Struct):

@@ -1,5 +1,6 @@
 """Long prompts: computed in slices that attend to the slices before, so memory stays bounded; scores
-equal one-piece runs (a fake in milliseconds, the tiny exported graph, and a subprocess memory bound)."""
+equal one-piece runs on the tiny exported graph, and a subprocess bounds the memory (the slicing plan
+itself is tested on a fake in test_scorer.py)."""
 
 from __future__ import annotations
 
@@ -9,28 +10,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from test_prefix import PrefixFake, _full_score
 
 from rerank_onnx import Reranker
-
-
-def test_a_long_row_runs_in_slices_and_scores_as_a_whole(fp32_artifact: Path) -> None:
-    session = PrefixFake()
-    reranker = Reranker(fp32_artifact, session=session, slice_tokens=10)
-    rows = [[1, 2, 3, 4] * 9, [1, 2, 3, 4, 5], [7] * 10]  # 36 tokens: slices 10 + 10 + 10, then 6 scored
-    scores = reranker.score_encoded(rows)
-    np.testing.assert_allclose(scores, [_full_score(r) for r in rows], rtol=1e-6)
-    assert session.prefills == [10, 10, 10] and session.after_rows == 1 and session.full_rows == 2
-
-
-def test_long_rows_after_a_shared_prefix_continue_it(fp32_artifact: Path) -> None:
-    session = PrefixFake()
-    reranker = Reranker(fp32_artifact, session=session, slice_tokens=8)
-    rows = [[5, 6, 7, 1] + [2] * 20, [5, 6, 7, 1, 3], [5, 6, 7, 1, 4, 4]]
-    scores = reranker.score_encoded(rows, prefix_lengths=[3, 3, 3])
-    np.testing.assert_allclose(scores, [_full_score(r) for r in rows], rtol=1e-6)
-    # the shared prefix once (4 tokens: the rows agree on one more), then the long row's 20 in 8 + 8 + 4
-    assert session.prefills == [4, 8, 8] and session.full_rows == 0
 
 
 def test_sliced_scores_equal_one_piece_scores_on_the_graph(fp32_artifact: Path) -> None:

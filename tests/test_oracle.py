@@ -151,7 +151,7 @@ def test_blockwise_int8_on_onnxruntime_does_not_depend_on_the_batch(int8_artifac
 
 def test_the_default_path_is_faithful(oracle, int8_artifact, fp32_artifact) -> None:
     """What `Reranker(artifact)` runs on this CPU (backend="auto"): a pair alone and in a batch, and a shared
-    head and full prompts, within 2% of the score spread; ranking like fp32 as well as blockwise int8 does."""
+    prefix and full prompts, within 2% of the score spread; ranking like fp32 as well as blockwise int8 does."""
     from rerank_onnx_export.report import spearman
 
     queries, documents = _pairs()

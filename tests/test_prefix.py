@@ -1,4 +1,4 @@
-"""The shared-prefix path: the pairs of one query compute their common head once.
+"""The shared-prefix path: the pairs of one query compute their common prefix once.
 
 A fake session checks grouping and order in milliseconds; the tiny exported graphs check that scores
 with a shared prefix equal scores of full prompts (and, through test_oracle, the reference).
@@ -13,43 +13,14 @@ import numpy as np
 import onnx
 import pytest
 from conftest import ENGINES, choice
+from fakes import PrefixFake, full_score
 from onnx import TensorProto, helper
 
 from rerank_onnx import Reranker
-from rerank_onnx.backends import GraphSession, Prefix, PrefixScoreSession, open_session
+from rerank_onnx.backends import GraphSession, PrefixScoreSession, open_session
 from rerank_onnx.errors import ModelLoadError
 from rerank_onnx.metrics import Metrics
 from rerank_onnx.scheduler import Scheduler
-
-
-def _full_score(ids: list[int]) -> float:
-    return float(sum((i + 1) * t for i, t in enumerate(ids)) % 100_003) + len(ids) / 1000
-
-
-class PrefixFake:
-    """Score depends on every token and its position; a Prefix carries its token ids in `keys`."""
-
-    def __init__(self) -> None:
-        self.prefills: list[int] = []
-        self.full_rows = 0
-        self.after_rows = 0
-
-    def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        self.full_rows += len(lengths)
-        return np.array([_full_score(list(row[:n])) for row, n in zip(input_ids, lengths)], dtype=np.float32)
-
-    def prefill(self, input_ids: np.ndarray, after: Prefix | None = None) -> Prefix:
-        assert input_ids.shape[0] == 1
-        self.prefills.append(input_ids.shape[1])
-        ids = input_ids.astype(np.float32).reshape(1, 1, -1, 1)
-        if after is not None:
-            ids = np.concatenate([after.keys, ids], axis=2)
-        return Prefix(keys=ids, values=ids)
-
-    def run_after(self, prefix: Prefix, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        self.after_rows += len(lengths)
-        head = [int(t) for t in prefix.keys.reshape(-1)]
-        return np.array([_full_score(head + list(row[:n])) for row, n in zip(input_ids, lengths)], dtype=np.float32)
 
 
 def test_the_fake_and_every_engine_satisfy_the_protocol(fp32_artifact: Path) -> None:
@@ -66,8 +37,8 @@ def test_each_query_computes_its_head_once_and_scores_keep_input_order(fp32_arti
     documents = ["x " * n for n in (50, 1, 30, 2, 80, 5, 0)]
     encoded = reranker.encode(queries, documents)
     scores = reranker.predict(queries, documents)
-    np.testing.assert_allclose(scores, [_full_score(ids) for ids in encoded.input_ids], rtol=1e-6)
-    # one head per query with two or more documents (as far as its prompts agree); the lonely pair runs in full
+    np.testing.assert_allclose(scores, [full_score(ids) for ids in encoded.input_ids], rtol=1e-6)
+    # one prefix per query with two or more documents (as far as its prompts agree); the lonely pair runs in full
     heads = {q: n for q, n in zip(queries, encoded.prefix_lengths)}
     expected = [_agree([ids for q2, ids in zip(queries, encoded.input_ids) if q2 == q]) for q in ("cats?", "dogs?")]
     assert sorted(session.prefills) == sorted(expected)
@@ -82,34 +53,16 @@ def _agree(rows: list[list[int]]) -> int:
     return n
 
 
-def test_a_head_extends_as_far_as_its_rows_agree(fp32_artifact: Path) -> None:
-    session = PrefixFake()
-    reranker = Reranker(fp32_artifact, session=session)
-    rows = [[1, 2, 3, 4, 9], [1, 2, 3, 4, 8, 7], [1, 2, 3, 5]]
-    scores = reranker.score_encoded(rows, prefix_lengths=[2, 2, 2])
-    np.testing.assert_allclose(scores, [_full_score(r) for r in rows], rtol=1e-6)
-    assert session.prefills == [3]
-
-
 def test_pairs_of_different_queries_share_the_chat_prefix(fp32_artifact: Path) -> None:
     session = PrefixFake()
     reranker = Reranker(fp32_artifact, session=session)
     queries, documents = ["cats?", "dogs?", "fish?"], ["a", "b", "c"]
     encoded = reranker.encode(queries, documents)
     scores = reranker.predict(queries, documents)
-    np.testing.assert_allclose(scores, [_full_score(ids) for ids in encoded.input_ids], rtol=1e-6)
-    opening = len(reranker.config.template.prefix_ids)
-    assert session.prefills == [_agree(encoded.input_ids)] and session.prefills[0] >= opening
+    np.testing.assert_allclose(scores, [full_score(ids) for ids in encoded.input_ids], rtol=1e-6)
+    chat_prefix = len(reranker.config.template.prefix_ids)
+    assert session.prefills == [_agree(encoded.input_ids)] and session.prefills[0] >= chat_prefix
     assert session.full_rows == 0
-
-
-def test_rows_that_do_not_open_with_the_chat_prefix_run_in_full(fp32_artifact: Path) -> None:
-    session = PrefixFake()
-    reranker = Reranker(fp32_artifact, session=session)
-    rows = [[1, 2, 3] * 20, [4, 5, 6] * 20]  # not prompts of this template: nothing may be assumed shared
-    scores = reranker.score_encoded(rows, prefix_lengths=[40, 40])
-    np.testing.assert_allclose(scores, [_full_score(r) for r in rows], rtol=1e-6)
-    assert session.prefills == [] and session.full_rows == 2
 
 
 def test_share_prefix_off_runs_every_prompt_in_full(fp32_artifact: Path) -> None:
@@ -118,7 +71,7 @@ def test_share_prefix_off_runs_every_prompt_in_full(fp32_artifact: Path) -> None
     scores = reranker.predict(["q"] * 4, ["a", "b c", "d", "e f g"])
     assert session.prefills == [] and session.full_rows == 4
     assert not reranker.computes_shared_prefix
-    expected = [_full_score(ids) for ids in reranker.encode(["q"] * 4, ["a", "b c", "d", "e f g"]).input_ids]
+    expected = [full_score(ids) for ids in reranker.encode(["q"] * 4, ["a", "b c", "d", "e f g"]).input_ids]
     np.testing.assert_allclose(scores, expected, rtol=1e-6)
 
 
@@ -135,15 +88,6 @@ def test_head_lengths_must_match_the_prompts(fp32_artifact: Path) -> None:
             reranker.score_encoded([[1, 2, 3], [1, 2, 4]], prefix_lengths=[2, bad])  # type: ignore[list-item]
     with pytest.raises(InvalidInputError, match="share_prefix: expected True or False"):
         Reranker(fp32_artifact, session=PrefixFake(), share_prefix="yes")  # type: ignore[arg-type]
-
-
-def test_a_head_as_long_as_the_prompt_keeps_one_token_to_score(fp32_artifact: Path) -> None:
-    session = PrefixFake()
-    reranker = Reranker(fp32_artifact, session=session)
-    rows = [[5, 6, 7], [5, 6, 7], [5, 6, 7, 8]]
-    scores = reranker.score_encoded(rows, prefix_lengths=[3, 3, 3])
-    np.testing.assert_allclose(scores, [_full_score(r) for r in rows], rtol=1e-6)
-    assert session.prefills == [2]  # the head of [5, 6, 7] shrinks to [5, 6]; [5, 6, 7, 8] keeps its own
 
 
 def test_the_scheduler_shares_heads_within_and_across_requests(fp32_artifact: Path) -> None:
@@ -163,9 +107,9 @@ def test_the_scheduler_shares_heads_within_and_across_requests(fp32_artifact: Pa
         a, b = asyncio.run(both())
     finally:
         scheduler.close()
-    np.testing.assert_allclose(a, [_full_score(r) for r in first.input_ids], rtol=1e-6)
-    np.testing.assert_allclose(b, [_full_score(r) for r in second.input_ids], rtol=1e-6)
-    assert session.full_rows == 0 and len(session.prefills) == 1  # coalesced: one head for five pairs
+    np.testing.assert_allclose(a, [full_score(r) for r in first.input_ids], rtol=1e-6)
+    np.testing.assert_allclose(b, [full_score(r) for r in second.input_ids], rtol=1e-6)
+    assert session.full_rows == 0 and len(session.prefills) == 1  # coalesced: one prefix for five pairs
 
 
 QUERIES = ["where do fish live?", "¿qué come un gato?", "where do fish live?", "x", "¿qué come un gato?", "x"]

@@ -170,7 +170,12 @@ def test_tei_shape(server: Server, library: Reranker) -> None:
         ("/v1/rerank", {"query": "q", "documents": ["a"] * 51}, 413, "at most 50"),
         ("/rerank", {"query": "q", "texts": [{"text": "a"}]}, 422, "texts[0]: expected a string"),
         ("/rerank", {"query": "q"}, 422, "documents: required field is missing"),
-        ("/v1/rerank", {"query": "q", "documents": ["a"], "max_chunks_per_doc": 10}, 422, "max_chunks_per_doc"),
+        (
+            "/v1/rerank",
+            {"query": "q", "documents": ["a"], "max_chunks_per_doc": 0},
+            422,
+            "max_chunks_per_doc: expected a",
+        ),
         ("/v1/rerank", {"query": "q", "documents": ["a"], "rank_fields": []}, 422, "rank_fields: expected a non-empty"),
         ("/v1/rerank", {"query": "q", "documents": ["a"], "rank_fields": ["title"]}, 422, "needs object documents"),
         ("/v1/rerank", {"query": "q", "documents": [{"text": "a"}], "rank_fields": ["title"]}, 422, "no field 'title'"),
@@ -321,6 +326,34 @@ def test_official_cohere_client_talks_to_the_server(server: Server, library: Rer
     response = v1.rerank(model="mxbai", query="what is a cat?", documents=DOCS, top_n=3, return_documents=True)
     assert [r.index for r in response.results] == [e.index for e in library.rank("what is a cat?", DOCS, top_k=3)]
     assert response.results[0].document.text == DOCS[response.results[0].index]
+
+
+def test_langchain_cohere_rerank_talks_to_the_server(server: Server, library: Reranker) -> None:
+    from langchain_cohere import CohereRerank  # the dev extra installs it
+    from langchain_core.documents import Document
+
+    compressor = CohereRerank(base_url=server.url, cohere_api_key="unused", model="mxbai", top_n=3)
+    documents = [Document(page_content=text, metadata={"position": i}) for i, text in enumerate(DOCS)]
+    kept = compressor.compress_documents(documents, "what is a cat?")
+    expected = library.rank("what is a cat?", DOCS, normalize=True, top_k=3)
+    assert [d.metadata["position"] for d in kept] == [e.index for e in expected]
+    np.testing.assert_allclose([d.metadata["relevance_score"] for d in kept], [e.score for e in expected], atol=1e-6)
+    records = [{"title": "Cats", "body": DOCS[0]}, {"title": "Fruit", "body": DOCS[1]}]
+    ranked = compressor.rerank(records, "what is a cat?", rank_fields=["title"], top_n=None)
+    texts = ["title: Cats\n", "title: Fruit\n"]  # LangChain sends the chosen fields as YAML text
+    assert [r["index"] for r in ranked] == [e.index for e in library.rank("what is a cat?", texts)]
+
+
+def test_llama_index_tei_postprocessor_talks_to_the_server(server: Server, library: Reranker) -> None:
+    from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode  # the dev extra installs them
+    from llama_index.postprocessor.tei_rerank import TextEmbeddingInference
+
+    postprocessor = TextEmbeddingInference(base_url=server.url, top_n=3)
+    nodes = [NodeWithScore(node=TextNode(text=text, id_=str(i)), score=0.0) for i, text in enumerate(DOCS)]
+    kept = postprocessor.postprocess_nodes(nodes, query_bundle=QueryBundle("what is a cat?"))
+    expected = library.rank("what is a cat?", DOCS, normalize=True, top_k=3)
+    assert [int(n.node.id_) for n in kept] == [e.index for e in expected]
+    np.testing.assert_allclose([n.score for n in kept], [e.score for e in expected], atol=1e-6)
 
 
 def test_missing_server_extra_names_the_install_command() -> None:

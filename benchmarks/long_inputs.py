@@ -1,0 +1,161 @@
+"""Where attention takes over: one pair of growing length, its speed and the memory it costs.
+
+    python benchmarks/long_inputs.py benchmarks/work/base-int8 --doc-lengths 128 512 2048 8192
+
+Every (stack, length) runs in its own process, so that its peak RSS is its own: load, warm up with a
+short call, then score one (query, document) pair `--reps` times. Reported per row: prompt tokens,
+median latency and tokens/s, RSS before the pair (model loaded and warm), peak RSS, RSS after the
+pair (idle), and the model files' size. Stacks:
+  default      Reranker(artifact): backend auto, prompts longer than 1,024 tokens in slices
+  one-piece    the same with slice_tokens=None: every prompt in one piece (the path before slicing)
+  onnxruntime  backend="onnxruntime", slices (add with --stacks)
+Writes results/long-inputs-<artifact>-<cpu class>.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, environment, median, text_of_tokens, write_results
+
+QUERY = "where do rivers flood in spring?"
+STACKS = {
+    "default": {"backend": "auto", "slice_tokens": 1024},
+    "one-piece": {"backend": "auto", "slice_tokens": None},
+    "onnxruntime": {"backend": "onnxruntime", "slice_tokens": 1024},
+    "onnxruntime-one-piece": {"backend": "onnxruntime", "slice_tokens": None},
+}
+
+
+def _rss_gb() -> tuple[float, float]:
+    """(current, peak) resident set size of this process, GB."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return int(status["VmRSS"].split()[0]) / 1e6, int(status["VmHWM"].split()[0]) / 1e6
+
+
+def worker(artifact: str, stack: str, doc_tokens: int, reps: int, threads: int) -> dict:
+    """One measurement, in this (fresh) process."""
+    from rerank_onnx import Reranker
+
+    settings = STACKS[stack]
+    reranker = Reranker(artifact, threads=threads, backend=settings["backend"], slice_tokens=settings["slice_tokens"])
+    reranker.rank(QUERY, ["a short warm-up document", "and another"])
+    document = text_of_tokens(doc_tokens, seed=doc_tokens)
+    prompt_tokens = len(reranker.encode([QUERY], [document]).input_ids[0])
+    before, _ = _rss_gb()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        reranker.rank(QUERY, [document])
+        times.append(time.perf_counter() - start)
+    after, peak = _rss_gb()
+    assert reranker.backend is not None
+    return {
+        "stack": stack,
+        "doc_tokens": doc_tokens,
+        "prompt_tokens": prompt_tokens,
+        "backend": f"{reranker.backend.backend} {reranker.backend.precision}",
+        "latency_s": median(times),
+        "latencies_s": times,
+        "tokens_per_s": prompt_tokens / median(times),
+        "rss_before_gb": before,
+        "peak_rss_gb": peak,
+        "rss_after_gb": after,
+    }
+
+
+def measure(artifact: Path, stack: str, doc_tokens: int, reps: int, threads: int) -> dict:
+    command = [sys.executable, __file__, str(artifact), "--worker", stack, str(doc_tokens)]
+    command += ["--reps", str(reps), "--threads", str(threads)]
+    out = subprocess.run(command, capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"stack": stack, "doc_tokens": doc_tokens, "error": out.stderr.strip().splitlines()[-1:]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def table(data: dict) -> str:
+    env = data["environment"]
+    lines = [
+        f"# One pair of growing length: {data['artifact']} ({data['files_gb']:.2f} GB of model files), "
+        f"{env['threads']} threads, {env['cpu']} ({env['cpu_class']})",
+        f"commit {env['git_commit']}; each row its own process; median of {data['reps']} runs; RSS in GB",
+        "",
+        "| stack | backend | doc tokens | prompt tokens | latency (s) | tokens/s | RSS before | peak RSS | RSS after |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["results"]:
+        if "error" in r:
+            lines.append(f"| {r['stack']} | | {r['doc_tokens']} | failed: {r['error']} | | | | | |")
+            continue
+        lines.append(
+            f"| {r['stack']} | {r['backend']} | {r['doc_tokens']} | {r['prompt_tokens']} | {r['latency_s']:.2f} | "
+            f"{r['tokens_per_s']:.0f} | {r['rss_before_gb']:.2f} | {r['peak_rss_gb']:.2f} | {r['rss_after_gb']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def chart(data: dict, name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (speed, memory) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for stack in data["stacks"]:
+        rows = [r for r in data["results"] if r["stack"] == stack and "error" not in r]
+        x = [r["prompt_tokens"] for r in rows]
+        speed.plot(x, [r["tokens_per_s"] for r in rows], marker="o", label=stack)
+        memory.plot(x, [r["peak_rss_gb"] for r in rows], marker="o", label=f"{stack} peak")
+        memory.plot(x, [r["rss_after_gb"] for r in rows], marker="x", linestyle=":", label=f"{stack} after")
+    for ax in (speed, memory):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("prompt tokens (one pair)")
+        ax.legend(fontsize=7)
+    speed.set(ylabel="tokens/s", title=f"{data['artifact']}: speed")
+    memory.set(ylabel="RSS (GB)", title=f"memory ({data['environment']['cpu_class']})")
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{name}.png", dpi=100)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("artifact", type=Path)
+    parser.add_argument("--doc-lengths", type=int, nargs="+", default=[128, 512, 2048, 8192])
+    parser.add_argument("--stacks", nargs="+", default=["default", "one-piece"], choices=sorted(STACKS))
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--worker", nargs=2, metavar=("STACK", "DOC_TOKENS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(str(args.artifact), args.worker[0], int(args.worker[1]), args.reps, args.threads)))
+        return 0
+    results = []
+    for doc_tokens in args.doc_lengths:
+        for stack in args.stacks:
+            results.append(measure(args.artifact, stack, doc_tokens, args.reps, args.threads))
+            print(json.dumps(results[-1]), file=sys.stderr)
+    env = environment(args.threads)
+    files = sum(p.stat().st_size for p in args.artifact.iterdir() if p.name.startswith("model.onnx"))
+    name = f"long-inputs-{args.artifact.resolve().name}-{env['cpu_class']}"
+    data = {
+        "artifact": args.artifact.resolve().name,
+        "files_gb": files / 1e9,
+        "stacks": args.stacks,
+        "reps": args.reps,
+        "environment": env,
+        "results": results,
+    }
+    write_results(name, data, table(data))
+    chart(data, name)
+    print((RESULTS / f"{name}.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

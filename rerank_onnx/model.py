@@ -1,0 +1,205 @@
+"""An artifact loaded for scoring, in two steps: text pairs -> prompt tokens (`encode`) -> scores.
+
+`Reranker` builds its pair-level API (`rank`, `predict`) on it; the server's scheduler, the
+serverless handler and the export's self-check call the two steps directly, so that they can
+encode per request and score across requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from .artifact import ArtifactConfig, load_artifact
+from .backends import GraphSession, ScoreSession, open_backend
+from .backends.select import Backend, BackendChoice, Precision
+from .scorer import Scorer
+from .template import EncodedPairs, PairEncoder, load_tokenizer
+from .validate import check_bool, check_positive_int, check_prefix_lengths
+
+DEFAULT_MAX_BATCH_TOKENS = 4096
+DEFAULT_MAX_BATCH_SIZE = 32
+# A prompt longer than this runs in slices of this many tokens (attention memory: slice x length).
+DEFAULT_SLICE_TOKENS = 1024
+
+
+class LoadedModel:
+    """The artifact's config, its pair encoder, and a scorer on the backend chosen for this CPU.
+
+    The constructor's arguments are documented on `Reranker`, the class callers use.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        threads: int | None = None,
+        max_length: int | None = None,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        session: ScoreSession | None = None,
+        share_prefix: bool = True,
+        backend: Backend = "auto",
+        precision: Precision = "auto",
+        compile_cache: bool = True,
+        cache_dir: str | Path | None = None,
+        slice_tokens: int | None = DEFAULT_SLICE_TOKENS,
+    ) -> None:
+        _check_knobs(threads, max_length, max_batch_tokens, max_batch_size, slice_tokens, share_prefix, compile_cache)
+        self.config: ArtifactConfig = load_artifact(model_dir)
+        self.backend: BackendChoice | None  # None when the caller brought its own session
+        template = self.config.template
+        tokenizer = load_tokenizer(str(self.config.tokenizer_path))
+        self._encoder = PairEncoder(tokenizer, template, max_length=max_length or template.max_length)
+        # the query + document token budget (the reference's max_length, within the model's limit)
+        self.max_length: int = self._encoder.max_length
+        self.template_tokens: int = self._encoder.predefined_length  # what every prompt spends on the template
+        self.template_limit: int = self._encoder.template_limit  # the largest max_length the model allows
+        self._scorer, self.backend = _open_scorer(
+            self.config,
+            session=session,
+            backend=backend,
+            precision=precision,
+            threads=threads,
+            cache_dir=cache_dir if compile_cache else False,
+            max_batch_tokens=max_batch_tokens,
+            max_batch_size=max_batch_size,
+            share_prefix=share_prefix,
+            slice_tokens=slice_tokens,
+        )
+
+    @property
+    def share_prefix(self) -> bool:
+        """Whether shared prefixes were asked for (`computes_shared_prefix`: whether they happen)."""
+        return self._scorer.share_prefix
+
+    @share_prefix.setter
+    def share_prefix(self, value: bool) -> None:
+        check_bool("share_prefix", value)
+        self._scorer.share_prefix = value
+
+    @property
+    def computes_shared_prefix(self) -> bool:
+        """True when pairs of one query share the computation of their common prefix."""
+        return self._scorer.computes_shared_prefix
+
+    def encode(
+        self,
+        queries: Sequence[str],
+        documents: Sequence[str],
+        *,
+        instruction: str | None = None,
+        max_document_tokens: int | None = None,
+        max_length: int | None = None,
+        max_chunks_per_doc: int | None = None,
+    ) -> EncodedPairs:
+        """The prompt token ids of each pair, and whether it had to be truncated.
+
+        Args:
+            queries: one query per pair.
+            documents: one document per pair, parallel to `queries`.
+            instruction: the model's instruction slot (None or "": none).
+            max_document_tokens: a cap on each document's own tokens below what max_length allows.
+            max_length: a lower query + document budget for this call than the reranker's.
+            max_chunks_per_doc: None cuts a long document as the reference does; N encodes up to N
+                overlapping windows of it instead, one row each (EncodedPairs.windows; chunking.py).
+
+        Returns:
+            EncodedPairs: token ids, which rows were cut, each row's prefix (tokens before its document).
+
+        Raises:
+            InvalidInputError: wrong types, unequal lengths, or text that is not valid Unicode.
+        """
+        return self._encoder.encode(
+            queries,
+            documents,
+            instruction=instruction,
+            max_document_tokens=max_document_tokens,
+            max_length=max_length,
+            max_chunks_per_doc=max_chunks_per_doc,
+        )
+
+    def score_encoded(
+        self,
+        input_ids: Sequence[Sequence[int]],
+        *,
+        prefix_lengths: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        show_progress: bool = False,
+    ) -> np.ndarray:
+        """Run the graph over already-encoded prompts in length-bucketed batches.
+
+        Args:
+            input_ids: one prompt's token ids per row (EncodedPairs.input_ids).
+            prefix_lengths: EncodedPairs.prefix_lengths: rows with equal prefixes compute them once.
+            batch_size: pairs per batch at most.
+            show_progress: draw a progress bar on stderr.
+
+        Returns:
+            float32 raw scores in input order.
+        """
+        if prefix_lengths is not None:
+            check_prefix_lengths(prefix_lengths, len(input_ids))
+        check_positive_int("batch_size", batch_size, allow_none=True)
+        return self._scorer.score(
+            input_ids, prefix_lengths=prefix_lengths, batch_size=batch_size, show_progress=show_progress
+        )
+
+    def normalize(self, scores: np.ndarray) -> np.ndarray:
+        """sigmoid(score - estimated_max / 2): the reference's `normalize=True`."""
+        shifted = np.asarray(scores, dtype=np.float64) - self.config.estimated_max / 2
+        return (1.0 / (1.0 + np.exp(-shifted))).astype(np.float32)
+
+
+def _check_knobs(
+    threads: object,
+    max_length: object,
+    max_batch_tokens: object,
+    max_batch_size: object,
+    slice_tokens: object,
+    share_prefix: object,
+    compile_cache: object,
+) -> None:
+    """The constructor's checks, in its argument order."""
+    check_positive_int("threads", threads, allow_none=True)
+    check_positive_int("max_length", max_length, allow_none=True)
+    check_positive_int("max_batch_tokens", max_batch_tokens)
+    check_positive_int("max_batch_size", max_batch_size)
+    check_positive_int("slice_tokens", slice_tokens, allow_none=True)
+    check_bool("share_prefix", share_prefix)
+    check_bool("compile_cache", compile_cache)
+
+
+def _open_scorer(
+    config: ArtifactConfig,
+    *,
+    session: ScoreSession | None,
+    backend: Backend,
+    precision: Precision,
+    threads: int | None,
+    cache_dir: str | Path | Literal[False] | None,
+    max_batch_tokens: int,
+    max_batch_size: int,
+    share_prefix: bool,
+    slice_tokens: int | None,
+) -> tuple[Scorer, BackendChoice | None]:
+    """A scorer over `session`, or over the backend chosen for this CPU (returned with the choice)."""
+    choice = None
+    if session is None:
+        session, choice = open_backend(
+            config, backend=backend, precision=precision, threads=threads, cache_dir=cache_dir
+        )
+    scorer = Scorer(
+        session,
+        pad_id=config.template.pad_token_id,
+        chat_prefix=config.template.prefix_ids,
+        max_batch_tokens=max_batch_tokens,
+        max_batch_size=max_batch_size,
+        share_prefix=share_prefix,
+        pad_multiple=session.pad_multiple if isinstance(session, GraphSession) else 1,
+        slice_tokens=slice_tokens,
+    )
+    return scorer, choice
