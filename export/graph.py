@@ -29,7 +29,8 @@ class ScoreGraph(torch.nn.Module):
     shared prefix once and scores every document as its continuation.
 
     The layer loop is written out (with the checkpoint's own modules and rotary embedding) because
-    transformers' cache classes and mask builder do not trace; it is the eager attention of Qwen2.
+    transformers' cache classes and mask builder do not trace; it is the eager attention of Qwen2 (and of
+    Qwen3, which adds an RMSNorm over each head's queries and keys).
     """
 
     def __init__(self, causal_lm: torch.nn.Module, *, yes_token_id: int, no_token_id: int) -> None:
@@ -68,8 +69,11 @@ class ScoreGraph(torch.nn.Module):
         for i, layer in enumerate(self.layers):
             attention = layer.self_attn
             h = layer.input_layernorm(x)
-            q = attention.q_proj(h).view(batch, seq, self.heads, self.head_dim).transpose(1, 2)
-            k = attention.k_proj(h).view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
+            q = attention.q_proj(h).view(batch, seq, self.heads, self.head_dim)
+            k = attention.k_proj(h).view(batch, seq, self.kv_heads, self.head_dim)
+            if hasattr(attention, "q_norm"):  # Qwen3: RMSNorm over each head's query and key
+                q, k = attention.q_norm(q), attention.k_norm(k)
+            q, k = q.transpose(1, 2), k.transpose(1, 2)
             v = attention.v_proj(h).view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
             k = torch.cat([past_keys[i].unsqueeze(0).expand(batch, -1, -1, -1), k], dim=2)

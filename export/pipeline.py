@@ -24,7 +24,7 @@ from rerank_onnx.template import PairEncoder, load_tokenizer
 
 from . import report
 from .graph import ScoreGraph, export_fp32
-from .prompt import template_data
+from .prompt import PROMPTS, Prompt, detect_family, template_data
 from .quantize import SCHEMES
 from .quantize import quantize as quantize_graph
 from .source import Checkpoint, resolve_checkpoint
@@ -50,17 +50,19 @@ def export_checkpoint(
     revision: str | None = None,
     estimated_max: float | None = None,
     overwrite: bool = False,
+    family: str = "auto",
     log: Callable[[str], None] = print,
 ) -> ExportResult:
-    """Convert a Qwen2 mxbai-rerank-v2 checkpoint (hub id or folder) into an artifact folder.
+    """Convert a reranker checkpoint (hub id or folder) into an artifact folder.
 
     Args:
         source: a hub id or a local checkpoint folder.
         output_dir: the artifact folder to write (written as `<name>.partial`, renamed when complete).
         quantize: "int8" (blockwise, the default), "int8-fast" or "none".
         revision: the hub revision.
-        estimated_max: the normalization constant (default: the reference's for the hub id).
+        estimated_max: the normalization constant (default: the family reference's, for mxbai per hub id).
         overwrite: replace an existing, non-empty output folder.
+        family: "auto" (from the checkpoint's architecture), "mxbai-rerank-v2" or "qwen3-reranker".
         log: where progress lines go.
 
     Returns:
@@ -71,6 +73,8 @@ def export_checkpoint(
     """
     if quantize not in SCHEMES:
         raise ExportError(f"quantize: expected one of {sorted(SCHEMES)}, got {quantize!r}")
+    if family != "auto" and family not in PROMPTS:
+        raise ExportError(f"family: expected auto or one of {sorted(PROMPTS)}, got {family!r}")
     output = Path(output_dir).expanduser()
     if output.exists() and not output.is_dir():
         raise ExportError(f"{output} is a file, not a folder: choose a folder path for the artifact")
@@ -78,12 +82,15 @@ def export_checkpoint(
         raise ExportError(f"{output} exists and is not empty; choose another folder or pass --overwrite")
     started = time.perf_counter()
     checkpoint = resolve_checkpoint(source, revision=revision)
-    log(f"checkpoint: {checkpoint.folder}")
+    prompt = PROMPTS[family if family != "auto" else detect_family(checkpoint.config, source)]
+    if estimated_max is None:
+        estimated_max = checkpoint.estimated_max if prompt.family == "mxbai-rerank-v2" else prompt.estimated_max
+    log(f"checkpoint: {checkpoint.folder} ({prompt.family})")
     staging = output.with_name(output.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         with quiet_transformers():
-            export_report = _export_into(staging, checkpoint, quantize, estimated_max, log)
+            export_report = _export_into(staging, checkpoint, prompt, quantize, estimated_max, log)
     except RerankError:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -124,7 +131,12 @@ def quiet_transformers() -> Iterator[None]:
 
 
 def _export_into(
-    staging: Path, checkpoint: Checkpoint, quantize: str, estimated_max: float | None, log: Callable[[str], None]
+    staging: Path,
+    checkpoint: Checkpoint,
+    prompt: Prompt,
+    quantize: str,
+    estimated_max: float,
+    log: Callable[[str], None],
 ) -> dict:
     """Write the artifact into `staging` and return its self-check report (without the total time)."""
     import torch
@@ -133,7 +145,7 @@ def _export_into(
     timings: dict[str, float] = {}
     work = staging / ".work"
     work.mkdir(parents=True)
-    template_dict = _write_tokenizer(staging, checkpoint)
+    template_dict = _write_tokenizer(staging, checkpoint, prompt)
     template = Template.from_dict(template_dict)
     tokenizer = load_tokenizer(str(staging / artifact.TOKENIZER_FILE))
     pair_ids, prefix_lengths = _builtin_pair_ids(PairEncoder(tokenizer, template, max_length=template.max_length))
@@ -174,7 +186,7 @@ def _export_into(
         template=template_dict,
         quantization=quantize,
         quantization_description=SCHEMES[quantize],
-        estimated_max=estimated_max if estimated_max is not None else checkpoint.estimated_max,
+        estimated_max=estimated_max,
     )
     log("checking the written graph on every backend this machine runs")
     t = time.perf_counter()
@@ -194,7 +206,7 @@ def _export_into(
     }
 
 
-def _write_tokenizer(staging: Path, checkpoint: Checkpoint) -> dict:
+def _write_tokenizer(staging: Path, checkpoint: Checkpoint, prompt: Prompt) -> dict:
     """Save the checkpoint's fast tokenizer into the artifact; return the template section built with it."""
     from transformers import AutoTokenizer
 
@@ -204,7 +216,9 @@ def _write_tokenizer(staging: Path, checkpoint: Checkpoint) -> dict:
     hf_tokenizer.backend_tokenizer.save(str(staging / artifact.TOKENIZER_FILE))
     tokenizer = load_tokenizer(str(staging / artifact.TOKENIZER_FILE))
     model_max_length = int(checkpoint.config.get("max_position_embeddings", 32768))
-    return template_data(tokenizer, model_max_length=model_max_length, truncation_side=hf_tokenizer.truncation_side)
+    return template_data(
+        tokenizer, prompt, model_max_length=model_max_length, truncation_side=hf_tokenizer.truncation_side
+    )
 
 
 def _self_check(

@@ -1,4 +1,5 @@
-"""Random-weight Qwen2 checkpoints of the mxbai-rerank-v2 architectures, with the real Qwen2 vocabulary.
+"""Random-weight checkpoints of the supported architectures, with the real Qwen vocabulary: Qwen2 for
+mxbai-rerank-v2 (base-v2, large-v2) and Qwen3 for Qwen3-Reranker (0.6B).
 
 The real weights live on the Hugging Face Hub, which tests and benchmarks cannot reach. Speed does not
 depend on weight values and the export/runtime mechanics do not either, so a checkpoint with the real
@@ -42,6 +43,8 @@ QWEN25_ADDED_TOKENS = (
     "<|repo_name|>",
     "<|file_sep|>",
 )
+# Qwen3 adds four plain (not special) tokens after them, ids 151665..151668.
+QWEN3_EXTRA_TOKENS = ("<tool_response>", "</tool_response>", "<think>", "</think>")
 QWEN25_FIRST_ADDED_ID = 151643
 QWEN25_VOCAB_SIZE = 151936
 
@@ -54,6 +57,8 @@ class Architecture:
     num_attention_heads: int
     num_key_value_heads: int
     max_position_embeddings: int = 32768
+    qwen3: bool = False  # Qwen3ForCausalLM (per-head q/k RMSNorm, explicit head_dim) instead of Qwen2
+    head_dim: int | None = None
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -63,6 +68,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     "base-v2": Architecture(896, 4864, 24, 14, 2),
     # Test size: every code path of the real model (GQA, tied embeddings, rope), seconds to export.
     "tiny": Architecture(64, 128, 2, 4, 2),
+    # Qwen/Qwen3-Reranker-0.6B (Qwen3-0.6B shape)
+    "qwen3-0.6b": Architecture(1024, 3072, 28, 16, 8, max_position_embeddings=40960, qwen3=True, head_dim=128),
+    "qwen3-tiny": Architecture(64, 128, 2, 4, 2, qwen3=True, head_dim=32),
 }
 
 
@@ -77,8 +85,9 @@ def _qwen_tiktoken_path() -> Path:
     return path
 
 
-def build_qwen2_tokenizer_json(destination: Path) -> Path:
-    """Write a Qwen2.5-equivalent `tokenizer.json` converted from `qwen.tiktoken`."""
+def build_qwen2_tokenizer_json(destination: Path, *, qwen3: bool = False) -> Path:
+    """Write a Qwen2.5-equivalent `tokenizer.json` converted from `qwen.tiktoken` (qwen3: with Qwen3's
+    four extra tokens)."""
     from tokenizers import AddedToken, normalizers
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
@@ -93,14 +102,18 @@ def build_qwen2_tokenizer_json(destination: Path) -> Path:
     if base != QWEN25_FIRST_ADDED_ID:
         raise ValueError(f"expected {QWEN25_FIRST_ADDED_ID} BPE ranks in qwen.tiktoken, found {base}")
     tokenizer.add_special_tokens(
-        [AddedToken(t, normalized=False, special=i < 14) for i, t in enumerate(QWEN25_ADDED_TOKENS)]
+        [AddedToken(t, normalized=False, special=i < 14) for i, t in enumerate(_added_tokens(qwen3))]
     )
     destination.parent.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(destination))
     return destination
 
 
-def _write_tokenizer_files(folder: Path, tokenizer_json: Path) -> None:
+def _added_tokens(qwen3: bool) -> tuple[str, ...]:
+    return QWEN25_ADDED_TOKENS + (QWEN3_EXTRA_TOKENS if qwen3 else ())
+
+
+def _write_tokenizer_files(folder: Path, tokenizer_json: Path, *, qwen3: bool) -> None:
     if tokenizer_json.resolve() != (folder / "tokenizer.json").resolve():
         shutil.copyfile(tokenizer_json, folder / "tokenizer.json")
     added = {
@@ -112,7 +125,7 @@ def _write_tokenizer_files(folder: Path, tokenizer_json: Path) -> None:
             "single_word": False,
             "special": i < 14,
         }
-        for i, t in enumerate(QWEN25_ADDED_TOKENS)
+        for i, t in enumerate(_added_tokens(qwen3))
     }
     config = {
         "tokenizer_class": "Qwen2Tokenizer",
@@ -138,7 +151,8 @@ def build_random_checkpoint(
     max_position_embeddings: int | None = None,
     weight_std: float | None = None,
 ) -> Path:
-    """Save a random-weight Qwen2ForCausalLM of `size` with the Qwen2.5 tokenizer into `destination`.
+    """Save a random-weight Qwen2ForCausalLM (Qwen3ForCausalLM for qwen3 sizes) of `size` with the Qwen
+    tokenizer into `destination`.
 
     `tokenizer_json` reuses a file from `build_qwen2_tokenizer_json` (the conversion takes ~10 s).
     `max_position_embeddings` overrides the architecture's context length (tests of the length limits).
@@ -147,7 +161,7 @@ def build_random_checkpoint(
     compare schemes on one model, side by side (base-v2 at 0.035: score std ~1.6).
     """
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     if size not in ARCHITECTURES:
         raise ValueError(f"size must be one of {sorted(ARCHITECTURES)}, got {size!r}")
@@ -155,8 +169,10 @@ def build_random_checkpoint(
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
     if tokenizer_json is None:
-        tokenizer_json = build_qwen2_tokenizer_json(destination / "tokenizer.json")
-    config = Qwen2Config(
+        tokenizer_json = build_qwen2_tokenizer_json(destination / "tokenizer.json", qwen3=arch.qwen3)
+    config_class, model_class = (Qwen3Config, Qwen3ForCausalLM) if arch.qwen3 else (Qwen2Config, Qwen2ForCausalLM)
+    extra = {"head_dim": arch.head_dim} if arch.head_dim else {}
+    config = config_class(
         vocab_size=QWEN25_VOCAB_SIZE,
         hidden_size=arch.hidden_size,
         intermediate_size=arch.intermediate_size,
@@ -173,10 +189,11 @@ def build_random_checkpoint(
         bos_token_id=151643,
         eos_token_id=151645,
         torch_dtype="float32",
+        **extra,
     )
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
-    if weight_std is None and size == "tiny":
+    model = model_class(config)
+    if weight_std is None and size in ("tiny", "qwen3-tiny"):
         # Default init (std 0.02) leaves a tiny model's scores near 0; larger weights spread them out
         # so that ranking comparisons in tests are meaningful.
         weight_std = 0.2
@@ -186,7 +203,7 @@ def build_random_checkpoint(
                 if p.dim() > 1:
                     p.normal_(0.0, weight_std)
     model.save_pretrained(destination, safe_serialization=True)
-    _write_tokenizer_files(destination, Path(tokenizer_json))
+    _write_tokenizer_files(destination, Path(tokenizer_json), qwen3=arch.qwen3)
     return destination
 
 

@@ -10,7 +10,7 @@ from rerank_onnx.errors import ExportError
 
 # Files the export reads; weights in other formats (.bin, .pt) are not fetched.
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
-SUPPORTED_ARCHITECTURES = ("Qwen2ForCausalLM",)
+SUPPORTED_ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen3ForCausalLM")
 
 # What the official package uses to normalize scores (mxbai_rerank_v2.estimated_max_cfg): it keys on the
 # exact string passed in, so local folders get 12.0. We keep the same rule to give the same numbers.
@@ -84,8 +84,8 @@ def _checked(checkpoint: Checkpoint) -> Checkpoint:
     architectures = checkpoint.config.get("architectures") or []
     if not any(a in SUPPORTED_ARCHITECTURES for a in architectures):
         raise ExportError(
-            f"{checkpoint.source}: expected a {' or '.join(SUPPORTED_ARCHITECTURES)} checkpoint of the "
-            f"mxbai-rerank-v2 family, got architectures={architectures!r}"
+            f"{checkpoint.source}: expected a {' or '.join(SUPPORTED_ARCHITECTURES)} checkpoint (mxbai-rerank-v2 "
+            f"or Qwen3-Reranker), got architectures={architectures!r}"
         )
     folder = checkpoint.folder
     if not any(folder.glob("*.safetensors")):

@@ -50,7 +50,12 @@ PLAIN_GRAPH_INPUTS = (INPUT_IDS, LENGTHS)
 
 @dataclass(frozen=True)
 class Template:
-    """How one (query, document) pair becomes token ids: see template.py."""
+    """How one (query, document) pair becomes token ids, per model family: see template.py.
+
+    prefix + query part (+ separator) + document part + tail, where the query part is
+    `query_prompt` (with the instruction, or `instruction_prompt` + separator before it) and the tail
+    follows the document (mxbai: separator + task + suffix; Qwen3: suffix).
+    """
 
     separator: str
     instruction_prompt: str
@@ -63,15 +68,27 @@ class Template:
     yes_token_id: int
     no_token_id: int
     pad_token_id: int
-    max_length: int
+    max_length: int  # the query + document token budget
     model_max_length: int
     truncation_side: str
+    # Written since model families (artifacts from before are mxbai-rerank-v2 and get these defaults).
+    family: str = "mxbai-rerank-v2"
+    default_instruction: str = ""
+    truncation: str = "mxbai"  # "mxbai": the official package's rule; "joint": query + document cut at the end
+    tail_ids: tuple[int, ...] = ()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Template:
         ids = ("prefix_ids", "separator_ids", "task_ids", "suffix_ids")
-        fields = {name: data[name] for name in cls.__dataclass_fields__}
+        optional = ("family", "default_instruction", "truncation", "tail_ids")
+        fields = {name: data[name] for name in cls.__dataclass_fields__ if name not in optional}
+        fields.update({name: data[name] for name in optional if name in data})
         fields.update({name: tuple(int(i) for i in data[name]) for name in ids})
+        fields["tail_ids"] = tuple(
+            int(i) for i in data.get("tail_ids", [*data["separator_ids"], *data["task_ids"], *data["suffix_ids"]])
+        )
+        if fields.get("truncation", "mxbai") not in ("mxbai", "joint"):
+            raise ValueError(f"template truncation: expected 'mxbai' or 'joint', got {fields['truncation']!r}")
         return cls(**fields)
 
 
@@ -171,7 +188,7 @@ def write_config(
     config = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "model_family": "mxbai-rerank-v2",
+        "model_family": template.get("family", "mxbai-rerank-v2"),
         "source_model": source_model,
         "source_revision": source_revision,
         "quantization": {"scheme": quantization, "description": quantization_description},

@@ -46,9 +46,16 @@ def _parser() -> argparse.ArgumentParser:
         "--estimated-max",
         type=float,
         default=None,
-        help="normalization constant (default: 9.0 for the base-v2 hub id, 12.0 otherwise, as the reference)",
+        help="normalization constant: sigmoid(score - X / 2) (mxbai: 9.0 for the base-v2 hub id, 12.0 otherwise, "
+        "as its reference; qwen3-reranker: 0, its P(yes))",
     )
     export.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    export.add_argument(
+        "--family",
+        choices=["auto", "mxbai-rerank-v2", "qwen3-reranker"],
+        default="auto",
+        help="the model family: its prompt, score tokens and normalization (default: from the architecture)",
+    )
     export.set_defaults(run=_export)
 
     rank = commands.add_parser("rank", help="rank documents against a query")
@@ -216,6 +223,7 @@ def _export(args: argparse.Namespace) -> int:
         revision=args.revision,
         estimated_max=args.estimated_max,
         overwrite=args.overwrite,
+        family=args.family,
         log=lambda message: print(message, file=sys.stderr),
     )
     print(_summary(result.report))

@@ -43,11 +43,9 @@ class PairEncoder:
     def __init__(self, tokenizer: Tokenizer, template: Template, *, max_length: int) -> None:
         self._tokenizer = tokenizer
         self._t = template
-        self._fixed = len(template.prefix_ids) + len(template.task_ids) + len(template.suffix_ids)
-        self.predefined_length = self._fixed + len(template.separator_ids)
+        self.predefined_length = len(template.prefix_ids) + len(template.tail_ids)
         # The reference shrinks max_length so that the template never pushes past the model's limit.
         self.max_length = min(max_length, template.model_max_length - self.predefined_length)
-        self._left = template.truncation_side == "left"
         # what the document prompt adds around a document, plus room for merges that differ at a window's edges
         self._window_margin = len(self._encode_texts([template.document_prompt.format(document="")])[0]) + 4
 
@@ -57,8 +55,11 @@ class PairEncoder:
         return self._t.model_max_length - self.predefined_length
 
     def query_text(self, query: str, instruction: str | None) -> str:
-        text = self._t.query_prompt.format(query=query)
-        if instruction:  # the reference treats "" like None
+        """The query part: the family's query prompt, with the instruction (or its default) where it goes."""
+        if instruction is None:
+            instruction = self._t.default_instruction
+        text = self._t.query_prompt.format(query=query, instruction=instruction)
+        if instruction and self._t.instruction_prompt:  # mxbai's reference treats "" like None
             text = self._t.instruction_prompt.format(instruction=instruction) + self._t.separator + text
         return text
 
@@ -101,24 +102,20 @@ class PairEncoder:
         distinct = list(dict.fromkeys(queries))
         query_ids = dict(zip(distinct, self._encode_texts([self.query_text(q, instruction) for q in distinct])))
         doc_ids = self._encode_texts([self._t.document_prompt.format(document=d) for d in documents])
-        t = self._t
-        chat_prefix, tail = list(t.prefix_ids), list(t.separator_ids) + list(t.task_ids) + list(t.suffix_ids)
-        sep = list(t.separator_ids)
-        query_cap = limit * 3 // 4  # reference: reserve at least a quarter for the document
+        chat_prefix, tail = list(self._t.prefix_ids), list(self._t.tail_ids)
+        cut_pair = cut_joint if self._t.truncation == "joint" else cut_mxbai
         ids: list[list[int]] = []
         truncated: list[bool] = []
         prefixes: list[int] = []
         budgets: list[int | None] = []
         for query, document in zip(queries, doc_ids):
-            q, cut_q = self._cut(query_ids[query], query_cap)
-            available = t.model_max_length - len(q) - self.predefined_length
-            cap = min(available, limit, max_document_tokens or limit)
-            d, cut_d = self._cut(document, cap)
-            pair, cut_p = self._cut(sep + d, limit - len(q))
+            q, pair, cut, budget = cut_pair(
+                query_ids[query], document, template=self._t, limit=limit, max_document_tokens=max_document_tokens
+            )
             ids.append(chat_prefix + q + pair + tail)
-            truncated.append(cut_q or cut_d or cut_p)
+            truncated.append(cut)
             prefixes.append(len(chat_prefix) + len(q))
-            budgets.append(min(cap, limit - len(q) - len(sep)) if cut_d or cut_p else None)
+            budgets.append(budget)
         return EncodedPairs(input_ids=ids, truncated=truncated, prefix_lengths=prefixes), budgets
 
     def _in_windows(
@@ -152,11 +149,48 @@ class PairEncoder:
     def _encode_texts(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
 
-    def _cut(self, ids: list[int], limit: int) -> tuple[list[int], bool]:
-        if len(ids) <= limit:
-            return ids, False
-        limit = max(limit, 0)
-        return (ids[len(ids) - limit :] if self._left else ids[:limit]), True
+
+def cut_mxbai(
+    query: list[int], document: list[int], *, template: Template, limit: int, max_document_tokens: int | None
+) -> tuple[list[int], list[int], bool, int | None]:
+    """The official mxbai package's rule: the query to 3/4 of the limit, then the document, then
+    separator + document to what is left.
+
+    Returns:
+        The query ids, the separator + document ids, whether anything was cut, and the tokens the
+        document could have had (None when it was not cut; chunking sizes its windows by it).
+    """
+    left = template.truncation_side == "left"
+    sep = list(template.separator_ids)
+    q, cut_q = _cut(query, limit * 3 // 4, left)  # reference: reserve at least a quarter for the document
+    available = template.model_max_length - len(q) - len(template.prefix_ids) - len(template.tail_ids)
+    cap = min(available, limit, max_document_tokens or limit)
+    d, cut_d = _cut(document, cap, left)
+    pair, cut_p = _cut(sep + d, limit - len(q), left)
+    budget = min(cap, limit - len(q) - len(sep)) if cut_d or cut_p else None
+    return q, pair, cut_q or cut_d or cut_p, budget
+
+
+def cut_joint(
+    query: list[int], document: list[int], *, template: Template, limit: int, max_document_tokens: int | None
+) -> tuple[list[int], list[int], bool, int | None]:
+    """Qwen3-Reranker's rule: query part + separator + document part cut together to the limit from the
+    end (its reference tokenizes them as one text with truncation='longest_first'). Returns as cut_mxbai."""
+    left = template.truncation_side == "left"
+    d, cut_d = _cut(document, max_document_tokens or len(document), left)
+    whole = query + list(template.separator_ids) + d
+    kept, cut = _cut(whole, limit, left)
+    q = query[max(len(whole) - limit, 0) :] if left else kept[: len(query)]
+    before_document = len(whole) - len(d)
+    budget = limit - before_document if (cut or cut_d) and before_document < limit else None
+    return q, kept[len(q) :], cut or cut_d, budget
+
+
+def _cut(ids: list[int], limit: int, left: bool) -> tuple[list[int], bool]:
+    if len(ids) <= limit:
+        return ids, False
+    limit = max(limit, 0)
+    return (ids[len(ids) - limit :] if left else ids[:limit]), True
 
 
 def load_tokenizer(path: str) -> Tokenizer:

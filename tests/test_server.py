@@ -239,6 +239,7 @@ def test_health_models_metrics(server: Server) -> None:
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
     models = httpx.get(server.url + "/v1/models").json()
     assert models["object"] == "list" and len(models["data"]) == 1
+    assert models["data"][0]["family"] == "mxbai-rerank-v2"
     _post(server, "/v1/rerank", {"query": "q", "documents": ["a", "b"]})
     text = httpx.get(server.url + "/metrics").text
     assert 'rerank_requests_total{endpoint="/v1/rerank",status="200"}' in text
