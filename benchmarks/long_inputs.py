@@ -30,6 +30,9 @@ STACKS = {
     "one-piece": {"backend": "auto", "slice_tokens": None},
     "onnxruntime": {"backend": "onnxruntime", "slice_tokens": 1024},
     "onnxruntime-one-piece": {"backend": "onnxruntime", "slice_tokens": None},
+    "slice-256": {"backend": "auto", "slice_tokens": 256},
+    "slice-512": {"backend": "auto", "slice_tokens": 512},
+    "onnxruntime-slice-512": {"backend": "onnxruntime", "slice_tokens": 512},
 }
 
 

@@ -13,7 +13,7 @@ from dataclasses import KW_ONLY, dataclass
 
 import numpy as np
 
-from .backends import Prefix, PrefixScoreSession, ScoreSession
+from .backends import GraphSession, Prefix, PrefixScoreSession, ScoreSession
 from .batching import pad_batch, plan_batches, plan_shared_prefixes, split_long
 
 
@@ -82,6 +82,8 @@ class Scorer:
             self._score_rows(input_ids, members, shared, prefix, batch_size, scores, progress)
         self._score_rows(input_ids, alone, 0, None, batch_size, scores, progress)
         progress.close()
+        if isinstance(self.session, GraphSession):
+            self.session.release_memory()
         return scores
 
     def _score_rows(

@@ -29,6 +29,7 @@ from ..artifact import (
     ArtifactConfig,
 )
 from ..errors import ModelLoadError
+from .memory import is_large, trim_heap
 from .select import BackendChoice
 
 log = logging.getLogger("rerank_onnx")
@@ -83,6 +84,10 @@ class Engine(Protocol):
         """Run the graph; return the named outputs as arrays the caller may keep."""
         ...
 
+    def release_memory(self) -> None:
+        """Give back working memory the engine keeps between runs (called after large runs)."""
+        ...
+
 
 def default_threads() -> int:
     """CPUs this process may run on (respects taskset/cgroup affinity, unlike os.cpu_count)."""
@@ -103,6 +108,7 @@ class GraphSession:
                 f"{graph}: expected graph inputs {sorted(plain)} or {sorted(with_past)}, got {sorted(shapes)}"
             )
         self._engine = engine
+        self._large_runs = False  # since the last release_memory()
         self.threads = engine.threads
         self.pad_multiple = engine.pad_multiple
         # the past a graph with past inputs gets when nothing is shared; None for the plain layout
@@ -116,14 +122,27 @@ class GraphSession:
 
     def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         if self.empty_prefix is None:
-            (scores,) = self._engine.run({INPUT_IDS: input_ids, LENGTHS: lengths}, [SCORES])
+            (scores,) = self._call({INPUT_IDS: input_ids, LENGTHS: lengths}, [SCORES])
             return np.asarray(scores, dtype=np.float32).reshape(-1)
         return self._run_past(self.empty_prefix, input_ids, lengths)
 
     def _run_past(self, prefix: Prefix, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         feeds = {INPUT_IDS: input_ids, LENGTHS: lengths, PAST_KEYS: prefix.keys, PAST_VALUES: prefix.values}
-        (scores,) = self._engine.run(feeds, [SCORES])
+        (scores,) = self._call(feeds, [SCORES])
         return np.asarray(scores, dtype=np.float32).reshape(-1)
+
+    def _call(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        results = self._engine.run(feeds, outputs)
+        self._large_runs = self._large_runs or is_large(feeds)
+        return results
+
+    def release_memory(self) -> None:
+        """After a call that had a large run: the engine's kept buffers and the heap's free pages go back
+        to the OS (memory.py). The scorer calls it at the end of every call; ordinary calls cost nothing."""
+        if self._large_runs:
+            self._engine.release_memory()
+            trim_heap()
+            self._large_runs = False
 
 
 class PrefixGraphSession(GraphSession):
@@ -138,7 +157,7 @@ class PrefixGraphSession(GraphSession):
             PAST_KEYS: past.keys,
             PAST_VALUES: past.values,
         }
-        keys, values = self._engine.run(feeds, [PRESENT_KEYS, PRESENT_VALUES])
+        keys, values = self._call(feeds, [PRESENT_KEYS, PRESENT_VALUES])
         return Prefix(keys=np.asarray(keys, dtype=np.float32), values=np.asarray(values, dtype=np.float32))
 
     def run_after(self, prefix: Prefix, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:

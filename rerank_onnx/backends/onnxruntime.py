@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelLoadError
+from .memory import is_large
 
 
 class OnnxRuntimeEngine:
@@ -30,9 +31,16 @@ class OnnxRuntimeEngine:
         except Exception as exc:  # onnxruntime raises its own exception types for corrupt or missing data
             raise ModelLoadError(f"onnxruntime cannot load {graph}: {exc}") from exc
         self.threads = threads
+        # a large run shrinks the arena back when it ends, instead of keeping its high-water mark (memory.py)
+        self._shrink = ort.RunOptions()
+        self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     def input_shapes(self) -> dict[str, tuple[int | None, ...]]:
         return {i.name: tuple(d if isinstance(d, int) else None for d in i.shape) for i in self._session.get_inputs()}
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
-        return [np.asarray(a) for a in self._session.run(outputs, dict(feeds))]
+        options = self._shrink if is_large(feeds) else None
+        return [np.asarray(a) for a in self._session.run(outputs, dict(feeds), options)]
+
+    def release_memory(self) -> None:
+        """Nothing kept: a large run shrinks the arena as it ends."""
