@@ -133,6 +133,7 @@ def main() -> int:
     parser.add_argument("--stacks", nargs="+", default=["default", "one-piece"], choices=sorted(STACKS))
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--merge", action="store_true", help="keep the other stacks' rows of the last run's file")
     parser.add_argument("--worker", nargs=2, metavar=("STACK", "DOC_TOKENS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -144,6 +145,12 @@ def main() -> int:
             results.append(measure(args.artifact, stack, doc_tokens, args.reps, args.threads))
             print(json.dumps(results[-1]), file=sys.stderr)
     env = environment(args.threads)
+    previous = RESULTS / f"long-inputs-{args.artifact.resolve().name}-{env['cpu_class']}.json"
+    if args.merge and previous.exists():  # keep the other stacks' rows of an earlier run
+        earlier = json.loads(previous.read_text())
+        results = [r for r in earlier["results"] if r["stack"] not in args.stacks] + results
+        args.stacks = [s for s in earlier["stacks"] if s not in args.stacks] + args.stacks
+        results.sort(key=lambda r: (r["doc_tokens"], args.stacks.index(r["stack"])))
     files = sum(p.stat().st_size for p in args.artifact.iterdir() if p.name.startswith("model.onnx"))
     name = f"long-inputs-{args.artifact.resolve().name}-{env['cpu_class']}"
     data = {

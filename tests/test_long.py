@@ -45,6 +45,7 @@ reranker = Reranker(
 reranker.rank("q", ["warm up"])
 before, _ = rss()
 reranker.rank("where do rivers flood?", ["river bank " * 4000], truncate=True)
+reranker.rank("q", ["the next request runs on what the long one gave back"])
 after, peak = rss()
 print(json.dumps({"before": before, "after": after, "peak": peak}))
 """

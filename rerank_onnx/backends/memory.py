@@ -4,9 +4,9 @@ Attention memory grows with rows x width x context (past + width). After a run a
 `LARGE_ATTENTION`, onnxruntime's arena would keep its high-water mark, OpenVINO its intermediate
 buffers and glibc's heap its freed blocks, so an idle server would hold the memory of its longest
 request. Measured on base-v2 int8 with an 8k-token pair (benchmarks/README.md): onnxruntime's arena
-shrinkage run option gives back most of its arena; OpenVINO's `release_memory` followed by
-`malloc_trim` gives back most of what OpenVINO and numpy freed. Short batches stay below the
-threshold and pay nothing.
+shrinkage run option gives back most of its arena; `malloc_trim` gives back part of what OpenVINO
+and numpy freed (OpenVINO's own `release_memory` gave back more, but corrupted the heap of the next
+inference after a one-piece run, so it is not called). Short batches stay below the threshold.
 """
 
 from __future__ import annotations

@@ -91,5 +91,5 @@ class OpenVinoEngine:
         return [self._request.get_tensor(name).data.copy() for name in outputs]
 
     def release_memory(self) -> None:
-        """The compiled model's intermediate buffers, sized by the largest shapes run so far."""
-        self._compiled.release_memory()
+        """Nothing here: OpenVINO 2026.4's CompiledModel.release_memory() after a one-piece 2k-token run
+        corrupted the heap on the next inference (glibc abort, reproduced), so only the heap is trimmed."""
