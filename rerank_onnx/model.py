@@ -27,10 +27,7 @@ DEFAULT_SLICE_TOKENS = 1024
 
 
 class LoadedModel:
-    """The artifact's config, its pair encoder, and a scorer on the backend chosen for this CPU.
-
-    The constructor's arguments are documented on `Reranker`, the class callers use.
-    """
+    """The artifact's config, pair encoder and scorer on this CPU's backend (arguments: see `Reranker`)."""
 
     def __init__(
         self,
@@ -101,7 +98,7 @@ class LoadedModel:
         Args:
             queries: one query per pair.
             documents: one document per pair, parallel to `queries`.
-            instruction: the model's instruction slot (None or "": none).
+            instruction: the instruction slot (None: the family's default, none for mxbai; mxbai: "" is none).
             max_document_tokens: a cap on each document's own tokens below what max_length allows.
             max_length: a lower query + document budget for this call than the reranker's.
             max_chunks_per_doc: None cuts a long document as the reference does; N encodes up to N

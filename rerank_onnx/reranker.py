@@ -41,9 +41,8 @@ class Reranker(LoadedModel):
         max_length: token budget for query + document, as in the reference (default 8192).
         max_batch_tokens: a batch holds at most this many padded tokens.
         max_batch_size: a batch holds at most this many pairs.
-        session: a ready ScoreSession to use instead of loading the artifact's graph (tests, custom engines).
-        share_prefix: compute what the pairs of one query share (chat prefix, instruction, query) once
-            per query, when the graph takes past keys and values (older artifacts: every prompt in full).
+        session: a ready ScoreSession to use instead of the artifact's graph (tests, custom engines).
+        share_prefix: compute what the pairs of one query share (chat prefix, instruction, query) once.
         backend: "auto" (the fastest faithful engine measured for this CPU class), "onnxruntime", "openvino".
         precision: OpenVINO's compute precision, "auto", "fp32" or "bf16" (onnxruntime: "auto" only).
         compile_cache: keep OpenVINO's compiled model on disk, so that the next start skips compiling.
@@ -78,7 +77,7 @@ class Reranker(LoadedModel):
             query: the query.
             documents: the documents to rank.
             top_k: how many results to return (None: all).
-            instruction: the model's instruction slot (None or "": none).
+            instruction: the instruction slot (None: the family's default, none for mxbai).
             return_documents: put each document's text in its result.
             normalize: scores in (0, 1) as the reference's `normalize=True`.
             sort: highest score first, ties by input position; False keeps the top_k in input order.
@@ -134,7 +133,7 @@ class Reranker(LoadedModel):
             queries: one query per pair; or, with `documents` left out, the pairs themselves as
                 (query, document) tuples, as sentence-transformers' `CrossEncoder.predict` takes them.
             documents: one document per pair, parallel to `queries`.
-            instruction: the model's instruction slot (None or "": none).
+            instruction: the instruction slot (None: the family's default, none for mxbai).
             normalize: scores in (0, 1) as the reference's `normalize=True`.
             truncate: cut pairs longer than max_length as the reference does; False raises instead.
             long_documents: "truncate" (the reference) or "chunk": score a long document by its best window.

@@ -1,4 +1,6 @@
-"""The HTTP server, started for real on a loopback port and spoken to over HTTP."""
+"""The HTTP server. Hand-written requests run in-process (starlette's TestClient over `create_app`, the
+app the CLI serves, lifespan included); real client libraries, signals and the CLI's own serve start a
+real server on a loopback port."""
 
 from __future__ import annotations
 
@@ -67,16 +69,36 @@ def library(fp32_artifact: Path) -> Reranker:
     return Reranker(fp32_artifact)
 
 
-def _post(server: Server, path: str, body, **kwargs) -> httpx.Response:
+@pytest.fixture(scope="module")
+def client(fp32_artifact: Path):
+    """The app in this process, with the limits the `server` fixture's flags set."""
+    from starlette.testclient import TestClient
+
+    from rerank_onnx.protocol import Limits
+    from rerank_onnx.server import ServerSettings, create_app
+
+    settings = ServerSettings(model_dir=str(fp32_artifact), limits=Limits(max_documents=50), max_body_bytes=1_000_000)
+    with TestClient(create_app(settings)) as test_client:
+        deadline = time.time() + 60
+        while test_client.get("/health").status_code != 200:  # the loader thread finishes
+            assert time.time() < deadline, "the model did not load"
+            time.sleep(0.05)
+        yield test_client
+
+
+def _post(target, path: str, body, **kwargs) -> httpx.Response:
+    """POST to a real `Server` over loopback, or to the in-process `client`."""
+    if isinstance(target, Server):
+        post, url = httpx.post, target.url + path
+    else:
+        post, url = target.post, path
     if isinstance(body, (bytes, str)):
-        return httpx.post(
-            server.url + path, content=body, headers={"content-type": "application/json"}, timeout=60, **kwargs
-        )
-    return httpx.post(server.url + path, json=body, timeout=60, **kwargs)
+        return post(url, content=body, headers={"content-type": "application/json"}, timeout=60, **kwargs)
+    return post(url, json=body, timeout=60, **kwargs)
 
 
-def test_v1_rerank_jina_cohere_shape(server: Server, library: Reranker) -> None:
-    r = _post(server, "/v1/rerank", {"model": "m", "query": "what is a cat?", "documents": DOCS, "top_n": 3})
+def test_v1_rerank_jina_cohere_shape(client, library: Reranker) -> None:
+    r = _post(client, "/v1/rerank", {"model": "m", "query": "what is a cat?", "documents": DOCS, "top_n": 3})
     assert r.status_code == 200, r.text
     body = r.json()
     assert set(body) >= {"id", "model", "results", "usage"} and body["model"] == "m"
@@ -91,37 +113,37 @@ def test_v1_rerank_jina_cohere_shape(server: Server, library: Reranker) -> None:
     assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
 
 
-def test_v1_options(server: Server) -> None:
+def test_v1_options(client) -> None:
     everything = _post(
-        server, "/v1/rerank", {"query": "q", "documents": DOCS, "top_n": 99, "return_documents": False}
+        client, "/v1/rerank", {"query": "q", "documents": DOCS, "top_n": 99, "return_documents": False}
     ).json()
     assert len(everything["results"]) == len(DOCS) and all("document" not in x for x in everything["results"])
     objects = [{"text": "a cat", "id": "doc-1"}, {"text": "a dog", "id": "doc-2"}]
-    kept = _post(server, "/v1/rerank", {"query": "q", "documents": objects}).json()
+    kept = _post(client, "/v1/rerank", {"query": "q", "documents": objects}).json()
     assert sorted(x["document"]["id"] for x in kept["results"]) == ["doc-1", "doc-2"]
-    zero = _post(server, "/v1/rerank", {"query": "q", "documents": DOCS, "top_n": 0}).json()
+    zero = _post(client, "/v1/rerank", {"query": "q", "documents": DOCS, "top_n": 0}).json()
     assert len(zero["results"]) == len(DOCS)  # vLLM: top_n 0 means all
-    empty = _post(server, "/v1/rerank", {"query": "q", "documents": []})
+    empty = _post(client, "/v1/rerank", {"query": "q", "documents": []})
     assert empty.status_code == 200 and empty.json()["results"] == []
 
 
-def test_instruction_passes_through(server: Server, library: Reranker) -> None:
-    body = _post(server, "/v1/rerank", {"query": "q", "documents": DOCS, "instruction": "prefer French"}).json()
+def test_instruction_passes_through(client, library: Reranker) -> None:
+    body = _post(client, "/v1/rerank", {"query": "q", "documents": DOCS, "instruction": "prefer French"}).json()
     got = {x["index"]: x["relevance_score"] for x in body["results"]}
     expected = library.predict(["q"] * len(DOCS), DOCS, instruction="prefer French", normalize=True)
     np.testing.assert_allclose([got[i] for i in range(len(DOCS))], expected, atol=1e-6)
 
 
-def test_v2_rerank_cohere_shape(server: Server, library: Reranker) -> None:
-    r = _post(server, "/v2/rerank", {"model": "rerank", "query": "what is a cat?", "documents": DOCS, "top_n": 2})
+def test_v2_rerank_cohere_shape(client, library: Reranker) -> None:
+    r = _post(client, "/v2/rerank", {"model": "rerank", "query": "what is a cat?", "documents": DOCS, "top_n": 2})
     body = r.json()
     assert r.status_code == 200 and body["meta"]["api_version"]["version"] == "2"
     expected = library.rank("what is a cat?", DOCS, normalize=True, top_k=2)
     assert [x["index"] for x in body["results"]] == [e.index for e in expected]
-    missing_model = _post(server, "/v2/rerank", {"query": "q", "documents": DOCS})
+    missing_model = _post(client, "/v2/rerank", {"query": "q", "documents": DOCS})
     assert missing_model.status_code == 422 and "model" in missing_model.json()["error"]["message"]
     capped = _post(
-        server, "/v2/rerank", {"model": "m", "query": "q", "documents": ["word " * 50], "max_tokens_per_doc": 5}
+        client, "/v2/rerank", {"model": "m", "query": "q", "documents": ["word " * 50], "max_tokens_per_doc": 5}
     )
     assert capped.status_code == 200
     full = library.encode(["q"], ["word " * 50]).input_ids[0]
@@ -129,8 +151,8 @@ def test_v2_rerank_cohere_shape(server: Server, library: Reranker) -> None:
     assert capped.json()["usage"]["prompt_tokens"] == len(cut) < len(full)
 
 
-def test_tei_shape(server: Server, library: Reranker) -> None:
-    r = _post(server, "/rerank", {"query": "what is a cat?", "texts": DOCS, "raw_scores": True, "return_text": True})
+def test_tei_shape(client, library: Reranker) -> None:
+    r = _post(client, "/rerank", {"query": "what is a cat?", "texts": DOCS, "raw_scores": True, "return_text": True})
     body = r.json()
     assert r.status_code == 200 and isinstance(body, list) and len(body) == len(DOCS)
     raw = library.predict(["what is a cat?"] * len(DOCS), DOCS)
@@ -138,11 +160,11 @@ def test_tei_shape(server: Server, library: Reranker) -> None:
         assert item["text"] == DOCS[item["index"]]
         assert abs(item["score"] - raw[item["index"]]) < 1e-5
     assert [x["score"] for x in body] == sorted((x["score"] for x in body), reverse=True)
-    normalized = _post(server, "/rerank", {"query": "what is a cat?", "texts": DOCS}).json()
+    normalized = _post(client, "/rerank", {"query": "what is a cat?", "texts": DOCS}).json()
     assert all("text" not in x and 0 <= x["score"] <= 1 for x in normalized)
-    too_long = _post(server, "/rerank", {"query": "q", "texts": ["word " * 9000]})
+    too_long = _post(client, "/rerank", {"query": "q", "texts": ["word " * 9000]})
     assert too_long.status_code == 413 and too_long.json()["error"]["code"] == "input_too_long"
-    assert _post(server, "/rerank", {"query": "q", "texts": ["word " * 9000], "truncate": True}).status_code == 200
+    assert _post(client, "/rerank", {"query": "q", "texts": ["word " * 9000], "truncate": True}).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -194,21 +216,21 @@ def test_tei_shape(server: Server, library: Reranker) -> None:
         ),
     ],
 )
-def test_hostile_bodies_get_4xx_json(server: Server, path, body, status, fragment) -> None:
-    r = _post(server, path, body)
+def test_hostile_bodies_get_4xx_json(client, path, body, status, fragment) -> None:
+    r = _post(client, path, body)
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert fragment in error["message"] and set(error) == {"message", "type", "code"}
 
 
-def test_bare_rerank_takes_the_jina_shape_and_cohere_fields(server: Server, library: Reranker) -> None:
-    jina = _post(server, "/rerank", {"model": "m", "query": "what is a cat?", "documents": DOCS, "top_n": 2}).json()
+def test_bare_rerank_takes_the_jina_shape_and_cohere_fields(client, library: Reranker) -> None:
+    jina = _post(client, "/rerank", {"model": "m", "query": "what is a cat?", "documents": DOCS, "top_n": 2}).json()
     expected = library.rank("what is a cat?", DOCS, top_k=2, normalize=True)
     assert [r["index"] for r in jina["results"]] == [e.index for e in expected]
     for route in ("/reranking", "/v1/reranking"):  # llama.cpp's routes
-        assert _post(server, route, {"query": "q", "texts": DOCS}).status_code == 200
+        assert _post(client, route, {"query": "q", "texts": DOCS}).status_code == 200
     objects = [{"title": "Cats", "body": "a cat is a feline", "id": 7}, {"title": "Fruit", "body": "bananas", "id": 8}]
-    ranked = _post(server, "/v1/rerank", {"query": "q", "documents": objects, "rank_fields": ["title", "body"]}).json()
+    ranked = _post(client, "/v1/rerank", {"query": "q", "documents": objects, "rank_fields": ["title", "body"]}).json()
     texts = ["title: Cats\nbody: a cat is a feline", "title: Fruit\nbody: bananas"]
     expected = library.rank("q", texts, normalize=True)
     assert [r["index"] for r in ranked["results"]] == [e.index for e in expected]
@@ -217,7 +239,7 @@ def test_bare_rerank_takes_the_jina_shape_and_cohere_fields(server: Server, libr
     )
     assert ranked["results"][0]["document"] == objects[expected[0].index]  # echoed whole
     long_doc = "word " * 300
-    cut = _post(server, "/v1/rerank", {"query": "q", "documents": [long_doc], "truncate_prompt_tokens": 150}).json()
+    cut = _post(client, "/v1/rerank", {"query": "q", "documents": [long_doc], "truncate_prompt_tokens": 150}).json()
     budget = 150 - library.template_tokens
     assert cut["usage"]["prompt_tokens"] == 150
     expected_score = library.normalize(
@@ -226,22 +248,22 @@ def test_bare_rerank_takes_the_jina_shape_and_cohere_fields(server: Server, libr
     np.testing.assert_allclose(cut["results"][0]["relevance_score"], expected_score[0], atol=1e-6)
 
 
-def test_oversized_body_and_unknown_routes(server: Server) -> None:
+def test_oversized_body_and_unknown_routes(client) -> None:
     big = json.dumps({"query": "q", "documents": ["x" * (10 * 1024 * 1024)]})
-    r = _post(server, "/v1/rerank", big)
+    r = _post(client, "/v1/rerank", big)
     assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
-    assert httpx.get(server.url + "/v1/rerank").status_code == 405
-    missing = httpx.get(server.url + "/nope")
+    assert client.get("/v1/rerank").status_code == 405
+    missing = client.get("/nope")
     assert missing.status_code == 404 and "error" in missing.json()
 
 
-def test_health_models_metrics(server: Server) -> None:
-    assert httpx.get(server.url + "/health").json()["status"] == "ok"
-    models = httpx.get(server.url + "/v1/models").json()
+def test_health_models_metrics(client) -> None:
+    assert client.get("/health").json()["status"] == "ok"
+    models = client.get("/v1/models").json()
     assert models["object"] == "list" and len(models["data"]) == 1
     assert models["data"][0]["family"] == "mxbai-rerank-v2"
-    _post(server, "/v1/rerank", {"query": "q", "documents": ["a", "b"]})
-    text = httpx.get(server.url + "/metrics").text
+    _post(client, "/v1/rerank", {"query": "q", "documents": ["a", "b"]})
+    text = client.get("/metrics").text
     assert 'rerank_requests_total{endpoint="/v1/rerank",status="200"}' in text
     assert "rerank_request_seconds_bucket" in text and "rerank_batch_pairs_count" in text
     assert "rerank_queue_pairs 0.0" in text
