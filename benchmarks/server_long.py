@@ -36,11 +36,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run(artifact: Path, requests: int, doc_tokens: int, threads: int) -> dict:
+def run(artifact: Path, requests: int, doc_tokens: int, threads: int, backend: str) -> dict:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "rerank_onnx.cli", "serve", str(artifact), "--port", str(port)]
-    server = subprocess.Popen([*command, "--threads", str(threads)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [*command, "--threads", str(threads), "--backend", backend], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         deadline = time.time() + 600
         while time.time() < deadline:
@@ -120,14 +122,16 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2)
     parser.add_argument("--doc-tokens", type=int, default=8192)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino"])
     args = parser.parse_args()
     env = environment(args.threads)
     data = {
         "artifact": args.artifact.resolve().name,
         "environment": env,
-        "result": run(args.artifact, args.requests, args.doc_tokens, args.threads),
+        "result": run(args.artifact, args.requests, args.doc_tokens, args.threads, args.backend),
     }
-    name = f"server-long-{data['artifact']}-{env['cpu_class']}"
+    suffix = "" if args.backend == "auto" else f"-{args.backend}"
+    name = f"server-long-{data['artifact']}-{env['cpu_class']}{suffix}"
     write_results(name, data, table(data))
     chart(data, name)
     print((RESULTS / f"{name}.md").read_text())

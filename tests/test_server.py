@@ -5,6 +5,7 @@ real server on a loopback port."""
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import os
 import signal
@@ -89,12 +90,12 @@ def client(fp32_artifact: Path):
 def _post(target, path: str, body, **kwargs) -> httpx.Response:
     """POST to a real `Server` over loopback, or to the in-process `client`."""
     if isinstance(target, Server):
-        post, url = httpx.post, target.url + path
+        post, url = functools.partial(httpx.post, timeout=60), target.url + path
     else:
         post, url = target.post, path
     if isinstance(body, (bytes, str)):
-        return post(url, content=body, headers={"content-type": "application/json"}, timeout=60, **kwargs)
-    return post(url, json=body, timeout=60, **kwargs)
+        return post(url, content=body, headers={"content-type": "application/json"}, **kwargs)
+    return post(url, json=body, **kwargs)
 
 
 def test_v1_rerank_jina_cohere_shape(client, library: Reranker) -> None:
