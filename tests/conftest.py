@@ -49,7 +49,8 @@ def short_context_checkpoint(tmp_path_factory: pytest.TempPathFactory, tokenizer
     )
 
 
-def _export(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path, quantize: str) -> Path:
+def export_tiny(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path, quantize: str) -> Path:
+    """Export `checkpoint` with the real export code into a fresh temporary folder; its checks must pass."""
     from rerank_onnx_export.pipeline import export_checkpoint
 
     result = export_checkpoint(
@@ -64,22 +65,22 @@ def _export(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path, quantize
 
 @pytest.fixture(scope="session")
 def fp32_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
-    return _export(tmp_path_factory, tiny_checkpoint, "none")
+    return export_tiny(tmp_path_factory, tiny_checkpoint, "none")
 
 
 @pytest.fixture(scope="session")
 def int8_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
-    return _export(tmp_path_factory, tiny_checkpoint, "int8")
+    return export_tiny(tmp_path_factory, tiny_checkpoint, "int8")
 
 
 @pytest.fixture(scope="session")
 def int8_fast_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
-    return _export(tmp_path_factory, tiny_checkpoint, "int8-fast")
+    return export_tiny(tmp_path_factory, tiny_checkpoint, "int8-fast")
 
 
 @pytest.fixture(scope="session")
 def short_context_artifact(tmp_path_factory: pytest.TempPathFactory, short_context_checkpoint: Path) -> Path:
-    return _export(tmp_path_factory, short_context_checkpoint, "none")
+    return export_tiny(tmp_path_factory, short_context_checkpoint, "none")
 
 
 @pytest.fixture(scope="session", params=ENGINES)

@@ -134,7 +134,9 @@ def test_unsupported_architecture_is_refused(tmp_path: Path, tiny_checkpoint: Pa
     config = json.loads((other / "config.json").read_text())
     config["architectures"] = ["BertForSequenceClassification"]
     (other / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ExportError, match=r"expected a Qwen2ForCausalLM checkpoint.*BertForSequenceClassification"):
+    with pytest.raises(
+        ExportError, match=r"expected a Qwen2ForCausalLM or Qwen3ForCausalLM checkpoint.*BertForSequenceClassification"
+    ):
         export_checkpoint(str(other), tmp_path / "out", log=lambda m: None)
 
 

@@ -62,14 +62,33 @@ def _probe(artifact: Path, slice_tokens: str, engine: tuple[str, str]) -> dict[s
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_an_8k_pair_stays_within_a_memory_bound_and_gives_it_back(fp32_artifact: Path, engine) -> None:
+def test_an_8k_pair_stays_within_a_memory_bound(fp32_artifact: Path, engine) -> None:
     sliced = _probe(fp32_artifact, "1024", engine)
     whole = _probe(fp32_artifact, "none", engine)
     # one 8k-token pair on the tiny model: attention of 1024 x 8192 per slice instead of 8192 x 8192
     # (measured: onnxruntime ~0.3 GB over its resting RSS, OpenVINO ~0.65 GB; in one piece several GB)
     assert sliced["peak"] - sliced["before"] < 1e9, sliced
     assert sliced["peak"] - sliced["before"] < (whole["peak"] - whole["before"]) / 3, (sliced, whole)
-    # and once it is scored, the process holds about what it held before (arena shrunk, heap trimmed)
+
+
+GIVEN_BACK = [
+    ENGINES[0],
+    pytest.param(
+        ("openvino", "fp32"),
+        id="openvino",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="issue 11, open: OpenVINO keeps the working memory of a long input (its release_memory() "
+            "corrupted the heap, see backends/memory.py); this passes, and must be unmarked, once it is fixed",
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("engine", GIVEN_BACK)
+def test_the_memory_of_an_8k_pair_is_given_back(fp32_artifact: Path, engine) -> None:
+    sliced = _probe(fp32_artifact, "1024", engine)
+    # once it is scored (and a short request after it), the process holds about what it held before
     assert sliced["after"] - sliced["before"] < 0.15 * sliced["before"], sliced
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ENGINES
+from conftest import ENGINES, export_tiny
 
 from rerank_onnx import Reranker
 
@@ -82,19 +82,9 @@ def qwen3_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_random_checkpoint(folder / "ckpt", size="qwen3-tiny", tokenizer_json=tokenizer)
 
 
-def _export(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path, quantize: str) -> Path:
-    from rerank_onnx_export.pipeline import export_checkpoint
-
-    result = export_checkpoint(
-        str(checkpoint), tmp_path_factory.mktemp("qwen3-art") / quantize, quantize=quantize, log=lambda m: None
-    )
-    assert result.passed, result.warnings
-    return result.folder
-
-
 @pytest.fixture(scope="module")
 def qwen3_fp32(tmp_path_factory: pytest.TempPathFactory, qwen3_checkpoint: Path) -> Path:
-    return _export(tmp_path_factory, qwen3_checkpoint, "none")
+    return export_tiny(tmp_path_factory, qwen3_checkpoint, "none")
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +157,7 @@ def test_int8_ranks_like_the_reference(tmp_path_factory: pytest.TempPathFactory,
     from rerank_onnx_export.report import spearman
 
     oracle = Qwen3Oracle(qwen3_checkpoint)
-    reranker = Reranker(_export(tmp_path_factory, qwen3_checkpoint, "int8"))
+    reranker = Reranker(export_tiny(tmp_path_factory, qwen3_checkpoint, "int8"))
     queries = [q for q in QUERIES for _ in DOCUMENTS]
     documents = DOCUMENTS * len(QUERIES)
     expected = oracle.scores(queries, documents)

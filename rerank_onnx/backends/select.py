@@ -49,8 +49,8 @@ AUTO_TABLE: dict[CpuClass, _Row] = {
     "amx": _Row(
         "openvino",
         "bf16",
-        "measured on a 2-core Xeon with AMX (Nov 30, base-v2): 2.5x onnxruntime's blockwise int8, same "
-        "Spearman vs fp32, a pair's score the same alone or in any batch",
+        "measured on a 2-core Xeon with AMX (Nov 30 base-v2: 2.5x onnxruntime's blockwise int8, same "
+        "Spearman vs fp32, a pair's score the same alone or in any batch; Dec 1 large-v2: 5.1x)",
     ),
     "avx512-bf16": _Row(
         "openvino",
