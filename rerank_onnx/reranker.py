@@ -170,6 +170,7 @@ def _encode(
     """The prompts of rank() and predict(): one per pair, or per window of a long document with "chunk"."""
     if long_documents not in ("truncate", "chunk"):
         raise InvalidInputError(f"long_documents: expected 'truncate' or 'chunk', got {describe(long_documents)}")
+    check_positive_int("max_chunks_per_doc", max_chunks_per_doc)  # checked in either mode: a bad value is a bug
     chunks = max_chunks_per_doc if long_documents == "chunk" else None
     encoded = model.encode(queries, documents, instruction=instruction, max_chunks_per_doc=chunks)
     _check_truncation(encoded.pair_truncated(), truncate=truncate, model=model)

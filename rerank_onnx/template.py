@@ -128,23 +128,39 @@ class PairEncoder:
         limit: int,
         max_windows: int,
     ) -> EncodedPairs:
-        """Re-encode every cut document as overlapping windows, each a prompt of its own."""
-        rows: list[tuple[int, str, tuple[int, int]]] = []  # pair, text, span
-        counts, complete = [1] * len(documents), [True] * len(documents)
+        """Cut documents become overlapping windows, each a prompt of its own; the other pairs keep the
+        prompt `encoded` already holds (so only the windows are tokenized again)."""
+        spans: dict[int, list[tuple[int, int]]] = {}
+        complete = [True] * len(documents)
         for i, (document, budget) in enumerate(zip(documents, budgets)):
-            if budget is None:
-                rows.append((i, document, (0, len(document))))
+            window = budget - self._window_margin if budget is not None else 0
+            if window < 1:  # whole, or no room for a window beside the query: the prompt as encoded
+                complete[i] = budget is None
                 continue
             offsets = self._tokenizer.encode(document, add_special_tokens=False).offsets
-            ranges, complete[i] = plan_windows(len(offsets), budget - self._window_margin, max_windows)
-            counts[i] = len(ranges)
-            rows.extend((i, document[a:b], (a, b)) for a, b in char_spans(ranges, offsets))
-        owner = [pair for pair, _, _ in rows]
+            ranges, complete[i] = plan_windows(len(offsets), window, max_windows)
+            spans[i] = char_spans(ranges, offsets)
+        pieces = [(i, span) for i, pair_spans in spans.items() for span in pair_spans]
         windowed, _ = self._encode_pairs(
-            [queries[pair] for pair in owner], [text for _, text, _ in rows], instruction, limit, None
+            [queries[i] for i, _ in pieces], [documents[i][a:b] for i, (a, b) in pieces], instruction, limit, None
         )
-        windows = Windows(owner=owner, spans=[span for _, _, span in rows], counts=counts, complete=complete)
-        return EncodedPairs(windowed.input_ids, windowed.truncated, windowed.prefix_lengths, windows=windows)
+        rows: list[tuple[int, tuple[int, int], list[int], bool, int]] = []  # pair, span, ids, cut, prefix
+        window_rows = iter(zip(pieces, windowed.input_ids, windowed.truncated, windowed.prefix_lengths))
+        for i, document in enumerate(documents):
+            if i not in spans:
+                rows.append(
+                    (i, (0, len(document)), encoded.input_ids[i], encoded.truncated[i], encoded.prefix_lengths[i])
+                )
+            for _ in spans.get(i, ()):
+                (_, span), ids, cut, prefix = next(window_rows)
+                rows.append((i, span, ids, cut, prefix))
+        windows = Windows(
+            owner=[row[0] for row in rows],
+            spans=[row[1] for row in rows],
+            counts=[len(spans.get(i, [None])) for i in range(len(documents))],
+            complete=complete,
+        )
+        return EncodedPairs([r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows], windows=windows)
 
     def _encode_texts(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]

@@ -67,6 +67,15 @@ def test_short_documents_score_the_same_whole_or_chunked(short: Reranker) -> Non
     assert [r.span for r in chunked] == [(0, len(d)) for d in documents] and {r.windows for r in chunked} == {1}
 
 
+def test_a_window_with_no_room_beside_the_query_keeps_the_truncated_prompt(short: Reranker) -> None:
+    """A document cap below what a window needs (max_document_tokens=5) leaves nothing to cut into
+    windows: the pair keeps its truncated prompt, as one row, and counts as cut."""
+    plain = short.encode([QUERY, QUERY], [LONG, "short"], max_document_tokens=5)
+    chunked = short.encode([QUERY, QUERY], [LONG, "short"], max_document_tokens=5, max_chunks_per_doc=3)
+    assert chunked.windows is not None and chunked.windows.counts == [1, 1]
+    assert chunked.input_ids == plain.input_ids and chunked.pair_truncated() == [True, False]
+
+
 def test_the_windows_of_one_document_share_the_query_prefix(fp32_artifact: Path) -> None:
     session = PrefixFake()
     reranker = Reranker(fp32_artifact, session=session, max_length=64)
@@ -85,8 +94,9 @@ def test_max_chunks_per_doc_caps_the_windows_and_says_the_rest_was_cut(short: Re
 
     with pytest.raises(InvalidInputError, match="long_documents: expected 'truncate' or 'chunk'"):
         short.rank(QUERY, [LONG], long_documents="split")  # type: ignore[arg-type]
-    with pytest.raises(InvalidInputError, match="max_chunks_per_doc: expected a positive integer"):
-        short.rank(QUERY, [LONG], long_documents="chunk", max_chunks_per_doc=0)
+    for mode in ("chunk", "truncate"):
+        with pytest.raises(InvalidInputError, match="max_chunks_per_doc: expected a positive integer"):
+            short.rank(QUERY, [LONG], long_documents=mode, max_chunks_per_doc=0)
 
 
 def test_v1_rerank_takes_max_chunks_per_doc(fp32_artifact: Path, short: Reranker) -> None:
@@ -130,3 +140,6 @@ def test_the_cli_chunks_long_documents(fp32_artifact: Path, tmp_path: Path) -> N
     rows = {row["index"]: row for row in json.loads(out.stdout)}
     assert rows[0]["windows"] == 1 and rows[0]["span"] == [0, len("a short one")]
     assert rows[1]["span"] == [0, len(LONG)]  # the model's own 8k budget holds it whole
+    bad = _run(["rank", str(fp32_artifact), str(documents), "--query", QUERY, "--max-chunks-per-doc", "0"])
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: max_chunks_per_doc"), bad.stderr
