@@ -1,4 +1,4 @@
-"""`rerank-onnx export | rank`: the command line."""
+"""`rerank-onnx export | rank | serve | batch`: the command line."""
 
 from __future__ import annotations
 
@@ -100,7 +100,41 @@ def _parser() -> argparse.ArgumentParser:
             help=f"{setting.help} [RERANK_ONNX_{setting.env}] (default {setting.default})",
         )
     serve.set_defaults(run=_serve)
+    _batch_parser(commands)
     return parser
+
+
+def _batch_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    batch = commands.add_parser(
+        "batch",
+        help="score every (query, document) row of a Parquet or JSON-lines file on Ray (the ray extra)",
+        description="Reads INPUT through Ray Data, scores it in a pool of actors (one model each) and writes OUTPUT "
+        "in input order with every input column plus score, error (why a row could not be scored) and truncated. "
+        "Exits 1 when some rows could not be scored: the output is still complete, their error column says why.",
+    )
+    batch.add_argument("model", help="artifact folder (on a cluster: a path every node can read)")
+    batch.add_argument("input", help="a .parquet or .jsonl file, or a folder of them (any path Ray Data reads)")
+    batch.add_argument("output", help="the result file: .parquet or .jsonl")
+    batch.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local one)")
+    batch.add_argument("--actors", type=int, default=None, help="model copies (default: cluster CPUs / threads)")
+    batch.add_argument(
+        "--threads-per-actor",
+        type=int,
+        default=None,
+        help="CPUs reserved and threads per actor (default: a node's CPUs less one, so one actor per node)",
+    )
+    batch.add_argument("--batch-rows", type=int, default=256, help="rows per batch (256)")
+    batch.add_argument("--input-format", choices=["parquet", "jsonl"], default=None, help="default: from INPUT")
+    batch.add_argument("--query-column", default="query")
+    batch.add_argument("--document-column", default="document")
+    batch.add_argument("--score-column", default="score")
+    batch.add_argument("--instruction", default=None)
+    batch.add_argument("--normalize", action="store_true", help="scores in (0, 1) instead of raw logit differences")
+    batch.add_argument("--long-documents", choices=["truncate", "chunk"], default="truncate")
+    batch.add_argument("--max-chunks-per-doc", type=int, default=DEFAULT_MAX_CHUNKS_PER_DOC)
+    _engine_arguments(batch)
+    batch.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
+    batch.set_defaults(run=_batch)
 
 
 BACKEND_HELP = "inference engine: auto takes the fastest faithful one measured for this CPU class"
@@ -290,6 +324,45 @@ def _rank(args: argparse.Namespace) -> int:
         for rank, r in enumerate(results, start=1):
             span = f"{r.span[0]}:{r.span[1]}/{r.windows}\t" if chunked and r.span else ""
             print(f"{rank}\t{r.score:.4f}\t{kept[r.index][0]}\t{span}{r.document}")
+    return 0
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from .ray.batch import BatchOptions
+    from .ray.job import run_batch
+
+    options = BatchOptions(
+        query_column=args.query_column,
+        document_column=args.document_column,
+        score_column=args.score_column,
+        instruction=_strict_text("--instruction", args.instruction) if args.instruction is not None else None,
+        normalize=args.normalize,
+        long_documents=args.long_documents,
+        max_chunks_per_doc=args.max_chunks_per_doc,
+        backend=args.backend,
+        precision=args.precision,
+    )
+    report = run_batch(
+        args.model,
+        args.input,
+        args.output,
+        address=args.address,
+        actors=args.actors,
+        threads_per_actor=args.threads_per_actor,
+        batch_rows=args.batch_rows,
+        input_format=args.input_format,
+        options=options,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"scored {report.rows - report.failed} of {report.rows} rows in {report.seconds:.1f} s "
+        f"({report.rows / report.seconds:.1f} rows/s; {report.actors} actor(s) x {report.threads_per_actor} "
+        f"thread(s)); {report.truncated} truncated; wrote {args.output}",
+        file=sys.stderr,
+    )
+    if report.failed:
+        print(f"error: {report.failed} row(s) could not be scored; their error column says why", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,0 +1,176 @@
+"""Batch reranking on Ray Data: `RerankBatch`, the callable class for `Dataset.map_batches`.
+
+It loads the artifact once per actor and adds a `score` column to every row (job.py runs it over files).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..backends import default_threads
+from ..backends.select import Backend, Precision
+from ..chunking import DEFAULT_MAX_CHUNKS_PER_DOC
+from ..errors import InvalidInputError, MissingDependencyError, describe
+from ..reranker import LongDocuments, Reranker
+from ..validate import check_positive_int, check_str
+
+try:
+    import ray
+    import ray.data
+except ImportError as exc:  # pragma: no cover - exercised by the missing-extra test
+    raise MissingDependencyError("ray[data] (the ray extra)", "pip install 'rerank-onnx[ray]'") from exc
+
+
+class RerankBatch:
+    """A `map_batches` callable: loads the artifact once per actor, adds score / error / truncated columns.
+
+    Rows pass through with every input column (a query or document that is no string becomes null).
+    `score` is NaN and `error` says why (expected / got / fix)
+    for a row whose query or document is missing or not valid text; `error` is null for scored rows.
+    `truncated` is True where the pair was longer than max_length and was cut as the reference cuts it.
+    With long_documents="chunk", `window_start` and `window_end` give the winning window's character span.
+
+    Threads: one per CPU Ray gave the actor (`num_cpus` of map_batches), so that actors x threads
+    never exceed the cores Ray schedules on; outside Ray, the backend's default.
+
+    Example:
+        ds.map_batches(RerankBatch, fn_constructor_kwargs={"model_dir": "art"}, batch_size=256,
+                       compute=ray.data.ActorPoolStrategy(size=2), num_cpus=1)
+    """
+
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        query_column: str = "query",
+        document_column: str = "document",
+        score_column: str = "score",
+        instruction: str | None = None,
+        normalize: bool = False,
+        long_documents: LongDocuments = "truncate",
+        max_chunks_per_doc: int = DEFAULT_MAX_CHUNKS_PER_DOC,
+        backend: Backend = "auto",
+        precision: Precision = "auto",
+        threads: int | None = None,
+    ) -> None:
+        """Load the artifact on this actor.
+
+        Args:
+            model_dir: artifact folder, readable from every node of the cluster.
+            query_column: the input column holding each row's query.
+            document_column: the input column holding each row's document.
+            score_column: the output column of scores.
+            instruction: the instruction slot (None: the family's default).
+            normalize: scores in (0, 1) as the reference's `normalize=True`.
+            long_documents: "truncate" (the reference) or "chunk" (score a long document by its best window).
+            max_chunks_per_doc: with "chunk", windows per document at most.
+            backend: inference engine, as `Reranker`.
+            precision: OpenVINO's compute precision, as `Reranker`.
+            threads: threads for this actor (None: the CPUs Ray assigned to it).
+        """
+        check_long_documents(long_documents, max_chunks_per_doc)
+        self.columns = (query_column, document_column)
+        self.score_column = score_column
+        self.instruction = instruction
+        self.normalize = normalize
+        self.chunks = max_chunks_per_doc if long_documents == "chunk" else None
+        self.threads: int = threads or assigned_cpus() or default_threads()
+        self.model = Reranker(model_dir, threads=self.threads, backend=backend, precision=precision)
+
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Score one batch of rows.
+
+        Args:
+            batch: columns (numpy format, or a pandas DataFrame) with the query and document columns.
+
+        Returns:
+            The input columns plus the score, error and truncated columns (and the window span with "chunk").
+
+        Raises:
+            InvalidInputError: the batch lacks the query or document column.
+        """
+        missing = [name for name in self.columns if name not in batch]
+        if missing:
+            raise InvalidInputError(
+                f"expected columns {list(self.columns)}, got {list(batch.keys())}; name the columns that hold "
+                "the texts (query_column= / document_column=, or --query-column / --document-column)"
+            )
+        queries, documents = (list(batch[name]) for name in self.columns)
+        errors: list[str | None] = [_row_error(self.columns, q, d) for q, d in zip(queries, documents)]
+        good = [i for i, error in enumerate(errors) if error is None]
+        n = len(queries)
+        scores = np.full(n, np.nan, dtype=np.float32)
+        truncated = np.zeros(n, dtype=bool)
+        spans = np.full((n, 2), -1, dtype=np.int64)
+        if good:
+            rows = self._score([queries[i] for i in good], [documents[i] for i in good])
+            scores[good], truncated[good], spans[good] = rows
+        out = {name: np.asarray(batch[name]) for name in batch}
+        for name, texts in zip(self.columns, (queries, documents)):
+            # strings or null, so that every batch has one column type (the error column keeps a bad value's repr)
+            out[name] = np.array([text if isinstance(text, str) else None for text in texts], dtype=object)
+        out[self.score_column] = scores
+        out["error"] = np.array(errors, dtype=object)
+        out["truncated"] = truncated
+        if self.chunks is not None:
+            out["window_start"], out["window_end"] = spans[:, 0], spans[:, 1]
+        return out
+
+    def _score(self, queries: list[str], documents: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Scores, truncation flags and winning spans ([-1, -1] unless chunked) of valid pairs."""
+        encoded = self.model.encode(queries, documents, instruction=self.instruction, max_chunks_per_doc=self.chunks)
+        scores = self.model.score_encoded(encoded.input_ids, prefix_lengths=encoded.prefix_lengths)
+        spans = np.full((len(queries), 2), -1, dtype=np.int64)
+        if encoded.windows is not None:
+            scores, winners = encoded.windows.fold(scores)
+            spans[:] = [encoded.windows.spans[row] for row in winners]
+        if self.normalize:
+            scores = self.model.normalize(scores)
+        return scores, np.array(encoded.pair_truncated(), dtype=bool), spans
+
+
+def check_long_documents(long_documents: object, max_chunks_per_doc: object) -> None:
+    if long_documents not in ("truncate", "chunk"):
+        raise InvalidInputError(f"long_documents: expected 'truncate' or 'chunk', got {describe(long_documents)}")
+    check_positive_int("max_chunks_per_doc", max_chunks_per_doc)
+
+
+def _row_error(columns: tuple[str, str], query: object, document: object) -> str | None:
+    """Why a row cannot be scored (the runtime's own expected / got / fix), or None."""
+    for name, value in zip(columns, (query, document)):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return f"{name}: expected a string, got a missing value (null); fill it in or drop the row"
+    try:
+        check_str(columns[0], query)
+        check_str(columns[1], document)
+    except InvalidInputError as exc:
+        return str(exc)
+    return None
+
+
+def assigned_cpus() -> int | None:
+    """The CPUs Ray reserved for this actor (None outside a Ray worker or with none reserved)."""
+    if not ray.is_initialized():
+        return None
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)  # type: ignore[no-untyped-call]
+    return max(1, int(cpus)) if cpus >= 1 else None
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """What `run_batch` passes to every actor's `RerankBatch` (fields: see its constructor)."""
+
+    query_column: str = "query"
+    document_column: str = "document"
+    score_column: str = "score"
+    instruction: str | None = None
+    normalize: bool = False
+    long_documents: LongDocuments = "truncate"
+    max_chunks_per_doc: int = DEFAULT_MAX_CHUNKS_PER_DOC
+    backend: Backend = "auto"
+    precision: Precision = "auto"
