@@ -6,9 +6,9 @@ Every (stack, length) runs in its own process, so that its peak RSS is its own: 
 short call, then score one (query, document) pair `--reps` times. Reported per row: prompt tokens,
 median latency and tokens/s, RSS before the pair (model loaded and warm), peak RSS, RSS after the
 pair (idle), and the model files' size. Stacks:
-  default      Reranker(artifact): backend auto, prompts longer than 1,024 tokens in slices
+  default      Reranker(artifact): backend auto, long prompts in the engine's slices (onnxruntime 512, OpenVINO 1,024)
   one-piece    the same with slice_tokens=None: every prompt in one piece (the path before slicing)
-  onnxruntime  backend="onnxruntime", slices (add with --stacks)
+  onnxruntime  backend="onnxruntime", its 512-token slices (add with --stacks; onnxruntime-slice-1024: the old size)
 Writes results/long-inputs-<artifact>-<cpu class>.{json,md,png}.
 """
 
@@ -26,9 +26,10 @@ from common import RESULTS, environment, median, text_of_tokens, write_results
 
 QUERY = "where do rivers flood in spring?"
 STACKS = {
-    "default": {"backend": "auto", "slice_tokens": 1024},
+    "default": {"backend": "auto", "slice_tokens": "auto"},
     "one-piece": {"backend": "auto", "slice_tokens": None},
-    "onnxruntime": {"backend": "onnxruntime", "slice_tokens": 1024},
+    "onnxruntime": {"backend": "onnxruntime", "slice_tokens": "auto"},
+    "onnxruntime-slice-1024": {"backend": "onnxruntime", "slice_tokens": 1024},
     "onnxruntime-one-piece": {"backend": "onnxruntime", "slice_tokens": None},
     "slice-256": {"backend": "auto", "slice_tokens": 256},
     "slice-512": {"backend": "auto", "slice_tokens": 512},

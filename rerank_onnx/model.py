@@ -22,7 +22,8 @@ from .validate import check_bool, check_positive_int, check_prefix_lengths
 
 DEFAULT_MAX_BATCH_TOKENS = 4096
 DEFAULT_MAX_BATCH_SIZE = 32
-# A prompt longer than this runs in slices of this many tokens (attention memory: slice x length).
+# A prompt longer than this runs in slices of this many tokens (attention memory: slice x length); "auto"
+# takes the engine's own measured size (backends: onnxruntime 512, OpenVINO 1024), this for custom sessions.
 DEFAULT_SLICE_TOKENS = 1024
 
 
@@ -43,7 +44,7 @@ class LoadedModel:
         precision: Precision = "auto",
         compile_cache: bool = True,
         cache_dir: str | Path | None = None,
-        slice_tokens: int | None = DEFAULT_SLICE_TOKENS,
+        slice_tokens: int | Literal["auto"] | None = "auto",
     ) -> None:
         _check_knobs(threads, max_length, max_batch_tokens, max_batch_size, slice_tokens, share_prefix, compile_cache)
         self.config: ArtifactConfig = load_artifact(model_dir)
@@ -165,7 +166,8 @@ def _check_knobs(
     check_positive_int("max_length", max_length, allow_none=True)
     check_positive_int("max_batch_tokens", max_batch_tokens)
     check_positive_int("max_batch_size", max_batch_size)
-    check_positive_int("slice_tokens", slice_tokens, allow_none=True)
+    if slice_tokens != "auto":
+        check_positive_int("slice_tokens", slice_tokens, allow_none=True)
     check_bool("share_prefix", share_prefix)
     check_bool("compile_cache", compile_cache)
 
@@ -181,7 +183,7 @@ def _open_scorer(
     max_batch_tokens: int,
     max_batch_size: int,
     share_prefix: bool,
-    slice_tokens: int | None,
+    slice_tokens: int | Literal["auto"] | None,
 ) -> tuple[Scorer, BackendChoice | None]:
     """A scorer over `session`, or over the backend chosen for this CPU (returned with the choice)."""
     choice = None
@@ -197,6 +199,13 @@ def _open_scorer(
         max_batch_size=max_batch_size,
         share_prefix=share_prefix,
         pad_multiple=session.pad_multiple if isinstance(session, GraphSession) else 1,
-        slice_tokens=slice_tokens,
+        slice_tokens=_slice_size(slice_tokens, session),
     )
     return scorer, choice
+
+
+def _slice_size(asked: int | Literal["auto"] | None, session: ScoreSession) -> int | None:
+    """The slice asked for, or with "auto" the engine's measured one (a custom session: the default)."""
+    if asked != "auto":
+        return asked
+    return session.slice_tokens if isinstance(session, GraphSession) else DEFAULT_SLICE_TOKENS

@@ -48,7 +48,8 @@ class Reranker(LoadedModel):
         compile_cache: keep OpenVINO's compiled model on disk, so that the next start skips compiling.
         cache_dir: where that cache lives (default: $RERANK_ONNX_CACHE_DIR, else ~/.cache/rerank-onnx).
         slice_tokens: a longer prompt runs in slices of this many tokens that attend to the ones before, so
-            memory grows with slice x length, not length squared (None, or an artifact without a past: whole).
+            memory grows with slice x length, not length squared ("auto": the engine's measured size,
+            512 on onnxruntime and 1,024 on OpenVINO; None, or an artifact without a past: whole).
 
     Raises:
         ModelLoadError: the artifact is missing, incomplete, or cannot be compiled.

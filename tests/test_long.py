@@ -31,6 +31,17 @@ def test_sliced_scores_equal_one_piece_scores_on_the_graph(fp32_artifact: Path) 
         )
 
 
+def test_auto_slices_follow_the_engine_and_bad_sizes_are_refused(fp32_artifact: Path) -> None:
+    from rerank_onnx.errors import InvalidInputError
+
+    assert Reranker(fp32_artifact, backend="onnxruntime")._scorer.slice_tokens == 512
+    assert Reranker(fp32_artifact, backend="openvino", precision="fp32")._scorer.slice_tokens == 1024
+    assert Reranker(fp32_artifact, backend="onnxruntime", slice_tokens=64)._scorer.slice_tokens == 64
+    for bad in ("big", 0, 1.5):
+        with pytest.raises(InvalidInputError, match="slice_tokens: expected a positive integer"):
+            Reranker(fp32_artifact, slice_tokens=bad)
+
+
 MEMORY_PROBE = """
 import json, sys
 from rerank_onnx import Reranker

@@ -17,6 +17,9 @@ class OnnxRuntimeEngine:
     name = "onnxruntime"
     # a row scores the same bits however far its batch pads it (tested: alone vs batch within 1e-4)
     pad_multiple = 1
+    # An 8k-token pair (base-v2 int8, AMX, 2 threads): 512-token slices peaked at 1.96-2.14 GB in 62-65 s,
+    # 1,024 at 2.82 GB in 65.6 s (benchmarks/README.md, "Long inputs").
+    slice_tokens = 512
 
     def __init__(self, graph: Path, *, threads: int) -> None:
         import onnxruntime as ort

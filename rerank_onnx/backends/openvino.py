@@ -53,6 +53,8 @@ class OpenVinoEngine:
     """The score graph compiled by OpenVINO's CPU plugin, with one infer request."""
 
     name = "openvino"
+    # Smaller slices kept more memory: OpenVINO compiles per input shape (benchmarks/README.md, "Long inputs").
+    slice_tokens = 1024
 
     def __init__(self, graph: Path, *, precision: str, threads: int, cache_dir: Path | None) -> None:
         try:
