@@ -10,10 +10,10 @@ from typing import Literal
 import numpy as np
 
 from .chunking import DEFAULT_MAX_CHUNKS_PER_DOC
-from .errors import InputTooLongError, InvalidInputError, describe
+from .errors import InputTooLongError
 from .model import LoadedModel
 from .template import EncodedPairs
-from .validate import check_positive_int, check_str, check_str_list, split_pairs
+from .validate import check_long_documents, check_positive_int, check_str, check_str_list, split_pairs
 
 log = logging.getLogger("rerank_onnx")
 
@@ -103,7 +103,7 @@ class Reranker(LoadedModel):
         scores = self.score_encoded(
             encoded.input_ids, prefix_lengths=encoded.prefix_lengths, batch_size=batch_size, show_progress=show_progress
         )
-        scores, spans, windows = _per_pair(encoded, scores)
+        scores, spans, windows = encoded.per_pair(scores)
         if normalize:
             scores = self.normalize(scores)
         order = np.lexsort((np.arange(len(scores)), -scores))  # score descending, then index ascending
@@ -155,7 +155,7 @@ class Reranker(LoadedModel):
         scores = self.score_encoded(
             encoded.input_ids, prefix_lengths=encoded.prefix_lengths, batch_size=batch_size, show_progress=show_progress
         )
-        scores = _per_pair(encoded, scores)[0]
+        scores = encoded.per_pair(scores)[0]
         return self.normalize(scores) if normalize else scores
 
 
@@ -169,21 +169,11 @@ def _encode(
     max_chunks_per_doc: int,
 ) -> EncodedPairs:
     """The prompts of rank() and predict(): one per pair, or per window of a long document with "chunk"."""
-    if long_documents not in ("truncate", "chunk"):
-        raise InvalidInputError(f"long_documents: expected 'truncate' or 'chunk', got {describe(long_documents)}")
-    check_positive_int("max_chunks_per_doc", max_chunks_per_doc)  # checked in either mode: a bad value is a bug
+    check_long_documents(long_documents, max_chunks_per_doc)
     chunks = max_chunks_per_doc if long_documents == "chunk" else None
     encoded = model.encode(queries, documents, instruction=instruction, max_chunks_per_doc=chunks)
     _check_truncation(encoded.pair_truncated(), truncate=truncate, model=model)
     return encoded
-
-
-def _per_pair(encoded: EncodedPairs, scores: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int] | None], list[int]]:
-    """Row scores -> per pair: score, winning span and windows scored (None and 1 when not chunked)."""
-    if encoded.windows is None:
-        return scores, [None] * len(scores), [1] * len(scores)
-    best, winners = encoded.windows.fold(scores)
-    return best, [encoded.windows.spans[row] for row in winners], encoded.windows.counts
 
 
 def _check_truncation(truncated: list[bool], *, truncate: bool, model: LoadedModel) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from tokenizers import Tokenizer
 
 from .artifact import Template
@@ -37,6 +38,13 @@ class EncodedPairs:
         for row, pair in enumerate(self.windows.owner):
             cut[pair] = cut[pair] or self.truncated[row]
         return cut
+
+    def per_pair(self, scores: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int] | None], list[int]]:
+        """Row scores -> per pair: score, winning span and windows scored (None and 1 when not chunked)."""
+        if self.windows is None:
+            return scores, [None] * len(scores), [1] * len(scores)
+        best, winners = self.windows.fold(scores)
+        return best, [self.windows.spans[row] for row in winners], self.windows.counts
 
 
 class PairEncoder:

@@ -73,6 +73,13 @@ def split_pairs(pairs: object) -> tuple[list[str], list[str]]:
     return queries, documents
 
 
+def check_long_documents(long_documents: object, max_chunks_per_doc: object) -> None:
+    """ "truncate" or "chunk", and a positive window cap (checked in either mode: a bad value is a bug)."""
+    if long_documents not in ("truncate", "chunk"):
+        raise InvalidInputError(f"long_documents: expected 'truncate' or 'chunk', got {describe(long_documents)}")
+    check_positive_int("max_chunks_per_doc", max_chunks_per_doc)
+
+
 def check_prefix_lengths(value: object, prompts: int) -> None:
     """One non-negative integer per prompt (EncodedPairs.prefix_lengths)."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != prompts:

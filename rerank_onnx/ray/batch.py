@@ -15,9 +15,9 @@ import numpy as np
 from ..backends import default_threads
 from ..backends.select import Backend, Precision
 from ..chunking import DEFAULT_MAX_CHUNKS_PER_DOC
-from ..errors import InvalidInputError, MissingDependencyError, describe
+from ..errors import InvalidInputError, MissingDependencyError
 from ..reranker import LongDocuments, Reranker
-from ..validate import check_positive_int, check_str
+from ..validate import check_long_documents, check_str
 
 try:
     import ray
@@ -125,19 +125,11 @@ class RerankBatch:
         """Scores, truncation flags and winning spans ([-1, -1] unless chunked) of valid pairs."""
         encoded = self.model.encode(queries, documents, instruction=self.instruction, max_chunks_per_doc=self.chunks)
         scores = self.model.score_encoded(encoded.input_ids, prefix_lengths=encoded.prefix_lengths)
-        spans = np.full((len(queries), 2), -1, dtype=np.int64)
-        if encoded.windows is not None:
-            scores, winners = encoded.windows.fold(scores)
-            spans[:] = [encoded.windows.spans[row] for row in winners]
+        scores, winners, _ = encoded.per_pair(scores)
+        spans = np.array([span or (-1, -1) for span in winners], dtype=np.int64).reshape(-1, 2)
         if self.normalize:
             scores = self.model.normalize(scores)
         return scores, np.array(encoded.pair_truncated(), dtype=bool), spans
-
-
-def check_long_documents(long_documents: object, max_chunks_per_doc: object) -> None:
-    if long_documents not in ("truncate", "chunk"):
-        raise InvalidInputError(f"long_documents: expected 'truncate' or 'chunk', got {describe(long_documents)}")
-    check_positive_int("max_chunks_per_doc", max_chunks_per_doc)
 
 
 def _row_error(columns: tuple[str, str], query: object, document: object) -> str | None:

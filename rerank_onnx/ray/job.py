@@ -16,8 +16,8 @@ import ray.data
 
 from ..artifact import load_artifact
 from ..errors import InvalidInputError, RerankError
-from ..validate import check_positive_int
-from .batch import BatchOptions, RerankBatch, check_long_documents
+from ..validate import check_long_documents, check_positive_int
+from .batch import BatchOptions, RerankBatch
 
 DEFAULT_BATCH_ROWS = 256
 Format = Literal["parquet", "jsonl"]
