@@ -178,6 +178,8 @@ def test_batch_job_jsonl_and_its_errors(local_ray, int8_artifact: Path, tmp_path
 
     pq.write_table(pa.table({"q": QUERIES, "text": DOCUMENTS[:3]}), source)
     target = tmp_path / "out.jsonl"
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
     options = BatchOptions(query_column="q", document_column="text")
     report = run_batch(str(int8_artifact), str(source), str(target), options=options)
     # defaults: one actor holding the node's CPUs but the reader's slot (3 slots: 2 cores + 1)
@@ -185,10 +187,14 @@ def test_batch_job_jsonl_and_its_errors(local_ray, int8_artifact: Path, tmp_path
     lines = [json.loads(line) for line in target.read_text().splitlines()]
     assert [r["q"] for r in lines] == QUERIES and all(isinstance(r["score"], float) for r in lines)
 
+    with pytest.raises(InvalidInputError, match="normalize: expected True or False"):
+        run_batch(str(int8_artifact), str(source), str(tmp_path / "n.jsonl"), options=BatchOptions(normalize="yes"))  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="exists"):
         run_batch(str(int8_artifact), str(source), str(target), options=options)
     for argv, message in [
         (["batch", str(int8_artifact), str(source), str(tmp_path / "out.csv")], "expected a .parquet or .jsonl path"),
+        (["batch", str(int8_artifact), str(tmp_path / "no.jsonl"), str(tmp_path / "o.jsonl")], "FileNotFoundError"),
+        (["batch", str(int8_artifact), str(empty), str(tmp_path / "o.jsonl")], "expected rows to score, got none"),
         (["batch", str(tmp_path / "none"), str(source), str(tmp_path / "o.jsonl")], "does not exist"),
         (
             ["batch", str(int8_artifact), str(source), str(tmp_path / "o.jsonl")],

@@ -17,7 +17,7 @@ from ..backends.select import Backend, Precision
 from ..chunking import DEFAULT_MAX_CHUNKS_PER_DOC
 from ..errors import InvalidInputError, MissingDependencyError
 from ..reranker import LongDocuments, Reranker
-from ..validate import check_long_documents, check_str
+from ..validate import check_bool, check_long_documents, check_str
 
 try:
     import ray
@@ -73,7 +73,7 @@ class RerankBatch:
             precision: OpenVINO's compute precision, as `Reranker`.
             threads: threads for this actor (None: the CPUs Ray assigned to it).
         """
-        check_long_documents(long_documents, max_chunks_per_doc)
+        check_options(query_column, document_column, score_column, normalize, long_documents, max_chunks_per_doc)
         self.columns = (query_column, document_column)
         self.score_column = score_column
         self.instruction = instruction
@@ -130,6 +130,25 @@ class RerankBatch:
         if self.normalize:
             scores = self.model.normalize(scores)
         return scores, np.array(encoded.pair_truncated(), dtype=bool), spans
+
+
+def check_options(
+    query_column: object,
+    document_column: object,
+    score_column: object,
+    normalize: object,
+    long_documents: object,
+    max_chunks_per_doc: object,
+) -> None:
+    """RerankBatch's knobs, checked in the driver too (job.py) so that a bad one fails before any actor starts."""
+    for name, value in (
+        ("query_column", query_column),
+        ("document_column", document_column),
+        ("score_column", score_column),
+    ):
+        check_str(name, value)
+    check_bool("normalize", normalize)
+    check_long_documents(long_documents, max_chunks_per_doc)
 
 
 def _row_error(columns: tuple[str, str], query: object, document: object) -> str | None:

@@ -16,8 +16,8 @@ import ray.data
 
 from ..artifact import load_artifact
 from ..errors import InvalidInputError, RerankError
-from ..validate import check_long_documents, check_positive_int
-from .batch import BatchOptions, RerankBatch
+from ..validate import check_positive_int
+from .batch import BatchOptions, RerankBatch, check_options
 
 DEFAULT_BATCH_ROWS = 256
 Format = Literal["parquet", "jsonl"]
@@ -74,7 +74,14 @@ def run_batch(
     check_positive_int("threads_per_actor", threads_per_actor, allow_none=True)
     check_positive_int("batch_rows", batch_rows)
     options = options or BatchOptions()
-    check_long_documents(options.long_documents, options.max_chunks_per_doc)
+    check_options(
+        options.query_column,
+        options.document_column,
+        options.score_column,
+        options.normalize,
+        options.long_documents,
+        options.max_chunks_per_doc,
+    )
     load_artifact(model_dir)  # a wrong folder fails here, in one line, not in every actor
     fmt = input_format or _format_of(source, "input")
     out_fmt = _format_of(output, "output")
@@ -92,7 +99,7 @@ def run_batch(
         threads_per_actor = threads_per_actor or _node_threads()
         actors = _pool_size(actors, threads_per_actor)
         ray.data.DataContext.get_current().execution_options.preserve_order = True
-        ds = ray.data.read_parquet(source) if fmt == "parquet" else ray.data.read_json(source, lines=True)
+        ds = _read(source, fmt)
         _check_columns(ds.columns(), options)
         scored = ds.map_batches(
             RerankBatch,
@@ -113,7 +120,20 @@ def run_batch(
             ray.shutdown()
 
 
-def _check_columns(columns: list[str], options: BatchOptions) -> None:
+def _read(source: str, fmt: Format) -> ray.data.Dataset:
+    """The input as a dataset, or one error line for a path that is not there or not readable as `fmt`."""
+    try:
+        return ray.data.read_parquet(source) if fmt == "parquet" else ray.data.read_json(source, lines=True)
+    except (OSError, ValueError) as exc:  # FileNotFoundError, and pyarrow's ArrowInvalid for a bad file
+        raise InvalidInputError(
+            f"input: expected a readable {fmt} file or folder, got {source!r} ({type(exc).__name__}: {exc}); "
+            "fix the path or pass --input-format"
+        ) from exc
+
+
+def _check_columns(columns: list[str] | None, options: BatchOptions) -> None:
+    if not columns:  # an empty file has no schema at all
+        raise InvalidInputError("input: expected rows to score, got none; check the input path and format")
     missing = [name for name in (options.query_column, options.document_column) if name not in columns]
     if missing:
         raise InvalidInputError(
