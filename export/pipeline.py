@@ -22,9 +22,9 @@ from rerank_onnx.errors import ExportError, RerankError
 from rerank_onnx.reranker import Reranker
 from rerank_onnx.template import PairEncoder, load_tokenizer
 
-from . import report
+from . import cross_encoder, report
 from .graph import ScoreGraph, export_fp32
-from .prompt import PROMPTS, Prompt, detect_family, template_data
+from .prompt import FAMILIES, PROMPTS, Prompt, detect_family, template_data
 from .quantize import SCHEMES
 from .quantize import quantize as quantize_graph
 from .source import Checkpoint, resolve_checkpoint
@@ -62,7 +62,8 @@ def export_checkpoint(
         revision: the hub revision.
         estimated_max: the normalization constant (default: the family reference's, for mxbai per hub id).
         overwrite: replace an existing, non-empty output folder.
-        family: "auto" (from the checkpoint's architecture), "mxbai-rerank-v2" or "qwen3-reranker".
+        family: "auto" (from the checkpoint's architecture), "mxbai-rerank-v2", "qwen3-reranker" or
+            "cross-encoder".
         log: where progress lines go.
 
     Returns:
@@ -73,8 +74,8 @@ def export_checkpoint(
     """
     if quantize not in SCHEMES:
         raise ExportError(f"quantize: expected one of {sorted(SCHEMES)}, got {quantize!r}")
-    if family != "auto" and family not in PROMPTS:
-        raise ExportError(f"family: expected auto or one of {sorted(PROMPTS)}, got {family!r}")
+    if family != "auto" and family not in FAMILIES:
+        raise ExportError(f"family: expected auto or one of {sorted(FAMILIES)}, got {family!r}")
     output = Path(output_dir).expanduser()
     if output.exists() and not output.is_dir():
         raise ExportError(f"{output} is a file, not a folder: choose a folder path for the artifact")
@@ -82,15 +83,22 @@ def export_checkpoint(
         raise ExportError(f"{output} exists and is not empty; choose another folder or pass --overwrite")
     started = time.perf_counter()
     checkpoint = resolve_checkpoint(source, revision=revision)
-    prompt = PROMPTS[family if family != "auto" else detect_family(checkpoint.config, source)]
-    if estimated_max is None:
-        estimated_max = checkpoint.estimated_max if prompt.family == "mxbai-rerank-v2" else prompt.estimated_max
-    log(f"checkpoint: {checkpoint.folder} ({prompt.family})")
+    family = family if family != "auto" else detect_family(checkpoint.config, source)
+    prompt = PROMPTS.get(family)  # None: a cross-encoder, which has a pair encoding instead of a prompt
+    if prompt is None:
+        cross_encoder.check_head(checkpoint)
+    if estimated_max is None:  # a cross-encoder's probability is the plain sigmoid of its logit
+        estimated_max = 0.0 if prompt is None else prompt.estimated_max
+        estimated_max = checkpoint.estimated_max if family == "mxbai-rerank-v2" else estimated_max
+    log(f"checkpoint: {checkpoint.folder} ({family})")
     staging = output.with_name(output.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         with quiet_transformers():
-            export_report = _export_into(staging, checkpoint, prompt, quantize, estimated_max, log)
+            if prompt is None:
+                export_report = _export_cross_encoder_into(staging, checkpoint, quantize, log)
+            else:
+                export_report = _export_into(staging, checkpoint, prompt, quantize, estimated_max, log)
     except RerankError:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -115,6 +123,7 @@ def export_checkpoint(
 def quiet_transformers() -> Iterator[None]:
     """Silence what transformers and torch.onnx print about code paths this export does not take (the
     Mistral regex notice of a converted tokenizer, deprecations inside the tracer)."""
+    import torch
     import transformers
 
     level = transformers.logging.get_verbosity()
@@ -124,6 +133,7 @@ def quiet_transformers() -> Iterator[None]:
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", category=FutureWarning)
             warnings.filterwarnings("ignore", message=".*TracerWarning.*")
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", category=UserWarning, module="torch.onnx")
             yield
     finally:
@@ -206,6 +216,57 @@ def _export_into(
     }
 
 
+def _export_cross_encoder_into(
+    staging: Path, checkpoint: Checkpoint, quantize: str, log: Callable[[str], None]
+) -> dict:
+    """`_export_into` for a cross-encoder: optimum's graph, the tokenizer's pair encoding, the same checks."""
+    timings: dict[str, float] = {}
+    work = staging / ".work"
+    work.mkdir(parents=True)
+    t = time.perf_counter()
+    log("exporting the fp32 graph (optimum, text-classification)")
+    fp32_path = (work if quantize != "none" else staging) / artifact.GRAPH_FILE
+    graph_inputs = cross_encoder.export_fp32(checkpoint, fp32_path, data_file=artifact.GRAPH_DATA_FILE)
+    timings["export_fp32_s"] = time.perf_counter() - t
+    pair_encoding = cross_encoder.write_tokenizer(staging, checkpoint, graph_inputs)
+    pair_ids, starts = cross_encoder.builtin_pairs(staging, pair_encoding)
+    t = time.perf_counter()
+    log(f"scoring the {len(pair_ids)} built-in pairs with PyTorch fp32")
+    torch_scores = cross_encoder.torch_scores(checkpoint, pair_ids, starts, pair_encoding["token_types"])
+    timings["pytorch_scoring_s"] = time.perf_counter() - t
+    if quantize != "none":
+        t = time.perf_counter()
+        log(f"quantizing ({quantize})")
+        quantize_graph(quantize, fp32_path, staging / artifact.GRAPH_FILE, data_file=artifact.GRAPH_DATA_FILE)
+        timings["quantize_s"] = time.perf_counter() - t
+    artifact.write_config(
+        staging,
+        source_model=checkpoint.source,
+        source_revision=checkpoint.revision,
+        pair_encoding=pair_encoding,
+        quantization=quantize,
+        quantization_description=SCHEMES[quantize],
+        estimated_max=0.0,
+    )
+    log("checking the written graph on every backend this machine runs")
+    t = time.perf_counter()
+    checks = _self_check(staging, fp32_path, quantize, pair_ids, starts, torch_scores)
+    timings["self_check_s"] = time.perf_counter() - t
+    shutil.rmtree(work)
+    return {
+        "source_model": checkpoint.source,
+        "source_revision": checkpoint.revision,
+        "family": artifact.CROSS_ENCODER,
+        "architecture": {k: checkpoint.config.get(k) for k in _ENCODER_ARCH_KEYS},
+        "quantization": {"scheme": quantize, "description": SCHEMES[quantize]},
+        "pairs": len(pair_ids),
+        "prompt_tokens": [len(ids) for ids in pair_ids],
+        **checks,
+        "timings": timings,
+        "files": {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()},
+    }
+
+
 def _write_tokenizer(staging: Path, checkpoint: Checkpoint, prompt: Prompt) -> dict:
     """Save the checkpoint's fast tokenizer into the artifact; return the template section built with it."""
     from transformers import AutoTokenizer
@@ -234,7 +295,8 @@ def _self_check(
     # One session for both: a second one of the large-v2 graph costs seconds and its prepacked weights.
     reranker = Reranker(staging, backend="onnxruntime")
     graph_scores = reranker.score_encoded(pair_ids, prefix_lengths=prefix_lengths)
-    full_prompt_scores = reranker.score_encoded(pair_ids)
+    # a cross-encoder shares nothing: its scores are full-prompt scores already
+    full_prompt_scores = reranker.score_encoded(pair_ids) if reranker.computes_shared_prefix else graph_scores
     del reranker
     gc.collect()
     backend_checks = _backend_checks(staging, quantize, pair_ids, prefix_lengths, torch_scores)
@@ -242,7 +304,8 @@ def _self_check(
     comparisons: dict[str, dict] = {}
     graph_name = "fp32" if quantize == "none" else quantize
     comparisons[f"{graph_name}_graph_vs_pytorch"] = asdict(report.agreement(torch_scores, graph_scores))
-    comparisons["shared_prefix_vs_full_prompts"] = asdict(report.agreement(full_prompt_scores, graph_scores))
+    if full_prompt_scores is not graph_scores:  # a cross-encoder has no shared prefix to check
+        comparisons["shared_prefix_vs_full_prompts"] = asdict(report.agreement(full_prompt_scores, graph_scores))
     if quantize != "none":
         fp32_scores = _score_fp32_graph(staging, fp32_path, pair_ids, prefix_lengths)
         comparisons["fp32_graph_vs_pytorch"] = asdict(report.agreement(torch_scores, fp32_scores))
@@ -254,7 +317,7 @@ def _self_check(
 def _verdict(comparisons: dict[str, dict], quantize: str) -> tuple[bool, list[str]]:
     """Whether the hard checks pass (fp32 graph = PyTorch; shared prefix = full prompts), and warnings."""
     fp32_check = comparisons["fp32_graph_vs_pytorch"]
-    prefix_check = comparisons["shared_prefix_vs_full_prompts"]
+    prefix_check = comparisons.get("shared_prefix_vs_full_prompts", {"max_abs_diff": 0.0})
     # int8-fast quantizes activations with one scale per batch, so a shared prefix moves its scores a little
     prefix_ok = quantize == "int8-fast" or prefix_check["max_abs_diff"] <= FP32_TOLERANCE
     passed = fp32_check["max_abs_diff"] <= FP32_TOLERANCE and prefix_ok
@@ -291,6 +354,18 @@ _ARCH_KEYS = (
     "max_position_embeddings",
     "rope_theta",
     "tie_word_embeddings",
+)
+
+
+_ENCODER_ARCH_KEYS = (
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "vocab_size",
+    "max_position_embeddings",
+    "type_vocab_size",
 )
 
 
@@ -331,7 +406,7 @@ def _backend_checks(
             checks["results"][f"openvino-{precision}"] = {"error": str(exc)}
             continue
         shared = reranker.score_encoded(pair_ids, prefix_lengths=prefix_lengths)
-        full = reranker.score_encoded(pair_ids)
+        full = reranker.score_encoded(pair_ids) if reranker.computes_shared_prefix else shared
         checks["results"][f"openvino-{precision}"] = _backend_agreement(torch_scores, shared, full)
         del reranker
         gc.collect()

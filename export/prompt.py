@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from rerank_onnx.errors import ExportError
 
-Family = Literal["mxbai-rerank-v2", "qwen3-reranker"]
+Family = Literal["mxbai-rerank-v2", "qwen3-reranker", "cross-encoder"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,9 @@ QWEN3_RERANKER = Prompt(
 )
 
 PROMPTS: dict[str, Prompt] = {p.family: p for p in (MXBAI_RERANK_V2, QWEN3_RERANKER)}
+# Every family the exporter writes: the causal-LM prompts above, and cross-encoders (cross_encoder.py), whose
+# pair encoding is the tokenizer's own.
+FAMILIES = (*PROMPTS, "cross-encoder")
 
 
 def detect_family(config: dict[str, Any], source: str) -> Family:
@@ -98,9 +101,11 @@ def detect_family(config: dict[str, Any], source: str) -> Family:
         return "qwen3-reranker"
     if "Qwen2ForCausalLM" in architectures:
         return "mxbai-rerank-v2"
+    if any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        return "cross-encoder"
     raise ExportError(
         f"{source}: cannot tell the model family from architectures={architectures!r}; pass --family "
-        f"({', '.join(PROMPTS)})"
+        f"({', '.join(FAMILIES)})"
     )
 
 

@@ -107,23 +107,31 @@ def quantize_int8_fast(fp32_path: Path, destination: Path, *, data_file: str) ->
 
 
 def _score_projections(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    one_d = {t.name for t in model.graph.initializer if len(t.dims) == 1}
+    """The MatMuls that produce the score: a 1-D weight (the causal score graph's yes - no row) or one
+    output column (a cross-encoder's one-logit head)."""
+    one_d = {t.name for t in model.graph.initializer if len(t.dims) == 1 or (len(t.dims) == 2 and t.dims[1] == 1)}
     return [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in one_d]
 
 
 def _quantize_embedding_per_row(model: onnx.ModelProto) -> None:
-    """Replace the fp32 token-embedding Gather by an int8 table with one fp32 scale per row.
+    """Replace the fp32 token-embedding Gather (the largest 2-D table a Gather reads: encoders also have
+    position and token-type tables) by an int8 table with one fp32 scale per row.
 
     quantize_dynamic would give the 0.93 GB table (large-v2) a single uint8 scale for all rows;
     per-row scales keep each token's vector at full relative precision for a quarter of the bytes.
     """
     initializers = {t.name: t for t in model.graph.initializer}
-    for index, node in enumerate(model.graph.node):
-        if node.op_type != "Gather" or node.input[0] not in initializers:
-            continue
+    tables = [
+        (int(np.prod(initializers[n.input[0]].dims)), index)
+        for index, n in enumerate(model.graph.node)
+        if n.op_type == "Gather"
+        and n.input[0] in initializers
+        and len(initializers[n.input[0]].dims) == 2
+        and initializers[n.input[0]].data_type == TensorProto.FLOAT
+    ]
+    for _, index in sorted(tables, reverse=True)[:1]:
+        node = model.graph.node[index]
         table_proto = initializers[node.input[0]]
-        if len(table_proto.dims) != 2 or table_proto.data_type != TensorProto.FLOAT:
-            continue
         table = numpy_helper.to_array(table_proto)
         scales = (np.abs(table).max(axis=1, keepdims=True) / 127.0).astype(np.float32)
         scales[scales == 0] = 1.0

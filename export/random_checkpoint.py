@@ -1,5 +1,6 @@
 """Random-weight checkpoints of the supported architectures, with the real Qwen vocabulary: Qwen2 for
-mxbai-rerank-v2 (base-v2, large-v2) and Qwen3 for Qwen3-Reranker (0.6B).
+mxbai-rerank-v2 (base-v2, large-v2) and Qwen3 for Qwen3-Reranker (0.6B); and cross-encoders (BERT,
+XLM-RoBERTa, ModernBERT) with a tokenizer of the same kind trained here on a small corpus.
 
 The real weights live on the Hugging Face Hub, which tests and benchmarks cannot reach. Speed does not
 depend on weight values and the export/runtime mechanics do not either, so a checkpoint with the real
@@ -207,6 +208,170 @@ def build_random_checkpoint(
     return destination
 
 
+@dataclass(frozen=True)
+class EncoderArchitecture:
+    model_type: str  # "bert", "xlm-roberta" or "modernbert"
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    vocab_size: int
+    max_position_embeddings: int
+    model_max_length: int  # the tokenizer's, which CrossEncoder truncates to
+
+
+CROSS_ENCODERS: dict[str, EncoderArchitecture] = {
+    # cross-encoder/ms-marco-MiniLM-L-6-v2 (BERT, 22.7 M params)
+    "minilm-l6": EncoderArchitecture("bert", 384, 1536, 6, 12, 30522, 512, 512),
+    # BAAI/bge-reranker-v2-m3 (XLM-RoBERTa large, 568 M params)
+    "bge-m3": EncoderArchitecture("xlm-roberta", 1024, 4096, 24, 16, 250002, 8194, 8192),
+    # the Ettin rerankers' smallest shape (ModernBERT, 32 M params)
+    "ettin-32m": EncoderArchitecture("modernbert", 384, 576, 10, 6, 50368, 7999, 7999),
+    # test sizes: every code path, a second to export
+    "bert-tiny": EncoderArchitecture("bert", 32, 64, 2, 4, 0, 128, 64),
+    "xlmr-tiny": EncoderArchitecture("xlm-roberta", 32, 64, 2, 4, 0, 66, 64),
+    "modernbert-tiny": EncoderArchitecture("modernbert", 32, 64, 3, 4, 0, 128, 64),
+}
+# What the local tokenizers learn from: the report's texts and a few more, in several scripts.
+_CORPUS = (
+    "what is a cat? A cat is a small carnivorous mammal, often kept as a pet; domestic cats are valued.",
+    "How do I reset a forgotten router password? Hold the reset button for 30 seconds; the admin password "
+    "returns to the factory default printed on the label.",
+    "¿Cuál es la capital de Australia? Canberra es la capital de Australia; Sídney y Melbourne son grandes.",
+    "python sort a list of dicts by key: use sorted(items, key=lambda d: d['name']) or operator.itemgetter.",
+    "Bananas are rich in potassium. 香蕉富含钾。 The 2008 financial crisis began with subprime mortgages.",
+    "Le chat dort sur le canapé. Der Hund spielt im Garten. Кошка спит. 猫は眠っている。 Il gatto mangia.",
+)
+
+
+def build_random_cross_encoder(
+    destination: Path, *, size: str = "bert-tiny", seed: int = 0, weight_std: float | None = None
+) -> Path:
+    """Save a random-weight *ForSequenceClassification (one logit) of `size` with a locally trained
+    tokenizer of the architecture's kind (WordPiece, Unigram, byte-level BPE) into `destination`.
+
+    The big sizes keep their real vocabulary size in the model (so the embedding table is full size);
+    the tokenizer has a small vocabulary, whose ids all fall inside it.
+    """
+    import torch
+    import transformers
+
+    if size not in CROSS_ENCODERS:
+        raise ValueError(f"size must be one of {sorted(CROSS_ENCODERS)}, got {size!r}")
+    arch = CROSS_ENCODERS[size]
+    destination = Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    hf_tokenizer, special = _encoder_tokenizer(arch)
+    common = {
+        "vocab_size": arch.vocab_size or hf_tokenizer.backend_tokenizer.get_vocab_size(),
+        "hidden_size": arch.hidden_size,
+        "intermediate_size": arch.intermediate_size,
+        "num_hidden_layers": arch.num_hidden_layers,
+        "num_attention_heads": arch.num_attention_heads,
+        "max_position_embeddings": arch.max_position_embeddings,
+        "num_labels": 1,
+        "pad_token_id": special["pad"],
+    }
+    if arch.model_type == "bert":
+        config = transformers.BertConfig(type_vocab_size=2, **common)
+        model = _seeded(transformers.BertForSequenceClassification, config, seed)
+    elif arch.model_type == "xlm-roberta":
+        config = transformers.XLMRobertaConfig(type_vocab_size=1, bos_token_id=0, eos_token_id=2, **common)
+        model = _seeded(transformers.XLMRobertaForSequenceClassification, config, seed)
+    else:
+        config = transformers.ModernBertConfig(
+            cls_token_id=special["cls"],
+            sep_token_id=special["sep"],
+            global_attn_every_n_layers=3,
+            local_attention=16 if arch.hidden_size < 64 else 128,
+            **common,
+        )
+        model = _seeded(transformers.ModernBertForSequenceClassification, config, seed)
+    if weight_std is None and size.endswith("-tiny"):
+        weight_std = 0.2  # spread a tiny model's scores out, as for the Qwen tiny sizes
+    if weight_std is not None:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() > 1:
+                    p.normal_(0.0, weight_std)
+    model.save_pretrained(destination, safe_serialization=True)
+    hf_tokenizer.save_pretrained(destination)
+    return destination
+
+
+def _seeded(model_class: type, config: object, seed: int) -> object:
+    import torch
+
+    torch.manual_seed(seed)
+    return model_class(config).eval()  # type: ignore[call-arg]
+
+
+def _encoder_tokenizer(arch: EncoderArchitecture) -> tuple[object, dict[str, int]]:
+    """A fast tokenizer of the architecture's kind trained on _CORPUS, with its pair post-processor."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertTokenizerFast, PreTrainedTokenizerFast, XLMRobertaTokenizerFast
+
+    corpus = list(_CORPUS) * 10
+    if arch.model_type == "bert":
+        tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        names = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        tokenizer.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=500, special_tokens=names))
+        cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+        )
+        tokenizer.decoder = decoders.WordPiece()
+        hf = BertTokenizerFast(tokenizer_object=tokenizer, model_max_length=arch.model_max_length)
+        return hf, {"pad": tokenizer.token_to_id("[PAD]"), "cls": cls, "sep": sep}
+    if arch.model_type == "xlm-roberta":
+        tokenizer = Tokenizer(models.Unigram())
+        tokenizer.normalizer = normalizers.NFKC()
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+        names = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        tokenizer.train_from_iterator(
+            corpus, trainers.UnigramTrainer(vocab_size=400, special_tokens=names, unk_token="<unk>")
+        )
+        tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+        tokenizer.decoder = decoders.Metaspace()
+        hf = XLMRobertaTokenizerFast(
+            tokenizer_object=tokenizer,
+            model_max_length=arch.model_max_length,
+            bos_token="<s>",
+            eos_token="</s>",
+            sep_token="</s>",
+            cls_token="<s>",
+            unk_token="<unk>",
+            pad_token="<pad>",
+            mask_token="<mask>",
+        )
+        return hf, {"pad": 1, "cls": 0, "sep": 2}
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    names = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
+    tokenizer.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(vocab_size=500, special_tokens=names, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+    )
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        model_max_length=arch.model_max_length,
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        mask_token="[MASK]",
+        model_input_names=["input_ids", "attention_mask"],
+    )
+    return hf, {"pad": tokenizer.token_to_id("[PAD]"), "cls": cls, "sep": sep}
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -215,11 +380,15 @@ def main(argv: list[str] | None = None) -> int:
         description="Write a random-weight checkpoint of a mxbai-rerank-v2 architecture (no hub needed).",
     )
     parser.add_argument("output", type=Path)
-    parser.add_argument("--size", choices=sorted(ARCHITECTURES), default="tiny")
+    parser.add_argument("--size", choices=sorted([*ARCHITECTURES, *CROSS_ENCODERS]), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tokenizer-json", type=Path, default=None, help="reuse a converted tokenizer.json")
     parser.add_argument("--weight-std", type=float, default=None, help="draw every matrix from N(0, std)")
     args = parser.parse_args(argv)
+    if args.size in CROSS_ENCODERS:
+        build_random_cross_encoder(args.output, size=args.size, seed=args.seed, weight_std=args.weight_std)
+        print(args.output)
+        return 0
     build_random_checkpoint(
         args.output, size=args.size, seed=args.seed, tokenizer_json=args.tokenizer_json, weight_std=args.weight_std
     )

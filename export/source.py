@@ -81,15 +81,20 @@ def _read_config(folder: Path) -> dict:
 
 
 def _checked(checkpoint: Checkpoint) -> Checkpoint:
-    architectures = checkpoint.config.get("architectures") or []
-    if not any(a in SUPPORTED_ARCHITECTURES for a in architectures):
+    architectures = [str(a) for a in checkpoint.config.get("architectures") or []]
+    cross_encoder = any(a.endswith("ForSequenceClassification") for a in architectures)
+    if not cross_encoder and not any(a in SUPPORTED_ARCHITECTURES for a in architectures):
         raise ExportError(
             f"{checkpoint.source}: expected a {' or '.join(SUPPORTED_ARCHITECTURES)} checkpoint (mxbai-rerank-v2 "
-            f"or Qwen3-Reranker), got architectures={architectures!r}"
+            f"or Qwen3-Reranker) or a *ForSequenceClassification cross-encoder, got architectures={architectures!r}"
         )
     folder = checkpoint.folder
     if not any(folder.glob("*.safetensors")):
         raise ExportError(f"{folder} has no *.safetensors weights")
-    if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.json").is_file():
-        raise ExportError(f"{folder} has no tokenizer.json (nor vocab.json + merges.txt)")
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise ExportError(f"{folder} has no tokenizer files (expected one of {', '.join(_TOKENIZER_FILES)})")
     return checkpoint
+
+
+# tokenizer.json, or what transformers builds a fast tokenizer from (BPE, WordPiece, SentencePiece)
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "sentencepiece.bpe.model", "spm.model")

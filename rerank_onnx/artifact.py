@@ -1,6 +1,7 @@
 """The artifact folder: its schema, read here and written here (the exporter calls `write_config`).
 
-model.onnx            score graph (input_ids, lengths, past_keys, past_values) -> scores, present_*
+model.onnx            score graph: causal-LM families (input_ids, lengths, past_keys, past_values) -> scores,
+                      present_*; cross-encoders (input_ids, attention_mask[, token_type_ids]) -> logits
 model.onnx.data       its weights (memory-mapped by onnxruntime)
 tokenizer.json        the checkpoint's fast tokenizer
 rerank_config.json    prompt template and token ids, limits, normalization, provenance, sha256 of files
@@ -46,6 +47,17 @@ GRAPH_OUTPUTS = {
 }
 # Graphs written before the shared prefix take only these two inputs; they still load and run in full.
 PLAIN_GRAPH_INPUTS = (INPUT_IDS, LENGTHS)
+# A cross-encoder's graph is the transformers model as optimum exports it: the tokenizer's inputs, the head's logits.
+ATTENTION_MASK = "attention_mask"
+TOKEN_TYPE_IDS = "token_type_ids"
+LOGITS = "logits"
+ENCODER_GRAPH_INPUTS = {
+    INPUT_IDS: "int64 [batch, sequence], right-padded pair encodings ([CLS] query [SEP] document [SEP])",
+    ATTENTION_MASK: "int64 [batch, sequence], 1 on real tokens",
+    TOKEN_TYPE_IDS: "int64 [batch, sequence], 1 from the document on (only models with token types take it)",
+}
+ENCODER_GRAPH_OUTPUTS = {LOGITS: "float32 [batch, 1], the classification head's logit"}
+CROSS_ENCODER = "cross-encoder"
 
 
 @dataclass(frozen=True)
@@ -93,13 +105,55 @@ class Template:
 
 
 @dataclass(frozen=True)
+class PairEncoding:
+    """How a cross-encoder's (query, document) pair becomes its input: the tokenizer's own pair encoding
+    (tokenizer.json's post-processor adds the special tokens), truncated 'longest_first' to `max_length`,
+    as sentence-transformers' CrossEncoder does; see cross_encoding.py."""
+
+    max_length: int  # the whole encoding, special tokens included (the tokenizer's model_max_length)
+    pad_token_id: int
+    truncation_side: str
+    token_types: bool  # the graph takes token_type_ids (BERT); XLM-RoBERTa and ModernBERT do not
+    model_type: str  # the transformers architecture, for readers ("bert", "xlm-roberta", "modernbert")
+    family: str = CROSS_ENCODER
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PairEncoding:
+        if data.get("truncation_side", "right") not in ("left", "right"):
+            raise ValueError(f"truncation_side: expected 'left' or 'right', got {data['truncation_side']!r}")
+        return cls(
+            max_length=int(data["max_length"]),
+            pad_token_id=int(data["pad_token_id"]),
+            truncation_side=str(data.get("truncation_side", "right")),
+            token_types=bool(data["token_types"]),
+            model_type=str(data.get("model_type", "")),
+        )
+
+
+@dataclass(frozen=True)
 class ArtifactConfig:
+    """rerank_config.json as read: a causal-LM family has a `template`, a cross-encoder a `pair_encoding`."""
+
     folder: Path
-    template: Template
+    template: Template | None
+    pair_encoding: PairEncoding | None
     estimated_max: float  # normalize: sigmoid(score - estimated_max / 2), as the reference does
     source_model: str
     quantization: str
     files: dict[str, dict[str, Any]]  # name -> {"sha256", "bytes"}
+
+    @property
+    def family(self) -> str:
+        """The model family: "mxbai-rerank-v2", "qwen3-reranker" or "cross-encoder"."""
+        spec = self.template or self.pair_encoding
+        assert spec is not None  # load_artifact reads one of the two
+        return spec.family
+
+    @property
+    def pad_token_id(self) -> int:
+        spec = self.template or self.pair_encoding
+        assert spec is not None
+        return spec.pad_token_id
 
     @property
     def graph_path(self) -> Path:
@@ -133,9 +187,11 @@ def load_artifact(folder: str | Path) -> ArtifactConfig:
             f"{data.get('format')!r} version {data.get('format_version')!r}; re-export with this version"
         )
     try:
+        cross_encoder = data.get("model_family") == CROSS_ENCODER
         config = ArtifactConfig(
             folder=path,
-            template=Template.from_dict(data["template"]),
+            template=None if cross_encoder else Template.from_dict(data["template"]),
+            pair_encoding=PairEncoding.from_dict(data["pair_encoding"]) if cross_encoder else None,
             estimated_max=float(data["normalization"]["estimated_max"]),
             source_model=str(data["source_model"]),
             quantization=str(data["quantization"]["scheme"]),
@@ -161,7 +217,8 @@ def write_config(
     *,
     source_model: str,
     source_revision: str | None,
-    template: dict[str, Any],
+    template: dict[str, Any] | None = None,
+    pair_encoding: dict[str, Any] | None = None,
     quantization: str,
     quantization_description: str,
     estimated_max: float,
@@ -172,7 +229,8 @@ def write_config(
         folder: the staging artifact folder, holding the graph, its data and the tokenizer.
         source_model: the hub id or folder the user exported.
         source_revision: the hub commit, when fetched from the hub.
-        template: the `template` section (export/prompt.py's `template_data`).
+        template: a causal-LM family's `template` section (export/prompt.py's `template_data`).
+        pair_encoding: a cross-encoder's `pair_encoding` section (PairEncoding's fields) instead.
         quantization: the scheme name (`--quantize`).
         quantization_description: what the scheme does, for a reader of the config.
         estimated_max: the normalization constant.
@@ -185,15 +243,22 @@ def write_config(
         for p in sorted(folder.iterdir())
         if p.is_file() and p.name not in (CONFIG_FILE, REPORT_FILE)
     }
+    if (template is None) == (pair_encoding is None):
+        raise ValueError("write_config: pass a template (causal-LM family) or a pair_encoding (cross-encoder)")
+    family, section, graph = (
+        (CROSS_ENCODER, {"pair_encoding": pair_encoding}, (ENCODER_GRAPH_INPUTS, ENCODER_GRAPH_OUTPUTS))
+        if template is None
+        else (template.get("family", "mxbai-rerank-v2"), {"template": template}, (GRAPH_INPUTS, GRAPH_OUTPUTS))
+    )
     config = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "model_family": template.get("family", "mxbai-rerank-v2"),
+        "model_family": family,
         "source_model": source_model,
         "source_revision": source_revision,
         "quantization": {"scheme": quantization, "description": quantization_description},
-        "graph": {"file": GRAPH_FILE, "inputs": GRAPH_INPUTS, "outputs": GRAPH_OUTPUTS},
-        "template": template,
+        "graph": {"file": GRAPH_FILE, "inputs": graph[0], "outputs": graph[1]},
+        **section,
         "normalization": {"kind": "sigmoid(score - estimated_max / 2)", "estimated_max": float(estimated_max)},
         "files": files,
     }

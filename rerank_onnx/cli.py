@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     export.add_argument(
         "--family",
-        choices=["auto", "mxbai-rerank-v2", "qwen3-reranker"],
+        choices=["auto", "mxbai-rerank-v2", "qwen3-reranker", "cross-encoder"],
         default="auto",
         help="the model family: its prompt, score tokens and normalization (default: from the architecture)",
     )

@@ -16,6 +16,7 @@ import numpy as np
 from .artifact import ArtifactConfig, load_artifact
 from .backends import GraphSession, ScoreSession, open_backend
 from .backends.select import Backend, BackendChoice, Precision
+from .cross_encoding import CrossEncoderPairs
 from .scorer import Scorer
 from .template import EncodedPairs, PairEncoder, load_tokenizer
 from .validate import check_bool, check_positive_int, check_prefix_lengths
@@ -49,9 +50,7 @@ class LoadedModel:
         _check_knobs(threads, max_length, max_batch_tokens, max_batch_size, slice_tokens, share_prefix, compile_cache)
         self.config: ArtifactConfig = load_artifact(model_dir)
         self.backend: BackendChoice | None  # None when the caller brought its own session
-        template = self.config.template
-        tokenizer = load_tokenizer(str(self.config.tokenizer_path))
-        self._encoder = PairEncoder(tokenizer, template, max_length=max_length or template.max_length)
+        self._encoder = _pair_encoder(self.config, max_length)
         # the query + document token budget (the reference's max_length, within the model's limit)
         self.max_length: int = self._encoder.max_length
         self.template_tokens: int = self._encoder.predefined_length  # what every prompt spends on the template
@@ -99,7 +98,8 @@ class LoadedModel:
         Args:
             queries: one query per pair.
             documents: one document per pair, parallel to `queries`.
-            instruction: the instruction slot (None: the family's default, none for mxbai; mxbai: "" is none).
+            instruction: the instruction slot (None: the family's default, none for mxbai; mxbai: "" is none;
+                a cross-encoder has none and refuses one).
             max_document_tokens: a cap on each document's own tokens below what max_length allows.
             max_length: a lower query + document budget for this call than the reranker's.
             max_chunks_per_doc: None cuts a long document as the reference does; N encodes up to N
@@ -147,9 +147,21 @@ class LoadedModel:
         )
 
     def normalize(self, scores: np.ndarray) -> np.ndarray:
-        """sigmoid(score - estimated_max / 2): the reference's `normalize=True`."""
+        """sigmoid(score - estimated_max / 2): the family reference's probability (mxbai: its `normalize=True`;
+        Qwen3-Reranker: P("yes"); a cross-encoder: the sigmoid CrossEncoder applies by default)."""
         shifted = np.asarray(scores, dtype=np.float64) - self.config.estimated_max / 2
         return (1.0 / (1.0 + np.exp(-shifted))).astype(np.float32)
+
+
+def _pair_encoder(config: ArtifactConfig, max_length: int | None) -> PairEncoder | CrossEncoderPairs:
+    """The family's pair encoding: a prompt template (causal-LM families) or the tokenizer's pair encoding."""
+    tokenizer = load_tokenizer(str(config.tokenizer_path))
+    if config.pair_encoding is not None:
+        return CrossEncoderPairs(
+            tokenizer, config.pair_encoding, max_length=max_length or config.pair_encoding.max_length
+        )
+    assert config.template is not None  # load_artifact reads one of the two
+    return PairEncoder(tokenizer, config.template, max_length=max_length or config.template.max_length)
 
 
 def _check_knobs(
@@ -193,8 +205,8 @@ def _open_scorer(
         )
     scorer = Scorer(
         session,
-        pad_id=config.template.pad_token_id,
-        chat_prefix=config.template.prefix_ids,
+        pad_id=config.pad_token_id,
+        chat_prefix=config.template.prefix_ids if config.template else (),
         max_batch_tokens=max_batch_tokens,
         max_batch_size=max_batch_size,
         share_prefix=share_prefix,

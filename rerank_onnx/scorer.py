@@ -13,8 +13,9 @@ from dataclasses import KW_ONLY, dataclass
 
 import numpy as np
 
-from .backends import GraphSession, Prefix, PrefixScoreSession, ScoreSession
+from .backends import GraphSession, Prefix, PrefixScoreSession, ScoreSession, SegmentScoreSession
 from .batching import pad_batch, plan_batches, plan_shared_prefixes, split_long
+from .errors import InvalidInputError
 
 
 @dataclass
@@ -63,13 +64,21 @@ class Scorer:
         Args:
             input_ids: one prompt's token ids per row.
             prefix_lengths: the tokens before each row's document; rows with equal prefixes share them.
-                None: every row runs in full.
+                None: every row runs in full. A cross-encoder's session needs them (its token types).
             batch_size: pairs per batch at most, below `max_batch_size`.
             show_progress: draw a progress bar on stderr.
 
         Returns:
             One score per row.
         """
+        segments = None
+        if isinstance(self.session, SegmentScoreSession):
+            if prefix_lengths is None:
+                raise InvalidInputError(
+                    "prefix_lengths: expected each row's document start (EncodedPairs.prefix_lengths) for a "
+                    "cross-encoder, got None; pass the prefix_lengths that encode() returned"
+                )
+            segments = np.asarray(prefix_lengths, dtype=np.int64)
         scores = np.zeros(len(input_ids), dtype=np.float32)
         progress = _Progress(len(input_ids), show=show_progress)
         groups: list[tuple[int, list[int]]] = []
@@ -80,7 +89,7 @@ class Scorer:
             assert isinstance(self.session, PrefixScoreSession)  # computes_shared_prefix checked it
             prefix = self._prefill(self.session, input_ids[members[0]][:shared], None)
             self._score_rows(input_ids, members, shared, prefix, batch_size, scores, progress)
-        self._score_rows(input_ids, alone, 0, None, batch_size, scores, progress)
+        self._score_rows(input_ids, alone, 0, None, batch_size, scores, progress, segments)
         progress.close()
         if isinstance(self.session, GraphSession):
             self.session.release_memory()
@@ -95,15 +104,21 @@ class Scorer:
         batch_size: int | None,
         scores: np.ndarray,
         progress: _Progress,
+        segments: np.ndarray | None = None,
     ) -> None:
-        """Score input_ids[i][start:] for i in `rows` after `prefix` (None: from the start) into scores[i]."""
+        """Score input_ids[i][start:] for i in `rows` after `prefix` (None: from the start) into scores[i];
+        `segments`: each row's document start, for a SegmentScoreSession (then start is 0, prefix None)."""
         if self.slice_tokens is not None and isinstance(self.session, PrefixScoreSession):
             rows, long_rows = split_long([len(input_ids[i]) - start for i in rows], rows, limit=self.slice_tokens)
             for i in long_rows:
                 scores[i] = self._score_in_slices(self.session, input_ids[i][start:], prefix, self.slice_tokens)
                 progress.advance(1)
         for batch, (ids, lengths) in self._batches([input_ids[i][start:] for i in rows], batch_size):
-            if prefix is None:
+            if segments is not None:
+                assert isinstance(self.session, SegmentScoreSession)  # score() sets segments only for such
+                starts = segments[[rows[i] for i in batch]]
+                scores[[rows[i] for i in batch]] = self.session.run_segments(ids, lengths, starts)
+            elif prefix is None:
                 scores[[rows[i] for i in batch]] = self.session.run(ids, lengths)
             else:
                 assert isinstance(self.session, PrefixScoreSession)  # only such sessions make a prefix

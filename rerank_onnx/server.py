@@ -151,7 +151,7 @@ def create_app(settings: ServerSettings, *, reranker: Reranker | None = None) ->
         if state.reranker is not None:
             choice = state.reranker.backend
             entry["quantization"] = state.reranker.config.quantization
-            entry["family"] = state.reranker.config.template.family
+            entry["family"] = state.reranker.config.family
             entry["backend"] = {
                 "name": choice.backend if choice else "custom",
                 "precision": choice.precision if choice else None,

@@ -129,14 +129,19 @@ def test_unsupported_architecture_is_refused(tmp_path: Path, tiny_checkpoint: Pa
 
     from rerank_onnx_export.pipeline import export_checkpoint
 
-    other = tmp_path / "bert"
+    other = tmp_path / "gpt2"
     shutil.copytree(tiny_checkpoint, other)
     config = json.loads((other / "config.json").read_text())
-    config["architectures"] = ["BertForSequenceClassification"]
+    config["architectures"] = ["GPT2LMHeadModel"]
     (other / "config.json").write_text(json.dumps(config))
     with pytest.raises(
-        ExportError, match=r"expected a Qwen2ForCausalLM or Qwen3ForCausalLM checkpoint.*BertForSequenceClassification"
+        ExportError, match=r"expected a Qwen2ForCausalLM or Qwen3ForCausalLM checkpoint.*cross-encoder.*GPT2LMHeadModel"
     ):
+        export_checkpoint(str(other), tmp_path / "out", log=lambda m: None)
+    # a causal LM relabelled as a classifier has transformers' default two-label head: not a reranker
+    config["architectures"] = ["Qwen2ForSequenceClassification"]
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ExportError, match="num_labels=1"):
         export_checkpoint(str(other), tmp_path / "out", log=lambda m: None)
 
 

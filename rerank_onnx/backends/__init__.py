@@ -18,14 +18,17 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 
 from ..artifact import (
+    ATTENTION_MASK,
     INPUT_IDS,
     LENGTHS,
+    LOGITS,
     PAST_KEYS,
     PAST_VALUES,
     PLAIN_GRAPH_INPUTS,
     PRESENT_KEYS,
     PRESENT_VALUES,
     SCORES,
+    TOKEN_TYPE_IDS,
     ArtifactConfig,
 )
 from ..errors import ModelLoadError
@@ -66,6 +69,15 @@ class PrefixScoreSession(ScoreSession, Protocol):
         ...
 
 
+@runtime_checkable
+class SegmentScoreSession(ScoreSession, Protocol):
+    """A session for pair encodings (cross-encoders): it needs where each row's document starts."""
+
+    def run_segments(self, input_ids: np.ndarray, lengths: np.ndarray, segment_starts: np.ndarray) -> np.ndarray:
+        """Like `run`; segment_starts: (batch,) int64, each row's first document token (its token type 1)."""
+        ...
+
+
 class Engine(Protocol):
     """One compiled score graph on one inference engine.
 
@@ -102,13 +114,18 @@ def default_threads() -> int:
 class GraphSession:
     """A score graph on an engine: the plain `ScoreSession` (every prompt in full)."""
 
+    # the graph input sets this class runs
+    layouts: tuple[frozenset[str], ...] = (
+        frozenset(PLAIN_GRAPH_INPUTS),
+        frozenset({*PLAIN_GRAPH_INPUTS, PAST_KEYS, PAST_VALUES}),
+    )
+
     def __init__(self, engine: Engine, graph: Path) -> None:
         shapes = engine.input_shapes()
-        plain, with_past = set(PLAIN_GRAPH_INPUTS), {*PLAIN_GRAPH_INPUTS, PAST_KEYS, PAST_VALUES}
-        if set(shapes) not in (plain, with_past):
-            raise ModelLoadError(
-                f"{graph}: expected graph inputs {sorted(plain)} or {sorted(with_past)}, got {sorted(shapes)}"
-            )
+        if frozenset(shapes) not in self.layouts:
+            expected = " or ".join(str(sorted(layout)) for layout in self.layouts)
+            raise ModelLoadError(f"{graph}: expected graph inputs {expected}, got {sorted(shapes)}")
+        with_past = {*PLAIN_GRAPH_INPUTS, PAST_KEYS, PAST_VALUES}
         self._engine = engine
         self._large_runs = False  # since the last release_memory()
         self.threads = engine.threads
@@ -167,6 +184,31 @@ class PrefixGraphSession(GraphSession):
         return self._run_past(prefix, input_ids, lengths)
 
 
+class EncoderGraphSession(GraphSession):
+    """A cross-encoder's graph (optimum's export of a *ForSequenceClassification model): builds its
+    attention mask and token types from lengths and document starts (`SegmentScoreSession`)."""
+
+    layouts = (frozenset({INPUT_IDS, ATTENTION_MASK}), frozenset({INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS}))
+
+    def __init__(self, engine: Engine, graph: Path) -> None:
+        super().__init__(engine, graph)
+        self.token_types = TOKEN_TYPE_IDS in engine.input_shapes()
+
+    def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        if self.token_types:
+            raise ValueError("this graph takes token types: call run_segments with each row's document start")
+        return self.run_segments(input_ids, lengths, lengths)
+
+    def run_segments(self, input_ids: np.ndarray, lengths: np.ndarray, segment_starts: np.ndarray) -> np.ndarray:
+        positions = np.arange(input_ids.shape[1], dtype=np.int64)[None, :]
+        mask = positions < lengths[:, None]
+        feeds = {INPUT_IDS: input_ids, ATTENTION_MASK: mask.astype(np.int64)}
+        if self.token_types:
+            feeds[TOKEN_TYPE_IDS] = (mask & (positions >= segment_starts[:, None])).astype(np.int64)
+        (logits,) = self._call(feeds, [LOGITS])
+        return np.asarray(logits, dtype=np.float32)[:, 0]
+
+
 def open_session(
     graph: Path, choice: BackendChoice, *, threads: int | None = None, cache_dir: Path | None = None
 ) -> GraphSession:
@@ -180,7 +222,7 @@ def open_session(
         cache_dir: where OpenVINO keeps compiled models (None: no cache); onnxruntime ignores it.
 
     Returns:
-        A `PrefixGraphSession` or a plain `GraphSession`.
+        A `PrefixGraphSession`, an `EncoderGraphSession` (cross-encoders) or a plain `GraphSession`.
     """
     threads = threads or default_threads()
     engine: Engine
@@ -192,7 +234,10 @@ def open_session(
         from .onnxruntime import OnnxRuntimeEngine
 
         engine = OnnxRuntimeEngine(graph, threads=threads)
-    kind = PrefixGraphSession if PAST_KEYS in engine.input_shapes() else GraphSession
+    shapes = engine.input_shapes()
+    kind = (
+        PrefixGraphSession if PAST_KEYS in shapes else EncoderGraphSession if ATTENTION_MASK in shapes else GraphSession
+    )
     return kind(engine, graph)
 
 
@@ -231,12 +276,14 @@ def open_backend(
 
 __all__ = [
     "BackendChoice",
+    "EncoderGraphSession",
     "Engine",
     "GraphSession",
     "Prefix",
     "PrefixGraphSession",
     "PrefixScoreSession",
     "ScoreSession",
+    "SegmentScoreSession",
     "default_threads",
     "open_backend",
     "open_session",

@@ -1,0 +1,157 @@
+"""(query, document) pairs -> a cross-encoder's input, as sentence-transformers' CrossEncoder builds it.
+
+CrossEncoder calls its Hugging Face fast tokenizer on the lists of queries and documents with
+truncation='longest_first' and max_length = the model's limit. That tokenizer is a `tokenizers`
+Tokenizer (the artifact's tokenizer.json): its post-processor adds the special tokens ([CLS] query
+[SEP] document [SEP] for BERT, <s> query </s></s> document </s> for XLM-RoBERTa) and its truncation
+cuts the longer of the two texts a token at a time until the pair fits. We call the same Rust code
+with the same settings, so the ids are the reference's (tested against CrossEncoder's tokenizer).
+
+`max_length` here is the query + document budget, as for every family: the special tokens come on top.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from tokenizers import Encoding, Tokenizer
+
+from .artifact import PairEncoding
+from .chunking import Windows, char_spans, plan_windows
+from .errors import InvalidInputError
+from .template import EncodedPairs
+from .validate import check_parallel, check_positive_int
+
+# Tokens kept free in a window beyond the query's share, for merges that differ at a window's edges.
+WINDOW_MARGIN = 4
+
+
+class CrossEncoderPairs:
+    """Encodes pairs for a cross-encoder artifact; the same `encode` as template.PairEncoder."""
+
+    def __init__(self, tokenizer: Tokenizer, encoding: PairEncoding, *, max_length: int) -> None:
+        self._tokenizer = tokenizer
+        self._encoding = encoding
+        self._lock = threading.Lock()  # truncation is tokenizer state: one encode at a time sets it
+        self.predefined_length = (
+            tokenizer.post_processor.num_special_tokens_to_add(True) if tokenizer.post_processor else 0
+        )
+        self.template_limit = encoding.max_length - self.predefined_length
+        self.max_length = min(max_length, self.template_limit)
+
+    def encode(
+        self,
+        queries: Sequence[str],
+        documents: Sequence[str],
+        *,
+        instruction: str | None,
+        max_document_tokens: int | None = None,
+        max_length: int | None = None,
+        max_chunks_per_doc: int | None = None,
+    ) -> EncodedPairs:
+        """The pair encodings; arguments as template.PairEncoder.encode. A cross-encoder reads no
+        instruction: passing one is an InvalidInputError, not a silently ignored text."""
+        queries, documents = check_parallel(queries, documents)
+        if instruction is not None:
+            raise InvalidInputError(
+                f"instruction: expected None for a cross-encoder, got {instruction!r}; this model family has no "
+                "instruction slot (mxbai-rerank-v2 and qwen3-reranker artifacts do)"
+            )
+        for name, value in (("max_document_tokens", max_document_tokens), ("max_length", max_length)):
+            check_positive_int(name, value, allow_none=True)
+        check_positive_int("max_chunks_per_doc", max_chunks_per_doc, allow_none=True)
+        limit = min(self.max_length, max_length) if max_length else self.max_length
+        capped = [False] * len(documents)
+        if max_document_tokens is not None:
+            documents, capped = self._cap_documents(documents, max_document_tokens)
+        encodings = self._encode(queries, documents, limit)
+        encoded = EncodedPairs(
+            input_ids=[e.ids for e in encodings],
+            truncated=[bool(e.overflowing) or cap for e, cap in zip(encodings, capped)],
+            prefix_lengths=[_document_start(e) for e in encodings],
+        )
+        if max_chunks_per_doc is None:
+            return encoded
+        return self._in_windows(encoded, queries, documents, limit, max_chunks_per_doc)
+
+    def _encode(self, queries: Sequence[str], documents: Sequence[str], limit: int) -> list[Encoding]:
+        with self._lock:
+            self._tokenizer.enable_truncation(
+                limit + self.predefined_length, strategy="longest_first", direction=self._encoding.truncation_side
+            )
+            try:
+                return list(self._tokenizer.encode_batch(list(zip(queries, documents))))
+            finally:
+                self._tokenizer.no_truncation()
+
+    def _tokens(self, texts: Sequence[str]) -> list[Encoding]:
+        """Each text alone, no special tokens, not truncated (for counts and character offsets)."""
+        with self._lock:
+            return list(self._tokenizer.encode_batch(list(texts), add_special_tokens=False))
+
+    def _cap_documents(self, documents: list[str], cap: int) -> tuple[list[str], list[bool]]:
+        """Documents longer than `cap` tokens cut after their cap-th token (at its character end)."""
+        out, cut = list(documents), [False] * len(documents)
+        for i, tokens in enumerate(self._tokens(documents)):
+            if len(tokens.ids) > cap:
+                out[i], cut[i] = documents[i][: tokens.offsets[cap - 1][1]], True
+        return out, cut
+
+    def _in_windows(
+        self, encoded: EncodedPairs, queries: list[str], documents: list[str], limit: int, max_windows: int
+    ) -> EncodedPairs:
+        """Cut documents become overlapping windows, each scored as a pair of its own (chunking.py)."""
+        spans: dict[int, list[tuple[int, int]]] = {}
+        complete = [True] * len(documents)
+        cut = [i for i, truncated in enumerate(encoded.truncated) if truncated]
+        query_tokens = {q: len(e.ids) for q, e in zip(queries, self._tokens(queries))}
+        for i, document_tokens in zip(cut, self._tokens([documents[i] for i in cut])):
+            # longest_first leaves the query whole up to half the budget, and the document what is left
+            window = limit - min(query_tokens[queries[i]], limit // 2) - WINDOW_MARGIN
+            if window < 1 or not document_tokens.ids:
+                complete[i] = False
+                continue
+            ranges, complete[i] = plan_windows(len(document_tokens.ids), window, max_windows)
+            spans[i] = char_spans(ranges, document_tokens.offsets)
+        pieces = [(i, span) for i, pair_spans in spans.items() for span in pair_spans]
+        windowed = self._encode([queries[i] for i, _ in pieces], [documents[i][a:b] for i, (a, b) in pieces], limit)
+        by_pair: dict[int, list[tuple[tuple[int, int], Encoding]]] = {}
+        for (i, span), encoding in zip(pieces, windowed):
+            by_pair.setdefault(i, []).append((span, encoding))
+        ids: list[list[int]] = []
+        truncated: list[bool] = []
+        starts: list[int] = []
+        owner: list[int] = []
+        row_spans: list[tuple[int, int]] = []
+        for i, document in enumerate(documents):
+            if i not in by_pair:
+                ids.append(encoded.input_ids[i])
+                truncated.append(encoded.truncated[i])
+                starts.append(encoded.prefix_lengths[i])
+                owner.append(i)
+                row_spans.append((0, len(document)))
+            for span, encoding in by_pair.get(i, []):
+                ids.append(encoding.ids)
+                truncated.append(bool(encoding.overflowing))
+                starts.append(_document_start(encoding))
+                owner.append(i)
+                row_spans.append(span)
+        windows = Windows(
+            owner=owner,
+            spans=row_spans,
+            counts=[len(by_pair.get(i, [None])) for i in range(len(documents))],
+            complete=complete,
+        )
+        return EncodedPairs(ids, truncated, starts, windows=windows)
+
+
+def _document_start(encoding: Encoding) -> int:
+    """Where the document's part begins: the first token of type 1 (BERT's token types), else the first
+    token of the second sequence, else the end (no document tokens). The graph's token_type_ids are 1
+    from here on, as the tokenizer's own type ids are."""
+    types: list[int] = encoding.type_ids
+    if 1 in types:
+        return types.index(1)
+    sequence_ids: list[int | None] = encoding.sequence_ids
+    return sequence_ids.index(1) if 1 in sequence_ids else len(types)

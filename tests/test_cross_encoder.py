@@ -1,0 +1,186 @@
+"""Cross-encoders (BERT, XLM-RoBERTa, ModernBERT) against sentence-transformers' CrossEncoder.
+
+Tiny random *ForSequenceClassification models with tokenizers of each kind trained here, exported
+through the real export code (optimum's graph); the oracle is `sentence_transformers.CrossEncoder`
+loaded on the same checkpoint folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from conftest import ENGINES
+
+from rerank_onnx import Reranker
+from rerank_onnx.errors import ExportError, InvalidInputError
+
+KINDS = ["bert-tiny", "xlmr-tiny", "modernbert-tiny"]
+QUERIES = ["what is a cat?", "router password reset [SEP] </s> <s>", "", "capital " * 40]
+DOCUMENTS = [
+    "A cat is a small carnivorous mammal, often kept as a pet.",
+    "Hold the reset button for 30 seconds. " * 10,
+    "",
+    "   \n",
+    "Canberra es la capital de Australia; 香蕉富含钾。",
+]
+PAIRS = [(q, d) for q in QUERIES for d in DOCUMENTS]
+
+
+def _export(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path, quantize: str) -> Path:
+    from rerank_onnx_export.pipeline import export_checkpoint
+
+    result = export_checkpoint(
+        str(checkpoint),
+        tmp_path_factory.mktemp("ce") / f"{checkpoint.name}-{quantize}",
+        quantize=quantize,
+        log=lambda m: None,
+    )
+    assert result.passed, result.warnings
+    return result.folder
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from rerank_onnx_export.random_checkpoint import build_random_cross_encoder
+
+    root = tmp_path_factory.mktemp("ce-ckpt")
+    return {kind: build_random_cross_encoder(root / kind, size=kind) for kind in KINDS}
+
+
+@pytest.fixture(scope="module")
+def fp32_artifacts(tmp_path_factory: pytest.TempPathFactory, checkpoints: dict[str, Path]) -> dict[str, Path]:
+    return {kind: _export(tmp_path_factory, path, "none") for kind, path in checkpoints.items()}
+
+
+@pytest.fixture(scope="module")
+def oracles(checkpoints: dict[str, Path]) -> dict[str, object]:
+    from sentence_transformers import CrossEncoder
+
+    return {kind: CrossEncoder(str(path), device="cpu") for kind, path in checkpoints.items()}
+
+
+def _reference(oracle: object, pairs: list[tuple[str, str]], *, raw: bool) -> np.ndarray:
+    import torch
+
+    activation = torch.nn.Identity() if raw else None
+    return np.asarray(oracle.predict(pairs, batch_size=7, activation_fn=activation))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_scores_equal_crossencoder(kind: str, engine: tuple[str, str], fp32_artifacts: dict, oracles: dict) -> None:
+    backend, precision = engine
+    reranker = Reranker(fp32_artifacts[kind], backend=backend, precision=precision)  # type: ignore[arg-type]
+    raw = reranker.predict(PAIRS)
+    assert np.abs(raw - _reference(oracles[kind], PAIRS, raw=True)).max() < 1e-3  # the head's logit
+    probabilities = reranker.predict(PAIRS, normalize=True)  # CrossEncoder's default sigmoid
+    assert np.abs(probabilities - _reference(oracles[kind], PAIRS, raw=False)).max() < 1e-4
+    # a pair scores the same alone as in a batch (padding is masked)
+    alone = reranker.predict([PAIRS[6]])
+    assert abs(float(alone[0]) - float(raw[6])) < 1e-5
+
+
+def test_pair_encoding_is_the_tokenizers(kind: str, fp32_artifacts: dict, oracles: dict) -> None:
+    """Ids (literal special tokens in the text included), truncation flags and document starts."""
+    tokenizer = oracles[kind].tokenizer  # type: ignore[attr-defined]
+    reranker = Reranker(fp32_artifacts[kind])
+    queries, documents = [q for q, _ in PAIRS], [d for _, d in PAIRS]
+    encoded = reranker.encode(queries, documents)
+    limit = reranker.max_length + reranker.template_tokens
+    reference = tokenizer(queries, documents, truncation="longest_first", max_length=limit)
+    assert encoded.input_ids == reference["input_ids"]
+    whole = tokenizer(queries, documents)["input_ids"]
+    assert encoded.truncated == [len(ids) > limit for ids in whole]
+    assert any(encoded.truncated) and not all(encoded.truncated)
+    if "token_type_ids" in reference:
+        for types, start, ids in zip(reference["token_type_ids"], encoded.prefix_lengths, encoded.input_ids):
+            assert types == [int(i >= start) for i in range(len(ids))]
+
+
+def test_token_types_reach_the_graph(fp32_artifacts: dict) -> None:
+    """BERT's graph takes token types: scoring without document starts is refused, not guessed."""
+    reranker = Reranker(fp32_artifacts["bert-tiny"], backend="onnxruntime")
+    encoded = reranker.encode(["q"], ["a cat"])
+    with pytest.raises(InvalidInputError, match="prefix_lengths"):
+        reranker.score_encoded(encoded.input_ids)
+    moved = reranker.score_encoded(encoded.input_ids, prefix_lengths=[1])
+    assert (
+        abs(
+            float(moved[0]) - float(reranker.score_encoded(encoded.input_ids, prefix_lengths=encoded.prefix_lengths)[0])
+        )
+        > 1e-4
+    )
+
+
+def test_no_instruction_slot(fp32_artifacts: dict) -> None:
+    reranker = Reranker(fp32_artifacts["xlmr-tiny"])
+    with pytest.raises(InvalidInputError, match="instruction"):
+        reranker.rank("q", ["d"], instruction="be brief")
+
+
+def test_long_documents_by_windows(fp32_artifacts: dict) -> None:
+    reranker = Reranker(fp32_artifacts["bert-tiny"], backend="onnxruntime")
+    document = " ".join(f"word{i % 7} cat router capital" for i in range(60))  # about 3-4x max_length
+    (result,) = reranker.rank("what is a cat?", [document], long_documents="chunk", max_chunks_per_doc=20)
+    encoded = reranker.encode(["what is a cat?"], [document], max_chunks_per_doc=20)
+    assert encoded.windows is not None and result.windows == len(encoded.windows.spans) >= 3
+    spans = encoded.windows.spans
+    assert all(a < b for a, b in spans) and all(spans[i][0] < spans[i - 1][1] for i in range(1, len(spans)))  # overlap
+    alone = reranker.predict([("what is a cat?", document[a:b]) for a, b in spans])
+    assert abs(result.score - float(alone.max())) < 1e-5
+    assert result.span == spans[int(alone.argmax())]
+    (truncated,) = reranker.rank("what is a cat?", [document])
+    assert truncated.windows == 1
+
+
+def test_int8_ranks_like_fp32(
+    tmp_path_factory: pytest.TempPathFactory, checkpoints: dict, fp32_artifacts: dict
+) -> None:
+    int8 = _export(tmp_path_factory, checkpoints["bert-tiny"], "int8")
+    reference = Reranker(fp32_artifacts["bert-tiny"], backend="onnxruntime").predict(PAIRS)
+    scores = Reranker(int8, backend="onnxruntime").predict(PAIRS)
+    ranks = lambda x: np.argsort(np.argsort(x))  # noqa: E731
+    assert np.corrcoef(ranks(reference), ranks(scores))[0, 1] > 0.9
+
+
+def test_the_server_serves_the_family(fp32_artifacts: dict, oracles: dict) -> None:
+    from test_server import _in_process
+
+    from rerank_onnx.server import ServerSettings, create_app
+
+    app = create_app(ServerSettings(model_dir=str(fp32_artifacts["modernbert-tiny"])))
+
+    async def requests(client: httpx.AsyncClient) -> tuple[dict, dict, httpx.Response]:
+        ranked = await client.post("/v1/rerank", json={"query": QUERIES[0], "documents": DOCUMENTS})
+        refused = await client.post("/v1/rerank", json={"query": "q", "documents": ["d"], "instruction": "x"})
+        return ranked.json(), (await client.get("/v1/models")).json(), refused
+
+    ranked, models, refused = _in_process(app, requests)
+    assert models["data"][0]["family"] == "cross-encoder"
+    expected = _reference(oracles["modernbert-tiny"], [(QUERIES[0], d) for d in DOCUMENTS], raw=False)
+    assert len(ranked["results"]) == len(DOCUMENTS)
+    for result in ranked["results"]:
+        assert abs(result["relevance_score"] - expected[result["index"]]) < 1e-3  # default bf16 path on AMX
+    assert refused.status_code == 422 and "instruction" in refused.json()["error"]["message"]
+
+
+def test_export_refuses_a_multi_class_head(tmp_path: Path) -> None:
+    import json
+
+    from rerank_onnx_export.pipeline import export_checkpoint
+    from rerank_onnx_export.random_checkpoint import build_random_cross_encoder
+
+    folder = build_random_cross_encoder(tmp_path / "ckpt", size="bert-tiny")
+    config = json.loads((folder / "config.json").read_text())
+    config["id2label"], config["label2id"] = {"0": "a", "1": "b", "2": "c"}, {"a": 0, "b": 1, "c": 2}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ExportError, match="num_labels=1"):
+        export_checkpoint(str(folder), tmp_path / "out", quantize="none", log=lambda m: None)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
