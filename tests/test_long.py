@@ -82,21 +82,9 @@ def test_an_8k_pair_stays_within_a_memory_bound(fp32_artifact: Path, engine) -> 
     assert sliced["peak"] - sliced["before"] < (whole["peak"] - whole["before"]) / 3, (sliced, whole)
 
 
-GIVEN_BACK = [
-    ENGINES[0],
-    pytest.param(
-        ("openvino", "fp32"),
-        id="openvino",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="issue 11, open: OpenVINO keeps the working memory of a long input (its release_memory() "
-            "corrupted the heap, see backends/memory.py); this passes, and must be unmarked, once it is fixed",
-        ),
-    ),
-]
 
 
-@pytest.mark.parametrize("engine", GIVEN_BACK)
+@pytest.mark.parametrize("engine", ENGINES)
 def test_the_memory_of_an_8k_pair_is_given_back(fp32_artifact: Path, engine) -> None:
     sliced = _probe(fp32_artifact, "1024", engine)
     # once it is scored (and a short request after it), the process holds about what it held before
