@@ -67,15 +67,16 @@ def _sentence_transformers(checkpoint: str, stack: str, words: int, reps: int, t
     folder = work / "model"
     shutil.copytree(checkpoint, folder)  # the ONNX backend writes its export beside the checkpoint
     session_options = None
-    if stack != "st-torch":
+    if stack in ("st-onnx", "st-onnx-int8"):
         import onnxruntime as ort
 
         session_options = ort.SessionOptions()
         session_options.intra_op_num_threads = threads
-    kwargs = {"session_options": session_options} if session_options else {}
-    model = CrossEncoder(
-        str(folder), device="cpu", backend="torch" if stack == "st-torch" else "onnx", model_kwargs=kwargs
-    )
+    kwargs: dict = {"session_options": session_options} if session_options else {}
+    if stack == "st-openvino":
+        kwargs = {"ov_config": {"INFERENCE_NUM_THREADS": str(threads), "NUM_STREAMS": "1"}}
+    backend = {"st-torch": "torch", "st-openvino": "openvino"}.get(stack, "onnx")
+    model = CrossEncoder(str(folder), device="cpu", backend=backend, model_kwargs=kwargs)
     if stack == "st-onnx-int8":
         export_dynamic_quantized_onnx_model(model, "avx512_vnni", str(folder))
         model = CrossEncoder(

@@ -82,8 +82,6 @@ def test_an_8k_pair_stays_within_a_memory_bound(fp32_artifact: Path, engine) -> 
     assert sliced["peak"] - sliced["before"] < (whole["peak"] - whole["before"]) / 3, (sliced, whole)
 
 
-
-
 @pytest.mark.parametrize("engine", ENGINES)
 def test_the_memory_of_an_8k_pair_is_given_back(fp32_artifact: Path, engine) -> None:
     sliced = _probe(fp32_artifact, "1024", engine)

@@ -157,3 +157,26 @@ def test_the_progress_bar_counts_every_row_once(show: bool, capsys: pytest.Captu
     _scorer(PrefixFake(), slice_tokens=10).score(rows, prefix_lengths=[3, 3, 3, 1], show_progress=show)
     err = capsys.readouterr().err
     assert ("4/4 pairs" in err and "5/4" not in err) if show else err == ""
+
+
+class SegmentFake(PlainFake):
+    """A cross-encoder's session: the score depends on where each row's document starts."""
+
+    def run_segments(self, input_ids: np.ndarray, lengths: np.ndarray, segment_starts: np.ndarray) -> np.ndarray:
+        plain = self.run(input_ids, lengths)
+        return plain + np.asarray(segment_starts, dtype=np.float32) * 1000
+
+
+def test_a_pair_session_gets_each_rows_document_start_in_any_batch_order() -> None:
+    from rerank_onnx.backends import SegmentScoreSession
+    from rerank_onnx.errors import InvalidInputError
+
+    rows = _rows(40, seed=3)
+    starts = [len(r) // 2 for r in rows]
+    session = SegmentFake()
+    assert isinstance(session, SegmentScoreSession) and not isinstance(session, PrefixScoreSession)
+    scores = _scorer(session, max_batch_tokens=300).score(rows, prefix_lengths=starts)
+    assert len(session.batches) > 1  # length-bucketed into several batches, not in input order
+    assert scores.tolist() == pytest.approx([full_score(r) + 1000 * s for r, s in zip(rows, starts)])
+    with pytest.raises(InvalidInputError, match="prefix_lengths"):
+        _scorer(SegmentFake()).score(rows)
