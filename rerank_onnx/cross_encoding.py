@@ -21,7 +21,7 @@ from .artifact import PairEncoding
 from .chunking import Windows, char_spans, plan_windows
 from .errors import InvalidInputError
 from .template import EncodedPairs
-from .validate import check_parallel, check_positive_int
+from .validate import check_encode_limits, check_parallel
 
 # Tokens kept free in a window beyond the query's share, for merges that differ at a window's edges.
 WINDOW_MARGIN = 4
@@ -58,9 +58,7 @@ class CrossEncoderPairs:
                 f"instruction: expected None for a cross-encoder, got {instruction!r}; this model family has no "
                 "instruction slot (mxbai-rerank-v2 and qwen3-reranker artifacts do)"
             )
-        for name, value in (("max_document_tokens", max_document_tokens), ("max_length", max_length)):
-            check_positive_int(name, value, allow_none=True)
-        check_positive_int("max_chunks_per_doc", max_chunks_per_doc, allow_none=True)
+        check_encode_limits(max_document_tokens, max_length, max_chunks_per_doc)
         limit = min(self.max_length, max_length) if max_length else self.max_length
         capped = [False] * len(documents)
         if max_document_tokens is not None:

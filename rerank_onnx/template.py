@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 from .artifact import Template
 from .chunking import Windows, char_spans, plan_windows
 from .errors import ModelLoadError
-from .validate import check_parallel, check_positive_int, check_str
+from .validate import check_encode_limits, check_parallel, check_str
 
 
 @dataclass(frozen=True)
@@ -88,9 +88,7 @@ class PairEncoder:
         queries, documents = check_parallel(queries, documents)
         if instruction is not None:
             check_str("instruction", instruction)
-        for name, value in (("max_document_tokens", max_document_tokens), ("max_length", max_length)):
-            check_positive_int(name, value, allow_none=True)
-        check_positive_int("max_chunks_per_doc", max_chunks_per_doc, allow_none=True)
+        check_encode_limits(max_document_tokens, max_length, max_chunks_per_doc)
         limit = min(self.max_length, max_length) if max_length else self.max_length
         encoded, budgets = self._encode_pairs(queries, documents, instruction, limit, max_document_tokens)
         if max_chunks_per_doc is None:

@@ -73,6 +73,16 @@ def split_pairs(pairs: object) -> tuple[list[str], list[str]]:
     return queries, documents
 
 
+def check_encode_limits(max_document_tokens: object, max_length: object, max_chunks_per_doc: object) -> None:
+    """The per-call limits of encode(), every family's: each a positive int or None."""
+    for name, value in (
+        ("max_document_tokens", max_document_tokens),
+        ("max_length", max_length),
+        ("max_chunks_per_doc", max_chunks_per_doc),
+    ):
+        check_positive_int(name, value, allow_none=True)
+
+
 def check_long_documents(long_documents: object, max_chunks_per_doc: object) -> None:
     """ "truncate" or "chunk", and a positive window cap (checked in either mode: a bad value is a bug)."""
     if long_documents not in ("truncate", "chunk"):

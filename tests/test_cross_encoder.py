@@ -184,3 +184,16 @@ def test_export_refuses_a_multi_class_head(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="num_labels=1"):
         export_checkpoint(str(folder), tmp_path / "out", quantize="none", log=lambda m: None)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_a_per_document_token_cap(fp32_artifacts: dict) -> None:
+    """Cohere's max_tokens_per_doc: the document is cut to its first N tokens before pairing."""
+    reranker = Reranker(fp32_artifacts["bert-tiny"], backend="onnxruntime")
+    document = "hold the reset button for thirty seconds then wait"
+    capped = reranker.encode(["q"], [document], max_document_tokens=4)
+    whole = reranker.encode(["q"], [document])
+    start = capped.prefix_lengths[0]
+    assert capped.truncated == [True] and whole.truncated == [False]
+    assert capped.input_ids[0][start:-1] == whole.input_ids[0][start : start + 4]  # the first 4, then [SEP]
+    with pytest.raises(InvalidInputError, match="max_document_tokens"):
+        reranker.encode(["q"], [document], max_document_tokens=0)
