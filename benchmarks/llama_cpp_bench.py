@@ -17,12 +17,14 @@ def _cpu_flags() -> set[str]:
     return set(cpu_flags())
 
 
-def build(work: Path) -> Path:
-    """Return the llama.cpp source folder with build/bin/{llama-bench,llama-quantize}."""
+def build(work: Path, targets: tuple[str, ...] = ("llama-bench", "llama-quantize")) -> Path:
+    """Return the llama.cpp source folder with build/bin/<target> for every target."""
     src_root = work / "llama-cpp-python-src"
     existing = list(src_root.glob("*/vendor/llama.cpp"))
-    if existing and (existing[0] / "build/bin/llama-bench").exists():
+    if existing and all((existing[0] / "build/bin" / target).exists() for target in targets):
         return existing[0]
+    if existing:
+        return _compile(existing[0], targets)
     src_root.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [
@@ -43,6 +45,10 @@ def build(work: Path) -> Path:
     with tarfile.open(archive) as tar:
         tar.extractall(src_root, filter="data")
     (llama,) = src_root.glob("*/vendor/llama.cpp")
+    return _compile(llama, targets)
+
+
+def _compile(llama: Path, targets: tuple[str, ...]) -> Path:
     flags = _cpu_flags()
     # A native build enables ggml's AMX path, which died with SIGILL on these machines: pick ISA by hand.
     options = [
@@ -52,6 +58,7 @@ def build(work: Path) -> Path:
         "-DGGML_AMX_BF16=OFF",
         "-DLLAMA_CURL=OFF",
         "-DGGML_OPENMP=ON",
+        "-DLLAMA_USE_PREBUILT_UI=OFF",  # the server's web UI would be fetched from the Hub
         "-DCMAKE_BUILD_TYPE=Release",
         f"-DGGML_AVX={'ON' if 'avx' in flags else 'OFF'}",
         f"-DGGML_AVX2={'ON' if 'avx2' in flags else 'OFF'}",
@@ -70,15 +77,14 @@ def build(work: Path) -> Path:
             "-j",
             str(os.cpu_count() or 2),
             "--target",
-            "llama-bench",
-            "llama-quantize",
+            *targets,
         ],
         check=True,
     )
     return llama
 
 
-def convert(llama: Path, checkpoint: Path, work: Path) -> dict[str, Path]:
+def convert(llama: Path, checkpoint: Path, work: Path, quants: tuple[str, ...] = ("Q8_0", "Q4_0")) -> dict[str, Path]:
     # The converter imports sentencepiece before falling back to the GPT-2 style BPE that Qwen2 uses.
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "sentencepiece"], check=True)
     f16 = work / f"{checkpoint.name}-f16.gguf"
@@ -98,7 +104,7 @@ def convert(llama: Path, checkpoint: Path, work: Path) -> dict[str, Path]:
             env=env,
         )
     out = {}
-    for q in ("Q8_0", "Q4_0"):
+    for q in quants:
         path = work / f"{checkpoint.name}-{q}.gguf"
         if not path.exists():
             subprocess.run([str(llama / "build/bin/llama-quantize"), str(f16), str(path), q], check=True)
