@@ -140,6 +140,21 @@ def quiet_transformers() -> Iterator[None]:
         transformers.logging.set_verbosity(level)
 
 
+@dataclass
+class _Built:
+    """What a family's export step leaves for the shared tail: the fp32 graph, its config section, the
+    built-in pairs as the runtime encodes them and PyTorch's fp32 scores of them."""
+
+    family: str
+    fp32_path: Path
+    config_section: dict[str, dict]  # write_config's `template=` or `pair_encoding=` argument
+    architecture: dict
+    pair_ids: list[list[int]]
+    prefix_lengths: list[int]
+    torch_scores: np.ndarray
+    timings: dict[str, float]
+
+
 def _export_into(
     staging: Path,
     checkpoint: Checkpoint,
@@ -148,7 +163,7 @@ def _export_into(
     estimated_max: float,
     log: Callable[[str], None],
 ) -> dict:
-    """Write the artifact into `staging` and return its self-check report (without the total time)."""
+    """Write a causal-LM family's artifact into `staging`; return its self-check report (without the total time)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -183,43 +198,23 @@ def _export_into(
     del model, graph
     gc.collect()
     timings["export_fp32_s"] = time.perf_counter() - t
-    if quantize != "none":
-        t = time.perf_counter()
-        log(f"quantizing ({quantize})")
-        quantize_graph(quantize, fp32_path, staging / artifact.GRAPH_FILE, data_file=artifact.GRAPH_DATA_FILE)
-        timings["quantize_s"] = time.perf_counter() - t
-
-    artifact.write_config(
-        staging,
-        source_model=checkpoint.source,
-        source_revision=checkpoint.revision,
-        template=template_dict,
-        quantization=quantize,
-        quantization_description=SCHEMES[quantize],
-        estimated_max=estimated_max,
+    built = _Built(
+        family=prompt.family,
+        fp32_path=fp32_path,
+        config_section={"template": template_dict},
+        architecture={k: checkpoint.config.get(k) for k in _ARCH_KEYS},
+        pair_ids=pair_ids,
+        prefix_lengths=prefix_lengths,
+        torch_scores=torch_scores,
+        timings=timings,
     )
-    log("checking the written graph on every backend this machine runs")
-    t = time.perf_counter()
-    checks = _self_check(staging, fp32_path, quantize, pair_ids, prefix_lengths, torch_scores)
-    timings["self_check_s"] = time.perf_counter() - t
-    shutil.rmtree(work)
-    return {
-        "source_model": checkpoint.source,
-        "source_revision": checkpoint.revision,
-        "architecture": {k: checkpoint.config.get(k) for k in _ARCH_KEYS},
-        "quantization": {"scheme": quantize, "description": SCHEMES[quantize]},
-        "pairs": len(pair_ids),
-        "prompt_tokens": [len(ids) for ids in pair_ids],
-        **checks,
-        "timings": timings,
-        "files": {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()},
-    }
+    return _finish(staging, checkpoint, built, quantize, estimated_max, log)
 
 
 def _export_cross_encoder_into(
     staging: Path, checkpoint: Checkpoint, quantize: str, log: Callable[[str], None]
 ) -> dict:
-    """`_export_into` for a cross-encoder: optimum's graph, the tokenizer's pair encoding, the same checks."""
+    """`_export_into` for a cross-encoder: optimum's graph and the tokenizer's pair encoding."""
     timings: dict[str, float] = {}
     work = staging / ".work"
     work.mkdir(parents=True)
@@ -234,33 +229,57 @@ def _export_cross_encoder_into(
     log(f"scoring the {len(pair_ids)} built-in pairs with PyTorch fp32")
     torch_scores = cross_encoder.torch_scores(checkpoint, pair_ids, starts, pair_encoding["token_types"])
     timings["pytorch_scoring_s"] = time.perf_counter() - t
+    built = _Built(
+        family=artifact.CROSS_ENCODER,
+        fp32_path=fp32_path,
+        config_section={"pair_encoding": pair_encoding},
+        architecture={k: checkpoint.config.get(k) for k in _ENCODER_ARCH_KEYS},
+        pair_ids=pair_ids,
+        prefix_lengths=starts,
+        torch_scores=torch_scores,
+        timings=timings,
+    )
+    return _finish(staging, checkpoint, built, quantize, 0.0, log)
+
+
+def _finish(
+    staging: Path,
+    checkpoint: Checkpoint,
+    built: _Built,
+    quantize: str,
+    estimated_max: float,
+    log: Callable[[str], None],
+) -> dict:
+    """Every family's tail: quantize, write the config, check the written graph on every backend, report."""
+    timings = built.timings
     if quantize != "none":
         t = time.perf_counter()
         log(f"quantizing ({quantize})")
-        quantize_graph(quantize, fp32_path, staging / artifact.GRAPH_FILE, data_file=artifact.GRAPH_DATA_FILE)
+        quantize_graph(quantize, built.fp32_path, staging / artifact.GRAPH_FILE, data_file=artifact.GRAPH_DATA_FILE)
         timings["quantize_s"] = time.perf_counter() - t
     artifact.write_config(
         staging,
         source_model=checkpoint.source,
         source_revision=checkpoint.revision,
-        pair_encoding=pair_encoding,
+        template=built.config_section.get("template"),
+        pair_encoding=built.config_section.get("pair_encoding"),
         quantization=quantize,
         quantization_description=SCHEMES[quantize],
-        estimated_max=0.0,
+        estimated_max=estimated_max,
     )
     log("checking the written graph on every backend this machine runs")
     t = time.perf_counter()
-    checks = _self_check(staging, fp32_path, quantize, pair_ids, starts, torch_scores)
+    checks = _self_check(staging, built.fp32_path, quantize, built.pair_ids, built.prefix_lengths, built.torch_scores)
     timings["self_check_s"] = time.perf_counter() - t
-    shutil.rmtree(work)
+    shutil.rmtree(staging / ".work")
     return {
         "source_model": checkpoint.source,
         "source_revision": checkpoint.revision,
-        "family": artifact.CROSS_ENCODER,
-        "architecture": {k: checkpoint.config.get(k) for k in _ENCODER_ARCH_KEYS},
+        "family": built.family,
+        "architecture": built.architecture,
         "quantization": {"scheme": quantize, "description": SCHEMES[quantize]},
-        "pairs": len(pair_ids),
-        "prompt_tokens": [len(ids) for ids in pair_ids],
+        "pairs": len(built.pair_ids),
+        "prompt_tokens": [len(ids) for ids in built.pair_ids],
         **checks,
         "timings": timings,
         "files": {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()},
