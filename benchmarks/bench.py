@@ -183,7 +183,7 @@ def main() -> int:
         "--bf16-timeout",
         type=float,
         default=None,
-        help="seconds for pytorch-bf16, which has no fast path on CPUs without AVX512-BF16/AMX "
+        help="seconds for pytorch-bf16 and st-torch-bf16, which have no fast path on CPUs without AVX512-BF16/AMX "
         "(default 900; 480 with --quick, enough for its b16x256 at base-v2 size on 2 AVX2 cores)",
     )
     parser.add_argument("--llama-cpp", action="store_true", help="also measure llama.cpp Q8_0/Q4_0 (builds it: ~5 min)")
@@ -203,7 +203,9 @@ def main() -> int:
         # and the reference materializes [seq, 151936] logits at long lengths.
         heavy = stack in args.heavy_stacks if args.heavy_stacks is not None else stack.startswith("ours")
         skip = list(args.skip) + ([] if heavy else ["growth", "mixed100"])
-        timeout = min(args.stack_timeout, bf16_timeout) if stack == "pytorch-bf16" else args.stack_timeout
+        timeout = (
+            min(args.stack_timeout, bf16_timeout) if stack in ("pytorch-bf16", "st-torch-bf16") else args.stack_timeout
+        )
         python = args.st_python if stack.startswith("st-") else sys.executable
         if stack.startswith("st-") and not python:
             results[stack] = {"stack": stack, "error": "needs --st-python (a venv with sentence-transformers 6)"}

@@ -87,6 +87,34 @@ def test_constructor_validates_its_knobs(fp32_artifact: Path) -> None:
         Reranker(fp32_artifact, threads="2")
 
 
+CPU_FLAGS = {
+    "amx": frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"}),
+    "avx512-bf16": frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}),
+    "avx512-vnni": frozenset({"avx2", "avx512f", "avx512_vnni"}),
+    "avx2": frozenset({"avx2", "fma"}),
+    "other": frozenset({"sse4_2"}),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CPU_FLAGS))
+def test_auto_keeps_every_cpu_class_on_a_path_it_can_run(kind: str) -> None:
+    from rerank_onnx.backends.select import choose
+
+    flags = CPU_FLAGS[kind]
+    choice = choose("auto", "auto", scheme="int8", flags=flags, openvino_installed=True)
+    assert choice.cpu_class == kind
+    if choice.precision == "bf16":  # bf16 compute only where the CPU has bf16 instructions
+        assert "avx512_bf16" in flags or "amx_bf16" in flags
+    without = choose("auto", "auto", scheme="int8", flags=flags, openvino_installed=False)
+    assert without.backend == "onnxruntime"
+    if choice.backend == "openvino":  # the missing extra is said, with the command that installs it
+        assert "pip install 'rerank-onnx[openvino]'" in without.reason
+    for scheme in ("none", "int8-fast"):  # fp32 numerics and onnxruntime's int8-fast kernel on every class
+        assert choose("auto", "auto", scheme=scheme, flags=flags, openvino_installed=True).backend == "onnxruntime"
+    asked = choose("openvino", "bf16", scheme="int8", flags=flags, openvino_installed=True)
+    assert asked.precision == "bf16" and ("fp32" in asked.reason) == (choice.cpu_class not in ("amx", "avx512-bf16"))
+
+
 def test_truncation_is_reported_and_can_be_refused(fp32_artifact: Path, caplog) -> None:
     reranker = Reranker(fp32_artifact, max_length=32)
     long_doc = "word " * 100
