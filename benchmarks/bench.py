@@ -21,7 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import RESULTS, environment, write_results
+from common import RESULTS, environment, publish
 
 WORK = HERE / "work"
 # "ours-<artifact>" runs on onnxruntime, "ours-<artifact>@openvino-<precision>" on OpenVINO, and
@@ -250,9 +250,7 @@ def main() -> int:
     env = environment(args.threads)
     data = {"size": size, "reps": reps, "environment": env, "results": results}
     name = f"bench-{size}-{env['cpu_class']}"
-    write_results(name, data, table(data))
-    chart(data, name)
-    print((RESULTS / f"{name}.md").read_text())
+    publish(name, data, table(data), chart)
     return 0
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import RESULTS, environment, median, write_results
+from common import RESULTS, environment, median, publish
 
 CHILD = """
 import json, sys, time
@@ -90,9 +90,7 @@ def main() -> int:
     env = environment(args.threads)
     data = {"artifact": args.artifact.name, "reps": args.reps, "environment": env, "results": results}
     name = f"cold-start-{args.artifact.name}-{env['cpu_class']}"
-    write_results(name, data, _table(data))
-    _chart(data, name)
-    print((RESULTS / f"{name}.md").read_text())
+    publish(name, data, _table(data), _chart)
     return 0
 
 

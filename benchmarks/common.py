@@ -6,6 +6,7 @@ import json
 import platform
 import statistics
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -143,3 +144,10 @@ def write_results(name: str, data: dict, table: str) -> tuple[Path, Path]:
     json_path.write_text(json.dumps(data, indent=2) + "\n")
     md_path.write_text(table + "\n")
     return json_path, md_path
+
+
+def publish(name: str, data: dict, table: str, chart: Callable[[dict, str], None]) -> None:
+    """Write results/<name>.json and .md, draw results/<name>.png with `chart(data, name)`, print the table."""
+    write_results(name, data, table)
+    chart(data, name)
+    print(table)

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, median, text_of_tokens, write_results
+from common import RESULTS, environment, median, publish, text_of_tokens
 
 STACKS = ["st-torch", "st-onnx", "st-onnx-int8", "st-openvino", "openvino-genai", "ours-default", "ours-onnxruntime"]
 PEER_STACKS = ("st-openvino", "openvino-genai")  # run with --peer-python
@@ -239,9 +239,7 @@ def main() -> int:
         "results": results,
     }
     name = f"cross-encoder-{data['checkpoint']}-{env['cpu_class']}"
-    write_results(name, data, table(data))
-    chart(data, name)
-    print((RESULTS / f"{name}.md").read_text())
+    publish(name, data, table(data), chart)
     return 0
 
 

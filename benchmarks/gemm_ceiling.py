@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, write_results
+from common import RESULTS, environment, publish
 
 KERNELS = ["ort-fp32", "ort-int8-blockwise", "ort-int8-fast", "ov-fp32", "ov-int8-weights", "ov-int8-dynamic"]
 # hidden, intermediate, query heads, key/value heads, layers (the checkpoints' config.json)
@@ -65,9 +65,7 @@ def build_graph(folder: Path, kernel: str, k: int, n: int) -> Path:
     """A one-MatMul ONNX graph [M, K] x [K, N] quantized as `kernel` needs."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
-    from rerank_onnx_export.quantize import BLOCK
+    from rerank_onnx_export.quantize import blockwise_int8_matmuls, dynamic_int8_matmuls
 
     rng = np.random.default_rng(0)
     weight = numpy_helper.from_array((rng.standard_normal((k, n)) * 0.035).astype(np.float32), "W")
@@ -84,21 +82,10 @@ def build_graph(folder: Path, kernel: str, k: int, n: int) -> Path:
     if kernel in ("ort-fp32", "ov-fp32"):
         return fp32
     out = folder / "quantized.onnx"
-    if kernel == "ort-int8-fast":  # the export's quantize_int8_fast settings, without its embedding step
-        quantize_dynamic(
-            model_input=str(fp32),
-            model_output=str(out),
-            op_types_to_quantize=["MatMul"],
-            per_channel=True,
-            reduce_range=False,
-            weight_type=QuantType.QInt8,
-            extra_options={"MatMulConstBOnly": True},
-        )
-    else:  # the export's quantize_int8_blockwise settings
-        config = DefaultWeightOnlyQuantConfig(block_size=BLOCK, is_symmetric=True, accuracy_level=4, bits=8)
-        quantizer = MatMulNBitsQuantizer(model, algo_config=config)
-        quantizer.process()
-        onnx.save(quantizer.model.model, str(out))
+    if kernel == "ort-int8-fast":
+        dynamic_int8_matmuls(fp32, out, excluded=[], external_data=False)
+    else:
+        onnx.save(blockwise_int8_matmuls(model, excluded=[]), str(out))
     return out
 
 
@@ -217,9 +204,7 @@ def main() -> int:
     env = environment(args.threads)
     data = {"size": args.size, "tokens": args.tokens, "environment": env, "rows": rows}
     name = f"gemm-ceiling-{args.size}-{env['cpu_class']}"
-    write_results(name, data, table(data))
-    chart(data, name)
-    print((RESULTS / f"{name}.md").read_text())
+    publish(name, data, table(data), chart)
     return 0
 
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, median, text_of_tokens, write_results
+from common import RESULTS, environment, median, publish, text_of_tokens
 
 QUERY = "where do rivers flood in spring?"
 STACKS = {
@@ -162,9 +162,7 @@ def main() -> int:
         "environment": env,
         "results": results,
     }
-    write_results(name, data, table(data))
-    chart(data, name)
-    print((RESULTS / f"{name}.md").read_text())
+    publish(name, data, table(data), chart)
     return 0
 
 

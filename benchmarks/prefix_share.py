@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, median, text_of_tokens, write_results
+from common import RESULTS, environment, median, publish, text_of_tokens
 
 QUERY = "what causes rivers to flood in spring?"
 
@@ -130,9 +130,7 @@ def main() -> int:
         "environment": environment(args.threads),
         "results": results,
     }
-    write_results(name, data, table(data))
-    chart(data, name)
-    print((RESULTS / f"{name}.md").read_text())
+    publish(name, data, table(data), chart)
     return 0
 
 

@@ -36,7 +36,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, median, text_of_tokens, write_results
+from common import RESULTS, environment, median, publish, text_of_tokens
 
 STACKS = [
     "reference-fp32",
@@ -326,9 +326,7 @@ def main() -> int:
     env = environment(args.threads)
     data = {"checkpoint": args.checkpoint.resolve().name, "reps": args.reps, "environment": env, "results": results}
     name = f"qwen3-{data['checkpoint']}-{env['cpu_class']}"
-    write_results(name, data, table(data))
-    chart(data, name)
-    print((RESULTS / f"{name}.md").read_text())
+    publish(name, data, table(data), chart)
     return 0
 
 

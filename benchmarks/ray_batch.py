@@ -24,7 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import RESULTS, environment, median, text_of_tokens, write_results
+from common import RESULTS, environment, median, publish, text_of_tokens
 
 
 def make_rows(queries: int, docs: int, doc_tokens: int) -> list[dict]:
@@ -141,9 +141,7 @@ def main() -> int:
         "results": results,
     }
     name = f"ray-batch-{args.artifact.name}-{env['cpu_class']}"
-    write_results(name, data, _table(data))
-    _chart(data, name)
-    print((RESULTS / f"{name}.md").read_text())
+    publish(name, data, _table(data), _chart)
     print(
         json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "walls"} for k, v in results.items()}), file=sys.stderr
     )

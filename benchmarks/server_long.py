@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, text_of_tokens, write_results
+from common import RESULTS, environment, publish, text_of_tokens
 
 
 def _status_gb(pid: int) -> tuple[float, float]:
@@ -132,9 +132,7 @@ def main() -> int:
     }
     suffix = "" if args.backend == "auto" else f"-{args.backend}"
     name = f"server-long-{data['artifact']}-{env['cpu_class']}{suffix}"
-    write_results(name, data, table(data))
-    chart(data, name)
-    print((RESULTS / f"{name}.md").read_text())
+    publish(name, data, table(data), chart)
     return 0
 
 

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, median, text_of_tokens, write_results
+from common import RESULTS, environment, median, publish, text_of_tokens
 
 WORKLOADS = ("8k-pair", "server-calls", "encoder-rag")
 
@@ -139,9 +139,7 @@ def main() -> int:
         "rows": rows,
     }
     name = f"shape-cache-{env['cpu_class']}"
-    write_results(name, data, table(data))
-    chart(data, name)
-    print((RESULTS / f"{name}.md").read_text())
+    publish(name, data, table(data), chart)
     return 0
 
 

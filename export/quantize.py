@@ -50,12 +50,22 @@ def quantize(scheme: str, fp32_path: Path, destination: Path, *, data_file: str)
 
 
 def quantize_int8_blockwise(fp32_path: Path, destination: Path, *, data_file: str) -> None:
+    model = onnx.load(str(fp32_path), load_external_data=True)
+    model = blockwise_int8_matmuls(model, excluded=[n.name for n in _score_projections(model)])
+    gc.collect()
+    _quantize_embedding_per_row(model)
+    save_with_external_data(model, destination, data_file=data_file)
+    del model
+    gc.collect()
+
+
+def blockwise_int8_matmuls(model: onnx.ModelProto, *, excluded: list[str]) -> onnx.ModelProto:
+    """The `int8` scheme's MatMuls: every MatMul but `excluded` as MatMulNBits (8 bits, blocks of BLOCK,
+    symmetric, accuracy_level 4: int8 activations per block). Also used by benchmarks/gemm_ceiling.py."""
     import logging
 
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    model = onnx.load(str(fp32_path), load_external_data=True)
-    excluded = [n.name for n in _score_projections(model)]
     config = DefaultWeightOnlyQuantConfig(block_size=BLOCK, is_symmetric=True, accuracy_level=4, bits=8)
     quantizer_log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     level = quantizer_log.level
@@ -65,37 +75,17 @@ def quantize_int8_blockwise(fp32_path: Path, destination: Path, *, data_file: st
         quantizer.process()
     finally:
         quantizer_log.setLevel(level)
-    model = quantizer.model.model
-    del quantizer
-    gc.collect()
-    _quantize_embedding_per_row(model)
-    save_with_external_data(model, destination, data_file=data_file)
-    del model
-    gc.collect()
+    quantized: onnx.ModelProto = quantizer.model.model
+    return quantized
 
 
 def quantize_int8_fast(fp32_path: Path, destination: Path, *, data_file: str) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     fp32 = onnx.load(str(fp32_path), load_external_data=False)
     excluded = [n.name for n in _score_projections(fp32)]
     del fp32
     staged = destination.with_name(destination.stem + ".matmul-int8.onnx")
     staged_data = staged.name + ".data"
-    quantize_dynamic(
-        model_input=str(fp32_path),
-        model_output=str(staged),
-        op_types_to_quantize=["MatMul"],
-        per_channel=True,
-        reduce_range=False,
-        # U8S8: QUInt8 weights fall onto a kernel ~3.6x slower on x86 (measured on a Xeon with AMX, Nov 2026).
-        weight_type=QuantType.QInt8,
-        # A 1-D per-channel weight fails at run time ("b zero point is not valid"); the score
-        # projection is one dot product per row anyway.
-        nodes_to_exclude=excluded,
-        use_external_data_format=True,
-        extra_options={"MatMulConstBOnly": True},
-    )
+    dynamic_int8_matmuls(fp32_path, staged, excluded=excluded, external_data=True)
     gc.collect()
     model = onnx.load(str(staged), load_external_data=True)
     _quantize_embedding_per_row(model)
@@ -104,6 +94,28 @@ def quantize_int8_fast(fp32_path: Path, destination: Path, *, data_file: str) ->
     gc.collect()
     staged.unlink()
     (staged.parent / staged_data).unlink(missing_ok=True)
+
+
+def dynamic_int8_matmuls(source: Path, destination: Path, *, excluded: list[str], external_data: bool) -> None:
+    """The `int8-fast` scheme's MatMuls: onnxruntime's dynamic int8 on every MatMul but `excluded`
+    (int8 weights per output channel, uint8 activations per tensor). Also used by
+    benchmarks/gemm_ceiling.py."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        model_input=str(source),
+        model_output=str(destination),
+        op_types_to_quantize=["MatMul"],
+        per_channel=True,
+        reduce_range=False,
+        # U8S8: QUInt8 weights fall onto a kernel ~3.6x slower on x86 (measured on a Xeon with AMX, Nov 2026).
+        weight_type=QuantType.QInt8,
+        # A 1-D per-channel weight fails at run time ("b zero point is not valid"); the score
+        # projection is one dot product per row anyway.
+        nodes_to_exclude=excluded,
+        use_external_data_format=external_data,
+        extra_options={"MatMulConstBOnly": True},
+    )
 
 
 def _score_projections(model: onnx.ModelProto) -> list[onnx.NodeProto]:
