@@ -1,7 +1,8 @@
 """Which backend and precision run an artifact on this CPU: the table `auto` reads, and why.
 
-Every row names the measurement that backs it (benchmarks/README.md, "Which path auto takes"). A CPU
-class with no measurement keeps onnxruntime, the path every artifact was built and tested for.
+Every row names the measurement that backs it (README.md, "Backends: which engine on which CPU", and the
+results per CPU class in benchmarks/README.md). A CPU class with no measurement keeps onnxruntime, the
+path every artifact was built and tested for.
 """
 
 from __future__ import annotations
