@@ -38,27 +38,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, environment, publish
 
 KERNELS = ["ort-fp32", "ort-int8-blockwise", "ort-int8-fast", "ov-fp32", "ov-int8-weights", "ov-int8-dynamic"]
-# hidden, intermediate, query heads, key/value heads, layers (the checkpoints' config.json)
-SIZES = {
-    "base-v2": (896, 4864, 14, 2, 24),
-    "large-v2": (1536, 8960, 12, 2, 28),
-    "qwen3-0.6b": (1024, 3072, 16, 8, 28),
-}
+SIZES = ("base-v2", "large-v2", "qwen3-0.6b")  # rerank_onnx_export.random_checkpoint.ARCHITECTURES
 
 
 def layer_shapes(size: str) -> list[tuple[str, int, int]]:
-    """(name, K, N) of one decoder layer's linear layers."""
-    hidden, intermediate, heads, kv_heads, _ = SIZES[size]
-    head_dim = hidden // heads if size != "qwen3-0.6b" else 128
+    """(name, K, N) of one decoder layer's linear layers, from the architecture the benchmarks build."""
+    from rerank_onnx_export.random_checkpoint import ARCHITECTURES
+
+    arch = ARCHITECTURES[size]
+    hidden, heads, kv_heads = arch.hidden_size, arch.num_attention_heads, arch.num_key_value_heads
+    head_dim = arch.head_dim or hidden // heads
     return [
         ("q", hidden, heads * head_dim),
         ("k", hidden, kv_heads * head_dim),
         ("v", hidden, kv_heads * head_dim),
         ("o", heads * head_dim, hidden),
-        ("gate", hidden, intermediate),
-        ("up", hidden, intermediate),
-        ("down", intermediate, hidden),
+        ("gate", hidden, arch.intermediate_size),
+        ("up", hidden, arch.intermediate_size),
+        ("down", arch.intermediate_size, hidden),
     ]
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def build_graph(folder: Path, kernel: str, k: int, n: int) -> Path:
@@ -134,7 +138,9 @@ def worker(kernel: str, size: str, tokens: int, threads: int, reps: int) -> dict
         seconds = time_kernel(kernel, tokens, k, n, threads, reps)
         per_shape[name] = {"k": k, "n": n, "seconds": seconds, "gflops": 2 * tokens * k * n / seconds / 1e9}
     layer_seconds = sum(s["seconds"] for s in per_shape.values())
-    layers = SIZES[size][4]
+    from rerank_onnx_export.random_checkpoint import ARCHITECTURES
+
+    layers = ARCHITECTURES[size].num_hidden_layers
     flops_per_token = 2 * layers * sum(k * n for _, k, n in layer_shapes(size))
     return {
         "kernel": kernel,
@@ -181,10 +187,10 @@ def chart(data: dict, name: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=sorted(SIZES), default="base-v2")
-    parser.add_argument("--tokens", type=int, default=4096, help="M: the tokens of one batch (b16x256: 4,096)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--size", choices=SIZES, default="base-v2")
+    parser.add_argument("--tokens", type=positive_int, default=4096, help="M: the tokens of one batch (b16x256: 4,096)")
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--reps", type=positive_int, default=5)
     parser.add_argument("--kernels", nargs="+", default=KERNELS, choices=KERNELS)
     parser.add_argument("--worker", metavar="KERNEL", choices=KERNELS, help=argparse.SUPPRESS)
     args = parser.parse_args()
