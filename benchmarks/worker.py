@@ -58,7 +58,7 @@ class Ours:
     def __init__(self, artifact: str, threads: int, backend: str, precision: str) -> None:
         from rerank_onnx import Reranker
 
-        self.r = Reranker(artifact, threads=threads, max_batch_tokens=8192, backend=backend, precision=precision)
+        self.r = Reranker(artifact, threads=threads, backend=backend, precision=precision)
         self.backend = self.r.backend.describe() if self.r.backend else "custom session"
 
     def faithful(self, query: str, docs: list[str]) -> dict:

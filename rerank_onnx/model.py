@@ -21,6 +21,7 @@ from .scorer import Scorer
 from .template import EncodedPairs, PairEncoder, load_tokenizer
 from .validate import check_bool, check_positive_int, check_prefix_lengths
 
+# padded tokens per batch for a custom session; "auto" takes the engine's own (onnxruntime 4,096, OpenVINO 1,024)
 DEFAULT_MAX_BATCH_TOKENS = 4096
 DEFAULT_MAX_BATCH_SIZE = 32
 # A prompt longer than this runs in slices of this many tokens (attention memory: slice x length); "auto"
@@ -37,7 +38,7 @@ class LoadedModel:
         *,
         threads: int | None = None,
         max_length: int | None = None,
-        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_tokens: int | Literal["auto"] = "auto",
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         session: ScoreSession | None = None,
         share_prefix: bool = True,
@@ -176,7 +177,8 @@ def _check_knobs(
     """The constructor's checks, in its argument order."""
     check_positive_int("threads", threads, allow_none=True)
     check_positive_int("max_length", max_length, allow_none=True)
-    check_positive_int("max_batch_tokens", max_batch_tokens)
+    if max_batch_tokens != "auto":
+        check_positive_int("max_batch_tokens", max_batch_tokens)
     check_positive_int("max_batch_size", max_batch_size)
     if slice_tokens != "auto":
         check_positive_int("slice_tokens", slice_tokens, allow_none=True)
@@ -192,7 +194,7 @@ def _open_scorer(
     precision: Precision,
     threads: int | None,
     cache_dir: str | Path | Literal[False] | None,
-    max_batch_tokens: int,
+    max_batch_tokens: int | Literal["auto"],
     max_batch_size: int,
     share_prefix: bool,
     slice_tokens: int | Literal["auto"] | None,
@@ -207,7 +209,7 @@ def _open_scorer(
         session,
         pad_id=config.pad_token_id,
         chat_prefix=config.template.prefix_ids if config.template else (),
-        max_batch_tokens=max_batch_tokens,
+        max_batch_tokens=_batch_budget(max_batch_tokens, session),
         max_batch_size=max_batch_size,
         share_prefix=share_prefix,
         pad_multiple=session.pad_multiple if isinstance(session, GraphSession) else 1,
@@ -221,3 +223,11 @@ def _slice_size(asked: int | Literal["auto"] | None, session: ScoreSession) -> i
     if asked != "auto":
         return asked
     return session.slice_tokens if isinstance(session, GraphSession) else DEFAULT_SLICE_TOKENS
+
+
+def _batch_budget(asked: int | Literal["auto"], session: ScoreSession) -> int:
+    """The padded tokens per batch asked for, or with "auto" the engine's measured budget (a custom session:
+    the default)."""
+    if asked != "auto":
+        return asked
+    return session.batch_tokens if isinstance(session, GraphSession) else DEFAULT_MAX_BATCH_TOKENS

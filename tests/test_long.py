@@ -31,15 +31,20 @@ def test_sliced_scores_equal_one_piece_scores_on_the_graph(fp32_artifact: Path) 
         )
 
 
-def test_auto_slices_follow_the_engine_and_bad_sizes_are_refused(fp32_artifact: Path) -> None:
+def test_auto_slices_and_budgets_follow_the_engine_and_bad_sizes_are_refused(fp32_artifact: Path) -> None:
     from rerank_onnx.errors import InvalidInputError
 
-    assert Reranker(fp32_artifact, backend="onnxruntime")._scorer.slice_tokens == 512
-    assert Reranker(fp32_artifact, backend="openvino", precision="fp32")._scorer.slice_tokens == 1024
-    assert Reranker(fp32_artifact, backend="onnxruntime", slice_tokens=64)._scorer.slice_tokens == 64
+    onnxruntime = Reranker(fp32_artifact, backend="onnxruntime")._scorer
+    openvino = Reranker(fp32_artifact, backend="openvino", precision="fp32")._scorer
+    assert (onnxruntime.slice_tokens, onnxruntime.max_batch_tokens) == (512, 4096)
+    assert (openvino.slice_tokens, openvino.max_batch_tokens) == (1024, 1024)
+    asked = Reranker(fp32_artifact, backend="openvino", precision="fp32", slice_tokens=64, max_batch_tokens=300)
+    assert (asked._scorer.slice_tokens, asked._scorer.max_batch_tokens) == (64, 300)
     for bad in ("big", 0, 1.5):
         with pytest.raises(InvalidInputError, match="slice_tokens: expected a positive integer"):
             Reranker(fp32_artifact, slice_tokens=bad)
+        with pytest.raises(InvalidInputError, match="max_batch_tokens: expected a positive integer"):
+            Reranker(fp32_artifact, max_batch_tokens=bad)
 
 
 MEMORY_PROBE = """

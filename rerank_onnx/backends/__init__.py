@@ -84,11 +84,13 @@ class Engine(Protocol):
     `pad_multiple`: 1 when a row's result does not depend on how far its batch pads it; otherwise the
     width granularity the scorer pads to and buckets by (batching.py).
     `slice_tokens`: the slice a long prompt runs in by default on this engine (measured per engine).
+    `batch_tokens`: the padded tokens one run holds by default on this engine (measured per engine).
     """
 
     threads: int
     pad_multiple: int
     slice_tokens: int
+    batch_tokens: int
 
     def input_shapes(self) -> dict[str, tuple[int | None, ...]]:
         """Each graph input's shape; None where a dimension is dynamic."""
@@ -131,6 +133,7 @@ class GraphSession:
         self.threads = engine.threads
         self.pad_multiple = engine.pad_multiple
         self.slice_tokens = engine.slice_tokens
+        self.batch_tokens = engine.batch_tokens
         # the past a graph with past inputs gets when nothing is shared; None for the plain layout
         self.empty_prefix: Prefix | None = None
         if set(shapes) == with_past:

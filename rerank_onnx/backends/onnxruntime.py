@@ -20,6 +20,8 @@ class OnnxRuntimeEngine:
     # An 8k-token pair (base-v2 int8, AMX, 2 threads): 512-token slices peaked at 1.96-2.14 GB in 62-65 s,
     # 1,024 at 2.82 GB in 65.6 s (benchmarks/README.md, "Long inputs").
     slice_tokens = 512
+    # the budget every engine had before it was set per engine; not re-measured on onnxruntime
+    batch_tokens = 4096
 
     def __init__(self, graph: Path, *, threads: int) -> None:
         import onnxruntime as ort
