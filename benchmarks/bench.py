@@ -138,6 +138,64 @@ def run_stack(
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _measure(stack: str, args: argparse.Namespace, paths: dict[str, Path], reps: int, bf16_timeout: float) -> dict:
+    """One stack, once, in its own process."""
+    # Only heavy stacks run mixed100 and growth: the official stack needs ~16 min for mixed100 at large-v2,
+    # and the reference materializes [seq, 151936] logits at long lengths.
+    heavy = stack in args.heavy_stacks if args.heavy_stacks is not None else stack.startswith("ours")
+    skip = list(args.skip) + ([] if heavy else ["growth", "mixed100"])
+    timeout = (
+        min(args.stack_timeout, bf16_timeout) if stack in ("pytorch-bf16", "st-torch-bf16") else args.stack_timeout
+    )
+    python = args.st_python if stack.startswith("st-") else sys.executable
+    if stack.startswith("st-") and not python:
+        return {"stack": stack, "error": "needs --st-python (a venv with sentence-transformers 6)"}
+    return run_stack(stack, paths, args.threads, reps, args.quick, skip, timeout, python)
+
+
+def merge_rounds(runs: list[dict]) -> dict:
+    """One stack's rounds as one result: medians of times, the highest peak RSS, the largest batch
+    coupling, the first round's scores; a round that failed or stopped makes the result say so."""
+    from common import median, percentile
+
+    if len(runs) == 1:
+        return runs[0]
+    failed = [r for r in runs if "error" in r or "stopped" in r]
+    if failed:
+        return failed[0]
+    merged = dict(runs[0])
+    for key in ("cold_start_s", "short_s"):
+        merged[key] = median([r[key] for r in runs])
+    merged["peak_rss_gb"] = max(r["peak_rss_gb"] for r in runs)
+    for workload in ("b16x256", "mixed100"):
+        if workload in merged:
+            seconds = median([r[workload]["seconds"] for r in runs])
+            merged[workload] = {**merged[workload], "seconds": seconds}
+            merged[workload]["tokens_per_s"] = merged[workload]["tokens"] / seconds
+            if "pairs_per_s" in merged[workload]:
+                merged[workload]["pairs_per_s"] = 100 / seconds
+            merged[workload]["per_round_tokens_per_s"] = [r[workload]["tokens"] / r[workload]["seconds"] for r in runs]
+    if "rag20" in merged:
+        times = [t for r in runs for t in r["rag20"]["runs"]]
+        merged["rag20"] = {
+            **merged["rag20"],
+            "runs": times,
+            "p50_s": percentile(times, 50),
+            "p95_s": percentile(times, 95),
+        }
+    if "faithful" in merged:
+        merged["faithful"] = {
+            key: max(r["faithful"][key] for r in runs) if key != "pairs" else value
+            for key, value in merged["faithful"].items()
+        }
+    if "growth" in merged:
+        for n, point in merged["growth"].items():
+            seconds = median([r["growth"][n]["seconds"] for r in runs if n in r.get("growth", {})])
+            merged["growth"][n] = {**point, "seconds": seconds, "tokens_per_s": point["tokens"] / seconds}
+    merged["rounds"] = len(runs)
+    return merged
+
+
 def size_of(path: Path) -> int:
     return sum(
         p.stat().st_size for p in path.iterdir() if p.is_file() and p.suffix in (".onnx", ".data", ".safetensors")
@@ -158,6 +216,13 @@ def main() -> int:
     parser.add_argument("--size", choices=["tiny", "base-v2", "large-v2"], default=None)
     parser.add_argument("--quick", action="store_true", help="base-v2, one repetition, no 8k growth point")
     parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every stack, one after the other, this many times and report medians across rounds: "
+        "on a host whose speed drifts, stacks then share its slow and fast spells",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--stacks", nargs="+", default=STACKS, choices=STACKS + ST_STACKS)
     parser.add_argument(
@@ -188,6 +253,8 @@ def main() -> int:
     )
     parser.add_argument("--llama-cpp", action="store_true", help="also measure llama.cpp Q8_0/Q4_0 (builds it: ~5 min)")
     args = parser.parse_args()
+    if args.rounds < 1 or (args.reps is not None and args.reps < 1):
+        parser.error("--rounds and --reps must be at least 1")
     size = args.size or ("base-v2" if args.quick else "large-v2")
     reps = args.reps or (1 if args.quick else 3)
     bf16_timeout = args.bf16_timeout if args.bf16_timeout is not None else (480 if args.quick else 900)
@@ -196,25 +263,16 @@ def main() -> int:
     if args.st_python:
         stacks += [s for s in ST_STACKS if s not in stacks]
     paths = prepare(size, stacks)
-    results = {}
-    for stack in stacks:
-        print(f"measuring {stack}", file=sys.stderr)
-        # Only heavy stacks run mixed100 and growth: the official stack needs ~16 min for mixed100 at large-v2,
-        # and the reference materializes [seq, 151936] logits at long lengths.
-        heavy = stack in args.heavy_stacks if args.heavy_stacks is not None else stack.startswith("ours")
-        skip = list(args.skip) + ([] if heavy else ["growth", "mixed100"])
-        timeout = (
-            min(args.stack_timeout, bf16_timeout) if stack in ("pytorch-bf16", "st-torch-bf16") else args.stack_timeout
-        )
-        python = args.st_python if stack.startswith("st-") else sys.executable
-        if stack.startswith("st-") and not python:
-            results[stack] = {"stack": stack, "error": "needs --st-python (a venv with sentence-transformers 6)"}
-            continue
-        results[stack] = run_stack(stack, paths, args.threads, reps, args.quick, skip, timeout, python)
-        print(
-            json.dumps({k: v for k, v in results[stack].items() if k not in ("rag20", "mixed100")})[:400],
-            file=sys.stderr,
-        )
+    rounds: dict[str, list[dict]] = {stack: [] for stack in stacks}
+    for round_number in range(args.rounds):
+        for stack in stacks:
+            print(f"measuring {stack} (round {round_number + 1} of {args.rounds})", file=sys.stderr)
+            rounds[stack].append(_measure(stack, args, paths, reps, bf16_timeout))
+            print(
+                json.dumps({k: v for k, v in rounds[stack][-1].items() if k not in ("rag20", "mixed100")})[:400],
+                file=sys.stderr,
+            )
+    results = {stack: merge_rounds(runs) for stack, runs in rounds.items()}
     if args.scaling_stack in args.stacks and not args.no_thread_scaling and args.threads > 1:
         print(f"measuring {args.scaling_stack} with 1 thread (RAG call only)", file=sys.stderr)
         one = run_stack(
@@ -248,7 +306,7 @@ def main() -> int:
             )
             r["fidelity_vs_ours_fp32"]["pairs_compared"] = sum(len(r[w]["scores"]) for w in sets)
     env = environment(args.threads)
-    data = {"size": size, "reps": reps, "environment": env, "results": results}
+    data = {"size": size, "reps": reps, "rounds": args.rounds, "environment": env, "results": results}
     name = f"bench-{size}-{env['cpu_class']}"
     publish(name, data, table(data), chart)
     return 0
@@ -268,7 +326,8 @@ def table(data: dict) -> str:
     lines = [
         f"# {data['size']} architecture, {env['threads']} threads, {env['cpu']} ({env['cpu_flags']})",
         f"onnxruntime {env['onnxruntime']}, torch {env.get('torch', '-')}, commit {env['git_commit']}, "
-        f"median of {data['reps']} run(s); tokens/s count real prompt tokens",
+        f"median of {data['reps']} run(s) x {data.get('rounds', 1)} interleaved round(s); tokens/s count real prompt "
+        "tokens",
         "",
         "| stack | b16x256 tok/s | vs official | RAG 20x200 p50 / p95 (s) | 100 mixed: pairs/s | 1 short pair (s) "
         "| cold start (s) | peak RSS (GB) | model files (GB) | Spearman / top-10 vs ours-fp32 "

@@ -112,7 +112,10 @@ def test_auto_keeps_every_cpu_class_on_a_path_it_can_run(kind: str) -> None:
     for scheme in ("none", "int8-fast"):  # fp32 numerics and onnxruntime's int8-fast kernel on every class
         assert choose("auto", "auto", scheme=scheme, flags=flags, openvino_installed=True).backend == "onnxruntime"
     asked = choose("openvino", "bf16", scheme="int8", flags=flags, openvino_installed=True)
-    assert asked.precision == "bf16" and ("fp32" in asked.reason) == (choice.cpu_class not in ("amx", "avx512-bf16"))
+    if kind in ("amx", "avx512-bf16"):
+        assert (asked.precision, asked.reason) == ("bf16", "asked for")
+    else:  # OpenVINO would compute fp32 anyway: no bf16 padding, and the reason says why
+        assert asked.precision == "fp32" and "no bf16 instructions" in asked.reason
 
 
 def test_truncation_is_reported_and_can_be_refused(fp32_artifact: Path, caplog) -> None:
