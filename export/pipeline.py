@@ -415,7 +415,7 @@ def _backend_checks(
         "auto": choose("auto", "auto", scheme=scheme, openvino_installed=installed).describe(),
         "results": {},
     }
-    precisions = ["fp32", "bf16"] if kind in ("amx", "avx512-bf16") else ["fp32"]  # emulated bf16 is slow
+    precisions = ["fp32", "bf16"] if kind in ("amx", "avx512-bf16") else ["fp32"]  # elsewhere bf16 runs as fp32
     if not installed or scheme == "int8-fast":
         precisions = []
     for precision in precisions:
