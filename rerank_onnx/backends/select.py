@@ -65,9 +65,9 @@ AUTO_TABLE: dict[CpuClass, _Row] = {
     "avx2": _Row(
         "openvino",
         "fp32",
-        "measured on a 2-core AMD EPYC with AVX2 only (Dec 1, base-v2): OpenVINO's fp32 compute of the int8 "
-        "weights 1.40x onnxruntime's blockwise int8 at 16 x 256 tokens, 1.3x on 1 x 20 documents; Spearman vs "
-        "fp32 0.990 against 0.977; a pair's score the same alone or in any batch",
+        "measured on a 2-core AMD EPYC with AVX2 only (Dec 1, base-v2, 3 interleaved rounds): OpenVINO's fp32 "
+        "compute of the int8 weights 1.29x onnxruntime's blockwise int8 at 16 x 256 tokens, 1.31x on 1 x 20 "
+        "documents; Spearman vs fp32 0.989 against 0.977; a pair's score the same alone or in any batch",
     ),
     "other": _Row("onnxruntime", "stored", "unknown CPU: the path every artifact is tested on"),
 }
