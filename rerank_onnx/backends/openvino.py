@@ -61,13 +61,13 @@ class OpenVinoEngine:
     name = "openvino"
     # Smaller slices kept more memory: OpenVINO compiles per input shape (benchmarks/README.md, "Long inputs").
     slice_tokens = 1024
-    # Working memory grows with the tokens of a run, ~0.4 MB per token at base-v2: the graph's present
-    # keys and values live until the run ends, and OpenVINO's dynamic-shape memory reuse sizes the blocks
-    # they share with earlier MLP tensors to those (a graph without the present outputs: 1.4 against
-    # 3.1 GB at 16 x 256). Smaller runs cost no speed: measured Dec 1 (AVX2 EPYC, base-v2 int8, fp32,
-    # 16 x 230-token pairs, 3 runs each): 1,024 tokens 22.3-22.5 s and 1.61 GB peak, 4,096 tokens
-    # 22.2-23.2 s and 3.3 GB, 512 tokens 23.1-23.8 s and 1.2 GB; MiniLM cross-encoder, 64 x ~512 tokens:
-    # 7.0-8.2 s at 1,024 against 7.0-9.0 s at 4,096 (benchmarks/README.md, "Tokens per run").
+    # Working memory grows with the tokens of a run, ~0.55 MB per token at base-v2 (0.14 without the graph's
+    # present outputs): the present keys and values live until the run ends, and OpenVINO's dynamic-shape
+    # memory reuse grows the blocks they share to MLP-tensor size. Smaller runs cost no speed: measured Dec 1
+    # (AVX2 EPYC, base-v2 int8, fp32, 16 x 230-token pairs, 3 runs each): 1,024 tokens 22.3-22.5 s and
+    # 1.61 GB peak, 4,096 tokens 22.2-23.2 s and 3.3 GB, 512 tokens 23.1-23.8 s and 1.2 GB; MiniLM
+    # cross-encoder, 64 x ~512 tokens: 7.0-8.2 s at 1,024 against 7.0-9.0 s at 4,096 (benchmarks/README.md,
+    # "OpenVINO: working memory grows with the tokens of a run").
     batch_tokens = 1024
 
     def __init__(self, graph: Path, *, precision: str, threads: int, cache_dir: Path | None) -> None:
