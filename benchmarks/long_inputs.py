@@ -5,7 +5,8 @@
 Every (stack, length) runs in its own process, so that its peak RSS is its own: load, warm up with a
 short call, then score one (query, document) pair `--reps` times. Reported per row: prompt tokens,
 median latency and tokens/s, RSS before the pair (model loaded and warm), peak RSS, RSS after the
-pair (idle), and the model files' size. Stacks:
+pair (idle), RSS after one short call that follows it (what a server then holds: OpenVINO may have
+dropped its compiled model after the long pair and compiled it again), and the model files' size. Stacks:
   default      Reranker(artifact): backend auto, long prompts in the engine's slices (onnxruntime 512, OpenVINO 1,024)
   one-piece    the same with slice_tokens=None: every prompt in one piece (the path before slicing)
   onnxruntime  backend="onnxruntime", its 512-token slices (add with --stacks; onnxruntime-slice-1024: the old size)
@@ -59,6 +60,8 @@ def worker(artifact: str, stack: str, doc_tokens: int, reps: int, threads: int) 
         reranker.rank(QUERY, [document])
         times.append(time.perf_counter() - start)
     after, peak = _rss_gb()
+    reranker.rank(QUERY, ["a short document after the long one"])
+    after_next, _ = _rss_gb()
     assert reranker.backend is not None
     return {
         "stack": stack,
@@ -71,6 +74,7 @@ def worker(artifact: str, stack: str, doc_tokens: int, reps: int, threads: int) 
         "rss_before_gb": before,
         "peak_rss_gb": peak,
         "rss_after_gb": after,
+        "rss_after_next_call_gb": after_next,
     }
 
 
@@ -90,16 +94,18 @@ def table(data: dict) -> str:
         f"{env['threads']} threads, {env['cpu']} ({env['cpu_class']})",
         f"commit {env['git_commit']}; each row its own process; median of {data['reps']} runs; RSS in GB",
         "",
-        "| stack | backend | doc tokens | prompt tokens | latency (s) | tokens/s | RSS before | peak RSS | RSS after |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| stack | backend | doc tokens | prompt tokens | latency (s) | tokens/s | RSS before | peak RSS | RSS after "
+        "| RSS after a short call |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["results"]:
         if "error" in r:
-            lines.append(f"| {r['stack']} | | {r['doc_tokens']} | failed: {r['error']} | | | | | |")
+            lines.append(f"| {r['stack']} | | {r['doc_tokens']} | failed: {r['error']} | | | | | | |")
             continue
         lines.append(
             f"| {r['stack']} | {r['backend']} | {r['doc_tokens']} | {r['prompt_tokens']} | {r['latency_s']:.2f} | "
-            f"{r['tokens_per_s']:.0f} | {r['rss_before_gb']:.2f} | {r['peak_rss_gb']:.2f} | {r['rss_after_gb']:.2f} |"
+            f"{r['tokens_per_s']:.0f} | {r['rss_before_gb']:.2f} | {r['peak_rss_gb']:.2f} | {r['rss_after_gb']:.2f} | "
+            + (f"{r['rss_after_next_call_gb']:.2f} |" if "rss_after_next_call_gb" in r else "not measured |")
         )
     return "\n".join(lines)
 

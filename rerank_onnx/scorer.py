@@ -132,6 +132,8 @@ class Scorer:
         scored_from = (len(ids) - 1) // step * step  # the last slice keeps 1..step tokens
         for begin in range(0, scored_from, step):
             prefix = self._prefill(session, ids[begin : begin + step], prefix)
+            if isinstance(session, GraphSession):  # what a slice grew is not kept for the next (memory.py)
+                session.release_memory()
         assert prefix is not None  # a row longer than one slice has at least one before the last
         last, lengths = pad_batch([ids[scored_from:]], pad_id=self.pad_id, pad_multiple=self.pad_multiple)
         return float(session.run_after(prefix, last, lengths)[0])

@@ -105,3 +105,46 @@ def test_only_long_attention_counts_as_a_large_run() -> None:
 
     assert not is_large(feeds(16, 256, 0)) and not is_large(feeds(4, 64, 1000)) and not is_large(feeds(1, 512, None))
     assert is_large(feeds(8, 512, 40)) and is_large(feeds(1, 1024, 4096)) and is_large(feeds(1, 8192, None))
+
+
+def test_openvino_compiles_its_model_again_after_a_long_prompt_and_scores_the_same(fp32_artifact: Path) -> None:
+    from rerank_onnx.backends.openvino import REBUILD_CONTEXT
+
+    reranker = Reranker(fp32_artifact, backend="openvino", precision="fp32")
+    engine = reranker._scorer.session._engine  # type: ignore[attr-defined]
+    documents = ["rivers flood in spring when the snow melts", "a recipe for bread"]
+    query = "where do rivers flood?"
+    before = reranker.predict([query] * 2, documents)
+    assert engine.rebuilds == 0  # short calls keep the compiled model and its buffers
+    long_document = "river bank " * (REBUILD_CONTEXT // 2)
+    assert len(reranker.encode([query], [long_document]).input_ids[0]) > REBUILD_CONTEXT
+    reranker.rank(query, [long_document])
+    # dropped (with the buffers the long prompt grew) and compiled again, between slices and after the call
+    assert engine.rebuilds >= 1
+    np.testing.assert_array_equal(reranker.predict([query] * 2, documents), before)
+    rebuilds = engine.rebuilds
+    reranker.predict([query] * 2, documents)
+    assert engine.rebuilds == rebuilds
+
+
+def test_a_failed_background_compile_is_retried_on_the_next_run(fp32_artifact: Path, monkeypatch) -> None:
+    from rerank_onnx.backends.openvino import REBUILD_CONTEXT
+    from rerank_onnx.errors import ModelLoadError
+
+    reranker = Reranker(fp32_artifact, backend="openvino", precision="fp32")
+    engine = reranker._scorer.session._engine  # type: ignore[attr-defined]
+    query, documents = "where do rivers flood?", ["rivers flood in spring", "a recipe for bread"]
+    before = reranker.predict([query] * 2, documents)
+    compile_for_real, attempts = engine._compile, []
+
+    def compile_failing_once():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ModelLoadError("openvino cannot compile: the cache folder went away")
+        return compile_for_real()
+
+    monkeypatch.setattr(engine, "_compile", compile_failing_once)
+    engine._largest = REBUILD_CONTEXT + 1  # as after a long prompt
+    engine.release_memory()
+    np.testing.assert_array_equal(reranker.predict([query] * 2, documents), before)
+    assert len(attempts) == 2 and engine.rebuilds == 1

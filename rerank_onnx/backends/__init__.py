@@ -101,7 +101,9 @@ class Engine(Protocol):
         ...
 
     def release_memory(self) -> None:
-        """Give back working memory the engine keeps between runs (called after large runs)."""
+        """Give back working memory the engine keeps between runs, where the runs since the last call grew
+        it past what the engine keeps on purpose (called after every scoring call and every long-prompt slice;
+        a no-op otherwise)."""
         ...
 
 
@@ -160,10 +162,11 @@ class GraphSession:
         return results
 
     def release_memory(self) -> None:
-        """After a call that had a large run: the engine's kept buffers and the heap's free pages go back
-        to the OS (memory.py). The scorer calls it at the end of every call; ordinary calls cost nothing."""
+        """The engine gives back what its runs grew (it decides); after a large run the heap's free pages go
+        back to the OS too (memory.py). The scorer calls it after every call and every long-prompt slice;
+        ordinary calls cost nothing."""
+        self._engine.release_memory()  # each engine decides what is worth giving back
         if self._large_runs:
-            self._engine.release_memory()
             trim_heap()
             self._large_runs = False
 

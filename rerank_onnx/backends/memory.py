@@ -24,11 +24,23 @@ from ..artifact import INPUT_IDS, PAST_KEYS
 LARGE_ATTENTION = 1024 * 1024
 
 
-def is_large(feeds: Mapping[str, np.ndarray]) -> bool:
-    """Whether a run on these feeds has attention larger than LARGE_ATTENTION (rows x width x context)."""
+def attention_positions(feeds: Mapping[str, np.ndarray]) -> int:
+    """The attention a run on these feeds computes: rows x width x context (past + width)."""
     rows, width = (int(n) for n in feeds[INPUT_IDS].shape)
     past = int(feeds[PAST_KEYS].shape[2]) if PAST_KEYS in feeds else 0
-    return rows * width * (past + width) > LARGE_ATTENTION
+    return rows * width * (past + width)
+
+
+def context_tokens(feeds: Mapping[str, np.ndarray]) -> int:
+    """The keys and values a run on these feeds attends over, summed over its rows: rows x (past + width)."""
+    rows, width = (int(n) for n in feeds[INPUT_IDS].shape)
+    past = int(feeds[PAST_KEYS].shape[2]) if PAST_KEYS in feeds else 0
+    return rows * (past + width)
+
+
+def is_large(feeds: Mapping[str, np.ndarray]) -> bool:
+    """Whether a run on these feeds has attention larger than LARGE_ATTENTION."""
+    return attention_positions(feeds) > LARGE_ATTENTION
 
 
 @cache

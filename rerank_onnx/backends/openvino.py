@@ -10,14 +10,17 @@ batch companions (measured in benchmarks/README.md), which the default path must
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import MissingDependencyError, ModelLoadError
+from .memory import context_tokens, trim_heap
 
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
 # bf16 attention blocks by the padded width, and a different blocking flips bf16 roundings: rows are
@@ -33,6 +36,18 @@ BF16_PAD_MULTIPLE = 32
 # 47-51 s -> 42 s, peak 10.1 -> 4.5 GB, 8.5 -> 2.9 GB kept; 16 server-like calls of random sizes 88 -> 78 s,
 # the same 2.0 GB; MiniLM-L-6 cross-encoder, 32 x 512 tokens: 8,050 -> 9,650 tokens/s. 4 and 64 measured alike.
 SHAPE_CACHE = 16
+
+# OpenVINO's CPU plugin grows its intermediate buffers to the largest run and keeps them until the compiled
+# model is dropped; its own CompiledModel.release_memory() breaks the next inference (2026.4: a segfault or
+# "Memory has not been allocated" in a RoPE node after a prefill, reproduced on AVX2 and AMX). What a run
+# keeps grows with the keys and values it attends over (rows x context): each layer's present lives until
+# the run ends, in a block that earlier layers' expanded keys and values have grown. So after a run past
+# REBUILD_CONTEXT (4x what a full 1,024-token batch of one row attends over: a slice of a prompt of more
+# than 4k tokens, or many rows after a long query), the model is dropped and compiled again in the
+# background, from the compile cache when there is one. Measured Dec 1 (AVX2 EPYC, base-v2 int8, fp32): an
+# 8k pair kept 2.65 GB against 1.15 GB before it; rebuilt, 1.17 GB after the next short call. A rebuild
+# took 0.66 s from the cache and 4.4 s without one (benchmarks/README.md, "Long inputs").
+REBUILD_CONTEXT = 4096
 
 
 def available() -> bool:
@@ -77,19 +92,17 @@ class OpenVinoEngine:
             raise MissingDependencyError(
                 "openvino (the openvino extra)", "pip install 'rerank-onnx[openvino]'"
             ) from exc
-        core = ov.Core()
+        self._core = ov.Core()
         if cache_dir is not None:
-            core.set_property({"CACHE_DIR": str(cache_dir)})
-        config = compile_config(precision, threads)
-        try:
-            # compiled from the path, so that a cached blob skips reading the ONNX file altogether
-            self._compiled = core.compile_model(str(graph), "CPU", config)
-        except Exception as exc:  # OpenVINO raises RuntimeError subclasses for unreadable or unsupported graphs
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(
-                f"openvino cannot compile {graph}: {first}. Use backend='onnxruntime' for this artifact"
-            ) from exc
+            self._core.set_property({"CACHE_DIR": str(cache_dir)})
+        self._graph = graph
+        self._config = compile_config(precision, threads)
+        self._compiled = self._compile()
         self._request = self._compiled.create_infer_request()
+        self._rebuilding: Future[Any] | None = None  # the compile under way after a release
+        self._rebuilder: ThreadPoolExecutor | None = None
+        self._largest = 0  # the most context tokens a run attended over since the model was compiled
+        self.rebuilds = 0
         self._shapes = {
             port.get_any_name(): tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
             for port in self._compiled.inputs
@@ -98,14 +111,47 @@ class OpenVinoEngine:
         self.precision = precision
         self.pad_multiple = BF16_PAD_MULTIPLE if precision == "bf16" else 1
 
+    def _compile(self) -> Any:
+        try:
+            # compiled from the path, so that a cached blob skips reading the ONNX file altogether
+            return self._core.compile_model(str(self._graph), "CPU", self._config)
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses for unreadable or unsupported graphs
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(
+                f"openvino cannot compile {self._graph}: {first}. Use backend='onnxruntime' for this artifact"
+            ) from exc
+
     def input_shapes(self) -> dict[str, tuple[int | None, ...]]:
         return dict(self._shapes)
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        if self._request is None:
+            self._recompiled()
         self._request.infer(dict(feeds))
+        self._largest = max(self._largest, context_tokens(feeds))
         # the request reuses its output buffers on the next run: copy what the caller keeps
         return [self._request.get_tensor(name).data.copy() for name in outputs]
 
+    def _recompiled(self) -> None:
+        """The model a release dropped, compiled again: waits for the background compile; if that failed,
+        compiles here (raising ModelLoadError if that fails too, and trying again on the next run)."""
+        rebuilding, self._rebuilding = self._rebuilding, None
+        if rebuilding is not None:
+            with contextlib.suppress(ModelLoadError):
+                self._compiled = rebuilding.result()
+        if self._compiled is None:
+            self._compiled = self._compile()
+        self._request = self._compiled.create_infer_request()
+
     def release_memory(self) -> None:
-        """Nothing here: OpenVINO 2026.4's CompiledModel.release_memory() after a one-piece 2k-token run
-        corrupted the heap on the next inference (glibc abort, reproduced), so only the heap is trimmed."""
+        """After a run past REBUILD_CONTEXT: drop the compiled model (and the buffers it grew), and compile
+        it again in the background; the next run waits for that compile if it has not finished."""
+        if self._largest <= REBUILD_CONTEXT or self._request is None:
+            return
+        self._largest = 0
+        self._request = self._compiled = None  # the last references: OpenVINO frees the buffers here
+        trim_heap()
+        if self._rebuilder is None:
+            self._rebuilder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openvino-rebuild")
+        self._rebuilding = self._rebuilder.submit(self._compile)
+        self.rebuilds += 1
