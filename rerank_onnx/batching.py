@@ -28,13 +28,31 @@ def split_long(lengths: Sequence[int], rows: list[int], *, limit: int) -> tuple[
 
 
 def plan_batches(
-    lengths: Sequence[int], *, max_batch_tokens: int, max_batch_size: int, pad_multiple: int = 1
+    lengths: Sequence[int],
+    *,
+    max_batch_tokens: int,
+    max_batch_size: int,
+    pad_multiple: int = 1,
+    context: int = 0,
+    max_batch_context: int | None = None,
 ) -> list[list[int]]:
     """Group pair indices into batches whose padded size (rows x width) stays within the budget.
 
     Longest first, so that a batch too large for memory fails at once rather than at the end. A
     single pair longer than the budget gets a batch of its own. With `pad_multiple` > 1 a batch holds
     rows of one padded width only (see the module's docstring).
+
+    Args:
+        lengths: each pair's tokens (after the shared prefix, if any).
+        max_batch_tokens: padded tokens (rows x width) per batch at most.
+        max_batch_size: rows per batch at most.
+        pad_multiple: the width granularity; above 1, one padded width per batch.
+        context: the tokens every row attends to before its own (a shared prefix's length).
+        max_batch_context: the keys and values a batch attends over, rows x (context + width), at most
+            (None: no such bound). An engine whose kept memory grows with them sets it.
+
+    Returns:
+        Batches of pair indices, longest first.
     """
     widths = [padded_width(n, pad_multiple) for n in lengths]
     order = sorted(range(len(lengths)), key=lambda i: (-widths[i], -lengths[i], i))
@@ -45,7 +63,10 @@ def plan_batches(
         if current:
             new_width = max(width, widths[i])
             other_bucket = pad_multiple > 1 and widths[i] != width
-            full = len(current) + 1 > max_batch_size or (len(current) + 1) * new_width > max_batch_tokens
+            rows = len(current) + 1
+            full = rows > max_batch_size or rows * new_width > max_batch_tokens
+            if max_batch_context is not None:
+                full = full or rows * (context + new_width) > max_batch_context
             if other_bucket or full:
                 batches.append(current)
                 current, width = [], 0

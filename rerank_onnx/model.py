@@ -213,6 +213,7 @@ def _open_scorer(
         max_batch_size=max_batch_size,
         share_prefix=share_prefix,
         pad_multiple=session.pad_multiple if isinstance(session, GraphSession) else 1,
+        max_batch_context=_context_budget(max_batch_tokens, session),
         slice_tokens=_slice_size(slice_tokens, session),
     )
     return scorer, choice
@@ -223,6 +224,14 @@ def _slice_size(asked: int | Literal["auto"] | None, session: ScoreSession) -> i
     if asked != "auto":
         return asked
     return session.slice_tokens if isinstance(session, GraphSession) else DEFAULT_SLICE_TOKENS
+
+
+def _context_budget(asked_tokens: int | Literal["auto"], session: ScoreSession) -> int | None:
+    """With max_batch_tokens "auto", the engine's bound on what a batch attends over; a budget asked for (or a
+    custom session) has none: the caller sized the batches."""
+    if asked_tokens != "auto" or not isinstance(session, GraphSession):
+        return None
+    return session.batch_context
 
 
 def _batch_budget(asked: int | Literal["auto"], session: ScoreSession) -> int:

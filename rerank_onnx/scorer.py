@@ -31,6 +31,8 @@ class Scorer:
         share_prefix: compute the tokens that rows share once, when the session can.
         pad_multiple: pad rows to a multiple of this and batch rows of one width only, for numerics
             whose result depends on the padded width (batching.py); 1: pad to the batch's longest row.
+        max_batch_context: the keys and values a batch attends over, rows x (shared prefix + width), at most
+            (None: no bound; batching.py).
         slice_tokens: a row longer than this runs alone, in slices of this many tokens that each attend
             to the keys and values of the slices before, so attention memory grows with slice x length,
             not length squared (needs a session with a past; None: every row in one piece).
@@ -44,6 +46,7 @@ class Scorer:
     max_batch_size: int
     share_prefix: bool
     pad_multiple: int = 1
+    max_batch_context: int | None = None
     slice_tokens: int | None = None
 
     @property
@@ -113,7 +116,7 @@ class Scorer:
             for i in long_rows:
                 scores[i] = self._score_in_slices(self.session, input_ids[i][start:], prefix, self.slice_tokens)
                 progress.advance(1)
-        for batch, (ids, lengths) in self._batches([input_ids[i][start:] for i in rows], batch_size):
+        for batch, (ids, lengths) in self._batches([input_ids[i][start:] for i in rows], start, batch_size):
             if segments is not None:
                 assert isinstance(self.session, SegmentScoreSession)  # score() sets segments only for such
                 starts = segments[[rows[i] for i in batch]]
@@ -132,8 +135,6 @@ class Scorer:
         scored_from = (len(ids) - 1) // step * step  # the last slice keeps 1..step tokens
         for begin in range(0, scored_from, step):
             prefix = self._prefill(session, ids[begin : begin + step], prefix)
-            if isinstance(session, GraphSession):  # what a slice grew is not kept for the next (memory.py)
-                session.release_memory()
         assert prefix is not None  # a row longer than one slice has at least one before the last
         last, lengths = pad_batch([ids[scored_from:]], pad_id=self.pad_id, pad_multiple=self.pad_multiple)
         return float(session.run_after(prefix, last, lengths)[0])
@@ -143,13 +144,15 @@ class Scorer:
         return session.prefill(np.asarray([ids], dtype=np.int64), after)
 
     def _batches(
-        self, rows: Sequence[Sequence[int]], batch_size: int | None
+        self, rows: Sequence[Sequence[int]], context: int, batch_size: int | None
     ) -> Iterator[tuple[list[int], tuple[np.ndarray, np.ndarray]]]:
         batches = plan_batches(
             [len(ids) for ids in rows],
             max_batch_tokens=self.max_batch_tokens,
             max_batch_size=batch_size or self.max_batch_size,
             pad_multiple=self.pad_multiple,
+            context=context,
+            max_batch_context=self.max_batch_context,
         )
         for batch in batches:
             yield batch, pad_batch([rows[i] for i in batch], pad_id=self.pad_id, pad_multiple=self.pad_multiple)

@@ -46,6 +46,20 @@ def test_plan_groups_similar_lengths_and_isolates_oversized_pairs() -> None:
     assert sorted(batches[2]) == [0, 2, 3, 4]
 
 
+def test_plan_bounds_what_a_batch_attends_over_after_a_shared_prefix() -> None:
+    lengths = [60] * 64  # 64 short documents after a 500-token query
+    unbounded = plan_batches(lengths, max_batch_tokens=1024, max_batch_size=64, context=500)
+    assert max(len(b) for b in unbounded) == 17  # the token budget alone: 17 x 60 = 1,020
+    bounded = plan_batches(lengths, max_batch_tokens=1024, max_batch_size=64, context=500, max_batch_context=4096)
+    assert sorted(i for b in bounded for i in b) == list(range(64))
+    assert all(len(b) * (500 + 60) <= 4096 for b in bounded) and max(len(b) for b in bounded) == 7
+    # a row that alone attends over more than the bound still gets a batch of its own
+    assert plan_batches([60, 60], max_batch_tokens=1024, max_batch_size=8, context=5000, max_batch_context=4096) == [
+        [0],
+        [1],
+    ]
+
+
 def test_pad_batch_right_pads() -> None:
     matrix, lengths = pad_batch([[1, 2, 3], [4]], pad_id=0)
     assert matrix.tolist() == [[1, 2, 3], [4, 0, 0]]

@@ -40,6 +40,13 @@ def test_auto_slices_and_budgets_follow_the_engine_and_bad_sizes_are_refused(fp3
     assert (openvino.slice_tokens, openvino.max_batch_tokens) == (1024, 1024)
     asked = Reranker(fp32_artifact, backend="openvino", precision="fp32", slice_tokens=64, max_batch_tokens=300)
     assert (asked._scorer.slice_tokens, asked._scorer.max_batch_tokens) == (64, 300)
+    # what a batch attends over after a shared prefix: bounded where the engine keeps it (OpenVINO), unless the
+    # caller sized the batches
+    assert (onnxruntime.max_batch_context, openvino.max_batch_context, asked._scorer.max_batch_context) == (
+        None,
+        8192,
+        None,
+    )
     for bad in ("big", 0, 1.5):
         with pytest.raises(InvalidInputError, match="slice_tokens: expected a positive integer"):
             Reranker(fp32_artifact, slice_tokens=bad)
@@ -108,7 +115,7 @@ def test_only_long_attention_counts_as_a_large_run() -> None:
 
 
 def test_openvino_compiles_its_model_again_after_a_long_prompt_and_scores_the_same(fp32_artifact: Path) -> None:
-    from rerank_onnx.backends.openvino import REBUILD_CONTEXT
+    from rerank_onnx.backends.openvino import REBUILD_LENGTH
 
     reranker = Reranker(fp32_artifact, backend="openvino", precision="fp32")
     engine = reranker._scorer.session._engine  # type: ignore[attr-defined]
@@ -116,8 +123,8 @@ def test_openvino_compiles_its_model_again_after_a_long_prompt_and_scores_the_sa
     query = "where do rivers flood?"
     before = reranker.predict([query] * 2, documents)
     assert engine.rebuilds == 0  # short calls keep the compiled model and its buffers
-    long_document = "river bank " * (REBUILD_CONTEXT // 2)
-    assert len(reranker.encode([query], [long_document]).input_ids[0]) > REBUILD_CONTEXT
+    long_document = "river bank " * (REBUILD_LENGTH // 2)
+    assert len(reranker.encode([query], [long_document]).input_ids[0]) > REBUILD_LENGTH
     reranker.rank(query, [long_document])
     # dropped (with the buffers the long prompt grew) and compiled again, between slices and after the call
     assert engine.rebuilds >= 1
@@ -128,7 +135,7 @@ def test_openvino_compiles_its_model_again_after_a_long_prompt_and_scores_the_sa
 
 
 def test_a_failed_background_compile_is_retried_on_the_next_run(fp32_artifact: Path, monkeypatch) -> None:
-    from rerank_onnx.backends.openvino import REBUILD_CONTEXT
+    from rerank_onnx.backends.openvino import REBUILD_LENGTH
     from rerank_onnx.errors import ModelLoadError
 
     reranker = Reranker(fp32_artifact, backend="openvino", precision="fp32")
@@ -144,7 +151,7 @@ def test_a_failed_background_compile_is_retried_on_the_next_run(fp32_artifact: P
         return compile_for_real()
 
     monkeypatch.setattr(engine, "_compile", compile_failing_once)
-    engine._largest = REBUILD_CONTEXT + 1  # as after a long prompt
+    engine._longest = REBUILD_LENGTH + 1  # as after a long prompt
     engine.release_memory()
     np.testing.assert_array_equal(reranker.predict([query] * 2, documents), before)
     assert len(attempts) == 2 and engine.rebuilds == 1

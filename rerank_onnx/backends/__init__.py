@@ -85,12 +85,15 @@ class Engine(Protocol):
     width granularity the scorer pads to and buckets by (batching.py).
     `slice_tokens`: the slice a long prompt runs in by default on this engine (measured per engine).
     `batch_tokens`: the padded tokens one run holds by default on this engine (measured per engine).
+    `batch_context`: the keys and values one run attends over by default, rows x (shared prefix + width),
+    where the memory the engine keeps grows with them; None where it does not.
     """
 
     threads: int
     pad_multiple: int
     slice_tokens: int
     batch_tokens: int
+    batch_context: int | None
 
     def input_shapes(self) -> dict[str, tuple[int | None, ...]]:
         """Each graph input's shape; None where a dimension is dynamic."""
@@ -102,8 +105,7 @@ class Engine(Protocol):
 
     def release_memory(self) -> None:
         """Give back working memory the engine keeps between runs, where the runs since the last call grew
-        it past what the engine keeps on purpose (called after every scoring call and every long-prompt slice;
-        a no-op otherwise)."""
+        it past what the engine keeps on purpose (called at the end of every scoring call; a no-op otherwise)."""
         ...
 
 
@@ -131,11 +133,11 @@ class GraphSession:
             raise ModelLoadError(f"{graph}: expected graph inputs {expected}, got {sorted(shapes)}")
         with_past = {*PLAIN_GRAPH_INPUTS, PAST_KEYS, PAST_VALUES}
         self._engine = engine
-        self._large_runs = False  # since the last release_memory()
         self.threads = engine.threads
         self.pad_multiple = engine.pad_multiple
         self.slice_tokens = engine.slice_tokens
         self.batch_tokens = engine.batch_tokens
+        self.batch_context = engine.batch_context
         # the past a graph with past inputs gets when nothing is shared; None for the plain layout
         self.empty_prefix: Prefix | None = None
         if set(shapes) == with_past:
@@ -158,17 +160,14 @@ class GraphSession:
 
     def _call(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
         results = self._engine.run(feeds, outputs)
-        self._large_runs = self._large_runs or is_large(feeds)
+        if is_large(feeds):  # its freed blocks go back to the OS before the next run (memory.py)
+            trim_heap()
         return results
 
     def release_memory(self) -> None:
-        """The engine gives back what its runs grew (it decides); after a large run the heap's free pages go
-        back to the OS too (memory.py). The scorer calls it after every call and every long-prompt slice;
-        ordinary calls cost nothing."""
-        self._engine.release_memory()  # each engine decides what is worth giving back
-        if self._large_runs:
-            trim_heap()
-            self._large_runs = False
+        """The engine gives back what this call's runs grew, where it keeps any (it decides: memory.py). The
+        scorer calls it at the end of every call; ordinary calls cost nothing."""
+        self._engine.release_memory()
 
 
 class PrefixGraphSession(GraphSession):

@@ -31,11 +31,10 @@ def attention_positions(feeds: Mapping[str, np.ndarray]) -> int:
     return rows * width * (past + width)
 
 
-def context_tokens(feeds: Mapping[str, np.ndarray]) -> int:
-    """The keys and values a run on these feeds attends over, summed over its rows: rows x (past + width)."""
-    rows, width = (int(n) for n in feeds[INPUT_IDS].shape)
+def attended_length(feeds: Mapping[str, np.ndarray]) -> int:
+    """The keys and values each row of a run on these feeds attends over: past + width."""
     past = int(feeds[PAST_KEYS].shape[2]) if PAST_KEYS in feeds else 0
-    return rows * (past + width)
+    return past + int(feeds[INPUT_IDS].shape[1])
 
 
 def is_large(feeds: Mapping[str, np.ndarray]) -> bool:

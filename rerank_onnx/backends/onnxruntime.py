@@ -23,6 +23,8 @@ class OnnxRuntimeEngine:
     # Dec 1 (AVX2 EPYC, base-v2 int8, 16 x 230-token pairs): 1,024 / 2,048 / 4,096 / 8,192 tokens per run took
     # 38.8-40.6 / 38.2-39.2 / 38.8-39.8 / 40.1 s at 0.78 / 1.01 / 1.01 / 1.12 GB peak: no reason to move it
     batch_tokens = 4096
+    # its arena is shrunk after large runs (memory.py): what a batch attends over is not kept
+    batch_context: int | None = None
 
     def __init__(self, graph: Path, *, threads: int) -> None:
         import onnxruntime as ort

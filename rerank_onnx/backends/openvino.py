@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MissingDependencyError, ModelLoadError
-from .memory import context_tokens, trim_heap
+from .memory import attended_length, trim_heap
 
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
 # bf16 attention blocks by the padded width, and a different blocking flips bf16 roundings: rows are
@@ -40,14 +40,20 @@ SHAPE_CACHE = 16
 # OpenVINO's CPU plugin grows its intermediate buffers to the largest run and keeps them until the compiled
 # model is dropped; its own CompiledModel.release_memory() breaks the next inference (2026.4: a segfault or
 # "Memory has not been allocated" in a RoPE node after a prefill, reproduced on AVX2 and AMX). What a run
-# keeps grows with the keys and values it attends over (rows x context): each layer's present lives until
-# the run ends, in a block that earlier layers' expanded keys and values have grown. So after a run past
-# REBUILD_CONTEXT (4x what a full 1,024-token batch of one row attends over: a slice of a prompt of more
-# than 4k tokens, or many rows after a long query), the model is dropped and compiled again in the
-# background, from the compile cache when there is one. Measured Dec 1 (AVX2 EPYC, base-v2 int8, fp32): an
-# 8k pair kept 2.65 GB against 1.15 GB before it; rebuilt, 1.17 GB after the next short call. A rebuild
-# took 0.66 s from the cache and 4.4 s without one (benchmarks/README.md, "Long inputs").
-REBUILD_CONTEXT = 4096
+# keeps grows with the keys and values it attends over, rows x (past + width): each layer's present lives
+# until the run ends, in a block that earlier layers' keys and values, expanded to every query head, have
+# grown. Two bounds follow from it:
+# - after a call whose rows attended over more than REBUILD_LENGTH tokens (a prompt of more than 4k tokens),
+#   the model is dropped and compiled again in the background, from the compile cache when there is one.
+#   Measured Dec 1 (AVX2 EPYC, base-v2 int8, fp32, an 8k pair): 2.65-3.49 GB kept against 1.14 before it;
+#   with the rebuild 1.10-1.18 GB after the next short call, at the same latency (one rebuild: 0.66 s from
+#   the cache, 4.4 s without one, in the background);
+# - a batch after a shared prefix attends over at most BATCH_CONTEXT keys and values in all (rows x (prefix +
+#   width)): 32 short documents after a 6k-token query would otherwise keep tens of GB. 64 short documents
+#   after a 500-token query (15 rows a batch) kept 1.28 GB over rest; a bound of 4,096 (7 rows) kept 0.70
+#   but ran 1.3x slower, so the bound sits above what ordinary queries need (benchmarks/README.md).
+REBUILD_LENGTH = 4096
+BATCH_CONTEXT = 8192
 
 
 def available() -> bool:
@@ -84,6 +90,7 @@ class OpenVinoEngine:
     # cross-encoder, 64 x ~512 tokens: 7.0-8.2 s at 1,024 against 7.0-9.0 s at 4,096 (benchmarks/README.md,
     # "OpenVINO: working memory grows with the tokens of a run").
     batch_tokens = 1024
+    batch_context: int | None = BATCH_CONTEXT  # see BATCH_CONTEXT
 
     def __init__(self, graph: Path, *, precision: str, threads: int, cache_dir: Path | None) -> None:
         try:
@@ -101,7 +108,7 @@ class OpenVinoEngine:
         self._request = self._compiled.create_infer_request()
         self._rebuilding: Future[Any] | None = None  # the compile under way after a release
         self._rebuilder: ThreadPoolExecutor | None = None
-        self._largest = 0  # the most context tokens a run attended over since the model was compiled
+        self._longest = 0  # the most keys and values a row attended over since the model was compiled
         self.rebuilds = 0
         self._shapes = {
             port.get_any_name(): tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
@@ -128,7 +135,7 @@ class OpenVinoEngine:
         if self._request is None:
             self._recompiled()
         self._request.infer(dict(feeds))
-        self._largest = max(self._largest, context_tokens(feeds))
+        self._longest = max(self._longest, attended_length(feeds))
         # the request reuses its output buffers on the next run: copy what the caller keeps
         return [self._request.get_tensor(name).data.copy() for name in outputs]
 
@@ -144,11 +151,11 @@ class OpenVinoEngine:
         self._request = self._compiled.create_infer_request()
 
     def release_memory(self) -> None:
-        """After a run past REBUILD_CONTEXT: drop the compiled model (and the buffers it grew), and compile
+        """After a run whose rows attended over more than REBUILD_LENGTH tokens: drop the compiled model (and the buffers it grew), and compile
         it again in the background; the next run waits for that compile if it has not finished."""
-        if self._largest <= REBUILD_CONTEXT or self._request is None:
+        if self._longest <= REBUILD_LENGTH or self._request is None:
             return
-        self._largest = 0
+        self._longest = 0
         self._request = self._compiled = None  # the last references: OpenVINO frees the buffers here
         trim_heap()
         if self._rebuilder is None:
