@@ -4,7 +4,8 @@
 
 Starts `rerank-onnx serve ARTIFACT` (default settings), sends `--requests` /v1/rerank requests at once,
 each one query and one document of `--doc-tokens` tokens, and reads the server's /proc status: RSS at
-rest (model loaded, warmed up), peak RSS (VmHWM) and RSS once the requests are answered.
+rest (model loaded, warmed up), peak RSS (VmHWM), RSS once the requests are answered and RSS after one
+short request that follows them.
 Writes results/server-long-<artifact>-<cpu class>.{json,md,png}.
 """
 
@@ -69,6 +70,11 @@ def run(artifact: Path, requests: int, doc_tokens: int, threads: int, backend: s
             answers = list(pool.map(post, bodies))
         wall = time.perf_counter() - start
         after, peak = _status_gb(server.pid)
+        # what the server then holds while serving short requests (OpenVINO may have recompiled its model)
+        httpx.post(
+            url + "/v1/rerank", json={"query": "a short request", "documents": ["after", "the long ones"]}, timeout=600
+        )
+        after_next, _ = _status_gb(server.pid)
         models = httpx.get(url + "/v1/models", timeout=10).json()["data"][0]
         return {
             "requests": requests,
@@ -79,6 +85,7 @@ def run(artifact: Path, requests: int, doc_tokens: int, threads: int, backend: s
             "rss_rest_gb": rest,
             "peak_rss_gb": peak,
             "rss_after_gb": after,
+            "rss_after_next_request_gb": after_next,
             "backend": f"{models['backend']['name']} {models['backend']['precision']}",
         }
     finally:
@@ -94,10 +101,11 @@ def table(data: dict) -> str:
             f"{env['cpu']} ({env['cpu_class']}), {env['threads']} threads, commit {env['git_commit']}; "
             f"server backend {r['backend']}; RSS of the server process in GB",
             "",
-            "| statuses | latencies (s) | wall (s) | RSS at rest | peak RSS | RSS after |",
-            "|---|---|---|---|---|---|",
+            "| statuses | latencies (s) | wall (s) | RSS at rest | peak RSS | RSS after | RSS after a short request |",
+            "|---|---|---|---|---|---|---|",
             f"| {r['statuses']} | {', '.join(f'{s:.1f}' for s in r['latencies_s'])} | {r['wall_s']:.1f} | "
-            f"{r['rss_rest_gb']:.2f} | {r['peak_rss_gb']:.2f} | {r['rss_after_gb']:.2f} |",
+            f"{r['rss_rest_gb']:.2f} | {r['peak_rss_gb']:.2f} | {r['rss_after_gb']:.2f} | "
+            f"{r.get('rss_after_next_request_gb', float('nan')):.2f} |",
         ]
     )
 
@@ -110,7 +118,10 @@ def chart(data: dict, name: str) -> None:
 
     r = data["result"]
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.bar(["at rest", "peak", "after"], [r["rss_rest_gb"], r["peak_rss_gb"], r["rss_after_gb"]])
+    labels, values = ["at rest", "peak", "after"], [r["rss_rest_gb"], r["peak_rss_gb"], r["rss_after_gb"]]
+    if "rss_after_next_request_gb" in r:
+        labels, values = [*labels, "after a short request"], [*values, r["rss_after_next_request_gb"]]
+    ax.bar(labels, values)
     ax.set(ylabel="server RSS (GB)", title=f"{data['artifact']}: {r['requests']} x {r['doc_tokens']}-token requests")
     fig.tight_layout()
     fig.savefig(RESULTS / f"{name}.png", dpi=100)
