@@ -9,6 +9,7 @@ pair (idle), RSS after one short call that follows it (what a server then holds:
 dropped its compiled model after the long pair and compiled it again), and the model files' size. Stacks:
   default      Reranker(artifact): backend auto, long prompts in the engine's slices (onnxruntime 512, OpenVINO 1,024)
   openvino-keeps-buffers  the default without OpenVINO's recompile after long runs (the default before Dec 1)
+  onnxruntime-keeps-arena  onnxruntime without the new session after long runs (its default before Dec 1)
   one-piece    the same with slice_tokens=None: every prompt in one piece (the path before slicing)
   onnxruntime  backend="onnxruntime", its 512-token slices (add with --stacks; onnxruntime-slice-1024: the old size)
 Writes results/long-inputs-<artifact>-<cpu class>.{json,md,png}.
@@ -31,6 +32,7 @@ STACKS = {
     "default": {"backend": "auto", "slice_tokens": "auto"},
     # the default before OpenVINO dropped and recompiled its model after long runs (REBUILD_LENGTH)
     "openvino-keeps-buffers": {"backend": "auto", "slice_tokens": "auto", "keep_buffers": True},
+    "onnxruntime-keeps-arena": {"backend": "onnxruntime", "slice_tokens": "auto", "keep_buffers": True},
     "one-piece": {"backend": "auto", "slice_tokens": None},
     "onnxruntime": {"backend": "onnxruntime", "slice_tokens": "auto"},
     "onnxruntime-slice-1024": {"backend": "onnxruntime", "slice_tokens": 1024},
@@ -53,9 +55,9 @@ def worker(artifact: str, stack: str, doc_tokens: int, reps: int, threads: int) 
 
     settings = STACKS[stack]
     if settings.get("keep_buffers"):
-        from rerank_onnx.backends import openvino
+        from rerank_onnx.backends import onnxruntime, openvino
 
-        openvino.REBUILD_LENGTH = sys.maxsize
+        openvino.REBUILD_LENGTH = onnxruntime.REBUILD_LENGTH = sys.maxsize
     reranker = Reranker(artifact, threads=threads, backend=settings["backend"], slice_tokens=settings["slice_tokens"])
     reranker.rank(QUERY, ["a short warm-up document", "and another"])
     document = text_of_tokens(doc_tokens, seed=doc_tokens)

@@ -40,7 +40,9 @@ class Reranker(LoadedModel):
         threads: intra-op threads (default: the CPUs this process may use).
         max_length: token budget for query + document, as in the reference (default 8192).
         max_batch_tokens: a batch holds at most this many padded tokens ("auto": the engine's measured
-            budget, 4,096 on onnxruntime and 1,024 on OpenVINO, whose memory grows with a run's tokens).
+            budget, 4,096 on onnxruntime and 1,024 on OpenVINO, whose memory grows with a run's tokens; on
+            OpenVINO the rows after a shared prefix then also attend over at most 8,192 keys and values in
+            all, rows x (prefix + width)).
         max_batch_size: a batch holds at most this many pairs.
         session: a ready ScoreSession to use instead of the artifact's graph (tests, custom engines).
         share_prefix: compute what the pairs of one query share (chat prefix, instruction, query) once.

@@ -114,44 +114,44 @@ def test_only_long_attention_counts_as_a_large_run() -> None:
     assert is_large(feeds(8, 512, 40)) and is_large(feeds(1, 1024, 4096)) and is_large(feeds(1, 8192, None))
 
 
-def test_openvino_compiles_its_model_again_after_a_long_prompt_and_scores_the_same(fp32_artifact: Path) -> None:
-    from rerank_onnx.backends.openvino import REBUILD_LENGTH
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_engine_builds_its_model_again_after_a_long_prompt_and_scores_the_same(fp32_artifact: Path, engine) -> None:
+    from rerank_onnx.backends.memory import Rebuildable
 
-    reranker = Reranker(fp32_artifact, backend="openvino", precision="fp32")
-    engine = reranker._scorer.session._engine  # type: ignore[attr-defined]
-    documents = ["rivers flood in spring when the snow melts", "a recipe for bread"]
-    query = "where do rivers flood?"
+    backend, precision = engine
+    reranker = Reranker(fp32_artifact, backend=backend, precision=precision)
+    model = reranker._scorer.session._engine.model  # type: ignore[attr-defined]
+    assert isinstance(model, Rebuildable)
+    query, documents = "where do rivers flood?", ["rivers flood in spring when the snow melts", "a recipe for bread"]
     before = reranker.predict([query] * 2, documents)
-    assert engine.rebuilds == 0  # short calls keep the compiled model and its buffers
-    long_document = "river bank " * (REBUILD_LENGTH // 2)
-    assert len(reranker.encode([query], [long_document]).input_ids[0]) > REBUILD_LENGTH
+    assert model.rebuilds == 0  # short calls keep the compiled model and its buffers
+    long_document = "river bank " * (model.rebuild_length // 2)
+    assert len(reranker.encode([query], [long_document]).input_ids[0]) > model.rebuild_length
     reranker.rank(query, [long_document])
-    # dropped (with the buffers the long prompt grew) and compiled again, between slices and after the call
-    assert engine.rebuilds >= 1
+    assert model.rebuilds == 1  # dropped after the call (with what the long prompt grew), built again
     np.testing.assert_array_equal(reranker.predict([query] * 2, documents), before)
-    rebuilds = engine.rebuilds
     reranker.predict([query] * 2, documents)
-    assert engine.rebuilds == rebuilds
+    assert model.rebuilds == 1
 
 
-def test_a_failed_background_compile_is_retried_on_the_next_run(fp32_artifact: Path, monkeypatch) -> None:
-    from rerank_onnx.backends.openvino import REBUILD_LENGTH
+def test_a_failed_background_build_is_retried_on_the_next_use() -> None:
+    from rerank_onnx.backends.memory import Rebuildable
     from rerank_onnx.errors import ModelLoadError
 
-    reranker = Reranker(fp32_artifact, backend="openvino", precision="fp32")
-    engine = reranker._scorer.session._engine  # type: ignore[attr-defined]
-    query, documents = "where do rivers flood?", ["rivers flood in spring", "a recipe for bread"]
-    before = reranker.predict([query] * 2, documents)
-    compile_for_real, attempts = engine._compile, []
+    builds: list[int] = []
 
-    def compile_failing_once():
-        attempts.append(1)
-        if len(attempts) == 1:
+    def build() -> int:
+        builds.append(len(builds))
+        if len(builds) == 2:  # the first rebuild, on the background thread
             raise ModelLoadError("openvino cannot compile: the cache folder went away")
-        return compile_for_real()
+        return len(builds)
 
-    monkeypatch.setattr(engine, "_compile", compile_failing_once)
-    engine._longest = REBUILD_LENGTH + 1  # as after a long prompt
-    engine.release_memory()
-    np.testing.assert_array_equal(reranker.predict([query] * 2, documents), before)
-    assert len(attempts) == 2 and engine.rebuilds == 1
+    model = Rebuildable(build, rebuild_length=100)
+    assert model.get() == 1
+    model.ran({"input_ids": np.zeros((1, 60), dtype=np.int64)})
+    model.release()
+    assert model.rebuilds == 0 and model.get() == 1  # 60 tokens: kept
+    model.ran({"input_ids": np.zeros((1, 60), dtype=np.int64), "past_keys": np.zeros((2, 2, 50, 4), np.float32)})
+    model.release()
+    assert model.rebuilds == 1
+    assert model.get() == 3 and len(builds) == 3  # the failed background build, then one here

@@ -7,21 +7,28 @@ request. Measured on base-v2 int8 with an 8k-token pair (benchmarks/README.md):
 - onnxruntime's arena shrinkage run option gives back most of its arena (onnxruntime.py);
 - `malloc_trim` after every large run gives back what numpy and the engines freed (8k pair on OpenVINO:
   peak 5.2 -> 3.9 GB);
-- OpenVINO keeps what it grew until its compiled model is dropped, so after long prompts the engine
-  compiles its model again (openvino.py; its own `release_memory` breaks the next inference).
+- OpenVINO keeps what it grew until its compiled model is dropped, and onnxruntime's arena keeps regions
+  that shrinkage cannot free, so after long prompts each engine builds its model again (`Rebuildable`;
+  OpenVINO's own `release_memory` breaks the next inference).
 Short batches stay below the threshold and cost nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache
+from typing import Generic, TypeVar
 
 import numpy as np
 
 from ..artifact import INPUT_IDS, PAST_KEYS
+from ..errors import ModelLoadError
+
+T = TypeVar("T")
 
 # Above 1M attended positions (16 rows of 256 tokens), a run's working memory is worth giving back.
 LARGE_ATTENTION = 1024 * 1024
@@ -59,3 +66,50 @@ def trim_heap() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+class Rebuildable(Generic[T]):
+    """An engine's compiled model, dropped after long prompts (and with it what the engine grew for them)
+    and built again on a background thread; the next run waits for that build.
+
+    Args:
+        build: compiles the model (raises ModelLoadError when it cannot).
+        rebuild_length: after runs whose rows attended over more than this many tokens, `release` drops it.
+    """
+
+    def __init__(self, build: Callable[[], T], *, rebuild_length: int) -> None:
+        self._build = build
+        self._current: T | None = build()
+        self._pending: Future[T] | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._longest = 0  # the most keys and values a row attended over since the last build
+        self.rebuild_length = rebuild_length
+        self.rebuilds = 0
+
+    def get(self) -> T:
+        """The model: waits for a build under way; if that failed, builds here (raising ModelLoadError if
+        that fails too, and trying again on the next call)."""
+        if self._current is None:
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                with contextlib.suppress(ModelLoadError):
+                    self._current = pending.result()
+            if self._current is None:
+                self._current = self._build()
+        return self._current
+
+    def ran(self, feeds: Mapping[str, np.ndarray]) -> None:
+        """Record a run on these feeds."""
+        self._longest = max(self._longest, attended_length(feeds))
+
+    def release(self) -> None:
+        """After runs longer than `rebuild_length`: drop the model and start building it again."""
+        if self._longest <= self.rebuild_length or self._current is None:
+            return
+        self._longest = 0
+        self._current = None  # the last reference: the engine frees its buffers here
+        trim_heap()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerank-onnx-rebuild")
+        self._pending = self._pool.submit(self._build)
+        self.rebuilds += 1

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import ModelLoadError
-from .memory import is_large
+from .memory import Rebuildable, is_large
+
+# The arena keeps regions that shrinkage cannot free; dropping the session gives them back. So after a call
+# whose rows attended over more than this (a prompt of more than 4k tokens) the session is created again in
+# the background (memory.py), as OpenVINO's model is compiled again. Measured Dec 1 (AVX2 EPYC, base-v2 int8,
+# an 8k pair, one process each): 0.64 GB after the next short call against 0.64 before the pair, 1.43 without
+# it; 106.3 s against 105.3 s; session creation 1.4-1.7 s (benchmarks/README.md).
+REBUILD_LENGTH = 4096
 
 
 class OnnxRuntimeEngine:
@@ -29,26 +37,39 @@ class OnnxRuntimeEngine:
     def __init__(self, graph: Path, *, threads: int) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            self._session = ort.InferenceSession(str(graph), sess_options=options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types for corrupt or missing data
-            raise ModelLoadError(f"onnxruntime cannot load {graph}: {exc}") from exc
+        self._graph = graph
+        self._options = ort.SessionOptions()
+        self._options.intra_op_num_threads = threads
+        self._options.inter_op_num_threads = 1
+        self._options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.model = Rebuildable(self._create_session, rebuild_length=REBUILD_LENGTH)
         self.threads = threads
         # a large run shrinks the arena back when it ends, instead of keeping its high-water mark (memory.py)
         self._shrink = ort.RunOptions()
         self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
+    def _create_session(self) -> Any:
+        import onnxruntime as ort
+
+        try:
+            return ort.InferenceSession(
+                str(self._graph), sess_options=self._options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types for corrupt or missing data
+            raise ModelLoadError(f"onnxruntime cannot load {self._graph}: {exc}") from exc
+
     def input_shapes(self) -> dict[str, tuple[int | None, ...]]:
-        return {i.name: tuple(d if isinstance(d, int) else None for d in i.shape) for i in self._session.get_inputs()}
+        inputs = self.model.get().get_inputs()
+        return {i.name: tuple(d if isinstance(d, int) else None for d in i.shape) for i in inputs}
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
         options = self._shrink if is_large(feeds) else None
-        return [np.asarray(a) for a in self._session.run(outputs, dict(feeds), options)]
+        results = self.model.get().run(outputs, dict(feeds), options)
+        self.model.ran(feeds)
+        return [np.asarray(a) for a in results]
 
     def release_memory(self) -> None:
-        """Nothing kept: a large run shrinks the arena as it ends."""
+        """A large run shrinks the arena as it ends; after a long prompt the session goes, with the arena
+        regions shrinkage cannot free, and is created again in the background (REBUILD_LENGTH)."""
+        self.model.release()

@@ -10,17 +10,15 @@ batch companions (measured in benchmarks/README.md), which the default path must
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import MissingDependencyError, ModelLoadError
-from .memory import attended_length, trim_heap
+from .memory import Rebuildable
 
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
 # bf16 attention blocks by the padded width, and a different blocking flips bf16 roundings: rows are
@@ -104,19 +102,20 @@ class OpenVinoEngine:
             self._core.set_property({"CACHE_DIR": str(cache_dir)})
         self._graph = graph
         self._config = compile_config(precision, threads)
-        self._compiled = self._compile()
-        self._request = self._compiled.create_infer_request()
-        self._rebuilding: Future[Any] | None = None  # the compile under way after a release
-        self._rebuilder: ThreadPoolExecutor | None = None
-        self._longest = 0  # the most keys and values a row attended over since the model was compiled
-        self.rebuilds = 0
+        # the compiled model with its infer request, compiled again after long prompts (REBUILD_LENGTH)
+        self.model = Rebuildable(self._compile_with_request, rebuild_length=REBUILD_LENGTH)
+        compiled, _ = self.model.get()
         self._shapes = {
             port.get_any_name(): tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
-            for port in self._compiled.inputs
+            for port in compiled.inputs
         }
         self.threads = threads
         self.precision = precision
         self.pad_multiple = BF16_PAD_MULTIPLE if precision == "bf16" else 1
+
+    def _compile_with_request(self) -> tuple[Any, Any]:
+        compiled = self._compile()
+        return compiled, compiled.create_infer_request()
 
     def _compile(self) -> Any:
         try:
@@ -132,33 +131,13 @@ class OpenVinoEngine:
         return dict(self._shapes)
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
-        if self._request is None:
-            self._recompiled()
-        self._request.infer(dict(feeds))
-        self._longest = max(self._longest, attended_length(feeds))
+        _, request = self.model.get()
+        request.infer(dict(feeds))
+        self.model.ran(feeds)
         # the request reuses its output buffers on the next run: copy what the caller keeps
-        return [self._request.get_tensor(name).data.copy() for name in outputs]
-
-    def _recompiled(self) -> None:
-        """The model a release dropped, compiled again: waits for the background compile; if that failed,
-        compiles here (raising ModelLoadError if that fails too, and trying again on the next run)."""
-        rebuilding, self._rebuilding = self._rebuilding, None
-        if rebuilding is not None:
-            with contextlib.suppress(ModelLoadError):
-                self._compiled = rebuilding.result()
-        if self._compiled is None:
-            self._compiled = self._compile()
-        self._request = self._compiled.create_infer_request()
+        return [request.get_tensor(name).data.copy() for name in outputs]
 
     def release_memory(self) -> None:
-        """After a run whose rows attended over more than REBUILD_LENGTH tokens: drop the compiled model (and the buffers it grew), and compile
-        it again in the background; the next run waits for that compile if it has not finished."""
-        if self._longest <= REBUILD_LENGTH or self._request is None:
-            return
-        self._longest = 0
-        self._request = self._compiled = None  # the last references: OpenVINO frees the buffers here
-        trim_heap()
-        if self._rebuilder is None:
-            self._rebuilder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openvino-rebuild")
-        self._rebuilding = self._rebuilder.submit(self._compile)
-        self.rebuilds += 1
+        """After a long prompt, the compiled model and the buffers it grew go; it compiles again in the
+        background (REBUILD_LENGTH)."""
+        self.model.release()
