@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from ..artifact import PAST_KEYS, PAST_VALUES, PRESENT_KEYS, PRESENT_VALUES
 from ..errors import MissingDependencyError, ModelLoadError
 from .memory import Rebuildable
+from .openvino_graph import compile_source, new_token_outputs, split_layers
 
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
 # bf16 attention blocks by the padded width, and a different blocking flips bf16 roundings: rows are
@@ -101,10 +103,12 @@ class OpenVinoEngine:
         if cache_dir is not None:
             self._core.set_property({"CACHE_DIR": str(cache_dir)})
         self._graph = graph
+        self._cache_dir = cache_dir
         self._config = compile_config(precision, threads)
         # the compiled model with its infer request, compiled again after long prompts (REBUILD_LENGTH)
         self.model = Rebuildable(self._compile_with_request, rebuild_length=REBUILD_LENGTH)
         compiled, _ = self.model.get()
+        self._layers = split_layers(compiled)  # presents as each layer's new tokens (openvino_graph.py)
         self._shapes = {
             port.get_any_name(): tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
             for port in compiled.inputs
@@ -119,8 +123,9 @@ class OpenVinoEngine:
 
     def _compile(self) -> Any:
         try:
-            # compiled from the path, so that a cached blob skips reading the ONNX file altogether
-            return self._core.compile_model(str(self._graph), "CPU", self._config)
+            # from a path where there is a cache, so that a cached blob skips reading the graph altogether
+            source = compile_source(self._core, self._graph, self._cache_dir)
+            return self._core.compile_model(source, "CPU", self._config)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses for unreadable or unsupported graphs
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(
@@ -135,7 +140,15 @@ class OpenVinoEngine:
         request.infer(dict(feeds))
         self.model.ran(feeds)
         # the request reuses its output buffers on the next run: copy what the caller keeps
-        return [request.get_tensor(name).data.copy() for name in outputs]
+        return [self._output(request, name, feeds) for name in outputs]
+
+    def _output(self, request: Any, name: str, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        if not self._layers or name not in (PRESENT_KEYS, PRESENT_VALUES):
+            return np.array(request.get_tensor(name).data, copy=True)
+        # row 0's new keys (or values) of every layer, after the past they were given
+        new = np.stack([request.get_tensor(new_token_outputs(name, i)).data[0] for i in range(self._layers)])
+        past = feeds[PAST_KEYS if name == PRESENT_KEYS else PAST_VALUES]
+        return np.concatenate([past, new], axis=2)
 
     def release_memory(self) -> None:
         """After a long prompt, the compiled model and the buffers it grew go; it compiles again in the
