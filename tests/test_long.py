@@ -155,3 +155,22 @@ def test_a_failed_background_build_is_retried_on_the_next_use() -> None:
     model.release()
     assert model.rebuilds == 1
     assert model.get() == 3 and len(builds) == 3  # the failed background build, then one here
+
+
+def test_openvino_presents_from_new_token_outputs_equal_the_exported_presents(fp32_artifact: Path) -> None:
+    # OpenVINO compiles the graph with each layer's new keys and values as outputs (openvino_graph.py) and
+    # joins them with the past; onnxruntime runs the presents as exported
+    openvino = Reranker(fp32_artifact, backend="openvino", precision="fp32")._scorer.session
+    onnxruntime = Reranker(fp32_artifact, backend="onnxruntime")._scorer.session
+    layers = openvino.empty_prefix.keys.shape[0]  # type: ignore[attr-defined]
+    assert openvino._engine._layers == layers  # type: ignore[attr-defined]
+    first = np.arange(3, 40, dtype=np.int64).reshape(1, -1)
+    second = np.arange(50, 70, dtype=np.int64).reshape(1, -1)
+    prefixes = {}
+    for name, session in (("openvino", openvino), ("onnxruntime", onnxruntime)):
+        before = session.prefill(first)  # type: ignore[attr-defined]
+        prefixes[name] = (before, session.prefill(second, before))  # type: ignore[attr-defined]
+    for got, want, tokens in zip(prefixes["openvino"], prefixes["onnxruntime"], (37, 57)):
+        assert got.keys.shape == want.keys.shape and got.keys.shape[0] == layers and got.keys.shape[2] == tokens
+        np.testing.assert_allclose(got.keys, want.keys, atol=1e-4)
+        np.testing.assert_allclose(got.values, want.values, atol=1e-4)

@@ -40,9 +40,10 @@ SHAPE_CACHE = 16
 # OpenVINO's CPU plugin grows its intermediate buffers to the largest run and keeps them until the compiled
 # model is dropped; its own CompiledModel.release_memory() breaks the next inference (2026.4: a segfault or
 # "Memory has not been allocated" in a RoPE node after a prefill, reproduced on AVX2 and AMX). What a run
-# keeps grows with the keys and values it attends over, rows x (past + width): each layer's present lives
-# until the run ends, in a block that earlier layers' keys and values, expanded to every query head, have
-# grown. Two bounds follow from it:
+# keeps grows with the keys and values it attends over, rows x (past + width): with the exported presents,
+# each layer's joined keys and values lived until the run ends, in a block that earlier layers' keys and
+# values, expanded to every query head, had grown (openvino_graph.py now outputs the new tokens' only, which
+# keeps less but still grows with the context). Two bounds follow from it:
 # - after a call whose rows attended over more than REBUILD_LENGTH tokens (a prompt of more than 4k tokens),
 #   the model is dropped and compiled again in the background, from the compile cache when there is one.
 #   Measured Dec 1 (AVX2 EPYC, base-v2 int8, fp32, an 8k pair): 2.65-3.49 GB kept against 1.14 before it;
