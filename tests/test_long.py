@@ -174,3 +174,14 @@ def test_openvino_presents_from_new_token_outputs_equal_the_exported_presents(fp
         assert got.keys.shape == want.keys.shape and got.keys.shape[0] == layers and got.keys.shape[2] == tokens
         np.testing.assert_allclose(got.keys, want.keys, atol=1e-4)
         np.testing.assert_allclose(got.values, want.values, atol=1e-4)
+
+
+def test_openvino_keeps_the_rewritten_graph_in_the_cache_folder(fp32_artifact: Path, tmp_path: Path) -> None:
+    query, documents = "where do rivers flood?", ["rivers flood in spring", "a recipe for bread"]
+    first = Reranker(fp32_artifact, backend="openvino", precision="fp32", cache_dir=tmp_path)
+    written = sorted(tmp_path.glob("openvino/*/scores-new-kv-*.xml"))
+    assert len(written) == 1 and written[0].with_suffix(".bin").stat().st_size > 0
+    # a second load compiles from it (no second copy) and scores the same
+    second = Reranker(fp32_artifact, backend="openvino", precision="fp32", cache_dir=tmp_path)
+    assert sorted(tmp_path.glob("openvino/*/scores-new-kv-*.xml")) == written
+    np.testing.assert_array_equal(second.predict([query] * 2, documents), first.predict([query] * 2, documents))

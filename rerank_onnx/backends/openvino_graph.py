@@ -15,6 +15,7 @@ it (and its cached blob) without reading the ONNX file.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,15 @@ from typing import Any
 from ..artifact import PRESENT_KEYS, PRESENT_VALUES
 
 NEW_KEYS, NEW_VALUES = "new_keys", "new_values"  # output i: layer i's keys or values of the new tokens
-IR_FILE = "scores-new-kv.xml"
-AS_IS_MARKER = "scores-as-is"  # the graph has no presents to rewrite: compile the ONNX file itself
+IR_FILE = "scores-new-kv-{key}.xml"
+AS_IS_MARKER = "scores-as-is-{key}"  # the graph has no presents to rewrite: compile the ONNX file itself
+
+
+def _graph_key(graph: Path) -> str:
+    """Names the rewritten graph after the graph file's size and modification time: the cache folder is
+    named after the weights, which a re-export with a changed graph may leave as they were."""
+    stat = graph.stat()
+    return hashlib.sha256(f"{graph.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
 def new_token_outputs(name: str, layer: int) -> str:
@@ -71,21 +79,23 @@ def compile_source(core: Any, graph: Path, cache_dir: Path | None) -> Any:
     """What to compile for `graph`: with a cache folder, the rewritten IR's path there (written once) or
     the ONNX path where there is nothing to rewrite; without one, the rewritten ov.Model."""
     if cache_dir is not None:
-        if (cache_dir / AS_IS_MARKER).exists():
+        key = _graph_key(graph)
+        ir, as_is = cache_dir / IR_FILE.format(key=key), cache_dir / AS_IS_MARKER.format(key=key)
+        if as_is.exists():
             return str(graph)
-        if (cache_dir / IR_FILE).exists():
-            return str(cache_dir / IR_FILE)
+        if ir.exists():
+            return str(ir)
     model = core.read_model(str(graph))
     layers = split_presents(model)
     if cache_dir is None:
         return model if layers is not None else str(graph)
     if layers is None:
-        (cache_dir / AS_IS_MARKER).touch()
+        as_is.touch()
         return str(graph)
     import openvino as ov
 
-    partial = cache_dir / f".{os.getpid()}-{IR_FILE}"
+    partial = cache_dir / f".{os.getpid()}-{ir.name}"
     ov.save_model(model, str(partial), compress_to_fp16=False)
-    os.replace(partial.with_suffix(".bin"), (cache_dir / IR_FILE).with_suffix(".bin"))
-    os.replace(partial, cache_dir / IR_FILE)
-    return str(cache_dir / IR_FILE)
+    os.replace(partial.with_suffix(".bin"), ir.with_suffix(".bin"))  # the weights first: ir marks it complete
+    os.replace(partial, ir)
+    return str(ir)
