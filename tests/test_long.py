@@ -185,3 +185,21 @@ def test_openvino_keeps_the_rewritten_graph_in_the_cache_folder(fp32_artifact: P
     second = Reranker(fp32_artifact, backend="openvino", precision="fp32", cache_dir=tmp_path)
     assert sorted(tmp_path.glob("openvino/*/scores-new-kv-*.xml")) == written
     np.testing.assert_array_equal(second.predict([query] * 2, documents), first.predict([query] * 2, documents))
+
+
+def test_openvino_compiles_from_memory_and_leaves_no_partial_file_when_the_graph_cannot_be_written(
+    fp32_artifact: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import openvino
+
+    real_save = openvino.save_model
+
+    def disk_full(model: object, path: str, compress_to_fp16: bool) -> None:
+        real_save(model, path, compress_to_fp16=compress_to_fp16)  # the partial files are on disk...
+        raise OSError(28, "No space left on device")  # ...when the disk fills up
+
+    monkeypatch.setattr(openvino, "save_model", disk_full)
+    reranker = Reranker(fp32_artifact, backend="openvino", precision="fp32", cache_dir=tmp_path)
+    assert reranker._scorer.session._engine._layers > 0  # type: ignore[attr-defined]  # still rewritten
+    assert not list(tmp_path.glob("openvino/*/*scores-new-kv*"))  # no IR, no partial IR
+    assert len(reranker.predict(["q"], ["a document"])) == 1

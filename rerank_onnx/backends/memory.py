@@ -34,13 +34,6 @@ T = TypeVar("T")
 LARGE_ATTENTION = 1024 * 1024
 
 
-def attention_positions(feeds: Mapping[str, np.ndarray]) -> int:
-    """The attention a run on these feeds computes: rows x width x context (past + width)."""
-    rows, width = (int(n) for n in feeds[INPUT_IDS].shape)
-    past = int(feeds[PAST_KEYS].shape[2]) if PAST_KEYS in feeds else 0
-    return rows * width * (past + width)
-
-
 def attended_length(feeds: Mapping[str, np.ndarray]) -> int:
     """The keys and values each row of a run on these feeds attends over: past + width."""
     past = int(feeds[PAST_KEYS].shape[2]) if PAST_KEYS in feeds else 0
@@ -48,8 +41,9 @@ def attended_length(feeds: Mapping[str, np.ndarray]) -> int:
 
 
 def is_large(feeds: Mapping[str, np.ndarray]) -> bool:
-    """Whether a run on these feeds has attention larger than LARGE_ATTENTION."""
-    return attention_positions(feeds) > LARGE_ATTENTION
+    """Whether a run on these feeds has attention larger than LARGE_ATTENTION (rows x width x context)."""
+    rows, width = (int(n) for n in feeds[INPUT_IDS].shape)
+    return rows * width * attended_length(feeds) > LARGE_ATTENTION
 
 
 @cache

@@ -60,13 +60,10 @@ def split_presents(model: Any) -> int | None:
                 return None
             new_parts.append(node.input_value(1))
         found[name] = (results[0], new_parts)
-    outputs = []
     for name, (result, new_parts) in found.items():
         model.remove_result(result)
         for layer, part in enumerate(new_parts):
-            output = model.add_outputs([part])[0]
-            output.get_tensor().set_names({new_token_outputs(name, layer)})
-            outputs.append(output)
+            model.add_outputs([part])[0].get_tensor().set_names({new_token_outputs(name, layer)})
     return len(found[PRESENT_KEYS][1])
 
 
@@ -77,7 +74,8 @@ def split_layers(compiled: Any) -> int:
 
 def compile_source(core: Any, graph: Path, cache_dir: Path | None) -> Any:
     """What to compile for `graph`: with a cache folder, the rewritten IR's path there (written once) or
-    the ONNX path where there is nothing to rewrite; without one, the rewritten ov.Model."""
+    the ONNX path where there is nothing to rewrite; without one (or where the IR cannot be written), the
+    read and, where it applies, rewritten ov.Model."""
     if cache_dir is not None:
         key = _graph_key(graph)
         ir, as_is = cache_dir / IR_FILE.format(key=key), cache_dir / AS_IS_MARKER.format(key=key)
@@ -88,14 +86,19 @@ def compile_source(core: Any, graph: Path, cache_dir: Path | None) -> Any:
     model = core.read_model(str(graph))
     layers = split_presents(model)
     if cache_dir is None:
-        return model if layers is not None else str(graph)
+        return model
     if layers is None:
         as_is.touch()
         return str(graph)
     import openvino as ov
 
     partial = cache_dir / f".{os.getpid()}-{ir.name}"
-    ov.save_model(model, str(partial), compress_to_fp16=False)
-    os.replace(partial.with_suffix(".bin"), ir.with_suffix(".bin"))  # the weights first: ir marks it complete
-    os.replace(partial, ir)
+    try:
+        ov.save_model(model, str(partial), compress_to_fp16=False)
+        os.replace(partial.with_suffix(".bin"), ir.with_suffix(".bin"))  # the weights first: ir marks it complete
+        os.replace(partial, ir)
+    except (OSError, RuntimeError):  # a full disk or a folder gone read-only: compile from memory, leave nothing
+        for path in (partial, partial.with_suffix(".bin")):
+            path.unlink(missing_ok=True)
+        return model
     return str(ir)
