@@ -35,6 +35,7 @@ STACKS = [
     "ours-default",
     "ours-int8@openvino-fp32",
     "ours-int8@openvino-bf16",
+    "ours-int8@openvino-int8",
     "ours-fp32@openvino-bf16",
 ]
 # sentence-transformers 6 (the peer a well-informed user picks), run with --st-python's interpreter. Its

@@ -33,8 +33,13 @@ def workloads(quick: bool) -> dict:
         "short": {"query": "cat", "docs": ["a cat is a small feline"]},
         "b16x256": {"query": "team season game", "docs": [text_of_tokens(256 - 90, 900 + i) for i in range(16)]},
         "growth": [128, 512, 2048] if quick else [128, 512, 2048, 8192],
+        # queries of different lengths: a shared prefix's width changes how bf16 attention blocks its work
         "faithful": {
-            "query": "where do rivers flood?",
+            "queries": [
+                "where do rivers flood?",
+                "history of music in the city",
+                "how do vaccines train the immune system",
+            ],
             "docs": [text_of_tokens(n, 1200 + n) for n in (12, 40, 75, 110, 150, 190, 230, 300)],
         },
     }
@@ -61,21 +66,21 @@ class Ours:
         self.r = Reranker(artifact, threads=threads, backend=backend, precision=precision)
         self.backend = self.r.backend.describe() if self.r.backend else "custom session"
 
-    def faithful(self, query: str, docs: list[str]) -> dict:
-        """Max |score difference|: each pair alone vs inside one batch, and a shared head vs full prompts."""
+    def faithful(self, queries: list[str], docs: list[str]) -> dict:
+        """Max |score difference| over every query's pairs: each pair alone vs inside one batch, and a shared
+        head vs full prompts."""
         import numpy as np
 
-        queries = [query] * len(docs)
-        self.r.share_prefix = False
-        alone = np.concatenate([self.r.predict([q], [d]) for q, d in zip(queries, docs)])
-        batch = self.r.predict(queries, docs)
-        self.r.share_prefix = True
-        shared = self.r.predict(queries, docs)
-        return {
-            "pairs": len(docs),
-            "alone_vs_batch": float(np.abs(alone - batch).max()),
-            "shared_vs_full": float(np.abs(shared - batch).max()),
-        }
+        alone_vs_batch = shared_vs_full = 0.0
+        for query in queries:
+            self.r.share_prefix = False
+            alone = np.concatenate([self.r.predict([query], [d]) for d in docs])
+            batch = self.r.predict([query] * len(docs), docs)
+            self.r.share_prefix = True
+            shared = self.r.predict([query] * len(docs), docs)
+            alone_vs_batch = max(alone_vs_batch, float(np.abs(alone - batch).max()))
+            shared_vs_full = max(shared_vs_full, float(np.abs(shared - batch).max()))
+        return {"pairs": len(queries) * len(docs), "alone_vs_batch": alone_vs_batch, "shared_vs_full": shared_vs_full}
 
     def scores(self, query: str, docs: list[str]) -> list[float]:
         return self.r.predict([query] * len(docs), docs).tolist()
@@ -169,7 +174,7 @@ def main() -> int:
         result["b16x256"] = {"tokens": tokens, "seconds": median(times), "tokens_per_s": tokens / median(times)}
         report()
     if isinstance(stack, Ours):
-        result["faithful"] = stack.faithful(w["faithful"]["query"], w["faithful"]["docs"])
+        result["faithful"] = stack.faithful(w["faithful"]["queries"], w["faithful"]["docs"])
         report()
     times, rag_scores = timed(w["rag20"]["query"], w["rag20"]["docs"], args.reps)
     result["rag20"] = {

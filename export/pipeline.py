@@ -416,6 +416,8 @@ def _backend_checks(
         "results": {},
     }
     precisions = ["fp32", "bf16"] if kind in ("amx", "avx512-bf16") else ["fp32"]  # elsewhere bf16 runs as fp32
+    if "bf16" in precisions and scheme == "int8":
+        precisions.append("int8")  # int8 activations in the weights' blocks, bf16 elsewhere
     if not installed or scheme == "int8-fast":
         precisions = []
     for precision in precisions:

@@ -138,7 +138,7 @@ def _batch_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 BACKEND_HELP = "inference engine: auto takes the fastest faithful one measured for this CPU class"
-PRECISION_HELP = "OpenVINO's compute precision (auto: bf16 where the CPU has it)"
+PRECISION_HELP = "OpenVINO's compute precision (auto: the CPU class's measured best, README 'Backends')"
 
 
 def _engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -171,7 +171,7 @@ SERVE_SETTINGS = (
     ServeSetting("--model-name", "MODEL_NAME", str, None, "name reported to clients"),
     ServeSetting("--threads", "THREADS", int, None, "inference threads"),
     ServeSetting("--backend", "BACKEND", str, "auto", BACKEND_HELP, ("auto", "onnxruntime", "openvino")),
-    ServeSetting("--precision", "PRECISION", str, "auto", PRECISION_HELP, ("auto", "fp32", "bf16")),
+    ServeSetting("--precision", "PRECISION", str, "auto", PRECISION_HELP, ("auto", "fp32", "bf16", "int8")),
     ServeSetting("--max-documents", "MAX_DOCUMENTS", int, 1000, "documents per request"),
     ServeSetting("--max-body-bytes", "MAX_BODY_BYTES", int, 2 * 1024 * 1024, "request body bytes"),
     ServeSetting("--max-request-tokens", "MAX_REQUEST_TOKENS", int, 1_000_000, "prompt tokens per request"),

@@ -103,7 +103,7 @@ def test_auto_keeps_every_cpu_class_on_a_path_it_can_run(kind: str) -> None:
     flags = CPU_FLAGS[kind]
     choice = choose("auto", "auto", scheme="int8", flags=flags, openvino_installed=True)
     assert choice.cpu_class == kind
-    if choice.precision == "bf16":  # bf16 compute only where the CPU has bf16 instructions
+    if choice.precision in ("bf16", "int8"):  # bf16 compute only where the CPU has bf16 instructions
         assert "avx512_bf16" in flags or "amx_bf16" in flags
     without = choose("auto", "auto", scheme="int8", flags=flags, openvino_installed=False)
     assert without.backend == "onnxruntime"
@@ -111,11 +111,29 @@ def test_auto_keeps_every_cpu_class_on_a_path_it_can_run(kind: str) -> None:
         assert "pip install 'rerank-onnx[openvino]'" in without.reason
     for scheme in ("none", "int8-fast"):  # fp32 numerics and onnxruntime's int8-fast kernel on every class
         assert choose("auto", "auto", scheme=scheme, flags=flags, openvino_installed=True).backend == "onnxruntime"
-    asked = choose("openvino", "bf16", scheme="int8", flags=flags, openvino_installed=True)
-    if kind in ("amx", "avx512-bf16"):
-        assert (asked.precision, asked.reason) == ("bf16", "asked for")
-    else:  # OpenVINO would compute fp32 anyway: no bf16 padding, and the reason says why
-        assert asked.precision == "fp32" and "no bf16 instructions" in asked.reason
+    for precision in ("bf16", "int8"):
+        asked = choose("openvino", precision, scheme="int8", flags=flags, openvino_installed=True)
+        if kind in ("amx", "avx512-bf16"):
+            assert (asked.precision, asked.reason) == (precision, "asked for")
+        else:  # OpenVINO would compute fp32 anyway: no bf16 padding, and the reason says why
+            assert asked.precision == "fp32" and "no bf16 instructions" in asked.reason
+    # backend="openvino" alone takes the class's own precision where auto runs OpenVINO
+    if choice.backend == "openvino":
+        assert (
+            choose("openvino", "auto", scheme="int8", flags=flags, openvino_installed=True).precision
+            == choice.precision
+        )
+
+
+def test_int8_precision_needs_the_int8_artifact() -> None:
+    from rerank_onnx.backends.select import choose
+
+    for scheme in ("none", "int8-fast"):
+        with pytest.raises(InvalidInputError, match=r"precision='int8'|int8-fast"):
+            choose("openvino", "int8", scheme=scheme, flags=CPU_FLAGS["avx512-bf16"], openvino_installed=True)
+    for precision in ("bf16", "int8"):  # onnxruntime runs the stored numerics only
+        with pytest.raises(InvalidInputError, match="needs backend='openvino'"):
+            choose("onnxruntime", precision, scheme="int8", flags=CPU_FLAGS["avx512-bf16"], openvino_installed=True)
 
 
 def test_truncation_is_reported_and_can_be_refused(fp32_artifact: Path, caplog) -> None:

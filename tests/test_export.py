@@ -177,7 +177,9 @@ def test_export_report_checks_every_backend_this_machine_runs(int8_artifact: Pat
         backends = json.loads((artifact / REPORT_FILE).read_text())["backends"]
         assert backends["cpu_class"] == kind
         assert backends["auto"] == choose("auto", "auto", scheme=scheme, openvino_installed=True).describe()
-        expected = {"onnxruntime", "openvino-fp32"} | ({"openvino-bf16"} if kind in ("amx", "avx512-bf16") else set())
+        bf16_capable = kind in ("amx", "avx512-bf16")
+        expected = {"onnxruntime", "openvino-fp32"} | ({"openvino-bf16"} if bf16_capable else set())
+        expected |= {"openvino-int8"} if bf16_capable and scheme == "int8" else set()
         assert set(backends["results"]) == expected
         for name, check in backends["results"].items():
             assert check["vs_pytorch"]["pairs"] == 32, name

@@ -205,3 +205,17 @@ def test_the_exported_graph_prefills_and_continues(fp32_artifact: Path, engine: 
     assert prefix.length == 8 and prefix.keys.shape == prefix.values.shape
     after = session.run_after(prefix, rows[:, 8:], np.array([12, 12, 12], dtype=np.int64))
     np.testing.assert_allclose(after, full, atol=1e-4, rtol=0)
+
+
+def test_a_prefix_computed_at_the_padded_width_keeps_only_its_own_keys_and_values(fp32_artifact: Path) -> None:
+    """An engine whose numerics depend on a run's width computes a prefix padded as its rows are (OpenVINO
+    bf16 and int8); what it returns is the prefix's keys and values alone, as an unpadded prefill gives."""
+    session = Reranker(fp32_artifact, backend="onnxruntime")._scorer.session
+    head = np.asarray([list(range(100, 137))], dtype=np.int64)  # 37 tokens: padded to 64
+    tail = np.asarray([list(range(200, 210))], dtype=np.int64)
+    plain = session.prefill(tail, session.prefill(head))
+    session.pad_multiple = 32
+    padded = session.prefill(tail, session.prefill(head))
+    assert padded.keys.shape[2] == padded.values.shape[2] == 47
+    np.testing.assert_allclose(padded.keys, plain.keys, atol=1e-5)
+    np.testing.assert_allclose(padded.values, plain.values, atol=1e-5)

@@ -3,9 +3,12 @@
 OpenVINO's ONNX frontend turns the blockwise int8 `MatMulNBits` nodes into compressed weights, fuses
 RMSNorm and rotary embeddings itself, and computes in the precision asked for:
 - "bf16": bf16 compute (AMX or AVX512-BF16), fp32 or int8 weights decompressed to bf16;
-- "fp32": fp32 compute, int8 weights decompressed (weight-only int8).
-Its dynamic int8 activation quantization is turned off in both: it makes a pair's score depend on its
-batch companions (measured in benchmarks/README.md), which the default path must not do.
+- "fp32": fp32 compute, int8 weights decompressed (weight-only int8);
+- "int8": bf16 compute, with the int8 weights' MatMuls fed int8 activations quantized at run time per token
+  in the weights' blocks of 32 (OpenVINO's dynamic quantization; VNNI dot products), as onnxruntime's
+  blockwise kernel does. Other group sizes leave it off (64 gave the bf16 scores exactly, Dec 1).
+Dynamic quantization is off in "fp32" and "bf16". Under the fp32 hint it moved shared-prefix scores by 4%
+of their spread (AVX512 EPYC, Dec 1), and on AMX it ran slower than bf16 (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from ..errors import MissingDependencyError, ModelLoadError
 from .memory import Rebuildable
 from .openvino_graph import compile_source, new_token_outputs, split_layers
 
-PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "bf16"}
+# "int8": activations quantized per token in groups of this many input channels, the int8 artifact's block size
+DYNAMIC_INT8_GROUP = 32
 # bf16 attention blocks by the padded width, and a different blocking flips bf16 roundings: rows are
 # padded to a multiple of this and batched by width, so a row computes the same bits alone or in any
 # batch (measured: alone vs batch 0.043 at score std 1.56 with longest-row padding, 0.0 bucketed).
@@ -69,7 +74,7 @@ def compile_config(precision: str, threads: int) -> dict[str, Any]:
         raise ModelLoadError(f"openvino precision: expected one of {sorted(PRECISION_HINTS)}, got {precision!r}")
     return {
         "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
-        "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0",
+        "DYNAMIC_QUANTIZATION_GROUP_SIZE": str(DYNAMIC_INT8_GROUP if precision == "int8" else 0),
         "INFERENCE_NUM_THREADS": str(threads),
         "NUM_STREAMS": "1",
         "PERFORMANCE_HINT": "LATENCY",
@@ -116,7 +121,7 @@ class OpenVinoEngine:
         }
         self.threads = threads
         self.precision = precision
-        self.pad_multiple = BF16_PAD_MULTIPLE if precision == "bf16" else 1
+        self.pad_multiple = BF16_PAD_MULTIPLE if PRECISION_HINTS[precision] == "bf16" else 1
 
     def _compile_with_request(self) -> tuple[Any, Any]:
         compiled = self._compile()

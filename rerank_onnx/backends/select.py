@@ -15,20 +15,21 @@ from typing import Literal
 from ..errors import InvalidInputError, describe
 
 Backend = Literal["auto", "onnxruntime", "openvino"]
-Precision = Literal["auto", "fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16", "int8"]
 CpuClass = Literal["amx", "avx512-bf16", "avx512-vnni", "avx2", "other"]
 
 BACKENDS: tuple[Backend, ...] = ("auto", "onnxruntime", "openvino")
-PRECISIONS: tuple[Precision, ...] = ("auto", "fp32", "bf16")
+PRECISIONS: tuple[Precision, ...] = ("auto", "fp32", "bf16", "int8")
 
 
 @dataclass(frozen=True)
 class BackendChoice:
     """A resolved choice: the engine, its compute precision ("stored" for onnxruntime: the artifact's
-    own numerics), the CPU class it was made for, and the reason, for logs, /v1/models and benchmarks."""
+    own numerics; "int8" for OpenVINO: int8 activations in the int8 weights' blocks, bf16 elsewhere), the
+    CPU class it was made for, and the reason, for logs, /v1/models and benchmarks."""
 
     backend: Literal["onnxruntime", "openvino"]
-    precision: Literal["stored", "fp32", "bf16"]
+    precision: Literal["stored", "fp32", "bf16", "int8"]
     cpu_class: CpuClass
     reason: str
 
@@ -40,7 +41,7 @@ class BackendChoice:
 @dataclass(frozen=True)
 class _Row:
     backend: Literal["onnxruntime", "openvino"]
-    precision: Literal["stored", "fp32", "bf16"]
+    precision: Literal["stored", "fp32", "bf16", "int8"]
     evidence: str
 
 
@@ -53,11 +54,14 @@ AUTO_TABLE: dict[CpuClass, _Row] = {
         "measured on a 2-core Xeon with AMX (Nov 30 base-v2: 2.5x onnxruntime's blockwise int8, same "
         "Spearman vs fp32, a pair's score the same alone or in any batch; Dec 1 large-v2: 5.1x)",
     ),
+    # OpenVINO's dynamic int8 activations run there (VNNI), in the weights' blocks of 32, per token: a row's
+    # score stays the same alone, in any batch and after a shared prefix. On AMX they did not pay (Nov 30).
     "avx512-bf16": _Row(
         "openvino",
-        "bf16",
-        "measured on a 2-core Zen 5 with AVX512-BF16 (Nov 27, base-v2): 1.7x onnxruntime's blockwise int8, "
-        "Spearman 0.989 vs fp32",
+        "int8",
+        "measured on a 2-core AMD EPYC with AVX512-BF16 and VNNI (Dec 1, base-v2, 16 x 256 tokens): 1.83x "
+        "onnxruntime's blockwise int8 (bf16: 1.31x); Spearman vs fp32 0.992 on 60 pairs (blockwise int8 0.994, "
+        "bf16 0.993); a pair's score the same alone, in any batch and after a shared prefix",
     ),
     "avx512-vnni": _Row("onnxruntime", "stored", "no OpenVINO measurement on AVX512-VNNI without BF16 yet"),
     # No faithful integer GEMM is faster than fp32 here (benchmarks/results/gemm-ceiling-base-v2-avx2.md):
@@ -111,7 +115,8 @@ def choose(
 
     Args:
         backend: "auto", "onnxruntime" or "openvino".
-        precision: "auto", "fp32" or "bf16" (OpenVINO's compute precision; onnxruntime runs the stored numerics).
+        precision: "auto", "fp32", "bf16" or "int8" (OpenVINO's compute precision; "int8": int8 activations in
+            the int8 artifact's weight blocks, bf16 elsewhere; onnxruntime runs the stored numerics).
         scheme: the artifact's quantization scheme ("int8", "int8-fast" or "none").
         flags: the CPU's flags (default: this machine's).
         openvino_installed: whether the openvino package imports.
@@ -146,16 +151,24 @@ def choose(
                 "backend='openvino' cannot run an int8-fast artifact (its DynamicQuantizeMatMul nodes are "
                 "onnxruntime's); use backend='onnxruntime', or export with --quantize int8 or none"
             )
-        if precision == "bf16" and not bf16_capable:
+        if precision == "int8" and scheme != "int8":
+            raise InvalidInputError(
+                f"precision='int8' quantizes activations in the blocks of the int8 artifact's weights; this artifact "
+                f"is {scheme!r}: pass precision='bf16' or 'fp32', or export with --quantize int8"
+            )
+        if precision in ("bf16", "int8") and not bf16_capable:
             # OpenVINO computes fp32 there whatever the hint; only bf16's row padding would remain
             return BackendChoice(
                 "openvino",
                 "fp32",
                 kind,
-                "bf16 asked for, but this CPU has no bf16 instructions, where OpenVINO computes in fp32 anyway (the "
-                "same scores on AVX2, Dec 1); run as fp32, without the bf16 row padding that cost 12% there",
+                f"{precision} asked for, but this CPU has no bf16 instructions, where OpenVINO computes in fp32 anyway "
+                "(the same scores on AVX2, Dec 1), and its int8 activations under fp32 moved shared-prefix scores by 4% "
+                "of their spread (Dec 1); run as fp32, without the bf16 row padding that cost 12% on AVX2",
             )
-        chosen = precision if precision != "auto" else ("bf16" if bf16_capable else "fp32")
+        row = AUTO_TABLE[kind]
+        best = row.precision if scheme == "int8" and row.backend == "openvino" else "bf16" if bf16_capable else "fp32"
+        chosen = precision if precision != "auto" else best
         reason = "asked for" if precision != "auto" else "the CPU's best faithful precision"
         return BackendChoice("openvino", chosen, kind, reason)  # type: ignore[arg-type]
     # auto
