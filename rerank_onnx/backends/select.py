@@ -55,13 +55,14 @@ AUTO_TABLE: dict[CpuClass, _Row] = {
         "Spearman vs fp32, a pair's score the same alone or in any batch; Dec 1 large-v2: 5.1x)",
     ),
     # OpenVINO's dynamic int8 activations run there (VNNI), in the weights' blocks of 32, per token: a row's
-    # score stays the same alone, in any batch and after a shared prefix. On AMX they did not pay (Nov 30).
+    # score stays the same alone, in any batch and after a shared prefix. AMX keeps bf16: there they were only
+    # measured under the fp32 hint (slower than bf16, Dec 1).
     "avx512-bf16": _Row(
         "openvino",
         "int8",
-        "measured on a 2-core AMD EPYC with AVX512-BF16 and VNNI (Dec 1, base-v2, 16 x 256 tokens): 1.83x "
-        "onnxruntime's blockwise int8 (bf16: 1.31x); Spearman vs fp32 0.992 on 60 pairs (blockwise int8 0.994, "
-        "bf16 0.993); a pair's score the same alone, in any batch and after a shared prefix",
+        "measured on a 2-core AMD EPYC with AVX512-BF16 and VNNI (Dec 1, base-v2, 16 x 256 tokens): 1.80x "
+        "onnxruntime's blockwise int8 (bf16: 1.41x), RAG 20 x 200 1.92x; Spearman vs fp32 on 240 pairs 0.9972, the same as blockwise "
+        "int8 (bf16 0.9975); a pair's score the same alone, in any batch and after a shared prefix",
     ),
     "avx512-vnni": _Row("onnxruntime", "stored", "no OpenVINO measurement on AVX512-VNNI without BF16 yet"),
     # No faithful integer GEMM is faster than fp32 here (benchmarks/results/gemm-ceiling-base-v2-avx2.md):
