@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,52 +150,42 @@ def test_blockwise_int8_on_onnxruntime_does_not_depend_on_the_batch(int8_artifac
     np.testing.assert_allclose(alone, together, atol=1e-4)
 
 
-def test_the_default_path_is_faithful(oracle, int8_artifact, fp32_artifact) -> None:
-    """What `Reranker(artifact)` runs on this CPU (backend="auto"): a pair alone and in a batch, and a shared
-    prefix and full prompts, within 2% of the score spread; ranking like fp32 as well as blockwise int8 does."""
+def _assert_faithful(reranker: Reranker, oracle, int8_artifact: Path, fp32_artifact: Path) -> None:
+    """A pair alone and in a batch, and a shared prefix and full prompts, within 2% of the score spread;
+    ranking like fp32 as well as onnxruntime's blockwise int8 does, side by side on the same pairs."""
     from rerank_onnx_export.report import spearman
 
+    assert reranker.backend is not None
     queries, documents = _pairs()
-    default = Reranker(int8_artifact)
-    assert default.backend is not None
-    bound = 0.02 * np.std(_oracle_predict(oracle, queries, documents))
-    default.share_prefix = False
-    alone = np.array([default.predict([q], [d])[0] for q, d in zip(queries, documents)])
-    together = default.predict(queries, documents)
-    default.share_prefix = True
-    shared = default.predict(queries, documents)
-    assert np.abs(alone - together).max() <= bound, default.backend.describe()
-    assert np.abs(shared - together).max() <= bound, default.backend.describe()
-    fp32 = Reranker(fp32_artifact, backend="onnxruntime").predict(queries, documents)
-    blockwise = Reranker(int8_artifact, backend="onnxruntime").predict(queries, documents)
-    # side by side on the same pairs; 0.005 of slack for the tiny model's ties and rounding
-    assert spearman(fp32, shared) >= spearman(fp32, blockwise) - 0.005, default.backend.describe()
-
-
-def test_openvino_int8_activations_are_faithful_in_any_batch(oracle, int8_artifact, fp32_artifact) -> None:
-    """precision="int8" (OpenVINO's dynamic int8 activations in the weights' blocks of 32, bf16 elsewhere;
-    fp32 on a CPU without bf16): a pair alone, in a batch and after a shared prefix within 2% of the score
-    spread, and ranking like fp32 as well as onnxruntime's blockwise int8 does."""
-    from rerank_onnx_export.report import spearman
-
-    from rerank_onnx.backends.openvino import compile_config
-
-    assert compile_config("int8", 2)["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "32"
-    assert compile_config("bf16", 2)["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "0"
-    queries, documents = _pairs()
-    reranker = Reranker(int8_artifact, backend="openvino", precision="int8", compile_cache=False)
-    assert reranker.backend is not None and reranker.backend.precision in ("int8", "fp32")
-    if reranker.backend.precision == "int8":  # the compiled model carries the group size
-        compiled, _ = reranker._scorer.session._engine.model.get()  # type: ignore[attr-defined]
-        assert int(compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")) == 32
     bound = 0.02 * np.std(_oracle_predict(oracle, queries, documents))
     reranker.share_prefix = False
     alone = np.array([reranker.predict([q], [d])[0] for q, d in zip(queries, documents)])
     together = reranker.predict(queries, documents)
     reranker.share_prefix = True
     shared = reranker.predict(queries, documents)
-    assert np.abs(alone - together).max() <= bound
-    assert np.abs(shared - together).max() <= bound
+    assert np.abs(alone - together).max() <= bound, reranker.backend.describe()
+    assert np.abs(shared - together).max() <= bound, reranker.backend.describe()
     fp32 = Reranker(fp32_artifact, backend="onnxruntime").predict(queries, documents)
     blockwise = Reranker(int8_artifact, backend="onnxruntime").predict(queries, documents)
-    assert spearman(fp32, shared) >= spearman(fp32, blockwise) - 0.005
+    # 0.005 of slack for the tiny model's ties and rounding
+    assert spearman(fp32, shared) >= spearman(fp32, blockwise) - 0.005, reranker.backend.describe()
+
+
+def test_the_default_path_is_faithful(oracle, int8_artifact, fp32_artifact) -> None:
+    """What `Reranker(artifact)` runs on this CPU (backend="auto")."""
+    _assert_faithful(Reranker(int8_artifact), oracle, int8_artifact, fp32_artifact)
+
+
+def test_openvino_int8_activations_are_faithful_in_any_batch(oracle, int8_artifact, fp32_artifact) -> None:
+    """precision="int8": OpenVINO's dynamic int8 activations in the weights' blocks of 32, bf16 elsewhere
+    (fp32 on a CPU without bf16)."""
+    from rerank_onnx.backends.openvino import compile_config
+
+    assert compile_config("int8", 2)["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "32"
+    assert compile_config("bf16", 2)["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "0"
+    reranker = Reranker(int8_artifact, backend="openvino", precision="int8", compile_cache=False)
+    assert reranker.backend is not None and reranker.backend.precision in ("int8", "fp32")
+    if reranker.backend.precision == "int8":  # the compiled model carries the group size
+        compiled, _ = reranker._scorer.session._engine.model.get()  # type: ignore[attr-defined]
+        assert int(compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")) == 32
+    _assert_faithful(reranker, oracle, int8_artifact, fp32_artifact)
