@@ -24,8 +24,9 @@ from ..artifact import PAST_KEYS, PAST_VALUES, PRESENT_KEYS, PRESENT_VALUES
 from ..errors import MissingDependencyError, ModelLoadError
 from .memory import Rebuildable
 from .openvino_graph import compile_source, new_token_outputs, split_layers
+from .select import BF16_COMPUTE
 
-PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "bf16"}
+PRECISION_HINTS = {precision: "bf16" if precision in BF16_COMPUTE else "f32" for precision in ("fp32", "bf16", "int8")}
 # "int8": activations quantized per token in groups of this many input channels, the int8 artifact's block size
 DYNAMIC_INT8_GROUP = 32
 # bf16 attention blocks by the padded width, and a different blocking flips bf16 roundings: rows are
@@ -121,7 +122,7 @@ class OpenVinoEngine:
         }
         self.threads = threads
         self.precision = precision
-        self.pad_multiple = BF16_PAD_MULTIPLE if PRECISION_HINTS[precision] == "bf16" else 1
+        self.pad_multiple = BF16_PAD_MULTIPLE if precision in BF16_COMPUTE else 1
 
     def _compile_with_request(self) -> tuple[Any, Any]:
         compiled = self._compile()

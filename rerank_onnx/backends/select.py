@@ -20,6 +20,9 @@ CpuClass = Literal["amx", "avx512-bf16", "avx512-vnni", "avx2", "other"]
 
 BACKENDS: tuple[Backend, ...] = ("auto", "onnxruntime", "openvino")
 PRECISIONS: tuple[Precision, ...] = ("auto", "fp32", "bf16", "int8")
+# OpenVINO precisions that compute in bf16 ("int8": its int8 activations feed only the int8 weights' MatMuls):
+# they need bf16 instructions (AMX or AVX512-BF16) and pad rows to a width multiple (openvino.py)
+BF16_COMPUTE: frozenset[str] = frozenset({"bf16", "int8"})
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,7 @@ def choose(
                 f"precision='int8' quantizes activations in the blocks of the int8 artifact's weights; this artifact "
                 f"is {scheme!r}: pass precision='bf16' or 'fp32', or export with --quantize int8"
             )
-        if precision in ("bf16", "int8") and not bf16_capable:
+        if precision in BF16_COMPUTE and not bf16_capable:
             # OpenVINO computes fp32 there whatever the hint; only bf16's row padding would remain
             return BackendChoice(
                 "openvino",
