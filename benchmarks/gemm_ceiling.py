@@ -16,7 +16,12 @@ Kernels (the same quantizers as the export, on a one-MatMul graph with random fp
 - ov-fp32: OpenVINO MatMul, f32 (an fp32 artifact on OpenVINO);
 - ov-int8-weights: OpenVINO reading the MatMulNBits graph with the f32 hint: int8 weights
   decompressed, fp32 compute (backend="openvino", precision="fp32" on the default artifact);
-- ov-int8-dynamic: the same with OpenVINO's dynamic int8 activations (group 32).
+- ov-int8-dynamic: the same with OpenVINO's dynamic int8 activations (group 32);
+- ov-bf16: the MatMulNBits graph under `precision="bf16"` (int8 weights, bf16 compute; `auto` on AMX);
+- ov-int8: the same under `precision="int8"` (dynamic int8 activations in blocks of 32, bf16 elsewhere;
+  `auto` on AVX512-BF16). Both run as fp32 on CPUs without bf16 instructions.
+OpenVINO kernels compile with the runtime's own `compile_config` (ov-int8-weights = "fp32"), so the
+ceiling is of the settings the runtime uses.
 
 Writes results/gemm-ceiling-<size>-<cpu class>.{json,md,png}.
 """
@@ -37,7 +42,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, environment, publish
 
-KERNELS = ["ort-fp32", "ort-int8-blockwise", "ort-int8-fast", "ov-fp32", "ov-int8-weights", "ov-int8-dynamic"]
+KERNELS = [
+    "ort-fp32",
+    "ort-int8-blockwise",
+    "ort-int8-fast",
+    "ov-fp32",
+    "ov-int8-weights",
+    "ov-int8-dynamic",
+    "ov-bf16",
+    "ov-int8",
+]
 SIZES = ("base-v2", "large-v2", "qwen3-0.6b")  # rerank_onnx_export.random_checkpoint.ARCHITECTURES
 
 
@@ -111,13 +125,12 @@ def time_kernel(kernel: str, m: int, k: int, n: int, threads: int, reps: int) ->
         else:
             import openvino as ov
 
-            config = {
-                "INFERENCE_PRECISION_HINT": "f32",
-                "DYNAMIC_QUANTIZATION_GROUP_SIZE": "32" if kernel == "ov-int8-dynamic" else "0",
-                "INFERENCE_NUM_THREADS": str(threads),
-                "NUM_STREAMS": "1",
-                "PERFORMANCE_HINT": "LATENCY",
-            }
+            from rerank_onnx.backends.openvino import DYNAMIC_INT8_GROUP, compile_config
+
+            precision = {"ov-bf16": "bf16", "ov-int8": "int8"}.get(kernel, "fp32")
+            config = compile_config(precision, threads)
+            if kernel == "ov-int8-dynamic":  # the f32 hint with dynamic int8 activations: no runtime precision
+                config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(DYNAMIC_INT8_GROUP)
             request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
 
             def run() -> None:

@@ -1,9 +1,13 @@
-"""Where the time goes: onnxruntime's per-node profiler on an artifact, per op type, at given batch shapes.
+"""Where the time goes: an engine's per-node profile of an artifact, per op type, at given batch shapes.
 
     python benchmarks/profile_ops.py benchmarks/work/large-v2-int8 --shapes 4x256 1x2048
+    python benchmarks/profile_ops.py benchmarks/work/base-v2-int8 --backend openvino --precision int8 --shapes 16x256
 
+onnxruntime: its per-node profiler. OpenVINO: its performance counters (`PERF_COUNT`) on the graph as the
+CPU plugin compiled it, with the runtime's own `compile_config` for `--precision`; its op types are the
+plugin's fused nodes (FullyConnected = the linear layers), and the table also names the kernels they ran.
 Each shape gets its own session (profiling on), one warm-up run, then one measured run; only the
-measured run's node events are counted. Writes results/profile-<name>.{json,md,png}.
+measured run's node times are counted. Writes results/profile-<name>.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ if TYPE_CHECKING:
     from rerank_onnx import Reranker
 
 INTEGER_GEMMS = {"MatMulNBits", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulInteger", "QGemm"}
+# the linear layers as OpenVINO's CPU plugin compiles them (weights of any precision)
+OPENVINO_GEMMS = {"FullyConnected", "FullyConnectedCompressed"}
 
 
 def parse_shape(text: str) -> tuple[int, int]:
@@ -51,9 +57,49 @@ def token_ids(reranker: Reranker, batch: int, tokens: int) -> tuple[np.ndarray, 
     return ids, np.full(batch, tokens, dtype=np.int64)
 
 
+def profile_openvino(graph: Path, ids: np.ndarray, lengths: np.ndarray, threads: int, precision: str) -> dict:
+    """One measured run on OpenVINO with performance counters on: milliseconds per plugin node type, and
+    per kernel of the linear layers."""
+    import time
+
+    import openvino as ov
+
+    from rerank_onnx.artifact import INPUT_IDS, LENGTHS, PAST_KEYS, PAST_VALUES
+    from rerank_onnx.backends.openvino import compile_config
+
+    compiled = ov.Core().compile_model(str(graph), "CPU", compile_config(precision, threads) | {"PERF_COUNT": "YES"})
+    request = compiled.create_infer_request()
+    feeds = {INPUT_IDS: ids, LENGTHS: lengths}
+    names = {name for port in compiled.inputs for name in port.get_names()}
+    if PAST_KEYS in names:  # full prompts: an empty shared prefix
+        layers, kv_heads, _, head_dim = (
+            d.get_length() if d.is_static else 0 for d in compiled.input(PAST_KEYS).get_partial_shape()
+        )
+        empty = np.zeros((layers, kv_heads, 0, head_dim), dtype=np.float32)
+        feeds |= {PAST_KEYS: empty, PAST_VALUES: empty}
+    request.infer(feeds)  # warm-up: prepares the executors for this shape
+    start = time.perf_counter()
+    request.infer(feeds)
+    run_ms = (time.perf_counter() - start) * 1000
+    per_op: dict[str, float] = defaultdict(float)
+    kernels: dict[str, float] = defaultdict(float)
+    for node in request.profiling_info:
+        ms = node.real_time.total_seconds() * 1000
+        per_op[node.node_type] += ms
+        if node.node_type in OPENVINO_GEMMS:
+            kernels[node.exec_type] += ms
+    return {
+        "run_ms": run_ms,
+        "tokens_per_s": ids.size / (run_ms / 1000),
+        "ops_ms": dict(sorted(per_op.items(), key=lambda kv: -kv[1])),
+        "gemm_kernels_ms": dict(sorted(kernels.items(), key=lambda kv: -kv[1])),
+    }
+
+
 def profile_shape(graph: Path, ids: np.ndarray, lengths: np.ndarray, threads: int) -> dict:
     import onnxruntime as ort
-    from rerank_onnx.session import INPUT_IDS, LENGTHS, PAST_KEYS, PAST_VALUES, SCORES
+
+    from rerank_onnx.artifact import INPUT_IDS, LENGTHS, PAST_KEYS, PAST_VALUES, SCORES
 
     with tempfile.TemporaryDirectory() as tmp:
         options = ort.SessionOptions()
@@ -93,9 +139,13 @@ def table(result: dict) -> str:
         {op for s in shapes for op in result["shapes"][s]["ops_ms"]},
         key=lambda op: -max(result["shapes"][s]["ops_ms"].get(op, 0) / totals[s] for s in shapes),
     )
+    engine = result.get("engine", "onnxruntime")
+    gemms = OPENVINO_GEMMS if engine.startswith("openvino") else INTEGER_GEMMS
+    env = result["environment"]
     lines = [
-        f"Artifact `{result['artifact']}` (scheme `{result['scheme']}`), {result['environment']['threads']} threads, "
-        f"{result['environment']['cpu']}; share of node time in one run after a warm-up.",
+        f"Artifact `{result['artifact']}` (scheme `{result['scheme']}`) on {engine}, {env['threads']} threads, "
+        f"{env['cpu']} ({env.get('cpu_class', '?')}: {env.get('cpu_flags', '?')}); share of node time in one run "
+        "after a warm-up.",
         "",
         "| op type | " + " | ".join(shapes) + " |",
         "|---|" + "---|" * len(shapes),
@@ -116,9 +166,9 @@ def table(result: dict) -> str:
             + " |"
         )
     lines.append(
-        "| **integer GEMMs together** | "
+        f"| **{'linear layers' if gemms is OPENVINO_GEMMS else 'integer GEMMs'} together** | "
         + " | ".join(
-            f"**{100 * sum(v for op, v in result['shapes'][s]['ops_ms'].items() if op in INTEGER_GEMMS) / totals[s]:.1f}%**"
+            f"**{100 * sum(v for op, v in result['shapes'][s]['ops_ms'].items() if op in gemms) / totals[s]:.1f}%**"
             for s in shapes
         )
         + " |"
@@ -130,6 +180,12 @@ def table(result: dict) -> str:
         )
         + " |"
     )
+    for s in shapes:
+        kernels = result["shapes"][s].get("gemm_kernels_ms")
+        if kernels:
+            total = sum(kernels.values())
+            named = ", ".join(f"`{k}` {100 * v / total:.0f}%" for k, v in kernels.items())
+            lines.append(f"\nLinear-layer kernels at {s}: {named}.")
     return "\n".join(lines)
 
 
@@ -167,7 +223,13 @@ def main() -> None:
     parser.add_argument("artifact", type=Path)
     parser.add_argument("--shapes", nargs="+", type=parse_shape, default=[(4, 256), (1, 2048)])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--name", default=None, help="results/profile-<name>.* (default: the artifact folder's name)")
+    parser.add_argument("--backend", choices=["onnxruntime", "openvino"], default="onnxruntime")
+    parser.add_argument(
+        "--precision", choices=["fp32", "bf16", "int8"], default="int8", help="OpenVINO's compute precision"
+    )
+    parser.add_argument(
+        "--name", default=None, help="results/profile-<name>.* (default: the artifact folder's name and the engine)"
+    )
     args = parser.parse_args()
 
     from rerank_onnx import Reranker
@@ -175,17 +237,25 @@ def main() -> None:
     # One encoder for every shape (loading the tokenizer takes ~1 s); longer shapes need the larger budget.
     reranker = Reranker(args.artifact, session=_NoSession(), max_length=max(64, *(t for _, t in args.shapes)))
     config = reranker.config
+    engine = "onnxruntime" if args.backend == "onnxruntime" else f"openvino-{args.precision}"
+    environment_now = environment(args.threads)
     result = {
         "artifact": args.artifact.name,
         "scheme": config.quantization,
-        "environment": environment(args.threads),
+        "engine": engine,
+        "environment": environment_now,
         "shapes": {},
     }
     for batch, tokens in args.shapes:
         ids, lengths = token_ids(reranker, batch, tokens)
-        result["shapes"][f"{batch}x{tokens}"] = profile_shape(config.graph_path, ids, lengths, args.threads)
-        print(f"{batch}x{tokens}: {result['shapes'][f'{batch}x{tokens}']['run_ms'] / 1000:.1f} s", flush=True)
-    name = f"profile-{args.name or args.artifact.name}"
+        if args.backend == "openvino":
+            profile = profile_openvino(config.graph_path, ids, lengths, args.threads, args.precision)
+        else:
+            profile = profile_shape(config.graph_path, ids, lengths, args.threads)
+        result["shapes"][f"{batch}x{tokens}"] = profile
+        print(f"{batch}x{tokens}: {profile['run_ms'] / 1000:.1f} s", flush=True)
+    default_name = args.artifact.name if args.backend == "onnxruntime" else f"{args.artifact.name}-{engine}"
+    name = f"profile-{args.name or default_name}-{environment_now['cpu_class']}"
     text = table(result)
     write_results(name, result, text)
     chart(result, RESULTS / f"{name}.png")
