@@ -21,7 +21,9 @@ Kernels (the same quantizers as the export, on a one-MatMul graph with random fp
 - ov-int8: the same under `precision="int8"` (dynamic int8 activations in blocks of 32, bf16 elsewhere;
   `auto` on AVX512-BF16). Both run as fp32 on CPUs without bf16 instructions.
 OpenVINO kernels compile with the runtime's own `compile_config` (ov-int8-weights = "fp32"), so the
-ceiling is of the settings the runtime uses.
+ceiling is of the settings the runtime uses. On the AVX512-BF16 EPYC its one-MatMul graphs ran well below
+the same precision inside the model (208 against 483 GFLOP/s for "int8", profile_ops.py --backend
+openvino): there, read the OpenVINO rows as a floor, and the profile for the model's own figure.
 
 Writes results/gemm-ceiling-<size>-<cpu class>.{json,md,png}.
 """
