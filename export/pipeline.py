@@ -415,12 +415,7 @@ def _backend_checks(
         "auto": choose("auto", "auto", scheme=scheme, openvino_installed=installed).describe(),
         "results": {},
     }
-    precisions = ["fp32", "bf16"] if kind in ("amx", "avx512-bf16") else ["fp32"]  # elsewhere bf16 runs as fp32
-    if "bf16" in precisions and scheme == "int8":
-        precisions.append("int8")  # int8 activations in the weights' blocks, bf16 elsewhere
-    if not installed or scheme == "int8-fast":
-        precisions = []
-    for precision in precisions:
+    for precision in _native_precisions(scheme) if installed else []:
         try:
             reranker = Reranker(folder, backend="openvino", precision=precision, compile_cache=False)  # type: ignore[arg-type]
         except RerankError as exc:
@@ -432,6 +427,23 @@ def _backend_checks(
         del reranker
         gc.collect()
     return checks
+
+
+def _native_precisions(scheme: str) -> list[str]:
+    """The OpenVINO precisions that run as themselves on this CPU for an artifact of `scheme`, as `choose`
+    resolves them: bf16 and int8 run as fp32 without bf16 instructions, int8 needs the int8 artifact, and
+    OpenVINO cannot run int8-fast at all."""
+    from rerank_onnx.backends.select import PRECISIONS, choose
+    from rerank_onnx.errors import InvalidInputError
+
+    native = []
+    for precision in (p for p in PRECISIONS if p != "auto"):
+        try:
+            if choose("openvino", precision, scheme=scheme, openvino_installed=True).precision == precision:
+                native.append(precision)
+        except InvalidInputError:  # refused for this artifact
+            continue
+    return native
 
 
 def _backend_agreement(torch_scores: np.ndarray, shared: np.ndarray, full: np.ndarray) -> dict:
