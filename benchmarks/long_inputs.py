@@ -6,8 +6,13 @@ Every (stack, length) runs in its own process, so that its peak RSS is its own: 
 short call, then score one (query, document) pair `--reps` times. Reported per row: prompt tokens,
 median latency and tokens/s, RSS before the pair (model loaded and warm), peak RSS, RSS after the
 pair (idle), RSS after one short call that follows it (what a server then holds: OpenVINO may have
-dropped its compiled model after the long pair and compiled it again), and the model files' size. Stacks:
-  default      Reranker(artifact): backend auto, long prompts in the engine's slices (onnxruntime 512, OpenVINO 1,024)
+dropped its compiled model after the long pair and compiled it again), and the model files' size. Where
+OpenVINO ran the pair whole in its child process (openvino_whole.py), the child's peak (VmHWM, which it
+reports) is a column of its own, and "peak, both" is the most this process and its children held at once
+(their RSS summed every 20 ms while the pair ran; or this process's peak, if higher). Stacks:
+  default      Reranker(artifact): backend auto, long prompts the engine's way (onnxruntime: 512-token slices;
+               OpenVINO: 1,024-token slices, and a prompt over 4,096 tokens whole in a child process)
+  openvino-slices  the default with slice_tokens=1024: every long prompt in slices (OpenVINO's way before Dec 2)
   openvino-keeps-buffers  the default without OpenVINO's recompile after long runs (the default before Dec 1)
   onnxruntime-keeps-arena  onnxruntime without the new session after long runs (its default before Dec 1)
   one-piece    the same with slice_tokens=None: every prompt in one piece (the path before slicing)
@@ -18,6 +23,7 @@ Writes results/long-inputs-<artifact>-<cpu class>.{json,md,png}.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -33,6 +39,7 @@ STACKS = {
     # the default before OpenVINO dropped and recompiled its model after long runs (REBUILD_LENGTH)
     "openvino-keeps-buffers": {"backend": "auto", "slice_tokens": "auto", "keep_buffers": True},
     "onnxruntime-keeps-arena": {"backend": "onnxruntime", "slice_tokens": "auto", "keep_buffers": True},
+    "openvino-slices": {"backend": "auto", "slice_tokens": 1024},
     "one-piece": {"backend": "auto", "slice_tokens": None},
     "onnxruntime": {"backend": "onnxruntime", "slice_tokens": "auto"},
     "onnxruntime-slice-1024": {"backend": "onnxruntime", "slice_tokens": 1024},
@@ -49,6 +56,36 @@ def _rss_gb() -> tuple[float, float]:
     return int(status["VmRSS"].split()[0]) / 1e6, int(status["VmHWM"].split()[0]) / 1e6
 
 
+class _TreePeak:
+    """Samples the resident memory of this process and its children together every 20 ms, on a thread, and
+    keeps the largest sum (VmHWM covers one process only; OpenVINO runs a long pair in a child)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.wait(0.02):
+            total = me.memory_info().rss
+            for child in me.children(recursive=True):
+                with contextlib.suppress(psutil.Error):  # it ended between listing and reading
+                    total += child.memory_info().rss
+            self.peak = max(self.peak, total)
+
+    def stop(self) -> float:
+        """Stop sampling; the largest sum seen, GB."""
+        self._stop.set()
+        self._thread.join()
+        return self.peak / 1e9
+
+
 def worker(artifact: str, stack: str, doc_tokens: int, reps: int, threads: int) -> dict:
     """One measurement, in this (fresh) process."""
     from rerank_onnx import Reranker
@@ -63,12 +100,16 @@ def worker(artifact: str, stack: str, doc_tokens: int, reps: int, threads: int) 
     document = text_of_tokens(doc_tokens, seed=doc_tokens)
     prompt_tokens = len(reranker.encode([QUERY], [document]).input_ids[0])
     before, _ = _rss_gb()
+    tree = _TreePeak()
     times = []
     for _ in range(reps):
         start = time.perf_counter()
         reranker.rank(QUERY, [document])
         times.append(time.perf_counter() - start)
     after, peak = _rss_gb()
+    tree_peak = tree.stop()
+    whole = getattr(reranker._scorer.session._engine, "_whole", None)  # OpenVINO's long-prompt child process
+    child_peak = whole.peak_rss / 1e9 if whole is not None else 0.0
     reranker.rank(QUERY, ["a short document after the long one"])
     after_next, _ = _rss_gb()
     assert reranker.backend is not None
@@ -82,6 +123,8 @@ def worker(artifact: str, stack: str, doc_tokens: int, reps: int, threads: int) 
         "tokens_per_s": prompt_tokens / median(times),
         "rss_before_gb": before,
         "peak_rss_gb": peak,
+        "child_peak_rss_gb": child_peak,
+        "peak_total_gb": max(peak, tree_peak),
         "rss_after_gb": after,
         "rss_after_next_call_gb": after_next,
     }
@@ -103,17 +146,19 @@ def table(data: dict) -> str:
         f"{env['threads']} threads, {env['cpu']} ({env['cpu_class']})",
         f"commit {env['git_commit']}; each row its own process; median of {data['reps']} runs; RSS in GB",
         "",
-        "| stack | backend | doc tokens | prompt tokens | latency (s) | tokens/s | RSS before | peak RSS | RSS after "
-        "| RSS after a short call |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| stack | backend | doc tokens | prompt tokens | latency (s) | tokens/s | RSS before | peak RSS | child peak "
+        "| peak, both | RSS after | RSS after a short call |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["results"]:
         if "error" in r:
-            lines.append(f"| {r['stack']} | | {r['doc_tokens']} | failed: {r['error']} | | | | | | |")
+            lines.append(f"| {r['stack']} | | {r['doc_tokens']} | failed: {r['error']} | | | | | | | | |")
             continue
         lines.append(
             f"| {r['stack']} | {r['backend']} | {r['doc_tokens']} | {r['prompt_tokens']} | {r['latency_s']:.2f} | "
-            f"{r['tokens_per_s']:.0f} | {r['rss_before_gb']:.2f} | {r['peak_rss_gb']:.2f} | {r['rss_after_gb']:.2f} | "
+            f"{r['tokens_per_s']:.0f} | {r['rss_before_gb']:.2f} | {r['peak_rss_gb']:.2f} | "
+            f"{r.get('child_peak_rss_gb', 0.0):.2f} | {r.get('peak_total_gb', r['peak_rss_gb']):.2f} | "
+            f"{r['rss_after_gb']:.2f} | "
             + (f"{r['rss_after_next_call_gb']:.2f} |" if "rss_after_next_call_gb" in r else "not measured |")
         )
     return "\n".join(lines)
@@ -130,7 +175,7 @@ def chart(data: dict, name: str) -> None:
         rows = [r for r in data["results"] if r["stack"] == stack and "error" not in r]
         x = [r["prompt_tokens"] for r in rows]
         speed.plot(x, [r["tokens_per_s"] for r in rows], marker="o", label=stack)
-        memory.plot(x, [r["peak_rss_gb"] for r in rows], marker="o", label=f"{stack} peak")
+        memory.plot(x, [r.get("peak_total_gb", r["peak_rss_gb"]) for r in rows], marker="o", label=f"{stack} peak")
         memory.plot(x, [r["rss_after_gb"] for r in rows], marker="x", linestyle=":", label=f"{stack} after")
     for ax in (speed, memory):
         ax.set_xscale("log", base=2)

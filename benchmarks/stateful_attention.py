@@ -1,4 +1,4 @@
-"""A lever for long prompts on OpenVINO, measured and not taken: attention as OpenVINO's stateful kernel.
+"""A lever for long prompts on OpenVINO: attention as OpenVINO's stateful kernel, on the raw engine.
 
     python benchmarks/stateful_attention.py benchmarks/work/base-v2-int8 --tokens 8192 --drops 3
 
@@ -15,7 +15,9 @@ compile config:
   drops   the stateful rewrite compiled, run on the prompt and dropped --drops times, RSS after each drop,
           then the runtime's graph compiled and run on a short prompt: what a process holds afterwards.
 Reported: latency, RSS before and at peak, the score, and RSS after each drop. Findings (Dec 2, AVX512-BF16
-EPYC) are in benchmarks/README.md, "Levers tried": why the runtime does not use it.
+EPYC) are in benchmarks/README.md, "OpenVINO's stateful attention kernel": why the runtime runs it in a
+child process (rerank_onnx/backends/openvino_whole.py), with the kernel's causal masking instead of the
+mask this probe keeps.
 
 Writes results/stateful-attention-<artifact>-<cpu class>.{json,md,png}.
 """

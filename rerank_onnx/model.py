@@ -205,6 +205,8 @@ def _open_scorer(
         session, choice = open_backend(
             config, backend=backend, precision=precision, threads=threads, cache_dir=cache_dir
         )
+        if slice_tokens != "auto":  # the caller's slices (or one piece) for every long row, in this process
+            session.whole_row_tokens = None
     scorer = Scorer(
         session,
         pad_id=config.pad_token_id,
@@ -215,6 +217,7 @@ def _open_scorer(
         pad_multiple=session.pad_multiple if isinstance(session, GraphSession) else 1,
         max_batch_context=_context_budget(max_batch_tokens, session),
         slice_tokens=_slice_size(slice_tokens, session),
+        whole_row_tokens=session.whole_row_tokens if isinstance(session, GraphSession) else None,
     )
     return scorer, choice
 

@@ -52,8 +52,10 @@ class Reranker(LoadedModel):
         compile_cache: keep OpenVINO's compiled model on disk, so that the next start skips compiling.
         cache_dir: where that cache lives (default: $RERANK_ONNX_CACHE_DIR, else ~/.cache/rerank-onnx).
         slice_tokens: a longer prompt runs in slices of this many tokens that attend to the ones before, so
-            memory grows with slice x length, not length squared ("auto": the engine's measured size,
-            512 on onnxruntime and 1,024 on OpenVINO; None, or an artifact without a past: whole).
+            memory grows with slice x length, not length squared ("auto": the engine's measured way, 512 on
+            onnxruntime; 1,024 on OpenVINO, where a prompt over 4,096 tokens runs whole, in a child process,
+            on a form of the graph whose attention kernel bounds its memory; a number: every long prompt in
+            slices in this process; None, or an artifact without a past: whole, in this process).
 
     Raises:
         ModelLoadError: the artifact is missing, incomplete, or cannot be compiled.

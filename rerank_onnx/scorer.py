@@ -36,6 +36,8 @@ class Scorer:
         slice_tokens: a row longer than this runs alone, in slices of this many tokens that each attend
             to the keys and values of the slices before, so attention memory grows with slice x length,
             not length squared (needs a session with a past; None: every row in one piece).
+        whole_row_tokens: a row longer than this runs alone and whole, from its first token (no shared
+            prefix, no slices), where the session bounds that run's memory itself (None: no such rows).
     """
 
     session: ScoreSession
@@ -48,6 +50,7 @@ class Scorer:
     pad_multiple: int = 1
     max_batch_context: int | None = None
     slice_tokens: int | None = None
+    whole_row_tokens: int | None = None
 
     @property
     def computes_shared_prefix(self) -> bool:
@@ -84,10 +87,11 @@ class Scorer:
             segments = np.asarray(prefix_lengths, dtype=np.int64)
         scores = np.zeros(len(input_ids), dtype=np.float32)
         progress = _Progress(len(input_ids), show=show_progress)
-        groups: list[tuple[int, list[int]]] = []
-        alone = list(range(len(input_ids)))
-        if prefix_lengths is not None and self.computes_shared_prefix:
-            groups, alone = plan_shared_prefixes(input_ids, prefix_lengths, self.chat_prefix)
+        whole, groups, alone = self._plan(input_ids, prefix_lengths, segments is not None)
+        for i in whole:
+            ids, lengths = pad_batch([input_ids[i]], pad_id=self.pad_id, pad_multiple=self.pad_multiple)
+            scores[i] = self.session.run(ids, lengths)[0]
+            progress.advance(1)
         for shared, members in groups:
             assert isinstance(self.session, PrefixScoreSession)  # computes_shared_prefix checked it
             prefix = self._prefill(self.session, input_ids[members[0]][:shared], None)
@@ -97,6 +101,25 @@ class Scorer:
         if isinstance(self.session, GraphSession):
             self.session.release_memory()
         return scores
+
+    def _plan(
+        self, input_ids: Sequence[Sequence[int]], prefix_lengths: Sequence[int] | None, segments: bool
+    ) -> tuple[list[int], list[tuple[int, list[int]]], list[int]]:
+        """Which rows run whole and alone (longer than whole_row_tokens), which share a prefix (its length and
+        the rows), and which run in full in batches."""
+        alone, whole = list(range(len(input_ids))), list[int]()
+        if self.whole_row_tokens is not None and not segments:
+            alone, whole = split_long([len(ids) for ids in input_ids], alone, limit=self.whole_row_tokens)
+        if prefix_lengths is None or not self.computes_shared_prefix:
+            return whole, [], alone
+        planned, unshared = plan_shared_prefixes(
+            [input_ids[i] for i in alone], [prefix_lengths[i] for i in alone], self.chat_prefix
+        )
+        return (
+            whole,
+            [(shared, [alone[j] for j in members]) for shared, members in planned],
+            [alone[j] for j in unshared],
+        )
 
     def _score_rows(
         self,

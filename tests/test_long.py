@@ -62,15 +62,16 @@ def rss():
     status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
     return int(status["VmRSS"].split()[0]) * 1024, int(status["VmHWM"].split()[0]) * 1024
 
-reranker = Reranker(
-    sys.argv[1], slice_tokens=None if sys.argv[2] == "none" else int(sys.argv[2]), backend=sys.argv[3], precision=sys.argv[4]
-)
+slices = {"none": None, "auto": "auto"}[sys.argv[2]] if sys.argv[2] in ("none", "auto") else int(sys.argv[2])
+reranker = Reranker(sys.argv[1], slice_tokens=slices, backend=sys.argv[3], precision=sys.argv[4])
 reranker.rank("q", ["warm up"])
 before, _ = rss()
 reranker.rank("where do rivers flood?", ["river bank " * 4000], truncate=True)
 reranker.rank("q", ["the next request runs on what the long one gave back"])
 after, peak = rss()
-print(json.dumps({"before": before, "after": after, "peak": peak}))
+whole = getattr(reranker._scorer.session._engine, "_whole", None)  # OpenVINO's long-prompt child process
+child_runs, child_peak = (whole.runs, whole.peak_rss) if whole is not None else (0, 0)
+print(json.dumps({"before": before, "after": after, "peak": peak, "child_runs": child_runs, "child_peak": child_peak}))
 """
 
 
@@ -99,6 +100,28 @@ def test_the_memory_of_an_8k_pair_is_given_back(fp32_artifact: Path, engine) -> 
     sliced = _probe(fp32_artifact, "1024", engine)
     # once it is scored (and a short request after it), the process holds about what it held before
     assert sliced["after"] - sliced["before"] < 0.15 * sliced["before"], sliced
+
+
+def test_openvino_runs_an_8k_pair_whole_in_a_child_process_within_the_bound(fp32_artifact: Path) -> None:
+    auto = _probe(fp32_artifact, "auto", ("openvino", "fp32"))
+    # the pair ran in the child (openvino_whole.py) while this process had dropped its compiled model; the two
+    # processes' peaks together stay within the bound the slices keep, and the child's memory left with it
+    assert auto["child_runs"] == 1 and auto["child_peak"] > 0, auto
+    assert auto["peak"] - auto["before"] + auto["child_peak"] < 1e9, auto
+    assert auto["after"] - auto["before"] < 0.15 * auto["before"], auto
+
+
+def test_a_failing_long_prompt_process_is_a_model_load_error(tmp_path: Path) -> None:
+    from rerank_onnx.backends.openvino_whole import WholeRowProcess
+    from rerank_onnx.errors import ModelLoadError
+
+    child = WholeRowProcess(tmp_path / "missing.onnx", precision="fp32", threads=1, cache_dir=None)
+    ids = np.ones((1, 8), dtype=np.int64)
+    with pytest.raises(ModelLoadError, match=r"long-prompt process failed: .*missing\.onnx"):
+        child.run(ids, np.array([8], dtype=np.int64))
+    with pytest.raises(ModelLoadError, match="long-prompt process failed"):  # a second call starts a new child
+        child.run(ids, np.array([8], dtype=np.int64))
+    child.close()
 
 
 def test_only_long_attention_counts_as_a_large_run() -> None:
@@ -203,3 +226,62 @@ def test_openvino_compiles_from_memory_and_leaves_no_partial_file_when_the_graph
     assert reranker._scorer.session._engine._layers > 0  # type: ignore[attr-defined]  # still rewritten
     assert not list(tmp_path.glob("openvino/*/*scores-new-kv*"))  # no IR, no partial IR
     assert len(reranker.predict(["q"], ["a document"])) == 1
+
+
+def _runtime_ops(compiled: object) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in compiled.get_runtime_model().get_ordered_ops():  # type: ignore[attr-defined]
+        kind = node.get_rt_info()["layerType"].astype(str)
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def test_openvino_fuses_the_stateful_graph_into_its_attention_kernel(fp32_artifact: Path) -> None:
+    import openvino
+
+    from rerank_onnx.backends.openvino import compile_config
+    from rerank_onnx.backends.openvino_graph import BEAM_INDEX, stateful_attention
+
+    core = openvino.Core()
+    model = core.read_model(str(fp32_artifact / "model.onnx"))
+    layers = model.get_parameters()[[p.get_friendly_name() for p in model.get_parameters()].index("past_keys")]
+    assert stateful_attention(model)
+    assert {p.get_friendly_name() for p in model.get_parameters()} == {"input_ids", "lengths", BEAM_INDEX}
+    compiled = core.compile_model(model, "CPU", {**compile_config("fp32", 2), "KV_CACHE_PRECISION": "f32"})
+    ops = _runtime_ops(compiled)
+    # one fused attention per layer, with its keys and values as state: no score matrix, no expanded heads
+    assert ops.get("ScaledDotProductAttention") == layers.get_partial_shape()[0].get_length(), ops
+    assert "Softmax" not in ops and "Subgraph" not in ops, ops
+    # a graph without the exported attention is left as it is
+    plain = core.read_model(str(fp32_artifact / "model.onnx"))
+    plain.remove_parameter(plain.get_parameters()[-1])
+    assert not stateful_attention(plain)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_openvino_scores_rows_whole_as_in_slices_and_alone_as_in_a_batch(fp32_artifact: Path, precision: str) -> None:
+    from rerank_onnx.artifact import INPUT_IDS, LENGTHS, PAST_KEYS, PAST_VALUES, SCORES
+
+    reranker = Reranker(fp32_artifact, backend="openvino", precision=precision, compile_cache=False)
+    engine = reranker._scorer.session._engine  # type: ignore[attr-defined]
+    threshold = engine.whole_row_tokens
+    assert threshold is not None and reranker._scorer.whole_row_tokens == threshold
+    rng = np.random.default_rng(0)
+    width = threshold + 64
+    ids = rng.integers(10, 1000, (3, width)).astype(np.int64)
+    lengths = np.array([width, width - 40, width - 7], dtype=np.int64)
+    past = reranker._scorer.session.empty_prefix  # type: ignore[attr-defined]
+    feeds = {INPUT_IDS: ids, LENGTHS: lengths, PAST_KEYS: past.keys, PAST_VALUES: past.values}
+    assert engine._runs_whole(feeds, [SCORES])
+    (batch,) = engine.run(feeds, [SCORES])
+    alone = [
+        engine.run({**feeds, INPUT_IDS: ids[i : i + 1], LENGTHS: lengths[i : i + 1]}, [SCORES])[0][0] for i in range(3)
+    ]
+    # every row of a batch gets its own attention mask (the plugin's bf16 kernel misread a shared one)
+    np.testing.assert_allclose(batch, alone, atol=1e-4 if precision == "fp32" else 2e-2)
+    engine.release_memory()
+    if precision == "fp32":  # the same rows in 1,024-token slices on the compiled graph, as before
+        sliced = Reranker(fp32_artifact, backend="openvino", precision="fp32", slice_tokens=1024, compile_cache=False)
+        assert sliced._scorer.whole_row_tokens is None
+        rows = [list(ids[i, : lengths[i]]) for i in range(3)]
+        np.testing.assert_allclose(sliced._scorer.score(rows), batch, atol=1e-4)

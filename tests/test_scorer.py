@@ -36,6 +36,7 @@ def _scorer(
     share_prefix: bool = True,
     pad_multiple: int = 1,
     slice_tokens: int | None = None,
+    whole_row_tokens: int | None = None,
 ) -> Scorer:
     return Scorer(
         session,
@@ -46,6 +47,7 @@ def _scorer(
         share_prefix=share_prefix,
         pad_multiple=pad_multiple,
         slice_tokens=slice_tokens,
+        whole_row_tokens=whole_row_tokens,
     )
 
 
@@ -144,6 +146,17 @@ def test_long_rows_after_a_shared_prefix_continue_it() -> None:
     np.testing.assert_allclose(scores, [full_score(r) for r in rows], rtol=1e-6)
     # the shared prefix once (4 tokens: the rows agree on one more), then the long row's 20 in 8 + 8 + 4
     assert session.prefills == [4, 8, 8] and session.full_rows == 0
+
+
+def test_rows_over_the_whole_row_length_run_alone_from_their_first_token() -> None:
+    session = PrefixFake()
+    rows = [[5, 6, 7, 1] + [2] * 30, [5, 6, 7, 1, 3], [5, 6, 7, 1, 4, 4], [9] * 40]
+    scorer = _scorer(session, slice_tokens=8, whole_row_tokens=20)
+    scores = scorer.score(rows, prefix_lengths=[3, 3, 3, 0])
+    np.testing.assert_allclose(scores, [full_score(r) for r in rows], rtol=1e-6)
+    # the two long rows in full, one run each, neither in slices nor after the prefix; the two short rows
+    # share their prefix (4 tokens: they agree on one more), computed once
+    assert session.full_rows == 2 and session.prefills == [4] and session.after_rows == 2
 
 
 def test_no_rows_make_no_calls() -> None:

@@ -88,11 +88,15 @@ class Engine(Protocol):
     `batch_tokens`: the padded tokens one run holds by default on this engine (measured per engine).
     `batch_context`: the keys and values one run attends over by default, rows x (shared prefix + width),
     where the memory the engine keeps grows with them; None where it does not.
+    `whole_row_tokens`: a run of rows longer than this with no past (the scorer sends such rows alone, from
+    their first token) goes to the engine's own bounded-memory path instead of its compiled model; None, or
+    set to None: long rows run in slices.
     """
 
     threads: int
     pad_multiple: int
     slice_tokens: int
+    whole_row_tokens: int | None
     batch_tokens: int
     batch_context: int | None
 
@@ -147,6 +151,17 @@ class GraphSession:
                 raise ModelLoadError(f"{graph}: {PAST_KEYS} needs fixed layer, head and width dimensions")
             empty = np.zeros((layers, kv_heads, 0, head_dim), dtype=np.float32)
             self.empty_prefix = Prefix(keys=empty, values=empty)
+
+    @property
+    def whole_row_tokens(self) -> int | None:
+        """Rows longer than this run whole on the engine's own path (None: long rows run in slices)."""
+        return self._engine.whole_row_tokens
+
+    @whole_row_tokens.setter
+    def whole_row_tokens(self, value: int | None) -> None:
+        if value is not None and self._engine.whole_row_tokens is None:
+            raise ValueError(f"{type(self._engine).__name__} has no whole-row path: long rows run in slices")
+        self._engine.whole_row_tokens = value
 
     def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         if self.empty_prefix is None:

@@ -96,12 +96,22 @@ class Rebuildable(Generic[T]):
         """Record a run on these feeds."""
         self._longest = max(self._longest, attended_length(feeds))
 
+    def drop(self) -> None:
+        """Free the model now, for a run on another model that needs the memory; `release` at the end of the
+        call starts building it again (or `get` builds it, if asked first)."""
+        pending, self._pending, self._current = self._pending, None, None
+        if pending is not None:  # a build under way finishes first, and goes with the rest
+            with contextlib.suppress(ModelLoadError):
+                pending.result()
+        trim_heap()
+
     def release(self) -> None:
-        """After runs longer than `rebuild_length`: drop the model and start building it again."""
-        if self._longest <= self.rebuild_length or self._current is None:
-            return
+        """After runs longer than `rebuild_length` (or a `drop`): drop the model and start building it again."""
+        if self._longest > self.rebuild_length:
+            self._current = None  # the last reference: the engine frees its buffers here
         self._longest = 0
-        self._current = None  # the last reference: the engine frees its buffers here
+        if self._current is not None or self._pending is not None:
+            return
         trim_heap()
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerank-onnx-rebuild")

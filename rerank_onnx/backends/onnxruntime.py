@@ -28,6 +28,7 @@ class OnnxRuntimeEngine:
     # An 8k-token pair (base-v2 int8, AMX, 2 threads): 512-token slices peaked at 1.96-2.14 GB in 62-65 s,
     # 1,024 at 2.82 GB in 65.6 s (benchmarks/README.md, "Long inputs").
     slice_tokens = 512
+    whole_row_tokens: int | None = None  # long rows run in slices
     # Dec 1 (AVX2 EPYC, base-v2 int8, 16 x 230-token pairs): 1,024 / 2,048 / 4,096 / 8,192 tokens per run took
     # 38.8-40.6 / 38.2-39.2 / 38.8-39.8 / 40.1 s at 0.78 / 1.01 / 1.01 / 1.12 GB peak: no reason to move it
     batch_tokens = 4096

@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from ..artifact import PAST_KEYS, PAST_VALUES, PRESENT_KEYS, PRESENT_VALUES
+from ..artifact import INPUT_IDS, LENGTHS, PAST_KEYS, PAST_VALUES, PRESENT_KEYS, PRESENT_VALUES, SCORES
 from ..errors import MissingDependencyError, ModelLoadError
-from .memory import Rebuildable
+from .memory import Rebuildable, attended_length
 from .openvino_graph import compile_source, new_token_outputs, split_layers
+from .openvino_whole import WholeRowProcess
 from .select import BF16_COMPUTE
 
 PRECISION_HINTS = {precision: "bf16" if precision in BF16_COMPUTE else "f32" for precision in ("fp32", "bf16", "int8")}
@@ -61,6 +62,14 @@ SHAPE_CACHE = 16
 #   but ran 1.3x slower, so the bound sits above what ordinary queries need (benchmarks/README.md).
 REBUILD_LENGTH = 4096
 BATCH_CONTEXT = 8192
+# A row longer than this runs whole, from its first token, on the stateful model (openvino_graph.py) in a
+# child process (openvino_whole.py), with the compiled model dropped meanwhile and built again after the call
+# (as after any prompt of this length). Measured Dec 2 (AVX512-BF16 EPYC, base-v2 int8, `int8`, an 8,192-token
+# pair through Reranker, cache warm): 52.5 s and 2.02 GB for this process and the child together, against
+# 47.8 s and 2.70 GB in 1,024-token slices (benchmarks/README.md); Qwen3-Reranker-0.6B's architecture, a
+# 4,400-token document: 49.8 s against 87.1 s. Shorter rows keep slices: a child's start and compile
+# (~1.5 s from the cache) and the parent's rebuild would cost them more than they save.
+WHOLE_ROW_TOKENS = REBUILD_LENGTH
 
 
 def available() -> bool:
@@ -123,6 +132,9 @@ class OpenVinoEngine:
         self.threads = threads
         self.precision = precision
         self.pad_multiple = BF16_PAD_MULTIPLE if precision in BF16_COMPUTE else 1
+        # rows over WHOLE_ROW_TOKENS run whole on the stateful model, in a child process for the call
+        self.whole_row_tokens = WHOLE_ROW_TOKENS if PAST_KEYS in self._shapes else None
+        self._whole = WholeRowProcess(graph, precision=precision, threads=threads, cache_dir=cache_dir)
 
     def _compile_with_request(self) -> tuple[Any, Any]:
         compiled = self._compile()
@@ -143,6 +155,8 @@ class OpenVinoEngine:
         return dict(self._shapes)
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        if self._runs_whole(feeds, outputs):
+            return [self._run_whole(feeds)]
         _, request = self.model.get()
         request.infer(dict(feeds))
         self.model.ran(feeds)
@@ -157,7 +171,23 @@ class OpenVinoEngine:
         past = feeds[PAST_KEYS if name == PRESENT_KEYS else PAST_VALUES]
         return np.concatenate([past, new], axis=2)
 
+    def _runs_whole(self, feeds: Mapping[str, np.ndarray], outputs: list[str]) -> bool:
+        """Scores of rows longer than WHOLE_ROW_TOKENS with no past: the stateful model's work."""
+        return (
+            self.whole_row_tokens is not None
+            and outputs == [SCORES]
+            and feeds[PAST_KEYS].shape[2] == 0
+            and attended_length(feeds) > self.whole_row_tokens
+        )
+
+    def _run_whole(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        self.model.drop()  # its weights and buffers go while the child process runs (built again after the call)
+        scores = self._whole.run(feeds[INPUT_IDS], feeds[LENGTHS])
+        self.model.ran(feeds)
+        return scores
+
     def release_memory(self) -> None:
-        """After a long prompt, the compiled model and the buffers it grew go; it compiles again in the
-        background (REBUILD_LENGTH)."""
+        """After a long prompt, the compiled model and the buffers it grew go (and the stateful model, if a row
+        ran whole, the child process that ran it); it compiles again in the background (REBUILD_LENGTH)."""
+        self._whole.close()
         self.model.release()

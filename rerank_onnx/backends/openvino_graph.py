@@ -9,8 +9,20 @@ faster. Measured Dec 1 (AVX2 EPYC, base-v2 int8, fp32, one 1,024-token slice aft
 fresh model): peak 3.16 GB and 19.0 s with the stacked presents, 2.10 GB and 15.8 s with the new tokens'
 per layer, 2.05 GB and 15.6 s with no presents (benchmarks/README.md).
 
-The rewritten model is saved as OpenVINO IR in the compile cache folder, so a warm start compiles from
-it (and its cached blob) without reading the ONNX file.
+A second rewrite, `stateful_attention`, is the model a long prompt runs on whole: each layer's attention
+becomes one ScaledDotProductAttention over keys and values kept as model state, the pattern OpenVINO's CPU
+plugin fuses into its own attention kernel with a key/value cache. That kernel works through the queries
+in blocks (no [queries, keys] score matrix per head) and reads the 2 key/value heads for every query head
+without expanding them. With no past, the exported mask is the causal triangle, so the kernel's own causal
+masking replaces it (and its bf16 kernel misreads a [1, 1, L, S] mask for rows after the first). Measured
+Dec 2 (AVX512-BF16 EPYC, base-v2 int8, `int8`, an 8,192-token prompt, raw engine, the mask still in):
+whole 43.6 s and 0.94 GB over rest, the same score as 1,024-token slices on the graph above, 38.1 s and
+2.43 GB. With a past in its state the plugin takes its one-query-at-a-time kernel, 2.5x slower per slice:
+so it serves only rows that run whole from their first token. OpenVINO 2026.4.1 keeps a stateful model's
+working memory when the model is dropped, so it runs in a child process (openvino_whole.py).
+
+The rewritten models are saved as OpenVINO IR in the compile cache folder, so a warm start compiles from
+them (and their cached blobs) without reading the ONNX file.
 """
 
 from __future__ import annotations
@@ -20,18 +32,24 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..artifact import PRESENT_KEYS, PRESENT_VALUES
+from ..artifact import INPUT_IDS, PAST_KEYS, PAST_VALUES, PRESENT_KEYS, PRESENT_VALUES
 
 NEW_KEYS, NEW_VALUES = "new_keys", "new_values"  # output i: layer i's keys or values of the new tokens
-IR_FILE = "scores-new-kv-{key}.xml"
-AS_IS_MARKER = "scores-as-is-{key}"  # the graph has no presents to rewrite: compile the ONNX file itself
+BEAM_INDEX = "beam_idx"  # the stateful model's input: which state row each row continues (its own: 0..rows-1)
+IR_FILE = "scores-{variant}-{key}.xml"
+AS_IS_MARKER = "scores-as-is-{variant}-{key}"  # nothing to rewrite: compile the ONNX file itself
+NEW_KV, STATEFUL = "new-kv", "stateful"  # the two rewrites: split_presents, stateful_attention
+# each rewrite's revision, part of its IR's name: a changed rewrite does not compile a cached IR of the old one
+REVISIONS = {NEW_KV: 1, STATEFUL: 2}
 
 
-def _graph_key(graph: Path) -> str:
-    """Names the rewritten graph after the graph file's size and modification time: the cache folder is
-    named after the weights, which a re-export with a changed graph may leave as they were."""
+def _graph_key(graph: Path, variant: str) -> str:
+    """Names a rewritten graph after the graph file's size and modification time (the cache folder is named
+    after the weights, which a re-export with a changed graph may leave as they were) and the rewrite's
+    revision."""
     stat = graph.stat()
-    return hashlib.sha256(f"{graph.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    source = f"{graph.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{variant}:{REVISIONS[variant]}"
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
 def new_token_outputs(name: str, layer: int) -> str:
@@ -67,27 +85,139 @@ def split_presents(model: Any) -> int | None:
     return len(found[PRESENT_KEYS][1])
 
 
+def _attention_parts(softmax: Any) -> tuple[Any, Any, Any, Any, Any, Any] | None:
+    """The exported attention around `softmax(q @ k^T * scale + mask) @ v`: (q, expanded k, expanded v, mask,
+    scale, the output MatMul), or None where the graph is not that shape."""
+    add = softmax.input_value(0).get_node()
+    if add.get_type_name() != "Add":
+        return None
+    mul, mask = add.input_value(0).get_node(), add.input_value(1)
+    if mul.get_type_name() != "Multiply":
+        return None
+    scores, scale = mul.input_value(0).get_node(), mul.input_value(1)
+    transpose = scores.input_value(1).get_node()
+    if scores.get_type_name() != "MatMul" or transpose.get_type_name() != "Transpose":
+        return None
+    consumers = [t.get_node() for t in softmax.output(0).get_target_inputs()]
+    if len(consumers) == 1 and consumers[0].get_type_name() == "Convert":  # the export's cast back to float32
+        consumers = [t.get_node() for t in consumers[0].output(0).get_target_inputs()]
+    if len(consumers) != 1 or consumers[0].get_type_name() != "MatMul":
+        return None
+    out = consumers[0]
+    return scores.input_value(0), transpose.input_value(0), out.input_value(1), mask, scale, out
+
+
+def _joined(expanded: Any) -> Any | None:
+    """The Concat of past and new keys (or values) that `expanded` (Reshape of Broadcast of Unsqueeze) expands."""
+    node = expanded.get_node()
+    for _ in range(4):
+        if node.get_type_name() == "Concat" and node.get_input_size() == 2:
+            return node
+        node = node.input_value(0).get_node()
+    return None
+
+
+def _is_default_scale(scale: Any, head_dim: int) -> bool:
+    """Whether `scale` is a constant 1 / sqrt(head_dim), the attention kernel's default."""
+    node = scale.get_node()
+    if node.get_type_name() != "Constant":
+        return False
+    values = node.get_data().reshape(-1)
+    return bool(values.size == 1 and abs(float(values[0]) * head_dim**0.5 - 1.0) < 1e-6)
+
+
+def stateful_attention(model: Any) -> bool:
+    """Rewrite `model` (an ov.Model of the score graph, read from the artifact) for rows that run whole from
+    their first token: each layer's keys and values of the past become model state (read, joined with the
+    new ones, assigned) and its attention one ScaledDotProductAttention, which the CPU plugin fuses into its
+    key/value-cache attention kernel. The past inputs go; a `beam_idx` input (each row's own index) comes.
+    Returns False (model unchanged) where the graph is not the exported shape."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as ops
+    from openvino.op.util import Variable, VariableInfo
+
+    params = {p.get_friendly_name(): p for p in model.get_parameters()}
+    if not {PAST_KEYS, PAST_VALUES, INPUT_IDS} <= set(params):
+        return False
+    past_shape = params[PAST_KEYS].get_partial_shape()  # [layers, kv_heads, tokens, head_dim]
+    kv_heads, head_dim = past_shape[1].get_length(), past_shape[3].get_length()
+    layers: list[tuple[tuple[Any, ...], tuple[Any, Any]]] = []
+    for softmax in [n for n in model.get_ordered_ops() if n.get_type_name() == "Softmax"]:
+        parts = _attention_parts(softmax)
+        if parts is None:
+            return False
+        if not _is_default_scale(parts[4], head_dim):
+            return False
+        keys_join, values_join = _joined(parts[1]), _joined(parts[2])
+        if keys_join is None or values_join is None:
+            return False
+        layers.append((parts, (keys_join, values_join)))
+    if not layers:
+        return False
+    for result in list(model.get_results()):
+        if {PRESENT_KEYS, PRESENT_VALUES} & result.input_value(0).get_names():
+            model.remove_result(result)
+    beam = ops.parameter([-1], np.int32, name=BEAM_INDEX)
+    beam.output(0).get_tensor().set_names({BEAM_INDEX})
+    axis = ops.constant(np.int64(0))
+    rows = ops.gather(ops.shape_of(params[INPUT_IDS]), ops.constant(np.array([0], dtype=np.int64)), axis)
+    per_row = ops.constant(np.array([kv_heads, 0, head_dim], dtype=np.int64))
+    empty = ops.broadcast(ops.constant(np.float32(0)), ops.concat([rows, per_row], 0))
+    sinks: list[Any] = []
+    variables: list[Any] = []
+    states: list[Any] = []
+    for layer, ((q, keys, values, _, _, out), joins) in enumerate(layers):
+        for kind, join in zip(("keys", "values"), joins):
+            info = VariableInfo()
+            info.data_shape = ov.PartialShape([-1, kv_heads, -1, head_dim])
+            info.data_type = ov.Type.f32
+            info.variable_id = f"past_{kind}.{layer}"
+            variable = Variable(info)
+            state = ops.read_value(empty, variable)
+            states.append(state)
+            join.input(0).replace_source_output(ops.gather(state, beam, axis).output(0))
+            sinks.append(ops.assign(join, variable))
+            variables.append(variable)
+        # rows run from their first token with no past, so the exported mask is the causal triangle: the
+        # kernel's own causal masking replaces it (no [queries, keys] mask is built), and the scale is its default
+        attention = ops.scaled_dot_product_attention(q, keys, values, causal=True)
+        out.output(0).replace(attention.output(0))
+    for name in (PAST_KEYS, PAST_VALUES):  # what read the past's length reads the first layer's state
+        for target in list(params[name].output(0).get_target_inputs()):
+            if target.get_node().get_type_name() == "ShapeOf":
+                target.replace_source_output(states[0].output(0))
+        model.remove_parameter(params[name])
+    model.add_parameters([beam])
+    model.add_sinks(sinks)
+    model.add_variables(variables)
+    model.validate_nodes_and_infer_types()
+    return True
+
+
 def split_layers(compiled: Any) -> int:
     """How many layers' new keys a compiled model outputs (0: its presents, if any, are as exported)."""
     return sum(1 for output in compiled.outputs if output.get_any_name().startswith(NEW_KEYS + "."))
 
 
-def compile_source(core: Any, graph: Path, cache_dir: Path | None) -> Any:
-    """What to compile for `graph`: with a cache folder, the rewritten IR's path there (written once) or
-    the ONNX path where there is nothing to rewrite; without one (or where the IR cannot be written), the
-    read and, where it applies, rewritten ov.Model."""
+def compile_source(core: Any, graph: Path, cache_dir: Path | None, variant: str = NEW_KV) -> Any:
+    """What to compile for `graph` rewritten as `variant` (NEW_KV: split_presents; STATEFUL:
+    stateful_attention): with a cache folder, the rewritten IR's path there (written once) or the ONNX path
+    where there is nothing to rewrite; without one (or where the IR cannot be written), the read and, where
+    it applies, rewritten ov.Model."""
     if cache_dir is not None:
-        key = _graph_key(graph)
-        ir, as_is = cache_dir / IR_FILE.format(key=key), cache_dir / AS_IS_MARKER.format(key=key)
+        key = _graph_key(graph, variant)
+        ir = cache_dir / IR_FILE.format(variant=variant, key=key)
+        as_is = cache_dir / AS_IS_MARKER.format(variant=variant, key=key)
         if as_is.exists():
             return str(graph)
         if ir.exists():
             return str(ir)
     model = core.read_model(str(graph))
-    layers = split_presents(model)
+    rewritten = split_presents(model) is not None if variant == NEW_KV else stateful_attention(model)
     if cache_dir is None:
         return model
-    if layers is None:
+    if not rewritten:
         as_is.touch()
         return str(graph)
     import openvino as ov
