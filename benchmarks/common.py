@@ -1,7 +1,8 @@
-"""Shared by the benchmark scripts: environment capture, result files, workload texts."""
+"""Shared by the benchmark scripts: environment capture, result files, workload texts, memory sampling."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import statistics
@@ -151,3 +152,34 @@ def publish(name: str, data: dict, table: str, chart: Callable[[dict, str], None
     write_results(name, data, table)
     chart(data, name)
     print(table)
+
+
+class TreePeak:
+    """Samples the resident memory of process `pid` and its children together every 20 ms, on a thread, and
+    keeps the largest sum (VmHWM covers one process only; OpenVINO runs a long prompt in a child)."""
+
+    def __init__(self, pid: int) -> None:
+        import threading
+
+        self.pid = pid
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process(self.pid)
+        while not self._stop.wait(0.02):
+            total = me.memory_info().rss
+            for child in me.children(recursive=True):
+                with contextlib.suppress(psutil.Error):  # it ended between listing and reading
+                    total += child.memory_info().rss
+            self.peak = max(self.peak, total)
+
+    def stop(self) -> float:
+        """Stop sampling; the largest sum seen, GB."""
+        self._stop.set()
+        self._thread.join()
+        return self.peak / 1e9

@@ -23,15 +23,15 @@ Writes results/long-inputs-<artifact>-<cpu class>.{json,md,png}.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, median, publish, text_of_tokens
+from common import RESULTS, TreePeak, environment, median, publish, text_of_tokens
 
 QUERY = "where do rivers flood in spring?"
 STACKS = {
@@ -56,36 +56,6 @@ def _rss_gb() -> tuple[float, float]:
     return int(status["VmRSS"].split()[0]) / 1e6, int(status["VmHWM"].split()[0]) / 1e6
 
 
-class _TreePeak:
-    """Samples the resident memory of this process and its children together every 20 ms, on a thread, and
-    keeps the largest sum (VmHWM covers one process only; OpenVINO runs a long pair in a child)."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    def _sample(self) -> None:
-        import psutil
-
-        me = psutil.Process()
-        while not self._stop.wait(0.02):
-            total = me.memory_info().rss
-            for child in me.children(recursive=True):
-                with contextlib.suppress(psutil.Error):  # it ended between listing and reading
-                    total += child.memory_info().rss
-            self.peak = max(self.peak, total)
-
-    def stop(self) -> float:
-        """Stop sampling; the largest sum seen, GB."""
-        self._stop.set()
-        self._thread.join()
-        return self.peak / 1e9
-
-
 def worker(artifact: str, stack: str, doc_tokens: int, reps: int, threads: int) -> dict:
     """One measurement, in this (fresh) process."""
     from rerank_onnx import Reranker
@@ -100,7 +70,7 @@ def worker(artifact: str, stack: str, doc_tokens: int, reps: int, threads: int) 
     document = text_of_tokens(doc_tokens, seed=doc_tokens)
     prompt_tokens = len(reranker.encode([QUERY], [document]).input_ids[0])
     before, _ = _rss_gb()
-    tree = _TreePeak()
+    tree = TreePeak(os.getpid())
     times = []
     for _ in range(reps):
         start = time.perf_counter()
