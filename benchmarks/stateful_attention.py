@@ -6,9 +6,9 @@ OpenVINO's CPU plugin has one attention kernel that neither expands the key/valu
 [queries, keys] score matrix: the one it fuses a stateful LLM's ScaledDotProductAttention into (keys and
 values as model state: ReadValue -> Gather(beam_idx) -> Concat -> Assign). It keeps the ONNX graph's
 attention (MatMul-Softmax-MatMul, a snippets `Subgraph`) as it is for a stateless model, and decomposes an
-explicit ScaledDotProductAttention op there too. So this script rewrites the score graph the way such a
-model looks (`stateful_attention`, below) and measures, each case in its own process, with the runtime's own
-compile config:
+explicit ScaledDotProductAttention op there too. So this script takes the runtime's rewrite of the score
+graph into such a model (`openvino_graph.stateful_attention`) and measures it on the raw engine, in this
+process rather than the runtime's child, each case in its own process, with the runtime's compile config:
   slices  the runtime's path today: the graph with each layer's new keys and values as outputs
           (openvino_graph.py), one prompt of --tokens in 1,024-token slices, each after the ones before;
   whole   the stateful rewrite, the same prompt whole in one run from its first token;
@@ -16,8 +16,7 @@ compile config:
           then the runtime's graph compiled and run on a short prompt: what a process holds afterwards.
 Reported: latency, RSS before and at peak, the score, and RSS after each drop. Findings (Dec 2, AVX512-BF16
 EPYC) are in benchmarks/README.md, "OpenVINO's stateful attention kernel": why the runtime runs it in a
-child process (rerank_onnx/backends/openvino_whole.py), with the kernel's causal masking instead of the
-mask this probe keeps.
+child process (rerank_onnx/backends/openvino_whole.py).
 
 Writes results/stateful-attention-<artifact>-<cpu class>.{json,md,png}.
 """
@@ -38,8 +37,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, publish
 
+from rerank_onnx.backends.openvino_graph import BEAM_INDEX
+
 SLICE = 1024
-BEAM_INDEX = "beam_idx"
 
 
 def rss_gb() -> tuple[float, float]:
@@ -48,103 +48,17 @@ def rss_gb() -> tuple[float, float]:
     return int(status["VmRSS"].split()[0]) / 1e6, int(status["VmHWM"].split()[0]) / 1e6
 
 
-def _attention_parts(softmax: Any) -> tuple[Any, ...] | None:
-    """(q, expanded keys, expanded values, mask, scale, output MatMul) around the exported
-    softmax(q @ k^T * scale + mask) @ v, or None."""
-    add = softmax.input_value(0).get_node()
-    mul = add.input_value(0).get_node()
-    scores = mul.input_value(0).get_node()
-    if (add.get_type_name(), mul.get_type_name(), scores.get_type_name()) != ("Add", "Multiply", "MatMul"):
-        return None
-    consumers = [t.get_node() for t in softmax.output(0).get_target_inputs()]
-    if len(consumers) == 1 and consumers[0].get_type_name() == "Convert":
-        consumers = [t.get_node() for t in consumers[0].output(0).get_target_inputs()]
-    if len(consumers) != 1 or consumers[0].get_type_name() != "MatMul":
-        return None
-    keys = scores.input_value(1).get_node().input_value(0)  # under the Transpose
-    return (
-        scores.input_value(0),
-        keys,
-        consumers[0].input_value(1),
-        add.input_value(1),
-        mul.input_value(1),
-        consumers[0],
-    )
-
-
-def _joined(expanded: Any) -> Any:
-    """The Concat of past and new keys (or values) under their expansion to every query head."""
-    node = expanded.get_node()
-    while node.get_type_name() != "Concat":
-        node = node.input_value(0).get_node()
-    return node
-
-
-def stateful_attention(model: Any) -> None:
-    """Rewrite the score graph: each layer's past keys and values become model state, its attention one
-    ScaledDotProductAttention (the plugin fuses the pair into its KV-cache kernel); the past inputs go and a
-    beam_idx input comes. The mask is broadcast to every row: the plugin's bf16 kernel reads a [1, 1, L, S]
-    mask out of bounds for rows after the first (scores off by up to 2.3 at score std 1.1, measured)."""
-    import openvino as ov
-    import openvino.opset13 as ops
-    from openvino.op.util import Variable, VariableInfo
-
-    params = {p.get_friendly_name(): p for p in model.get_parameters()}
-    shape = params["past_keys"].get_partial_shape()
-    kv_heads, head_dim = shape[1].get_length(), shape[3].get_length()
-    layers = [_attention_parts(n) for n in model.get_ordered_ops() if n.get_type_name() == "Softmax"]
-    if not layers or None in layers:
-        raise SystemExit("the graph's attention is not the exported MatMul-Softmax-MatMul")
-    for result in list(model.get_results()):
-        if {"present_keys", "present_values"} & result.input_value(0).get_names():
-            model.remove_result(result)
-    beam = ops.parameter([-1], np.int32, name=BEAM_INDEX)
-    beam.output(0).get_tensor().set_names({BEAM_INDEX})
-    zero = ops.constant(np.int64(0))
-    rows = ops.gather(ops.shape_of(params["input_ids"]), ops.constant(np.int64([0])), zero)
-    empty = ops.broadcast(
-        ops.constant(np.float32(0)), ops.concat([rows, ops.constant(np.int64([kv_heads, 0, head_dim]))], 0)
-    )
-    sinks, variables, states = [], [], []
-    for layer, (q, keys, values, mask, scale, out) in enumerate(layers):  # type: ignore[misc]
-        for kind, expanded in (("keys", keys), ("values", values)):
-            info = VariableInfo()
-            info.data_shape, info.data_type = ov.PartialShape([-1, kv_heads, -1, head_dim]), ov.Type.f32
-            info.variable_id = f"past_{kind}.{layer}"
-            variable = Variable(info)
-            state = ops.read_value(empty, variable)
-            join = _joined(expanded)
-            join.input(0).replace_source_output(ops.gather(state, beam, zero).output(0))
-            sinks.append(ops.assign(join, variable))
-            variables.append(variable)
-            states.append(state)
-        tail = ops.gather(ops.shape_of(mask), ops.constant(np.int64([1, 2, 3])), zero)
-        row_mask = ops.broadcast(mask, ops.concat([rows, tail], 0))
-        out.output(0).replace(
-            ops.scaled_dot_product_attention(q, keys, values, row_mask, scale, causal=False).output(0)
-        )
-    for name in ("past_keys", "past_values"):  # what read the past's length reads the first state's
-        for target in list(params[name].output(0).get_target_inputs()):
-            if target.get_node().get_type_name() == "ShapeOf":
-                target.replace_source_output(states[0].output(0))
-        model.remove_parameter(params[name])
-    model.add_parameters([beam])
-    model.add_sinks(sinks)
-    model.add_variables(variables)
-    model.validate_nodes_and_infer_types()
-
-
 def _compile(artifact: Path, stateful: bool) -> Any:
     import openvino as ov
 
     from rerank_onnx.backends.openvino import compile_config
-    from rerank_onnx.backends.openvino_graph import split_presents
+    from rerank_onnx.backends.openvino_graph import split_presents, stateful_attention
 
     core = ov.Core()
     model = core.read_model(str(artifact / "model.onnx"))
     config = compile_config("int8", 2)
     if stateful:
-        stateful_attention(model)
+        assert stateful_attention(model), "the graph's attention is not the exported MatMul-Softmax-MatMul"
         config["KV_CACHE_PRECISION"] = "bf16"  # the compute precision (the plugin's default is u8)
     else:
         split_presents(model)
