@@ -124,6 +124,31 @@ def test_a_failing_long_prompt_process_is_a_model_load_error(tmp_path: Path) -> 
     child.close()
 
 
+def test_a_long_prompt_process_killed_mid_call_says_so(fp32_artifact: Path, monkeypatch) -> None:
+    import signal
+
+    from rerank_onnx.backends import openvino_whole
+    from rerank_onnx.errors import ModelLoadError
+
+    child = openvino_whole.WholeRowProcess(fp32_artifact / "model.onnx", precision="fp32", threads=1, cache_dir=None)
+    real_write = openvino_whole._write_frame
+
+    def killed_first(stream, payload: bytes) -> None:  # as the kernel's out-of-memory killer would
+        process = child._child
+        assert process is not None
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        real_write(stream, payload)
+
+    monkeypatch.setattr(openvino_whole, "_write_frame", killed_first)
+    ids = np.ones((1, 8), dtype=np.int64)
+    with pytest.raises(ModelLoadError, match="killed by signal 9"):
+        child.run(ids, np.array([8], dtype=np.int64))
+    monkeypatch.setattr(openvino_whole, "_write_frame", real_write)
+    assert child.run(ids, np.array([8], dtype=np.int64)).shape == (1,)  # the next call starts a new child
+    child.close()
+
+
 def test_only_long_attention_counts_as_a_large_run() -> None:
     from rerank_onnx.backends.memory import is_large
 

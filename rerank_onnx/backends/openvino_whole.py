@@ -16,6 +16,7 @@ writes one line to stderr and exits 1.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import subprocess
 import sys
@@ -102,7 +103,8 @@ class WholeRowProcess:
         child, self._child = self._child, None
         if child is not None:
             assert child.stdin is not None
-            child.stdin.close()
+            with contextlib.suppress(OSError):  # a child that died leaves a broken pipe
+                child.stdin.close()
             try:
                 child.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -130,15 +132,20 @@ class WholeRowProcess:
 
     def _last_error(self) -> str:
         """The failed child's last error line; the child is reaped and forgotten (the next run starts one)."""
-        errors = self._errors
+        errors, child = self._errors, self._child
         self._errors = None
         self.close()
-        if errors is None:
-            return "no error output"
-        errors.seek(0)
-        lines = [line for line in errors.read().decode(errors="replace").splitlines() if line.strip()]
-        errors.close()
-        return lines[-1] if lines else "it exited without an error line"
+        lines: list[str] = []
+        if errors is not None:
+            errors.seek(0)
+            lines = [line for line in errors.read().decode(errors="replace").splitlines() if line.strip()]
+            errors.close()
+        if lines:
+            return lines[-1]
+        code = child.returncode if child is not None else None
+        if code is not None and code < 0:  # e.g. the kernel's out-of-memory killer: signal 9
+            return f"it was killed by signal {-code}"
+        return f"it exited with code {code} and no error line"
 
 
 def _peak_rss() -> int:
