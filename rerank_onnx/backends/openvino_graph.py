@@ -68,14 +68,10 @@ def split_presents(model: Any) -> int | None:
         stacked = results[0].input_value(0).get_node()
         new_parts = []
         for i in range(stacked.get_input_size()):
-            node = stacked.input_value(i).get_node()
-            for _ in range(6):  # Unsqueeze / Gather of row 0, back to the join of past and new
-                if node.get_type_name() == "Concat" and node.get_input_size() == 2:
-                    break
-                node = node.input_value(0).get_node()
-            if node.get_type_name() != "Concat" or node.get_input_size() != 2:
+            join = _joined(stacked.input_value(i), steps=6)  # under Unsqueeze / Gather of row 0
+            if join is None:
                 return None
-            new_parts.append(node.input_value(1))
+            new_parts.append(join.input_value(1))
         found[name] = (results[0], new_parts)
     for name, (result, new_parts) in found.items():
         model.remove_result(result)
@@ -84,13 +80,14 @@ def split_presents(model: Any) -> int | None:
     return len(found[PRESENT_KEYS][1])
 
 
-def _attention_parts(softmax: Any) -> tuple[Any, Any, Any, Any, Any, Any] | None:
-    """The exported attention around `softmax(q @ k^T * scale + mask) @ v`: (q, expanded k, expanded v, mask,
-    scale, the output MatMul), or None where the graph is not that shape."""
+def _attention_parts(softmax: Any) -> tuple[Any, Any, Any, Any, Any] | None:
+    """The exported attention around `softmax(q @ k^T * scale + mask) @ v`: (q, expanded k, expanded v, scale,
+    the output MatMul), or None where the graph is not that shape (the mask is not kept: see
+    stateful_attention)."""
     add = softmax.input_value(0).get_node()
     if add.get_type_name() != "Add":
         return None
-    mul, mask = add.input_value(0).get_node(), add.input_value(1)
+    mul = add.input_value(0).get_node()
     if mul.get_type_name() != "Multiply":
         return None
     scores, scale = mul.input_value(0).get_node(), mul.input_value(1)
@@ -103,13 +100,14 @@ def _attention_parts(softmax: Any) -> tuple[Any, Any, Any, Any, Any, Any] | None
     if len(consumers) != 1 or consumers[0].get_type_name() != "MatMul":
         return None
     out = consumers[0]
-    return scores.input_value(0), transpose.input_value(0), out.input_value(1), mask, scale, out
+    return scores.input_value(0), transpose.input_value(0), out.input_value(1), scale, out
 
 
-def _joined(expanded: Any) -> Any | None:
-    """The Concat of past and new keys (or values) that `expanded` (Reshape of Broadcast of Unsqueeze) expands."""
-    node = expanded.get_node()
-    for _ in range(4):
+def _joined(output: Any, steps: int = 4) -> Any | None:
+    """The Concat of past and new keys (or values) at most `steps` nodes up the first inputs from `output`
+    (under the expansion to every query head: Reshape of Broadcast of Unsqueeze), or None."""
+    node = output.get_node()
+    for _ in range(steps):
         if node.get_type_name() == "Concat" and node.get_input_size() == 2:
             return node
         node = node.input_value(0).get_node()
@@ -146,7 +144,7 @@ def stateful_attention(model: Any) -> bool:
         parts = _attention_parts(softmax)
         if parts is None:
             return False
-        if not _is_default_scale(parts[4], head_dim):
+        if not _is_default_scale(parts[3], head_dim):
             return False
         keys_join, values_join = _joined(parts[1]), _joined(parts[2])
         if keys_join is None or values_join is None:
@@ -166,7 +164,7 @@ def stateful_attention(model: Any) -> bool:
     sinks: list[Any] = []
     variables: list[Any] = []
     states: list[Any] = []
-    for layer, ((q, keys, values, _, _, out), joins) in enumerate(layers):
+    for layer, ((q, keys, values, _, out), joins) in enumerate(layers):
         for kind, join in zip(("keys", "values"), joins):
             info = VariableInfo()
             info.data_shape = ov.PartialShape([-1, kv_heads, -1, head_dim])
