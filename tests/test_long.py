@@ -227,12 +227,37 @@ def test_openvino_presents_from_new_token_outputs_equal_the_exported_presents(fp
 def test_openvino_keeps_the_rewritten_graph_in_the_cache_folder(fp32_artifact: Path, tmp_path: Path) -> None:
     query, documents = "where do rivers flood?", ["rivers flood in spring", "a recipe for bread"]
     first = Reranker(fp32_artifact, backend="openvino", precision="fp32", cache_dir=tmp_path)
-    written = sorted(tmp_path.glob("openvino/*/scores-new-kv-*.xml"))
+    written = sorted(tmp_path.glob("openvino/*/new-kv-*/scores.xml"))
     assert len(written) == 1 and written[0].with_suffix(".bin").stat().st_size > 0
-    # a second load compiles from it (no second copy) and scores the same
+    assert list(written[0].parent.glob("*.blob"))  # OpenVINO's compiled blob beside the graph it came from
+    # a second load compiles from it (no second copy, no second blob) and scores the same
+    blobs = sorted(tmp_path.glob("openvino/*/*/*.blob"))
     second = Reranker(fp32_artifact, backend="openvino", precision="fp32", cache_dir=tmp_path)
-    assert sorted(tmp_path.glob("openvino/*/scores-new-kv-*.xml")) == written
+    assert sorted(tmp_path.glob("openvino/*/new-kv-*/scores.xml")) == written
+    assert sorted(tmp_path.glob("openvino/*/*/*.blob")) == blobs
     np.testing.assert_array_equal(second.predict([query] * 2, documents), first.predict([query] * 2, documents))
+
+
+def test_a_changed_rewrite_replaces_what_the_old_one_left_in_the_cache(
+    fp32_artifact: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from rerank_onnx.backends import openvino_graph
+
+    Reranker(fp32_artifact, backend="openvino", precision="fp32", cache_dir=tmp_path)
+    (old,) = tmp_path.glob("openvino/*/new-kv-*")
+    folder = old.parent
+    kept = folder / "stateful-0123456789abcdef"  # another rewrite's folder stays
+    kept.mkdir()
+    flat = [folder / "scores-new-kv-0123456789abcdef.xml", folder / "1234.blob"]  # the layout before Dec 3
+    for path in flat:
+        path.write_bytes(b"stale")
+    monkeypatch.setitem(openvino_graph.REVISIONS, openvino_graph.NEW_KV, openvino_graph.REVISIONS["new-kv"] + 1)
+    reranker = Reranker(fp32_artifact, backend="openvino", precision="fp32", cache_dir=tmp_path)
+    (new,) = folder.glob("new-kv-*")
+    assert new != old and not old.exists() and kept.is_dir()
+    assert not any(path.exists() for path in flat)
+    assert (new / "scores.xml").exists() and list(new.glob("*.blob"))
+    assert len(reranker.predict(["q"], ["a document"])) == 1
 
 
 def test_openvino_compiles_from_memory_and_leaves_no_partial_file_when_the_graph_cannot_be_written(
@@ -249,7 +274,7 @@ def test_openvino_compiles_from_memory_and_leaves_no_partial_file_when_the_graph
     monkeypatch.setattr(openvino, "save_model", disk_full)
     reranker = Reranker(fp32_artifact, backend="openvino", precision="fp32", cache_dir=tmp_path)
     assert reranker._scorer.session._engine._layers > 0  # type: ignore[attr-defined]  # still rewritten
-    assert not list(tmp_path.glob("openvino/*/*scores-new-kv*"))  # no IR, no partial IR
+    assert not list(tmp_path.glob("openvino/*/new-kv-*/*scores*"))  # no IR, no partial IR
     assert len(reranker.predict(["q"], ["a document"])) == 1
 
 

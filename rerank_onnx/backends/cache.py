@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -38,4 +39,40 @@ def compile_cache_dir(config: ArtifactConfig, cache_dir: str | Path | None) -> P
     except OSError as exc:
         log.info("no compiled-model cache: %s is not writable (%s)", folder, exc.strerror or exc)
         return None
+    return folder
+
+
+def source_folder(cache_dir: Path, name: str) -> Path | None:
+    """The folder of one compile source in an artifact's cache folder, made on first use: its rewritten
+    graph (or the mark that there is none) and OpenVINO's compiled blobs of it (its CACHE_DIR).
+
+    A name is `<rewrite>-<key>`, the key naming the graph file, the rewrite's revision and OpenVINO's version
+    (openvino_graph._graph_key). Making a folder removes the other folders of the same rewrite, which no
+    process of this version compiles from again, and the files of the flat layout before Dec 3 (IRs named
+    `scores-*` and blobs beside them): without that, every upgrade left 0.5-1.5 GB per artifact behind
+    (a base-v2 folder had grown to 5.1 GB, large-v2 to 9.6). A process of another version that still reads
+    a removed folder keeps what it mapped, and writes its folder again when it next compiles.
+
+    Args:
+        cache_dir: the artifact's cache folder (compile_cache_dir).
+        name: `<rewrite>-<key>`.
+
+    Returns:
+        The folder, or None where it cannot be made (compile without a cache then).
+    """
+    folder = cache_dir / name
+    if folder.is_dir():
+        return folder
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as exc:
+        log.info("no compiled-model cache: cannot make %s (%s)", folder, exc.strerror or exc)
+        return None
+    rewrite = name.rsplit("-", 1)[0]
+    for path in cache_dir.iterdir():
+        stale_folder = path.is_dir() and path.name != name and path.name.rsplit("-", 1)[0] == rewrite
+        if stale_folder:
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.is_file() and (path.name.startswith("scores-") or path.suffix == ".blob"):
+            path.unlink(missing_ok=True)
     return folder

@@ -116,8 +116,6 @@ class OpenVinoEngine:
                 "openvino (the openvino extra)", "pip install 'rerank-onnx[openvino]'"
             ) from exc
         self._core = ov.Core()
-        if cache_dir is not None:
-            self._core.set_property({"CACHE_DIR": str(cache_dir)})
         self._graph = graph
         self._cache_dir = cache_dir
         self._config = compile_config(precision, threads)
@@ -143,8 +141,9 @@ class OpenVinoEngine:
     def _compile(self) -> Any:
         try:
             # from a path where there is a cache, so that a cached blob skips reading the graph altogether
-            source = compile_source(self._core, self._graph, self._cache_dir)
-            return self._core.compile_model(source, "CPU", self._config)
+            source, blobs = compile_source(self._core, self._graph, self._cache_dir)
+            config = self._config if blobs is None else {**self._config, "CACHE_DIR": str(blobs)}
+            return self._core.compile_model(source, "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses for unreadable or unsupported graphs
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(

@@ -20,8 +20,9 @@ Dec 2 (AVX512-BF16 EPYC, base-v2 int8, `int8`, an 8,192-token prompt, raw engine
 so it serves only rows that run whole from their first token. OpenVINO 2026.4.1 keeps a stateful model's
 working memory when the model is dropped, so it runs in a child process (openvino_whole.py).
 
-The rewritten models are saved as OpenVINO IR in the compile cache folder, so a warm start compiles from
-them (and their cached blobs) without reading the ONNX file.
+The rewritten models are saved as OpenVINO IR in the compile cache folder, each in a folder of its own with
+OpenVINO's compiled blobs of it, so a warm start compiles from them (and their blobs) without reading the
+ONNX file, and a changed rewrite or OpenVINO version replaces what the old one left (cache.source_folder).
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from ..artifact import INPUT_IDS, PAST_KEYS, PAST_VALUES, PRESENT_KEYS, PRESENT_VALUES
+from .cache import source_folder
 
 NEW_KEYS, NEW_VALUES = "new_keys", "new_values"  # output i: layer i's keys or values of the new tokens
 BEAM_INDEX = "beam_idx"  # the stateful model's input: which state row each row continues (its own: 0..rows-1)
-IR_FILE = "scores-{variant}-{key}.xml"
-AS_IS_MARKER = "scores-as-is-{variant}-{key}"  # nothing to rewrite: compile the ONNX file itself
+IR_FILE = "scores.xml"  # a rewritten graph, in its source folder (cache.source_folder)
+AS_IS_MARKER = "as-is"  # in a source folder: nothing to rewrite, compile the ONNX file itself
 NEW_KV, STATEFUL = "new-kv", "stateful"  # the two rewrites: split_presents, stateful_attention
 # each rewrite's revision, part of its IR's name: a changed rewrite does not compile a cached IR of the old one
 REVISIONS = {NEW_KV: 1, STATEFUL: 2}
@@ -44,10 +46,12 @@ REVISIONS = {NEW_KV: 1, STATEFUL: 2}
 
 def _graph_key(graph: Path, variant: str) -> str:
     """Names a rewritten graph after the graph file's size and modification time (the cache folder is named
-    after the weights, which a re-export with a changed graph may leave as they were) and the rewrite's
-    revision."""
+    after the weights, which a re-export with a changed graph may leave as they were), the rewrite's
+    revision and OpenVINO's version (whose blobs an upgrade no longer reads)."""
+    import openvino as ov
+
     stat = graph.stat()
-    source = f"{graph.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{variant}:{REVISIONS[variant]}"
+    source = f"{graph.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{variant}:{REVISIONS[variant]}:{ov.get_version()}"
     return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
@@ -197,29 +201,32 @@ def split_layers(compiled: Any) -> int:
     return sum(1 for output in compiled.outputs if output.get_any_name().startswith(NEW_KEYS + "."))
 
 
-def compile_source(core: Any, graph: Path, cache_dir: Path | None, variant: str = NEW_KV) -> Any:
+def compile_source(core: Any, graph: Path, cache_dir: Path | None, variant: str = NEW_KV) -> tuple[Any, Path | None]:
     """What to compile for `graph` rewritten as `variant` (NEW_KV: split_presents; STATEFUL:
-    stateful_attention): with a cache folder, the rewritten IR's path there (written once) or the ONNX path
-    where there is nothing to rewrite; without one (or where the IR cannot be written), the read and, where
-    it applies, rewritten ov.Model."""
+    stateful_attention), and the folder for OpenVINO's compiled blobs of it (its CACHE_DIR).
+
+    With a cache folder, the source has a folder of its own there (cache.source_folder): the rewritten IR's
+    path in it (written once), or the ONNX path where there is nothing to rewrite. Without one (or where
+    nothing can be written), the read and, where it applies, rewritten ov.Model, and no blob folder."""
+    folder = None
     if cache_dir is not None:
-        key = _graph_key(graph, variant)
-        ir = cache_dir / IR_FILE.format(variant=variant, key=key)
-        as_is = cache_dir / AS_IS_MARKER.format(variant=variant, key=key)
-        if as_is.exists():
-            return str(graph)
-        if ir.exists():
-            return str(ir)
+        folder = source_folder(cache_dir, f"{variant}-{_graph_key(graph, variant)}")
+    if folder is not None:
+        if (folder / AS_IS_MARKER).exists():
+            return str(graph), folder
+        if (folder / IR_FILE).exists():
+            return str(folder / IR_FILE), folder
     model = core.read_model(str(graph))
     rewritten = split_presents(model) is not None if variant == NEW_KV else stateful_attention(model)
-    if cache_dir is None:
-        return model
+    if folder is None:
+        return model, None
     if not rewritten:
-        as_is.touch()
-        return str(graph)
+        (folder / AS_IS_MARKER).touch()
+        return str(graph), folder
     import openvino as ov
 
-    partial = cache_dir / f".{os.getpid()}-{ir.name}"
+    ir = folder / IR_FILE
+    partial = folder / f".{os.getpid()}-{IR_FILE}"
     try:
         ov.save_model(model, str(partial), compress_to_fp16=False)
         os.replace(partial.with_suffix(".bin"), ir.with_suffix(".bin"))  # the weights first: ir marks it complete
@@ -227,5 +234,5 @@ def compile_source(core: Any, graph: Path, cache_dir: Path | None, variant: str 
     except (OSError, RuntimeError):  # a full disk or a folder gone read-only: compile from memory, leave nothing
         for path in (partial, partial.with_suffix(".bin")):
             path.unlink(missing_ok=True)
-        return model
-    return str(ir)
+        return model, None
+    return str(ir), folder

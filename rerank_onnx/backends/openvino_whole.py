@@ -168,12 +168,13 @@ def _serve(graph: Path, precision: str, threads: int, cache_dir: Path | None) ->
     from .openvino_graph import BEAM_INDEX, STATEFUL, compile_source
 
     core = ov.Core()
-    if cache_dir is not None:
-        core.set_property({"CACHE_DIR": str(cache_dir)})
     config: dict[str, Any] = compile_config(precision, threads)
     # its keys and values in the compute precision (the plugin's default is u8)
     config["KV_CACHE_PRECISION"] = "f32" if precision == "fp32" else "bf16"
-    request = core.compile_model(compile_source(core, graph, cache_dir, STATEFUL), "CPU", config).create_infer_request()
+    source, blobs = compile_source(core, graph, cache_dir, STATEFUL)
+    if blobs is not None:
+        config["CACHE_DIR"] = str(blobs)
+    request = core.compile_model(source, "CPU", config).create_infer_request()
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     while (frame := _read_frame(source)) is not None:
         feeds = np.load(io.BytesIO(frame))
