@@ -248,7 +248,7 @@ def test_a_changed_rewrite_replaces_what_the_old_one_left_in_the_cache(
     folder = old.parent
     kept = folder / "stateful-0123456789abcdef"  # another rewrite's folder stays
     kept.mkdir()
-    flat = [folder / "scores-new-kv-0123456789abcdef.xml", folder / "1234.blob"]  # the layout before Dec 3
+    flat = [folder / "scores-new-kv-0123456789abcdef.xml", folder / "1234.blob"]  # the earlier flat layout
     for path in flat:
         path.write_bytes(b"stale")
     monkeypatch.setitem(openvino_graph.REVISIONS, openvino_graph.NEW_KV, openvino_graph.REVISIONS["new-kv"] + 1)
