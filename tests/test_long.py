@@ -238,6 +238,17 @@ def test_openvino_keeps_the_rewritten_graph_in_the_cache_folder(fp32_artifact: P
     np.testing.assert_array_equal(second.predict([query] * 2, documents), first.predict([query] * 2, documents))
 
 
+def test_two_copies_of_one_artifact_share_their_cache_folder(fp32_artifact: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(fp32_artifact, copy)  # a new path and new modification times, the same bytes
+    Reranker(fp32_artifact, backend="openvino", precision="fp32", cache_dir=tmp_path / "cache")
+    written = sorted((tmp_path / "cache").glob("openvino/*/new-kv-*/scores.xml"))
+    Reranker(copy, backend="openvino", precision="fp32", cache_dir=tmp_path / "cache")
+    assert len(written) == 1 and sorted((tmp_path / "cache").glob("openvino/*/new-kv-*/scores.xml")) == written
+
+
 def test_a_changed_rewrite_replaces_what_the_old_one_left_in_the_cache(
     fp32_artifact: Path, tmp_path: Path, monkeypatch
 ) -> None:

@@ -42,16 +42,23 @@ AS_IS_MARKER = "as-is"  # in a source folder: nothing to rewrite, compile the ON
 NEW_KV, STATEFUL = "new-kv", "stateful"  # the two rewrites: split_presents, stateful_attention
 # each rewrite's revision, part of its IR's name: a changed rewrite does not compile a cached IR of the old one
 REVISIONS = {NEW_KV: 1, STATEFUL: 2}
+HASHED_GRAPH_BYTES = 64 << 20  # exported graphs keep their weights beside them: model.onnx is 0.1-2.5 MB
 
 
 def _graph_key(graph: Path, variant: str) -> str:
-    """Names a rewritten graph after the graph file's size and modification time (the cache folder is named
-    after the weights, which a re-export with a changed graph may leave as they were), the rewrite's
-    revision and OpenVINO's version (whose blobs an upgrade no longer reads)."""
+    """Names a rewritten graph after the graph file's bytes (the cache folder is named after the weights, which
+    a re-export with a changed graph may leave as they were), the rewrite's revision and OpenVINO's version
+    (whose blobs an upgrade no longer reads). The bytes, not the path: two copies of one artifact share their
+    folder instead of replacing each other's (cache.source_folder). A graph that holds its weights itself,
+    over HASHED_GRAPH_BYTES, is named after its path, size and modification time instead."""
     import openvino as ov
 
     stat = graph.stat()
-    source = f"{graph.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{variant}:{REVISIONS[variant]}:{ov.get_version()}"
+    if stat.st_size <= HASHED_GRAPH_BYTES:
+        identity = hashlib.sha256(graph.read_bytes()).hexdigest()
+    else:
+        identity = f"{graph.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    source = f"{identity}:{variant}:{REVISIONS[variant]}:{ov.get_version()}"
     return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
