@@ -16,8 +16,9 @@ in blocks (no [queries, keys] score matrix per head) and reads the 2 key/value h
 without expanding them. With no past, the exported mask is the causal triangle, so the kernel's own causal
 masking replaces it (and its bf16 kernel misreads a [1, 1, L, S] mask for rows after the first). Measured
 Dec 2 (AVX512-BF16 EPYC, base-v2 int8, `int8`, an 8,192-token prompt, raw engine, one run each): whole
-38.0 s and 0.88 GB over rest, the same score as 1,024-token slices on the graph above, 50.7 s and 2.43 GB. With a past in its state the plugin takes its one-query-at-a-time kernel, 2.5x slower per slice:
-so it serves only rows that run whole from their first token. OpenVINO 2026.4.1 keeps a stateful model's
+38.0 s and 0.88 GB over rest, the same score as 1,024-token slices on the graph above, 50.7 s and 2.43 GB.
+With a past in its state the plugin takes its one-query-at-a-time kernel, 2.5x slower per slice: so it
+serves only rows that run whole from their first token. OpenVINO 2026.4.1 keeps a stateful model's
 working memory when the model is dropped, so it runs in a child process (openvino_whole.py).
 
 The rewritten models are saved as OpenVINO IR in the compile cache folder, each in a folder of its own with

@@ -10,8 +10,8 @@ caller's `__main__` again.
 
 Protocol, over the child's stdin and stdout: per request the parent writes one frame holding an .npz of
 `input_ids` and `lengths`; the child answers with one frame holding an .npz of the `scores` and its
-`peak_rss` so far (VmHWM, bytes). A frame is an 8-byte little-endian length and that many bytes. The child exits at the end of its stdin; on an error it
-writes one line to stderr and exits 1.
+`peak_rss` so far (VmHWM, bytes). A frame is an 8-byte little-endian length and that many bytes. The child
+exits at the end of its stdin; on an error it writes one line to stderr and exits 1.
 """
 
 from __future__ import annotations
@@ -175,8 +175,8 @@ def _serve(graph: Path, precision: str, threads: int, cache_dir: Path | None) ->
     if blobs is not None:
         config["CACHE_DIR"] = str(blobs)
     request = core.compile_model(source, "CPU", config).create_infer_request()
-    source, sink = sys.stdin.buffer, sys.stdout.buffer
-    while (frame := _read_frame(source)) is not None:
+    requests, answers = sys.stdin.buffer, sys.stdout.buffer
+    while (frame := _read_frame(requests)) is not None:
         feeds = np.load(io.BytesIO(frame))
         input_ids, lengths = feeds[INPUT_IDS], feeds[LENGTHS]
         request.reset_state()
@@ -185,12 +185,16 @@ def _serve(graph: Path, precision: str, threads: int, cache_dir: Path | None) ->
         answer = io.BytesIO()
         scores = np.array(request.get_tensor(SCORES).data, dtype=np.float32, copy=True)
         np.savez(answer, scores=scores, peak_rss=np.int64(_peak_rss()))
-        _write_frame(sink, answer.getvalue())
+        _write_frame(answers, answer.getvalue())
 
 
 def main(argv: list[str]) -> int:
-    graph, precision, threads, cache = argv
+    """The child's entry point: `python -m rerank_onnx.backends.openvino_whole GRAPH PRECISION THREADS CACHE`
+    (CACHE empty: no compile cache), as WholeRowProcess starts it. Returns its exit code."""
     try:
+        if len(argv) != 4 or not argv[2].isdigit():
+            raise ValueError(f"expected the arguments GRAPH PRECISION THREADS CACHE, got {argv!r}")
+        graph, precision, threads, cache = argv
         _serve(Path(graph), precision, int(threads), Path(cache) if cache else None)
     except Exception as exc:  # one line for the parent's error message; the parent raises ModelLoadError
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
