@@ -126,13 +126,14 @@ def time_kernel(kernel: str, m: int, k: int, n: int, threads: int, reps: int) ->
                 session.run(["Y"], {"X": x})
         else:
             import openvino as ov
+            from rerank_onnx_export.quantize import BLOCK
 
-            from rerank_onnx.backends.openvino import DYNAMIC_INT8_GROUP, compile_config
+            from rerank_onnx.backends.openvino import compile_config
 
             precision = {"ov-bf16": "bf16", "ov-int8": "int8"}.get(kernel, "fp32")
-            config = compile_config(precision, threads)
+            config = compile_config(precision, threads, int8_group=BLOCK)
             if kernel == "ov-int8-dynamic":  # the f32 hint with dynamic int8 activations: no runtime precision
-                config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(DYNAMIC_INT8_GROUP)
+                config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(BLOCK)
             request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
 
             def run() -> None:

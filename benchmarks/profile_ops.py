@@ -64,10 +64,11 @@ def profile_openvino(graph: Path, ids: np.ndarray, lengths: np.ndarray, threads:
 
     import openvino as ov
 
-    from rerank_onnx.artifact import INPUT_IDS, LENGTHS, PAST_KEYS, PAST_VALUES
+    from rerank_onnx.artifact import INPUT_IDS, LENGTHS, PAST_KEYS, PAST_VALUES, load_artifact
     from rerank_onnx.backends.openvino import compile_config
 
-    compiled = ov.Core().compile_model(str(graph), "CPU", compile_config(precision, threads) | {"PERF_COUNT": "YES"})
+    config = compile_config(precision, threads, int8_group=load_artifact(graph.parent).quantization_block)
+    compiled = ov.Core().compile_model(str(graph), "CPU", config | {"PERF_COUNT": "YES"})
     request = compiled.create_infer_request()
     feeds = {INPUT_IDS: ids, LENGTHS: lengths}
     names = {name for port in compiled.inputs for name in port.get_names()}

@@ -51,12 +51,13 @@ def rss_gb() -> tuple[float, float]:
 def _compile(artifact: Path, stateful: bool) -> Any:
     import openvino as ov
 
+    from rerank_onnx.artifact import load_artifact
     from rerank_onnx.backends.openvino import compile_config
     from rerank_onnx.backends.openvino_graph import split_presents, stateful_attention
 
     core = ov.Core()
     model = core.read_model(str(artifact / "model.onnx"))
-    config = compile_config("int8", 2)
+    config = compile_config("int8", 2, int8_group=load_artifact(artifact).quantization_block)
     if stateful:
         assert stateful_attention(model), "the graph's attention is not the exported MatMul-Softmax-MatMul"
         config["KV_CACHE_PRECISION"] = "bf16"  # the compute precision (the plugin's default is u8)

@@ -11,6 +11,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import text_of_tokens
@@ -65,6 +66,13 @@ class Ours:
 
         self.r = Reranker(artifact, threads=threads, backend=backend, precision=precision)
         self.backend = self.r.backend.describe() if self.r.backend else "custom session"
+
+    @classmethod
+    def of(cls, reranker: Any, backend: str) -> Ours:
+        """A stack over a Reranker built by the caller (a session of its own), described as `backend`."""
+        stack = cls.__new__(cls)
+        stack.r, stack.backend = reranker, backend
+        return stack
 
     def faithful(self, queries: list[str], docs: list[str]) -> dict:
         """Max |score difference| over every query's pairs: each pair alone vs inside one batch, and a shared

@@ -25,7 +25,7 @@ from rerank_onnx.template import PairEncoder, load_tokenizer
 from . import cross_encoder, report
 from .graph import ScoreGraph, export_fp32
 from .prompt import FAMILIES, PROMPTS, Prompt, detect_family, template_data
-from .quantize import SCHEMES
+from .quantize import BLOCK, SCHEMES
 from .quantize import quantize as quantize_graph
 from .source import Checkpoint, resolve_checkpoint
 
@@ -265,6 +265,7 @@ def _finish(
         pair_encoding=built.config_section.get("pair_encoding"),
         quantization=quantize,
         quantization_description=SCHEMES[quantize],
+        quantization_block=BLOCK if quantize == "int8" else None,
         estimated_max=estimated_max,
     )
     log("checking the written graph on every backend this machine runs")
@@ -277,7 +278,11 @@ def _finish(
         "source_revision": checkpoint.revision,
         "family": built.family,
         "architecture": built.architecture,
-        "quantization": {"scheme": quantize, "description": SCHEMES[quantize]},
+        "quantization": {
+            "scheme": quantize,
+            "description": SCHEMES[quantize],
+            **({"block": BLOCK} if quantize == "int8" else {}),
+        },
         "pairs": len(built.pair_ids),
         "prompt_tokens": [len(ids) for ids in built.pair_ids],
         **checks,

@@ -1,8 +1,9 @@
 """fp32 score graph -> int8 graph for x86 CPUs.
 
 Two schemes, measured side by side in benchmarks/ (random weights, full size):
-- int8: weights and activations quantized in blocks of 32 along the reduction dimension (MatMulNBits,
-  8 bits). Ranks like fp32 (Spearman >= 0.99 against the fp32 graph where the per-tensor scheme gave
+- int8: weights and activations quantized in blocks of BLOCK along the reduction dimension (MatMulNBits,
+  8 bits; the artifact config records the block, and OpenVINO's int8 activations take it as their group).
+  Ranks like fp32 (Spearman >= 0.99 against the fp32 graph where the per-tensor scheme gave
   ~0.9-0.98); batch-independent scores.
 - int8-fast: one activation scale per tensor (DynamicQuantizeMatMul): the fastest integer kernel,
   but one scale for a whole batch coarsens every small activation and couples rows of a batch.
@@ -19,10 +20,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .graph import save_with_external_data
 
+BLOCK = 32
+
 # The schemes the exporter offers (`--quantize`), described in the artifact config.
 SCHEMES = {
     "int8": (
-        "Transformer MatMuls: int8 weights in blocks of 32 input channels (symmetric, one fp32 scale per "
+        f"Transformer MatMuls: int8 weights in blocks of {BLOCK} input channels (symmetric, one fp32 scale per "
         "block); activations quantized to int8 per row in the same blocks at run time (onnxruntime "
         "MatMulNBits, bits=8, accuracy_level=4). Token embedding: int8 per row. "
         "Final score projection, norms and attention: fp32."
@@ -36,9 +39,6 @@ SCHEMES = {
 }
 
 
-BLOCK = 32
-
-
 def quantize(scheme: str, fp32_path: Path, destination: Path, *, data_file: str) -> None:
     """Write the `scheme` version of the fp32 graph at `fp32_path` to `destination`."""
     if scheme == "int8":
@@ -49,9 +49,9 @@ def quantize(scheme: str, fp32_path: Path, destination: Path, *, data_file: str)
         raise ValueError(f"no quantizer for scheme {scheme!r}")
 
 
-def quantize_int8_blockwise(fp32_path: Path, destination: Path, *, data_file: str) -> None:
+def quantize_int8_blockwise(fp32_path: Path, destination: Path, *, data_file: str, block: int = BLOCK) -> None:
     model = onnx.load(str(fp32_path), load_external_data=True)
-    model = blockwise_int8_matmuls(model, excluded=[n.name for n in _score_projections(model)])
+    model = blockwise_int8_matmuls(model, excluded=[n.name for n in _score_projections(model)], block=block)
     gc.collect()
     _quantize_embedding_per_row(model)
     save_with_external_data(model, destination, data_file=data_file)
@@ -59,14 +59,15 @@ def quantize_int8_blockwise(fp32_path: Path, destination: Path, *, data_file: st
     gc.collect()
 
 
-def blockwise_int8_matmuls(model: onnx.ModelProto, *, excluded: list[str]) -> onnx.ModelProto:
-    """The `int8` scheme's MatMuls: every MatMul but `excluded` as MatMulNBits (8 bits, blocks of BLOCK,
-    symmetric, accuracy_level 4: int8 activations per block). Also used by benchmarks/gemm_ceiling.py."""
+def blockwise_int8_matmuls(model: onnx.ModelProto, *, excluded: list[str], block: int = BLOCK) -> onnx.ModelProto:
+    """The `int8` scheme's MatMuls: every MatMul but `excluded` as MatMulNBits (8 bits, blocks of `block`,
+    symmetric, accuracy_level 4: int8 activations per block). Also used by benchmarks/gemm_ceiling.py and
+    benchmarks/int8_groups.py (other blocks)."""
     import logging
 
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    config = DefaultWeightOnlyQuantConfig(block_size=BLOCK, is_symmetric=True, accuracy_level=4, bits=8)
+    config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=4, bits=8)
     quantizer_log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     level = quantizer_log.level
     quantizer_log.setLevel(logging.WARNING)  # it logs a line per node

@@ -25,6 +25,8 @@ GRAPH_DATA_FILE = "model.onnx.data"
 REPORT_FILE = "export_report.json"
 FORMAT_NAME = "rerank-onnx"
 FORMAT_VERSION = 1
+# the int8 scheme's weight block in artifacts that do not record it (written before Dec 2, 2026)
+INT8_BLOCK_UNRECORDED = 32
 
 # The score graph's inputs and outputs (names shared by the exporter and every backend).
 INPUT_IDS = "input_ids"
@@ -141,6 +143,9 @@ class ArtifactConfig:
     source_model: str
     quantization: str
     files: dict[str, dict[str, Any]]  # name -> {"sha256", "bytes"}
+    # the int8 scheme's weight block (input channels per scale): the group OpenVINO's int8 activations use;
+    # None for the other schemes
+    quantization_block: int | None = None
 
     @property
     def family(self) -> str:
@@ -196,6 +201,7 @@ def load_artifact(folder: str | Path) -> ArtifactConfig:
             source_model=str(data["source_model"]),
             quantization=str(data["quantization"]["scheme"]),
             files=dict(data["files"]),
+            quantization_block=_quantization_block(data["quantization"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelLoadError(f"{config_path} is incomplete or malformed ({type(exc).__name__}: {exc})") from exc
@@ -212,6 +218,16 @@ def load_artifact(folder: str | Path) -> ArtifactConfig:
     return config
 
 
+def _quantization_block(section: dict[str, Any]) -> int | None:
+    """The int8 scheme's block: as recorded, or INT8_BLOCK_UNRECORDED for artifacts written before it was."""
+    if section["scheme"] != "int8":
+        return None
+    block = int(section.get("block", INT8_BLOCK_UNRECORDED))
+    if block <= 0:
+        raise ValueError(f"quantization block: expected a positive integer, got {block}")
+    return block
+
+
 def write_config(
     folder: Path,
     *,
@@ -221,6 +237,7 @@ def write_config(
     pair_encoding: dict[str, Any] | None = None,
     quantization: str,
     quantization_description: str,
+    quantization_block: int | None,
     estimated_max: float,
 ) -> None:
     """Write rerank_config.json for the files already in `folder` (the exporter's last step before the report).
@@ -233,6 +250,7 @@ def write_config(
         pair_encoding: a cross-encoder's `pair_encoding` section (PairEncoding's fields) instead.
         quantization: the scheme name (`--quantize`).
         quantization_description: what the scheme does, for a reader of the config.
+        quantization_block: the int8 scheme's weight block (input channels per scale), None for the others.
         estimated_max: the normalization constant.
     """
     for path in folder.iterdir():
@@ -256,7 +274,11 @@ def write_config(
         "model_family": family,
         "source_model": source_model,
         "source_revision": source_revision,
-        "quantization": {"scheme": quantization, "description": quantization_description},
+        "quantization": {
+            "scheme": quantization,
+            "description": quantization_description,
+            **({"block": quantization_block} if quantization_block is not None else {}),
+        },
         "graph": {"file": GRAPH_FILE, "inputs": graph[0], "outputs": graph[1]},
         **section,
         "normalization": {"kind": "sigmoid(score - estimated_max / 2)", "estimated_max": float(estimated_max)},

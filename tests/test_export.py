@@ -10,9 +10,10 @@ from pathlib import Path
 
 import onnx
 import pytest
+from rerank_onnx_export.quantize import BLOCK
 
-from rerank_onnx.artifact import CONFIG_FILE, REPORT_FILE, file_digest
-from rerank_onnx.errors import ExportError
+from rerank_onnx.artifact import CONFIG_FILE, INT8_BLOCK_UNRECORDED, REPORT_FILE, file_digest, load_artifact
+from rerank_onnx.errors import ExportError, ModelLoadError
 
 
 def test_artifact_is_self_contained_and_hashed(int8_artifact: Path, tiny_checkpoint: Path) -> None:
@@ -66,10 +67,34 @@ def test_int8_graph_uses_blockwise_8bit_matmuls(int8_artifact: Path) -> None:
     model = onnx.load(str(int8_artifact / "model.onnx"))
     blockwise = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
     assert blockwise and set(_weight_matmul_ops(model)) == {"MatMulNBits"}
+    # the config records the block the graph holds (OpenVINO's int8 activations take it as their group)
+    block = load_artifact(int8_artifact).quantization_block
+    assert block == BLOCK
     for node in blockwise:
         attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        assert (attributes["bits"], attributes["block_size"], attributes["accuracy_level"]) == (8, 32, 4)
+        assert (attributes["bits"], attributes["block_size"], attributes["accuracy_level"]) == (8, block, 4)
     _assert_no_float_weights(model)
+
+
+def test_the_int8_block_of_an_artifact_that_does_not_record_it_is_32(
+    int8_artifact: Path, fp32_artifact: Path, tmp_path: Path
+) -> None:
+    """Artifacts written before the block was recorded hold blocks of 32; other schemes have none."""
+    assert load_artifact(fp32_artifact).quantization_block is None
+    old = tmp_path / "old"
+    old.mkdir()
+    for path in int8_artifact.iterdir():
+        if path.is_file():
+            (old / path.name).symlink_to(path)
+    config = json.loads((int8_artifact / CONFIG_FILE).read_text())
+    del config["quantization"]["block"]
+    (old / CONFIG_FILE).unlink()
+    (old / CONFIG_FILE).write_text(json.dumps(config))
+    assert load_artifact(old).quantization_block == INT8_BLOCK_UNRECORDED == 32
+    config["quantization"]["block"] = 0
+    (old / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="block"):
+        load_artifact(old)
 
 
 def test_int8_fast_graph_uses_per_tensor_integer_matmuls(int8_fast_artifact: Path) -> None:

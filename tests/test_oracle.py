@@ -177,15 +177,21 @@ def test_the_default_path_is_faithful(oracle, int8_artifact, fp32_artifact) -> N
 
 
 def test_openvino_int8_activations_are_faithful_in_any_batch(oracle, int8_artifact, fp32_artifact) -> None:
-    """precision="int8": OpenVINO's dynamic int8 activations in the weights' blocks of 32, bf16 elsewhere
-    (fp32 on a CPU without bf16)."""
+    """precision="int8": OpenVINO's dynamic int8 activations in the weights' blocks (the artifact's recorded
+    block), bf16 elsewhere (fp32 on a CPU without bf16)."""
+    from rerank_onnx.artifact import load_artifact
     from rerank_onnx.backends.openvino import compile_config
+    from rerank_onnx.errors import ModelLoadError
 
-    assert compile_config("int8", 2)["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "32"
-    assert compile_config("bf16", 2)["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "0"
+    block = load_artifact(int8_artifact).quantization_block
+    assert block is not None
+    assert compile_config("int8", 2, int8_group=block)["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == str(block)
+    assert compile_config("bf16", 2, int8_group=block)["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "0"
+    with pytest.raises(ModelLoadError, match="block"):
+        compile_config("int8", 2)
     reranker = Reranker(int8_artifact, backend="openvino", precision="int8", compile_cache=False)
     assert reranker.backend is not None and reranker.backend.precision in ("int8", "fp32")
     if reranker.backend.precision == "int8":  # the compiled model carries the group size
         compiled, _ = reranker._scorer.session._engine.model.get()  # type: ignore[attr-defined]
-        assert int(compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")) == 32
+        assert int(compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")) == block
     _assert_faithful(reranker, oracle, int8_artifact, fp32_artifact)

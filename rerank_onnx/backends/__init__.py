@@ -244,7 +244,12 @@ class EncoderGraphSession(GraphSession):
 
 
 def open_session(
-    graph: Path, choice: BackendChoice, *, threads: int | None = None, cache_dir: Path | None = None
+    graph: Path,
+    choice: BackendChoice,
+    *,
+    threads: int | None = None,
+    cache_dir: Path | None = None,
+    int8_block: int | None = None,
 ) -> GraphSession:
     """The session for an artifact's graph on the chosen backend: prefix-capable when the graph takes
     past keys and values (artifacts written since the prefix cache), plain otherwise.
@@ -254,6 +259,7 @@ def open_session(
         choice: backend and precision, from `select.choose`.
         threads: intra-op threads (default: the CPUs this process may use).
         cache_dir: where OpenVINO keeps compiled models (None: no cache); onnxruntime ignores it.
+        int8_block: the int8 artifact's weight block, OpenVINO's int8 activation group under precision "int8".
 
     Returns:
         A `PrefixGraphSession`, an `EncoderGraphSession` (cross-encoders) or a plain `GraphSession`.
@@ -263,7 +269,9 @@ def open_session(
     if choice.backend == "openvino":
         from .openvino import OpenVinoEngine
 
-        engine = OpenVinoEngine(graph, precision=choice.precision, threads=threads, cache_dir=cache_dir)
+        engine = OpenVinoEngine(
+            graph, precision=choice.precision, threads=threads, cache_dir=cache_dir, int8_group=int8_block
+        )
     else:
         from .onnxruntime import OnnxRuntimeEngine
 
@@ -305,7 +313,10 @@ def open_backend(
     cache = None
     if cache_dir is not False and choice.backend == "openvino":
         cache = compile_cache_dir(config, cache_dir)
-    return open_session(config.graph_path, choice, threads=threads, cache_dir=cache), choice
+    session = open_session(
+        config.graph_path, choice, threads=threads, cache_dir=cache, int8_block=config.quantization_block
+    )
+    return session, choice
 
 
 __all__ = [

@@ -5,8 +5,10 @@ RMSNorm and rotary embeddings itself, and computes in the precision asked for:
 - "bf16": bf16 compute (AMX or AVX512-BF16), fp32 or int8 weights decompressed to bf16;
 - "fp32": fp32 compute, int8 weights decompressed (weight-only int8);
 - "int8": bf16 compute, with the int8 weights' MatMuls fed int8 activations quantized at run time per token
-  in the weights' blocks of 32 (OpenVINO's dynamic quantization; VNNI dot products), as onnxruntime's
-  blockwise kernel does. Other group sizes leave it off (64 gave the bf16 scores exactly, Dec 1).
+  in the weights' blocks (OpenVINO's dynamic quantization; VNNI dot products), as onnxruntime's blockwise
+  kernel does. The group is the artifact's block (`quantization_block`): a group that is not a divisor of
+  the block leaves it off (64 on blocks of 32 gave the bf16 scores exactly, Dec 1), and a smaller divisor
+  runs slower (32 on blocks of 128: 633 tok/s against 818 for 128, Dec 2, benchmarks/README.md).
 Dynamic quantization is off in "fp32" and "bf16". Under the fp32 hint it moved shared-prefix scores by 4%
 of their spread (AVX512 EPYC, Dec 1), and on AMX it ran slower than bf16 (benchmarks/README.md).
 """
@@ -28,8 +30,6 @@ from .openvino_whole import WholeRowProcess
 from .select import BF16_COMPUTE
 
 PRECISION_HINTS = {precision: "bf16" if precision in BF16_COMPUTE else "f32" for precision in ("fp32", "bf16", "int8")}
-# "int8": activations quantized per token in groups of this many input channels, the int8 artifact's block size
-DYNAMIC_INT8_GROUP = 32
 # bf16 attention blocks by the padded width, and a different blocking flips bf16 roundings: rows are
 # padded to a multiple of this and batched by width, so a row computes the same bits alone or in any
 # batch (measured: alone vs batch 0.043 at score std 1.56 with longest-row padding, 0.0 bucketed).
@@ -78,13 +78,25 @@ def available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def compile_config(precision: str, threads: int) -> dict[str, Any]:
-    """The CPU plugin properties for `precision` on `threads` threads, one stream (latency)."""
+def compile_config(precision: str, threads: int, *, int8_group: int | None = None) -> dict[str, Any]:
+    """The CPU plugin properties for `precision` on `threads` threads, one stream (latency).
+
+    Args:
+        precision: "fp32", "bf16" or "int8".
+        threads: inference threads.
+        int8_group: under "int8", the input channels per activation scale: the artifact's int8 weight block
+            (`ArtifactConfig.quantization_block`). Required for "int8", ignored otherwise.
+
+    Returns:
+        The properties for `Core.compile_model`.
+    """
     if precision not in PRECISION_HINTS:
         raise ModelLoadError(f"openvino precision: expected one of {sorted(PRECISION_HINTS)}, got {precision!r}")
+    if precision == "int8" and not int8_group:
+        raise ModelLoadError("openvino precision 'int8' needs the int8 artifact's weight block (int8_group)")
     return {
         "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
-        "DYNAMIC_QUANTIZATION_GROUP_SIZE": str(DYNAMIC_INT8_GROUP if precision == "int8" else 0),
+        "DYNAMIC_QUANTIZATION_GROUP_SIZE": str(int8_group if precision == "int8" else 0),
         "INFERENCE_NUM_THREADS": str(threads),
         "NUM_STREAMS": "1",
         "PERFORMANCE_HINT": "LATENCY",
@@ -108,7 +120,9 @@ class OpenVinoEngine:
     batch_tokens = 1024
     batch_context: int | None = BATCH_CONTEXT  # see BATCH_CONTEXT
 
-    def __init__(self, graph: Path, *, precision: str, threads: int, cache_dir: Path | None) -> None:
+    def __init__(
+        self, graph: Path, *, precision: str, threads: int, cache_dir: Path | None, int8_group: int | None = None
+    ) -> None:
         try:
             import openvino as ov
         except ImportError as exc:
@@ -118,7 +132,7 @@ class OpenVinoEngine:
         self._core = ov.Core()
         self._graph = graph
         self._cache_dir = cache_dir
-        self._config = compile_config(precision, threads)
+        self._config = compile_config(precision, threads, int8_group=int8_group)
         # the compiled model with its infer request, compiled again after long prompts (REBUILD_LENGTH)
         self.model = Rebuildable(self._compile_with_request, rebuild_length=REBUILD_LENGTH)
         compiled, _ = self.model.get()
@@ -132,7 +146,9 @@ class OpenVinoEngine:
         self.pad_multiple = BF16_PAD_MULTIPLE if precision in BF16_COMPUTE else 1
         # rows over WHOLE_ROW_TOKENS run whole on the stateful model, in a child process for the call
         self.whole_row_tokens = WHOLE_ROW_TOKENS if PAST_KEYS in self._shapes else None
-        self._whole = WholeRowProcess(graph, precision=precision, threads=threads, cache_dir=cache_dir)
+        self._whole = WholeRowProcess(
+            graph, precision=precision, threads=threads, cache_dir=cache_dir, int8_group=int8_group
+        )
 
     def _compile_with_request(self) -> tuple[Any, Any]:
         compiled = self._compile()

@@ -55,9 +55,12 @@ class WholeRowProcess:
         precision: the OpenVINO precision (openvino.compile_config).
         threads: the child's inference threads.
         cache_dir: OpenVINO's compile cache folder (None: compile from the ONNX graph each time).
+        int8_group: under "int8", the artifact's int8 weight block (openvino.compile_config).
     """
 
-    def __init__(self, graph: Path, *, precision: str, threads: int, cache_dir: Path | None) -> None:
+    def __init__(
+        self, graph: Path, *, precision: str, threads: int, cache_dir: Path | None, int8_group: int | None = None
+    ) -> None:
         self._command = [
             sys.executable,
             "-m",
@@ -66,6 +69,7 @@ class WholeRowProcess:
             precision,
             str(threads),
             str(cache_dir) if cache_dir is not None else "",
+            str(int8_group or 0),
         ]
         self._child: subprocess.Popen[bytes] | None = None
         self._errors: IO[bytes] | None = None
@@ -160,7 +164,7 @@ def _peak_rss() -> int:
     return 0
 
 
-def _serve(graph: Path, precision: str, threads: int, cache_dir: Path | None) -> None:
+def _serve(graph: Path, precision: str, threads: int, cache_dir: Path | None, int8_group: int | None) -> None:
     """The child: compile the stateful model, then answer frames until the end of stdin."""
     import openvino as ov
 
@@ -168,7 +172,7 @@ def _serve(graph: Path, precision: str, threads: int, cache_dir: Path | None) ->
     from .openvino_graph import BEAM_INDEX, STATEFUL, compile_source
 
     core = ov.Core()
-    config: dict[str, Any] = compile_config(precision, threads)
+    config: dict[str, Any] = compile_config(precision, threads, int8_group=int8_group)
     # its keys and values in the compute precision (the plugin's default is u8)
     config["KV_CACHE_PRECISION"] = "f32" if precision == "fp32" else "bf16"
     source, blobs = compile_source(core, graph, cache_dir, STATEFUL)
@@ -189,13 +193,14 @@ def _serve(graph: Path, precision: str, threads: int, cache_dir: Path | None) ->
 
 
 def main(argv: list[str]) -> int:
-    """The child's entry point: `python -m rerank_onnx.backends.openvino_whole GRAPH PRECISION THREADS CACHE`
-    (CACHE empty: no compile cache), as WholeRowProcess starts it. Returns its exit code."""
+    """The child's entry point: `python -m rerank_onnx.backends.openvino_whole GRAPH PRECISION THREADS CACHE GROUP`
+    (CACHE empty: no compile cache; GROUP 0: no int8 activations), as WholeRowProcess starts it. Returns its
+    exit code."""
     try:
-        if len(argv) != 4 or not argv[2].isdigit():
-            raise ValueError(f"expected the arguments GRAPH PRECISION THREADS CACHE, got {argv!r}")
-        graph, precision, threads, cache = argv
-        _serve(Path(graph), precision, int(threads), Path(cache) if cache else None)
+        if len(argv) != 5 or not argv[2].isdigit() or not argv[4].isdigit():
+            raise ValueError(f"expected the arguments GRAPH PRECISION THREADS CACHE GROUP, got {argv!r}")
+        graph, precision, threads, cache, group = argv
+        _serve(Path(graph), precision, int(threads), Path(cache) if cache else None, int(group) or None)
     except Exception as exc:  # one line for the parent's error message; the parent raises ModelLoadError
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         print(f"{type(exc).__name__}: {message[:400]}", file=sys.stderr)

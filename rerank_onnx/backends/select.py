@@ -57,7 +57,7 @@ AUTO_TABLE: dict[CpuClass, _Row] = {
         "measured on a 2-core Xeon with AMX (Nov 30 base-v2: 2.5x onnxruntime's blockwise int8, same "
         "Spearman vs fp32, a pair's score the same alone or in any batch; Dec 1 large-v2: 5.1x)",
     ),
-    # OpenVINO's dynamic int8 activations run there (VNNI), in the weights' blocks of 32, per token: a row's
+    # OpenVINO's dynamic int8 activations run there (VNNI), in the weights' blocks (32), per token: a row's
     # score stays the same alone, in any batch and after a shared prefix. AMX keeps bf16: there they were only
     # measured under the fp32 hint (slower than bf16, Dec 1).
     "avx512-bf16": _Row(
