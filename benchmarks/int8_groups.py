@@ -41,22 +41,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, median, publish, text_of_tokens
 from worker import Ours, workloads
 
-QUERIES = 12
 DOCS_PER_QUERY = 20
 
 
-def agreement_pairs() -> tuple[list[str], list[str]]:
-    """12 queries x 20 documents of 20-410 tokens, the same on every run."""
+def agreement_pairs(queries: int, max_doc_tokens: int) -> tuple[list[str], list[str]]:
+    """`queries` queries x 20 documents of 20-`max_doc_tokens` tokens, the same on every run."""
     import random
 
     rng = random.Random(11)
-    queries, docs = [], []
-    for q in range(QUERIES):
+    query_texts, docs = [], []
+    for q in range(queries):
         query = text_of_tokens(rng.randint(4, 16), 3000 + q)
         for d in range(DOCS_PER_QUERY):
-            queries.append(query)
-            docs.append(text_of_tokens(rng.randint(20, 410), 4000 + 100 * q + d))
-    return queries, docs
+            query_texts.append(query)
+            docs.append(text_of_tokens(rng.randint(20, max_doc_tokens), 4000 + 100 * q + d))
+    return query_texts, docs
 
 
 def blocked_artifact(int8_artifact: Path, fp32_artifact: Path, block: int) -> Path:
@@ -114,7 +113,7 @@ def parse_variant(variant: str) -> tuple[str, int, str]:
     return ("openvino" if engine == "ov" else "onnxruntime"), int(block), (rest[0] if rest else "")
 
 
-def worker(artifact: str, variant: str, threads: int, reps: int, speed_only: bool) -> dict:
+def worker(artifact: str, variant: str, threads: int, reps: int, speed_only: bool, pairs: tuple[int, int]) -> dict:
     """Load one variant, time b16x256, and (unless `speed_only`) score the agreement and faithfulness pairs."""
     from rerank_onnx import Reranker
     from rerank_onnx.artifact import load_artifact
@@ -145,7 +144,7 @@ def worker(artifact: str, variant: str, threads: int, reps: int, speed_only: boo
         "b16x256": {"tokens": tokens, "seconds": times, "tokens_per_s": tokens / median(times)},
     }
     if not speed_only:
-        queries, docs = agreement_pairs()
+        queries, docs = agreement_pairs(*pairs)
         result["scores"] = stack.r.predict(queries, docs).tolist()
         f = workloads(quick=False)["faithful"]
         result["faithful"] = stack.faithful(f["queries"], f["docs"])
@@ -155,7 +154,7 @@ def worker(artifact: str, variant: str, threads: int, reps: int, speed_only: boo
 def agreement(scores: list[float], reference: list[float]) -> dict:
     from scipy.stats import spearmanr  # scipy comes with the export extra's dependencies
 
-    s, r = np.array(scores).reshape(QUERIES, -1), np.array(reference).reshape(QUERIES, -1)
+    s, r = np.array(scores).reshape(-1, DOCS_PER_QUERY), np.array(reference).reshape(-1, DOCS_PER_QUERY)
     per_query = [float(spearmanr(a, b).statistic) for a, b in zip(s, r, strict=True)]
     top10 = [len(set(np.argsort(-a)[:10]) & set(np.argsort(-b)[:10])) / 10 for a, b in zip(s, r, strict=True)]
     return {
@@ -166,9 +165,35 @@ def agreement(scores: list[float], reference: list[float]) -> dict:
     }
 
 
-def run(artifact: Path, variant: str, threads: int, reps: int, speed_only: bool) -> dict | None:
+def paired_difference(scores: list[float], baseline: list[float], reference: list[float]) -> dict:
+    """Spearman vs fp32 of `scores` minus that of `baseline`, over all pairs and as the mean per query, with
+    95% intervals from 2,000 resamplings of the queries (both measured on the same resampled queries)."""
+    from scipy.stats import spearmanr
+
+    s, b, r = (np.array(x).reshape(-1, DOCS_PER_QUERY) for x in (scores, baseline, reference))
+    per_query = np.array(
+        [spearmanr(x, z).statistic - spearmanr(y, z).statistic for x, y, z in zip(s, b, r, strict=True)]
+    )
+    rng = np.random.default_rng(0)
+    overall, means = [], []
+    for _ in range(2000):
+        pick = rng.integers(0, len(r), len(r))
+        overall.append(
+            spearmanr(s[pick].ravel(), r[pick].ravel()).statistic
+            - spearmanr(b[pick].ravel(), r[pick].ravel()).statistic
+        )
+        means.append(per_query[pick].mean())
+    return {
+        "spearman": float(spearmanr(s.ravel(), r.ravel()).statistic - spearmanr(b.ravel(), r.ravel()).statistic),
+        "spearman_95": [float(np.percentile(overall, 2.5)), float(np.percentile(overall, 97.5))],
+        "per_query": float(per_query.mean()),
+        "per_query_95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
+    }
+
+
+def run(artifact: Path, variant: str, threads: int, reps: int, speed_only: bool, pairs: tuple[int, int]) -> dict | None:
     cmd = [sys.executable, __file__, "--worker", str(artifact), variant, "--threads", str(threads), "--reps", str(reps)]
-    cmd += ["--speed-only"] if speed_only else []
+    cmd += ["--queries", str(pairs[0]), "--max-doc-tokens", str(pairs[1])] + (["--speed-only"] if speed_only else [])
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         print(f"{variant}: exit {done.returncode}\n{done.stderr[-2000:]}", file=sys.stderr)
@@ -177,22 +202,24 @@ def run(artifact: Path, variant: str, threads: int, reps: int, speed_only: bool)
     return result
 
 
-def reference_scores(fp32_artifact: Path, threads: int) -> list[float]:
+def reference_scores(fp32_artifact: Path, threads: int, pairs: tuple[int, int]) -> list[float]:
     from rerank_onnx import Reranker
 
-    queries, docs = agreement_pairs()
+    queries, docs = agreement_pairs(*pairs)
     return Reranker(fp32_artifact, threads=threads, backend="onnxruntime").predict(queries, docs).tolist()
 
 
 def table(data: dict) -> str:
     env = data["environment"]
+    pairs = len(data["reference_scores"]) if "reference_scores" in data else 240
+    first = next(iter(data["variants"]), "-")
     lines = [
         f"`int8` block size vs OpenVINO's dynamic int8 group, {data['size']}, {env['cpu_class']} ({env['cpu']}), "
         f"{env['threads']} threads, commit {env['git_commit']}, median over {data['rounds']} rounds",
         "",
-        "| variant | engine | b16x256 tok/s (rounds) | vs ov-32-32 | Spearman vs fp32 (240 pairs) | per query | top-10 "
-        "| mean abs diff / std | alone vs batch | shared vs full |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| variant | engine | b16x256 tok/s (rounds) | vs ov-32-32 | Spearman vs fp32 ({pairs} pairs) | per query | top-10 "
+        f"| mean abs diff / std | alone vs batch | shared vs full | per-query Spearman minus {first}'s (95%) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     base = data["variants"].get("ov-32-32", {}).get("tokens_per_s")
     for name, v in data["variants"].items():
@@ -202,9 +229,17 @@ def table(data: dict) -> str:
         lines.append(
             f"| {name} | {v['backend']} | {v['tokens_per_s']:.0f} ({rounds}) | {ratio} | {a['spearman']:.4f} | "
             f"{a['spearman_per_query']:.4f} | {a['top10']:.3f} | {a['mean_abs_diff_of_std']:.3f} | "
-            f"{f['alone_vs_batch']:.4f} | {f['shared_vs_full']:.4f} |"
+            f"{f['alone_vs_batch']:.4f} | {f['shared_vs_full']:.4f} | {_difference(a)} |"
         )
     return "\n".join(lines)
+
+
+def _difference(agreement: dict) -> str:
+    d = agreement.get("minus_first")
+    if d is None:
+        return "-"
+    lo, hi = d["per_query_95"]
+    return f"{d['per_query']:+.4f} ({lo:+.4f}, {hi:+.4f})"
 
 
 def chart(data: dict, name: str) -> None:
@@ -234,20 +269,23 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--queries", type=int, default=12, help="agreement pairs: queries (20 documents each)")
+    parser.add_argument("--max-doc-tokens", type=int, default=410, help="agreement pairs: longest document")
     parser.add_argument("--suffix", default="", help="appended to the result files' name (a run beside another)")
     parser.add_argument("--speed-only", action="store_true", help="worker: time b16x256 only (rounds after the first)")
     args = parser.parse_args()
+    pairs = (args.queries, args.max_doc_tokens)
     if args.worker:
-        print(json.dumps(worker(args.worker[0], args.worker[1], args.threads, args.reps, args.speed_only)))
+        print(json.dumps(worker(args.worker[0], args.worker[1], args.threads, args.reps, args.speed_only, pairs)))
         return 0
     if args.fp32 is None or args.int8 is None:
         parser.error("give the fp32 and the int8 artifact")
     artifacts = {v: blocked_artifact(args.int8, args.fp32, parse_variant(v)[1]) for v in args.variants}
-    reference = reference_scores(args.fp32, args.threads)
+    reference = reference_scores(args.fp32, args.threads, pairs)
     runs: dict[str, list[dict]] = {v: [] for v in args.variants}
     for round_ in range(args.rounds):
         for variant in args.variants:
-            result = run(artifacts[variant], variant, args.threads, args.reps, speed_only=round_ > 0)
+            result = run(artifacts[variant], variant, args.threads, args.reps, round_ > 0, pairs)
             if result is not None:
                 runs[variant].append(result)
                 print(f"round {round_ + 1} {variant}: {result['b16x256']['tokens_per_s']:.0f} tok/s", file=sys.stderr)
@@ -255,7 +293,13 @@ def main() -> int:
     data = {
         "size": size,
         "rounds": args.rounds,
+        "agreement_pairs": {
+            "queries": args.queries,
+            "documents_per_query": DOCS_PER_QUERY,
+            "max_doc_tokens": args.max_doc_tokens,
+        },
         "environment": environment(args.threads),
+        "reference_scores": reference,
         "variants": {
             v: {
                 "backend": r[0]["backend"],
@@ -264,11 +308,16 @@ def main() -> int:
                 "tokens_per_s": median([x["b16x256"]["tokens_per_s"] for x in r]),
                 "agreement": agreement(r[0]["scores"], reference),
                 "faithful": r[0]["faithful"],
+                "scores": r[0]["scores"],
             }
             for v, r in runs.items()
             if r
         },
     }
+    baseline = data["variants"].get(args.variants[0])
+    for variant in data["variants"].values():  # against the first variant (the reference scheme: ort-32)
+        if baseline is not None and variant is not baseline:
+            variant["agreement"]["minus_first"] = paired_difference(variant["scores"], baseline["scores"], reference)
     suffix = f"-{args.suffix}" if args.suffix else ""
     publish(f"int8-groups-{size}-{data['environment']['cpu_class']}{suffix}", data, table(data), chart)
     return 0
