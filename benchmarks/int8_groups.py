@@ -60,10 +60,12 @@ def agreement_pairs(queries: int, max_doc_tokens: int) -> tuple[list[str], list[
 
 def blocked_artifact(int8_artifact: Path, fp32_artifact: Path, block: int) -> Path:
     """`int8_artifact` with its graph re-quantized from the fp32 graph in blocks of `block`; the artifact
-    itself for the exporter's block."""
+    itself where it holds that block."""
     from rerank_onnx_export import quantize
 
-    if block == quantize.BLOCK:
+    from rerank_onnx.artifact import load_artifact
+
+    if load_artifact(int8_artifact).quantization_block == block:
         return int8_artifact
     out = int8_artifact.with_name(f"{int8_artifact.name}-block{block}")
     config = json.loads((int8_artifact / "rerank_config.json").read_text())
