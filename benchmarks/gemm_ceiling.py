@@ -131,7 +131,7 @@ def time_kernel(kernel: str, m: int, k: int, n: int, threads: int, reps: int) ->
             from rerank_onnx.backends.openvino import compile_config
 
             precision = {"ov-bf16": "bf16", "ov-int8": "int8"}.get(kernel, "fp32")
-            config = compile_config(precision, threads, int8_group=BLOCK)
+            config = compile_config(precision, threads, int8_block=BLOCK)
             if kernel == "ov-int8-dynamic":  # the f32 hint with dynamic int8 activations: no runtime precision
                 config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(BLOCK)
             request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -109,10 +110,13 @@ def _data_file(artifact: Path, graph_file: str) -> str:
 def parse_variant(variant: str) -> tuple[str, int, str]:
     """'ov-128-32' -> ("openvino", 128, "32"); 'ov-32-bf16' -> ("openvino", 32, "bf16"); 'ort-32' ->
     ("onnxruntime", 32, "")."""
-    engine, block, *rest = variant.split("-")
-    if engine not in ("ov", "ort") or (engine == "ov") != bool(rest):
-        raise SystemExit(f"variant: expected ort-B, ov-B-G or ov-B-bf16, got {variant!r}")
-    return ("openvino" if engine == "ov" else "onnxruntime"), int(block), (rest[0] if rest else "")
+    match = re.fullmatch(r"ort-(\d+)|ov-(\d+)-(\d+|bf16)", variant)
+    if match is None:
+        raise SystemExit(f"variant: expected ort-B, ov-B-G or ov-B-bf16 (B and G numbers), got {variant!r}")
+    ort_block, ov_block, group = match.groups()
+    if ort_block is not None:
+        return "onnxruntime", int(ort_block), ""
+    return "openvino", int(ov_block), group
 
 
 def worker(artifact: str, variant: str, threads: int, reps: int, speed_only: bool, pairs: tuple[int, int]) -> dict:

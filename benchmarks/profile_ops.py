@@ -67,7 +67,7 @@ def profile_openvino(graph: Path, ids: np.ndarray, lengths: np.ndarray, threads:
     from rerank_onnx.artifact import INPUT_IDS, LENGTHS, PAST_KEYS, PAST_VALUES, load_artifact
     from rerank_onnx.backends.openvino import compile_config
 
-    config = compile_config(precision, threads, int8_group=load_artifact(graph.parent).quantization_block)
+    config = compile_config(precision, threads, int8_block=load_artifact(graph.parent).quantization_block)
     compiled = ov.Core().compile_model(str(graph), "CPU", config | {"PERF_COUNT": "YES"})
     request = compiled.create_infer_request()
     feeds = {INPUT_IDS: ids, LENGTHS: lengths}

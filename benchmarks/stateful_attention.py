@@ -57,7 +57,7 @@ def _compile(artifact: Path, stateful: bool) -> Any:
 
     core = ov.Core()
     model = core.read_model(str(artifact / "model.onnx"))
-    config = compile_config("int8", 2, int8_group=load_artifact(artifact).quantization_block)
+    config = compile_config("int8", 2, int8_block=load_artifact(artifact).quantization_block)
     if stateful:
         assert stateful_attention(model), "the graph's attention is not the exported MatMul-Softmax-MatMul"
         config["KV_CACHE_PRECISION"] = "bf16"  # the compute precision (the plugin's default is u8)

@@ -252,6 +252,7 @@ def _finish(
 ) -> dict:
     """Every family's tail: quantize, write the config, check the written graph on every backend, report."""
     timings = built.timings
+    block = BLOCK if quantize == "int8" else None  # recorded: OpenVINO's int8 activations take it as their group
     if quantize != "none":
         t = time.perf_counter()
         log(f"quantizing ({quantize})")
@@ -265,7 +266,7 @@ def _finish(
         pair_encoding=built.config_section.get("pair_encoding"),
         quantization=quantize,
         quantization_description=SCHEMES[quantize],
-        quantization_block=BLOCK if quantize == "int8" else None,
+        quantization_block=block,
         estimated_max=estimated_max,
     )
     log("checking the written graph on every backend this machine runs")
@@ -281,7 +282,7 @@ def _finish(
         "quantization": {
             "scheme": quantize,
             "description": SCHEMES[quantize],
-            **({"block": BLOCK} if quantize == "int8" else {}),
+            **({"block": block} if block is not None else {}),
         },
         "pairs": len(built.pair_ids),
         "prompt_tokens": [len(ids) for ids in built.pair_ids],

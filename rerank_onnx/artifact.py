@@ -222,9 +222,9 @@ def _quantization_block(section: dict[str, Any]) -> int | None:
     """The int8 scheme's block: as recorded, or INT8_BLOCK_UNRECORDED for artifacts written before it was."""
     if section["scheme"] != "int8":
         return None
-    block = int(section.get("block", INT8_BLOCK_UNRECORDED))
-    if block <= 0:
-        raise ValueError(f"quantization block: expected a positive integer, got {block}")
+    block = section.get("block", INT8_BLOCK_UNRECORDED)
+    if isinstance(block, bool) or not isinstance(block, int) or block <= 0:
+        raise ValueError(f"quantization block: expected a positive integer, got {block!r}")
     return block
 
 

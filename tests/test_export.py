@@ -91,10 +91,11 @@ def test_the_int8_block_of_an_artifact_that_does_not_record_it_is_32(
     (old / CONFIG_FILE).unlink()
     (old / CONFIG_FILE).write_text(json.dumps(config))
     assert load_artifact(old).quantization_block == INT8_BLOCK_UNRECORDED == 32
-    config["quantization"]["block"] = 0
-    (old / CONFIG_FILE).write_text(json.dumps(config))
-    with pytest.raises(ModelLoadError, match="block"):
-        load_artifact(old)
+    for bad in (0, "32", 32.5, True):
+        config["quantization"]["block"] = bad
+        (old / CONFIG_FILE).write_text(json.dumps(config))
+        with pytest.raises(ModelLoadError, match="block"):
+            load_artifact(old)
 
 
 def test_int8_fast_graph_uses_per_tensor_integer_matmuls(int8_fast_artifact: Path) -> None:

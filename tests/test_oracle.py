@@ -185,8 +185,8 @@ def test_openvino_int8_activations_are_faithful_in_any_batch(oracle, int8_artifa
 
     block = load_artifact(int8_artifact).quantization_block
     assert block is not None
-    assert compile_config("int8", 2, int8_group=block)["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == str(block)
-    assert compile_config("bf16", 2, int8_group=block)["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "0"
+    assert compile_config("int8", 2, int8_block=block)["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == str(block)
+    assert compile_config("bf16", 2, int8_block=block)["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "0"
     with pytest.raises(ModelLoadError, match="block"):
         compile_config("int8", 2)
     reranker = Reranker(int8_artifact, backend="openvino", precision="int8", compile_cache=False)

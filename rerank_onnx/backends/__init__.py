@@ -270,7 +270,7 @@ def open_session(
         from .openvino import OpenVinoEngine
 
         engine = OpenVinoEngine(
-            graph, precision=choice.precision, threads=threads, cache_dir=cache_dir, int8_group=int8_block
+            graph, precision=choice.precision, threads=threads, cache_dir=cache_dir, int8_block=int8_block
         )
     else:
         from .onnxruntime import OnnxRuntimeEngine

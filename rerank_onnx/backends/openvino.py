@@ -78,13 +78,13 @@ def available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def compile_config(precision: str, threads: int, *, int8_group: int | None = None) -> dict[str, Any]:
+def compile_config(precision: str, threads: int, *, int8_block: int | None = None) -> dict[str, Any]:
     """The CPU plugin properties for `precision` on `threads` threads, one stream (latency).
 
     Args:
         precision: "fp32", "bf16" or "int8".
         threads: inference threads.
-        int8_group: under "int8", the input channels per activation scale: the artifact's int8 weight block
+        int8_block: under "int8", the input channels per activation scale: the artifact's int8 weight block
             (`ArtifactConfig.quantization_block`). Required for "int8", ignored otherwise.
 
     Returns:
@@ -92,11 +92,11 @@ def compile_config(precision: str, threads: int, *, int8_group: int | None = Non
     """
     if precision not in PRECISION_HINTS:
         raise ModelLoadError(f"openvino precision: expected one of {sorted(PRECISION_HINTS)}, got {precision!r}")
-    if precision == "int8" and not int8_group:
-        raise ModelLoadError("openvino precision 'int8' needs the int8 artifact's weight block (int8_group)")
+    if precision == "int8" and not int8_block:
+        raise ModelLoadError("openvino precision 'int8' needs the int8 artifact's weight block (int8_block)")
     return {
         "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
-        "DYNAMIC_QUANTIZATION_GROUP_SIZE": str(int8_group if precision == "int8" else 0),
+        "DYNAMIC_QUANTIZATION_GROUP_SIZE": str(int8_block if precision == "int8" else 0),
         "INFERENCE_NUM_THREADS": str(threads),
         "NUM_STREAMS": "1",
         "PERFORMANCE_HINT": "LATENCY",
@@ -121,7 +121,7 @@ class OpenVinoEngine:
     batch_context: int | None = BATCH_CONTEXT  # see BATCH_CONTEXT
 
     def __init__(
-        self, graph: Path, *, precision: str, threads: int, cache_dir: Path | None, int8_group: int | None = None
+        self, graph: Path, *, precision: str, threads: int, cache_dir: Path | None, int8_block: int | None = None
     ) -> None:
         try:
             import openvino as ov
@@ -132,7 +132,7 @@ class OpenVinoEngine:
         self._core = ov.Core()
         self._graph = graph
         self._cache_dir = cache_dir
-        self._config = compile_config(precision, threads, int8_group=int8_group)
+        self._config = compile_config(precision, threads, int8_block=int8_block)
         # the compiled model with its infer request, compiled again after long prompts (REBUILD_LENGTH)
         self.model = Rebuildable(self._compile_with_request, rebuild_length=REBUILD_LENGTH)
         compiled, _ = self.model.get()
@@ -147,7 +147,7 @@ class OpenVinoEngine:
         # rows over WHOLE_ROW_TOKENS run whole on the stateful model, in a child process for the call
         self.whole_row_tokens = WHOLE_ROW_TOKENS if PAST_KEYS in self._shapes else None
         self._whole = WholeRowProcess(
-            graph, precision=precision, threads=threads, cache_dir=cache_dir, int8_group=int8_group
+            graph, precision=precision, threads=threads, cache_dir=cache_dir, int8_block=int8_block
         )
 
     def _compile_with_request(self) -> tuple[Any, Any]:

@@ -55,11 +55,11 @@ class WholeRowProcess:
         precision: the OpenVINO precision (openvino.compile_config).
         threads: the child's inference threads.
         cache_dir: OpenVINO's compile cache folder (None: compile from the ONNX graph each time).
-        int8_group: under "int8", the artifact's int8 weight block (openvino.compile_config).
+        int8_block: under "int8", the artifact's int8 weight block (openvino.compile_config).
     """
 
     def __init__(
-        self, graph: Path, *, precision: str, threads: int, cache_dir: Path | None, int8_group: int | None = None
+        self, graph: Path, *, precision: str, threads: int, cache_dir: Path | None, int8_block: int | None = None
     ) -> None:
         self._command = [
             sys.executable,
@@ -69,7 +69,7 @@ class WholeRowProcess:
             precision,
             str(threads),
             str(cache_dir) if cache_dir is not None else "",
-            str(int8_group or 0),
+            str(int8_block or 0),
         ]
         self._child: subprocess.Popen[bytes] | None = None
         self._errors: IO[bytes] | None = None
@@ -164,7 +164,7 @@ def _peak_rss() -> int:
     return 0
 
 
-def _serve(graph: Path, precision: str, threads: int, cache_dir: Path | None, int8_group: int | None) -> None:
+def _serve(graph: Path, precision: str, threads: int, cache_dir: Path | None, int8_block: int | None) -> None:
     """The child: compile the stateful model, then answer frames until the end of stdin."""
     import openvino as ov
 
@@ -172,7 +172,7 @@ def _serve(graph: Path, precision: str, threads: int, cache_dir: Path | None, in
     from .openvino_graph import BEAM_INDEX, STATEFUL, compile_source
 
     core = ov.Core()
-    config: dict[str, Any] = compile_config(precision, threads, int8_group=int8_group)
+    config: dict[str, Any] = compile_config(precision, threads, int8_block=int8_block)
     # its keys and values in the compute precision (the plugin's default is u8)
     config["KV_CACHE_PRECISION"] = "f32" if precision == "fp32" else "bf16"
     source, blobs = compile_source(core, graph, cache_dir, STATEFUL)
