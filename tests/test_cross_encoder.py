@@ -119,6 +119,18 @@ def test_token_types_reach_the_graph(fp32_artifacts: dict) -> None:
     )
 
 
+def test_openvino_batches_encoder_graphs_in_larger_runs(fp32_artifacts: dict) -> None:
+    """An encoder graph keeps no keys and values per token: OpenVINO's default budget for it is onnxruntime's,
+    not the 1,024 tokens a decoder's present outputs need, and a budget the caller asks for still wins."""
+    from rerank_onnx.backends.openvino import ENCODER_BATCH_TOKENS, OpenVinoEngine
+
+    assert ENCODER_BATCH_TOKENS > OpenVinoEngine.batch_tokens
+    encoder = Reranker(fp32_artifacts["bert-tiny"], backend="openvino", precision="fp32")._scorer
+    assert encoder.max_batch_tokens == ENCODER_BATCH_TOKENS
+    asked = Reranker(fp32_artifacts["bert-tiny"], backend="openvino", precision="fp32", max_batch_tokens=300)
+    assert asked._scorer.max_batch_tokens == 300
+
+
 def test_no_instruction_slot(fp32_artifacts: dict) -> None:
     reranker = Reranker(fp32_artifacts["xlmr-tiny"])
     with pytest.raises(InvalidInputError, match="instruction"):

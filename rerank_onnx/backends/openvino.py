@@ -70,6 +70,13 @@ BATCH_CONTEXT = 8192
 # 4,400-token document: 49.8 s against 87.1 s. Shorter rows keep slices: a child's start and compile
 # (~1.5 s from the cache) and the parent's rebuild would cost them more than they save.
 WHOLE_ROW_TOKENS = REBUILD_LENGTH
+# Padded tokens per run for an encoder graph (cross-encoders: no past inputs, no present outputs, so little
+# working memory per token). Measured Dec 2 (AVX512-BF16 EPYC, `int8`, 1 query x 32 documents of ~530 tokens,
+# one process per budget, 3 rounds of 3 calls): MiniLM-L-6 median 1.80 s at 1,024 (two rows a run), 1.65 at
+# 2,048, 1.53 at 4,096, 1.47 at 8,192, peak 0.16 / 0.18 / 0.21 / 0.29 GB; bge-reranker-v2-m3's architecture
+# (~210-token documents) the same speed at 1,024 and 4,096 (noise), peak 0.91 against 1.05 GB. On AVX2 (Dec 1)
+# MiniLM ran alike at both. 4,096, as on onnxruntime (benchmarks/README.md, "Encoder batches on OpenVINO").
+ENCODER_BATCH_TOKENS = 4096
 
 
 def available() -> bool:
@@ -116,7 +123,8 @@ class OpenVinoEngine:
     # (AVX2 EPYC, base-v2 int8, fp32, 16 x 230-token pairs, 3 runs each): 1,024 tokens 22.3-22.5 s and
     # 1.61 GB peak, 4,096 tokens 22.2-23.2 s and 3.3 GB, 512 tokens 23.1-23.8 s and 1.2 GB; MiniLM
     # cross-encoder, 64 x ~512 tokens: 7.0-8.2 s at 1,024 against 7.0-9.0 s at 4,096 (benchmarks/README.md,
-    # "OpenVINO: working memory grows with the tokens of a run").
+    # "OpenVINO: working memory grows with the tokens of a run"). This is the bound for score graphs with a past
+    # (decoders); encoder graphs take ENCODER_BATCH_TOKENS (set per graph in __init__).
     batch_tokens = 1024
     batch_context: int | None = BATCH_CONTEXT  # see BATCH_CONTEXT
 
@@ -141,6 +149,8 @@ class OpenVinoEngine:
             port.get_any_name(): tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
             for port in compiled.inputs
         }
+        if PAST_KEYS not in self._shapes:
+            self.batch_tokens = ENCODER_BATCH_TOKENS
         self.threads = threads
         self.precision = precision
         self.pad_multiple = BF16_PAD_MULTIPLE if precision in BF16_COMPUTE else 1
