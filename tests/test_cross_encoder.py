@@ -124,7 +124,7 @@ def test_openvino_batches_encoder_graphs_in_larger_runs(fp32_artifacts: dict) ->
     not the 1,024 tokens a decoder's present outputs need, and a budget the caller asks for still wins."""
     from rerank_onnx.backends.openvino import ENCODER_BATCH_TOKENS, OpenVinoEngine
 
-    assert ENCODER_BATCH_TOKENS > OpenVinoEngine.batch_tokens
+    assert OpenVinoEngine.batch_tokens < ENCODER_BATCH_TOKENS
     encoder = Reranker(fp32_artifacts["bert-tiny"], backend="openvino", precision="fp32")._scorer
     assert encoder.max_batch_tokens == ENCODER_BATCH_TOKENS
     asked = Reranker(fp32_artifacts["bert-tiny"], backend="openvino", precision="fp32", max_batch_tokens=300)
