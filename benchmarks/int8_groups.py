@@ -128,8 +128,8 @@ def worker(artifact: str, variant: str, threads: int, reps: int, speed_only: boo
 
     backend, block, group = parse_variant(variant)
     precision = "auto" if backend == "onnxruntime" else "bf16" if group == "bf16" else "int8"
-    choice = choose(backend, precision, scheme="int8", openvino_installed=True)
     config = load_artifact(artifact)
+    choice = choose(backend, precision, scheme="int8", family=config.family, openvino_installed=True)
     assert config.quantization_block == block, f"{artifact} holds blocks of {config.quantization_block}, not {block}"
     # the group as the variant says, which may differ from the artifact's block (the runtime uses the block)
     session = open_session(

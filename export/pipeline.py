@@ -410,18 +410,20 @@ def _backend_checks(
 ) -> dict:
     """The artifact on every OpenVINO precision this machine runs natively, against PyTorch fp32, and
     what `backend="auto"` picks here: a user with the real checkpoint sees the agreement on their CPU."""
+    from rerank_onnx.artifact import load_artifact
     from rerank_onnx.backends.openvino import available
     from rerank_onnx.backends.select import choose, cpu_class, cpu_flags
     from rerank_onnx.errors import RerankError
 
     installed = available()
     kind = cpu_class(cpu_flags())
+    family = load_artifact(folder).family
     checks: dict = {
         "cpu_class": kind,
-        "auto": choose("auto", "auto", scheme=scheme, openvino_installed=installed).describe(),
+        "auto": choose("auto", "auto", scheme=scheme, family=family, openvino_installed=installed).describe(),
         "results": {},
     }
-    for precision in _native_precisions(scheme) if installed else []:
+    for precision in _native_precisions(scheme, family) if installed else []:
         try:
             reranker = Reranker(folder, backend="openvino", precision=precision, compile_cache=False)  # type: ignore[arg-type]
         except RerankError as exc:
@@ -435,7 +437,7 @@ def _backend_checks(
     return checks
 
 
-def _native_precisions(scheme: str) -> list[str]:
+def _native_precisions(scheme: str, family: str) -> list[str]:
     """The OpenVINO precisions that run as themselves on this CPU for an artifact of `scheme`, as `choose`
     resolves them: bf16 and int8 run as fp32 without bf16 instructions, int8 needs the int8 artifact, and
     OpenVINO cannot run int8-fast at all."""
@@ -445,7 +447,8 @@ def _native_precisions(scheme: str) -> list[str]:
     native = []
     for precision in (p for p in PRECISIONS if p != "auto"):
         try:
-            if choose("openvino", precision, scheme=scheme, openvino_installed=True).precision == precision:
+            asked = choose("openvino", precision, scheme=scheme, family=family, openvino_installed=True)
+            if asked.precision == precision:
                 native.append(precision)
         except InvalidInputError:  # refused for this artifact
             continue

@@ -18,7 +18,7 @@ def choice(backend: str, precision: str = "auto"):
     """A BackendChoice as `choose` resolves it on this machine."""
     from rerank_onnx.backends.select import choose
 
-    return choose(backend, precision, scheme="none", openvino_installed=True)
+    return choose(backend, precision, scheme="none", family="mxbai-rerank-v2", openvino_installed=True)
 
 
 @pytest.fixture(scope="session")

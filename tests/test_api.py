@@ -101,18 +101,25 @@ def test_auto_keeps_every_cpu_class_on_a_path_it_can_run(kind: str) -> None:
     from rerank_onnx.backends.select import choose
 
     flags = CPU_FLAGS[kind]
-    choice = choose("auto", "auto", scheme="int8", flags=flags, openvino_installed=True)
+    choice = choose("auto", "auto", scheme="int8", family="mxbai-rerank-v2", flags=flags, openvino_installed=True)
     assert choice.cpu_class == kind
     if choice.precision in ("bf16", "int8"):  # bf16 compute only where the CPU has bf16 instructions
         assert "avx512_bf16" in flags or "amx_bf16" in flags
-    without = choose("auto", "auto", scheme="int8", flags=flags, openvino_installed=False)
+    without = choose("auto", "auto", scheme="int8", family="mxbai-rerank-v2", flags=flags, openvino_installed=False)
     assert without.backend == "onnxruntime"
     if choice.backend == "openvino":  # the missing extra is said, with the command that installs it
         assert "pip install 'rerank-onnx[openvino]'" in without.reason
     for scheme in ("none", "int8-fast"):  # fp32 numerics and onnxruntime's int8-fast kernel on every class
-        assert choose("auto", "auto", scheme=scheme, flags=flags, openvino_installed=True).backend == "onnxruntime"
+        assert (
+            choose(
+                "auto", "auto", scheme=scheme, family="mxbai-rerank-v2", flags=flags, openvino_installed=True
+            ).backend
+            == "onnxruntime"
+        )
     for precision in ("bf16", "int8"):
-        asked = choose("openvino", precision, scheme="int8", flags=flags, openvino_installed=True)
+        asked = choose(
+            "openvino", precision, scheme="int8", family="mxbai-rerank-v2", flags=flags, openvino_installed=True
+        )
         if kind in ("amx", "avx512-bf16"):
             assert (asked.precision, asked.reason) == (precision, "asked for")
         else:  # OpenVINO would compute fp32 anyway: no bf16 padding, and the reason says why
@@ -120,9 +127,32 @@ def test_auto_keeps_every_cpu_class_on_a_path_it_can_run(kind: str) -> None:
     # backend="openvino" alone takes the class's own precision where auto runs OpenVINO
     if choice.backend == "openvino":
         assert (
-            choose("openvino", "auto", scheme="int8", flags=flags, openvino_installed=True).precision
+            choose(
+                "openvino", "auto", scheme="int8", family="mxbai-rerank-v2", flags=flags, openvino_installed=True
+            ).precision
             == choice.precision
         )
+
+
+def test_a_family_measured_less_faithful_on_its_class_row_takes_its_own() -> None:
+    """Cross-encoders lost agreement to OpenVINO's int8 activations on AVX512-BF16 CPUs where mxbai did not:
+    auto (and backend="openvino" alone) gives them bf16 there, and every other class keeps its row."""
+    from rerank_onnx.backends.select import AUTO_TABLE, FAMILY_ROWS, choose
+
+    assert ("cross-encoder", "avx512-bf16") in FAMILY_ROWS
+    for kind, flags in CPU_FLAGS.items():
+        for family in ("mxbai-rerank-v2", "qwen3-reranker", "cross-encoder"):
+            auto = choose("auto", "auto", scheme="int8", family=family, flags=flags, openvino_installed=True)
+            row = FAMILY_ROWS.get((family, kind), AUTO_TABLE[kind])
+            assert (auto.backend, auto.precision, auto.reason) == (row.backend, row.precision, row.evidence)
+            if auto.backend == "openvino":
+                alone = choose("openvino", "auto", scheme="int8", family=family, flags=flags, openvino_installed=True)
+                assert alone.precision == auto.precision
+    bf16_cpu = CPU_FLAGS["avx512-bf16"]
+    encoder = choose("auto", "auto", scheme="int8", family="cross-encoder", flags=bf16_cpu, openvino_installed=True)
+    mxbai = choose("auto", "auto", scheme="int8", family="mxbai-rerank-v2", flags=bf16_cpu, openvino_installed=True)
+    assert (encoder.precision, mxbai.precision) == ("bf16", "int8")
+    assert "cross-encoders" in encoder.reason
 
 
 def test_int8_precision_needs_the_int8_artifact() -> None:
@@ -130,10 +160,24 @@ def test_int8_precision_needs_the_int8_artifact() -> None:
 
     for scheme in ("none", "int8-fast"):
         with pytest.raises(InvalidInputError, match=r"precision='int8'|int8-fast"):
-            choose("openvino", "int8", scheme=scheme, flags=CPU_FLAGS["avx512-bf16"], openvino_installed=True)
+            choose(
+                "openvino",
+                "int8",
+                scheme=scheme,
+                family="mxbai-rerank-v2",
+                flags=CPU_FLAGS["avx512-bf16"],
+                openvino_installed=True,
+            )
     for precision in ("bf16", "int8"):  # onnxruntime runs the stored numerics only
         with pytest.raises(InvalidInputError, match="needs backend='openvino'"):
-            choose("onnxruntime", precision, scheme="int8", flags=CPU_FLAGS["avx512-bf16"], openvino_installed=True)
+            choose(
+                "onnxruntime",
+                precision,
+                scheme="int8",
+                family="mxbai-rerank-v2",
+                flags=CPU_FLAGS["avx512-bf16"],
+                openvino_installed=True,
+            )
 
 
 def test_truncation_is_reported_and_can_be_refused(fp32_artifact: Path, caplog) -> None:

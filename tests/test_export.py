@@ -202,7 +202,10 @@ def test_export_report_checks_every_backend_this_machine_runs(int8_artifact: Pat
     for artifact, scheme in ((int8_artifact, "int8"), (fp32_artifact, "none")):
         backends = json.loads((artifact / REPORT_FILE).read_text())["backends"]
         assert backends["cpu_class"] == kind
-        assert backends["auto"] == choose("auto", "auto", scheme=scheme, openvino_installed=True).describe()
+        family = load_artifact(artifact).family
+        assert (
+            backends["auto"] == choose("auto", "auto", scheme=scheme, family=family, openvino_installed=True).describe()
+        )
         bf16_capable = kind in ("amx", "avx512-bf16")
         expected = {"onnxruntime", "openvino-fp32"} | ({"openvino-bf16"} if bf16_capable else set())
         expected |= {"openvino-int8"} if bf16_capable and scheme == "int8" else set()

@@ -307,7 +307,9 @@ def open_backend(
     from .openvino import available
     from .select import choose
 
-    choice = choose(backend, precision, scheme=config.quantization, openvino_installed=available())
+    choice = choose(
+        backend, precision, scheme=config.quantization, family=config.family, openvino_installed=available()
+    )
     # a missing extra on a CPU where it would pay is worth a warning; the ordinary choice is info
     (log.warning if "not installed" in choice.reason else log.info)("backend: %s", choice.describe())
     cache = None

@@ -81,6 +81,27 @@ AUTO_TABLE: dict[CpuClass, _Row] = {
     "other": _Row("onnxruntime", "stored", "unknown CPU: the path every artifact is tested on"),
 }
 
+# The table above was measured on mxbai-rerank-v2's architecture. A family whose graph ranks measurably less
+# like fp32 on its CPU class's row than on onnxruntime's blockwise int8 (issue 10's bound), measured side by
+# side on one model (benchmarks/numerics_agreement.py), takes its own row on that class.
+FAMILY_ROWS: dict[tuple[str, CpuClass], _Row] = {
+    # Dynamic int8 activations cost cross-encoders agreement that they do not cost mxbai-rerank-v2 (base-v2, 800
+    # pairs: -0.0001, interval spanning 0).
+    ("cross-encoder", "avx512-bf16"): _Row(
+        "openvino",
+        "bf16",
+        "cross-encoders, measured on a 2-core AMD EPYC with AVX512-BF16 and VNNI (Dec 2, MiniLM-L-6, 800 pairs "
+        "against the fp32 graph): OpenVINO's int8 activations ranked below onnxruntime's blockwise int8 (Spearman "
+        "-0.0068, 95% -0.0108 to -0.0033), bf16 above it (+0.0052); bf16 ran 0.89x int8's speed and 1.8x "
+        "onnxruntime's blockwise int8",
+    ),
+}
+
+
+def auto_row(kind: CpuClass, family: str) -> _Row:
+    """What `auto` takes for an int8 artifact of model `family` on a CPU of class `kind`."""
+    return FAMILY_ROWS.get((family, kind), AUTO_TABLE[kind])
+
 
 @functools.cache
 def cpu_flags() -> frozenset[str]:
@@ -113,6 +134,7 @@ def choose(
     precision: str,
     *,
     scheme: str,
+    family: str,
     flags: frozenset[str] | None = None,
     openvino_installed: bool,
 ) -> BackendChoice:
@@ -123,6 +145,8 @@ def choose(
         precision: "auto", "fp32", "bf16" or "int8" (OpenVINO's compute precision; "int8": int8 activations in
             the int8 artifact's weight blocks, bf16 elsewhere; onnxruntime runs the stored numerics).
         scheme: the artifact's quantization scheme ("int8", "int8-fast" or "none").
+        family: the artifact's model family (`ArtifactConfig.family`); a family measured to rank less like fp32
+            on its CPU class's row takes its own (FAMILY_ROWS).
         flags: the CPU's flags (default: this machine's).
         openvino_installed: whether the openvino package imports.
 
@@ -171,7 +195,7 @@ def choose(
                 "(the same scores on AVX2, Dec 1), and its int8 activations under fp32 moved shared-prefix scores by 4% "
                 "of their spread (Dec 1); run as fp32, without the bf16 row padding that cost 12% on AVX2",
             )
-        row = AUTO_TABLE[kind]
+        row = auto_row(kind, family)
         best = row.precision if scheme == "int8" and row.backend == "openvino" else "bf16" if bf16_capable else "fp32"
         chosen = precision if precision != "auto" else best
         reason = "asked for" if precision != "auto" else "the CPU's best faithful precision"
@@ -186,7 +210,7 @@ def choose(
         return BackendChoice("onnxruntime", "stored", kind, "int8-fast artifacts run onnxruntime's kernel")
     if scheme == "none":
         return BackendChoice("onnxruntime", "stored", kind, "an fp32 artifact keeps fp32 numerics")
-    row = AUTO_TABLE[kind]
+    row = auto_row(kind, family)
     if row.backend == "openvino" and not openvino_installed:
         return BackendChoice(
             "onnxruntime",
