@@ -215,17 +215,11 @@ def choose(
             )
         row = auto_row(kind, family)
         best = row.precision if scheme == "int8" and row.backend == "openvino" else "bf16" if bf16_capable else "fp32"
-        chosen = precision if precision != "auto" else best
         if precision != "auto":
-            return BackendChoice("openvino", chosen, kind, "asked for")  # type: ignore[arg-type]
-        shares = row.shares_prefix or row.backend != "openvino" or chosen != row.precision
-        return BackendChoice(
-            "openvino",
-            chosen,
-            kind,
-            "the CPU's best faithful precision",
-            shares_prefix=shares,  # type: ignore[arg-type]
-        )
+            return BackendChoice("openvino", precision, kind, "asked for")  # type: ignore[arg-type]
+        shares = row.shares_prefix or best != row.precision  # the row's verdict holds for its own precision only
+        reason = "the CPU's best faithful precision"
+        return BackendChoice("openvino", best, kind, reason, shares_prefix=shares)  # type: ignore[arg-type]
     # auto
     if precision != "auto":
         raise InvalidInputError(
