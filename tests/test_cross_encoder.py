@@ -152,14 +152,65 @@ def test_long_documents_by_windows(fp32_artifacts: dict) -> None:
     assert truncated.windows == 1
 
 
-def test_int8_ranks_like_fp32(
-    tmp_path_factory: pytest.TempPathFactory, checkpoints: dict, fp32_artifacts: dict
-) -> None:
-    int8 = _export(tmp_path_factory, checkpoints["bert-tiny"], "int8")
+@pytest.fixture(scope="module")
+def int8_bert(tmp_path_factory: pytest.TempPathFactory, checkpoints: dict) -> Path:
+    return _export(tmp_path_factory, checkpoints["bert-tiny"], "int8")
+
+
+def test_int8_ranks_like_fp32(int8_bert: Path, fp32_artifacts: dict) -> None:
+    int8 = int8_bert
     reference = Reranker(fp32_artifacts["bert-tiny"], backend="onnxruntime").predict(PAIRS)
     scores = Reranker(int8, backend="onnxruntime").predict(PAIRS)
     ranks = lambda x: np.argsort(np.argsort(x))  # noqa: E731
     assert np.corrcoef(ranks(reference), ranks(scores))[0, 1] > 0.9
+
+
+def _integer_weight_matmuls(model: object) -> int:
+    from rerank_onnx.backends.openvino_graph import _integer_weights
+
+    ops = model.get_ordered_ops()  # type: ignore[attr-defined]
+    return sum(1 for n in ops if n.get_type_name() == "MatMul" and _integer_weights(n))
+
+
+def test_openvino_bf16_multiplies_an_encoders_int8_weights_stored_as_bf16(
+    int8_bert: Path, fp32_artifacts: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under bf16 an encoder graph's int8 weights are expanded to bf16 constants before compiling (faster on
+    the plugin's bf16 kernels), with the values its own decompression gives: the same scores as the graph
+    compiled as exported, and the same as fp32 compute of the int8 weights up to bf16 rounding."""
+    import openvino
+
+    from rerank_onnx.backends import openvino as openvino_backend
+    from rerank_onnx.backends.openvino_graph import NEW_KV, expand_weights
+    from rerank_onnx.backends.select import cpu_class, cpu_flags
+
+    core = openvino.Core()
+    model = core.read_model(str(int8_bert / "model.onnx"))
+    integer = _integer_weight_matmuls(model)
+    assert integer > 0
+    assert expand_weights(model) and _integer_weight_matmuls(model) == 0
+    weights = [
+        n.input_value(1).get_node().input_value(0).get_node()
+        for n in model.get_ordered_ops()
+        if n.get_type_name() == "MatMul" and n.input_value(1).get_node().get_type_name() == "Convert"
+    ]
+    assert len(weights) == integer and all(w.get_output_element_type(0) == openvino.Type.bf16 for w in weights)
+    assert not expand_weights(core.read_model(str(fp32_artifacts["bert-tiny"] / "model.onnx")))  # nothing to expand
+
+    reranker = Reranker(int8_bert, backend="openvino", precision="bf16", cache_dir=tmp_path)
+    (folder,) = tmp_path.glob("openvino/*/new-kv-bf16-*")
+    assert (folder / "scores.xml").exists()  # the expanded graph is what compiled, and is cached
+    scores = reranker.predict(PAIRS)
+    weight_only = Reranker(int8_bert, backend="openvino", precision="fp32", compile_cache=False).predict(PAIRS)
+    spread = float(np.std(weight_only))
+    # bf16 activations move a tiny model's scores by up to ~7% of their spread; wrong weights move them by far more
+    assert spread > 0 and np.abs(weight_only - scores).max() < 0.15 * spread
+    # where the CPU has bf16 compute the expanded weights are bit for bit what its decompression gives; on others
+    # the plugin computes in fp32, where bf16-rounded weights move scores by a fraction of bf16's precision
+    tolerance = 1e-6 if cpu_class(cpu_flags()) in ("amx", "avx512-bf16") else 0.01 * spread
+    monkeypatch.setattr(openvino_backend, "NEW_KV_BF16", NEW_KV)  # the graph as exported, the same batches
+    as_exported = Reranker(int8_bert, backend="openvino", precision="bf16", compile_cache=False).predict(PAIRS)
+    assert np.abs(as_exported - scores).max() <= tolerance
 
 
 def test_the_server_serves_the_family(fp32_artifacts: dict, oracles: dict) -> None:

@@ -2,7 +2,8 @@
 
 OpenVINO's ONNX frontend turns the blockwise int8 `MatMulNBits` nodes into compressed weights, fuses
 RMSNorm and rotary embeddings itself, and computes in the precision asked for:
-- "bf16": bf16 compute (AMX or AVX512-BF16), fp32 or int8 weights decompressed to bf16;
+- "bf16": bf16 compute (AMX or AVX512-BF16), fp32 or int8 weights decompressed to bf16 (an encoder graph's
+  int8 weights expanded to bf16 before compiling: openvino_graph.expand_weights);
 - "fp32": fp32 compute, int8 weights decompressed (weight-only int8);
 - "int8": bf16 compute, with the int8 weights' MatMuls fed int8 activations quantized at run time per token
   in the weights' blocks (OpenVINO's dynamic quantization; VNNI dot products), as onnxruntime's blockwise
@@ -25,7 +26,7 @@ import numpy as np
 from ..artifact import INPUT_IDS, LENGTHS, PAST_KEYS, PAST_VALUES, PRESENT_KEYS, PRESENT_VALUES, SCORES
 from ..errors import MissingDependencyError, ModelLoadError
 from .memory import Rebuildable, attended_length
-from .openvino_graph import compile_source, new_token_outputs, split_layers
+from .openvino_graph import NEW_KV, NEW_KV_BF16, compile_source, new_token_outputs, split_layers
 from .openvino_whole import WholeRowProcess
 from .select import BF16_COMPUTE
 
@@ -141,6 +142,9 @@ class OpenVinoEngine:
         self._graph = graph
         self._cache_dir = cache_dir
         self._config = compile_config(precision, threads, int8_block=int8_block)
+        # under bf16 an encoder graph's int8 weights become bf16 constants (openvino_graph.expand_weights); "int8"
+        # keeps them (its dynamic int8 activations multiply them), and fp32 compute has no bf16 to store
+        self._variant = NEW_KV_BF16 if precision == "bf16" else NEW_KV
         # the compiled model with its infer request, compiled again after long prompts (REBUILD_LENGTH)
         self.model = Rebuildable(self._compile_with_request, rebuild_length=REBUILD_LENGTH)
         compiled, _ = self.model.get()
@@ -167,7 +171,7 @@ class OpenVinoEngine:
     def _compile(self) -> Any:
         try:
             # from a path where there is a cache, so that a cached blob skips reading the graph altogether
-            source, blobs = compile_source(self._core, self._graph, self._cache_dir)
+            source, blobs = compile_source(self._core, self._graph, self._cache_dir, self._variant)
             config = self._config if blobs is None else {**self._config, "CACHE_DIR": str(blobs)}
             return self._core.compile_model(source, "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses for unreadable or unsupported graphs
