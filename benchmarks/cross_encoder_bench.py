@@ -152,11 +152,12 @@ def table(data: dict) -> str:
     lines = [
         f"# Cross-encoder, {data['checkpoint']} (random weights), 1 query x 32 documents of {data['words']} words, "
         f"{env['threads']} threads, {env['cpu']} ({env['cpu_class']})",
-        f"commit {env['git_commit']}; median of {data['reps']} runs; each stack its own process; "
+        f"commit {env['git_commit']}; median of {data['reps']} calls a process, of {data.get('rounds', 1)} rounds "
+        "(every stack once a round, each in its own process); "
         f"sentence-transformers {data['sentence_transformers']}",
         "",
-        "| stack | tokens/s | seconds per call | vs st-onnx-int8 | vs st-torch | Spearman vs st-torch |",
-        "|---|---|---|---|---|---|",
+        "| stack | tokens/s | seconds per call | rounds (tokens/s) | vs st-onnx-int8 | vs st-torch | Spearman vs st-torch |",
+        "|---|---|---|---|---|---|---|",
     ]
     results = data["results"]
     int8 = results.get("st-onnx-int8", {}).get("tokens_per_s")
@@ -164,10 +165,16 @@ def table(data: dict) -> str:
     for stack, r in results.items():
         vs_int8 = f"{r['tokens_per_s'] / int8:.2f}x" if int8 else "-"
         vs_torch = f"{r['tokens_per_s'] / torch_rate:.2f}x" if torch_rate else "-"
+        rounds = ", ".join(f"{r['tokens'] / t:.0f}" for t in r.get("round_seconds", [r["seconds"]]))
         lines.append(
-            f"| {stack} | {r['tokens_per_s']:.0f} | {r['seconds']:.3f} | {vs_int8} | {vs_torch} | {r.get('spearman', float('nan')):.3f} |"
+            f"| {stack} | {r['tokens_per_s']:.0f} | {r['seconds']:.3f} | {rounds} | {vs_int8} | {vs_torch} | "
+            f"{r.get('spearman', float('nan')):.3f} |"
         )
     lines.append("")
+    ours, peer = results.get("ours-default", {}), results.get("st-onnx-int8", {})
+    if len(ours.get("round_seconds", [])) > 1 and len(ours["round_seconds"]) == len(peer.get("round_seconds", [])):
+        ratios = ", ".join(f"{p / o:.2f}x" for o, p in zip(ours["round_seconds"], peer["round_seconds"]))
+        lines.append(f"- ours-default against st-onnx-int8, round by round: {ratios}")
     for stack, r in results.items():
         if "backend" in r:
             lines.append(f"- {stack}: {r['backend']}")
@@ -196,6 +203,7 @@ def main() -> int:
     parser.add_argument("artifact", type=Path)
     parser.add_argument("--words", type=int, default=200)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=1, help="runs of every stack in turn; medians across them")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--stacks", nargs="+", default=STACKS, choices=STACKS)
     parser.add_argument("--peer-python", type=Path, default=None, help="interpreter for " + ", ".join(PEER_STACKS))
@@ -208,22 +216,32 @@ def main() -> int:
     import numpy as np
     from rerank_onnx_export.report import spearman
 
-    results = {}
-    for stack in args.stacks:
-        python = str(args.peer_python) if stack in PEER_STACKS else sys.executable
-        if stack in PEER_STACKS and args.peer_python is None:
-            print(f"{stack} skipped: no --peer-python", file=sys.stderr)
-            continue
-        command = [python, __file__, str(args.checkpoint), str(args.artifact), "--worker", stack]
-        options = ["--reps", str(args.reps), "--threads", str(args.threads), "--words", str(args.words)]
-        out = subprocess.run([*command, *options], capture_output=True, text=True)
-        if out.returncode != 0:
-            print(f"{stack} failed: {out.stderr.strip().splitlines()[-3:]}", file=sys.stderr)
-            continue
-        r = json.loads(out.stdout.strip().splitlines()[-1])
+    results: dict[str, dict] = {}
+    for round_ in range(args.rounds):  # every stack once a round, so that the host's drift spreads over all
+        for stack in args.stacks:
+            python = str(args.peer_python) if stack in PEER_STACKS else sys.executable
+            if stack in PEER_STACKS and args.peer_python is None:
+                print(f"{stack} skipped: no --peer-python", file=sys.stderr)
+                continue
+            command = [python, __file__, str(args.checkpoint), str(args.artifact), "--worker", stack]
+            options = ["--reps", str(args.reps), "--threads", str(args.threads), "--words", str(args.words)]
+            out = subprocess.run([*command, *options], capture_output=True, text=True)
+            if out.returncode != 0:
+                print(f"{stack} failed: {out.stderr.strip().splitlines()[-3:]}", file=sys.stderr)
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            kept = results.setdefault(stack, {**r, "round_seconds": []})
+            kept["round_seconds"].append(r["seconds"])
+            print(
+                f"round {round_ + 1}",
+                stack,
+                round(r["tokens"] / r["seconds"]),
+                f"{r['seconds']:.3f} s",
+                file=sys.stderr,
+            )
+    for r in results.values():
+        r["seconds"] = median(r["round_seconds"])
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
-        results[stack] = r
-        print(stack, round(r["tokens_per_s"]), f"{r['seconds']:.3f} s", file=sys.stderr)
     if "st-torch" in results:
         reference = np.asarray(results["st-torch"]["scores"])
         for r in results.values():
@@ -234,6 +252,7 @@ def main() -> int:
         "checkpoint": args.checkpoint.resolve().name,
         "words": args.words,
         "reps": args.reps,
+        "rounds": args.rounds,
         "sentence_transformers": version,
         "environment": env,
         "results": results,
