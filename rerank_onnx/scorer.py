@@ -178,7 +178,8 @@ class Scorer:
             max_batch_context=self.max_batch_context,
         )
         for batch in batches:
-            yield batch, pad_batch([rows[i] for i in batch], pad_id=self.pad_id, pad_multiple=self.pad_multiple)
+            rows_of_batch = [rows[i] for i in batch]
+            yield batch, pad_batch(rows_of_batch, pad_id=self.pad_id, pad_multiple=self.pad_multiple, context=context)
 
 
 class _Progress:

@@ -155,41 +155,6 @@ def test_a_family_measured_less_faithful_on_its_class_row_takes_its_own() -> Non
     assert "cross-encoders" in encoder.reason
 
 
-def test_a_family_whose_shared_prefix_is_unfaithful_on_its_row_runs_full_prompts(fp32_artifact: Path) -> None:
-    """Qwen3-Reranker's shared prefix moved its scores past the bound under OpenVINO's bf16 compute on
-    AVX512-BF16 CPUs: auto keeps that row's speed but runs every prompt in full, and says so; a precision the
-    caller asks for keeps sharing."""
-    from dataclasses import replace
-
-    from rerank_onnx.backends import PrefixScoreSession, open_session
-    from rerank_onnx.backends.select import choose
-
-    bf16_cpu = CPU_FLAGS["avx512-bf16"]
-    qwen3 = choose("auto", "auto", scheme="int8", family="qwen3-reranker", flags=bf16_cpu, openvino_installed=True)
-    assert (qwen3.backend, qwen3.precision, qwen3.shares_prefix) == ("openvino", "int8", False)
-    assert "no shared prefix" in qwen3.describe()
-    alone = choose("openvino", "auto", scheme="int8", family="qwen3-reranker", flags=bf16_cpu, openvino_installed=True)
-    assert not alone.shares_prefix
-    asked = choose("openvino", "bf16", scheme="int8", family="qwen3-reranker", flags=bf16_cpu, openvino_installed=True)
-    assert asked.shares_prefix
-    for family in ("mxbai-rerank-v2", "cross-encoder"):
-        assert choose(
-            "auto", "auto", scheme="int8", family=family, flags=bf16_cpu, openvino_installed=True
-        ).shares_prefix
-    # such a choice opens a session without prefix sharing: the same scores, every prompt in full
-    onnxruntime = choose("onnxruntime", "auto", scheme="none", family="mxbai-rerank-v2", openvino_installed=True)
-    full_choice = replace(onnxruntime, shares_prefix=False)
-    session = open_session(fp32_artifact / "model.onnx", full_choice)
-    assert not isinstance(session, PrefixScoreSession)
-    full = Reranker(fp32_artifact, session=session)
-    shared = Reranker(fp32_artifact, backend="onnxruntime")
-    assert shared.computes_shared_prefix and not full.computes_shared_prefix
-    documents = ["a cat sat on the mat", "bananas are yellow", "the stock market fell"]
-    np.testing.assert_allclose(
-        full.predict(["what is a cat?"] * 3, documents), shared.predict(["what is a cat?"] * 3, documents), atol=1e-4
-    )
-
-
 def test_int8_precision_needs_the_int8_artifact() -> None:
     from rerank_onnx.backends.select import choose
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from fakes import PrefixFake, full_score
 
-from rerank_onnx.backends import PrefixScoreSession, ScoreSession
+from rerank_onnx.backends import Prefix, PrefixScoreSession, ScoreSession
 from rerank_onnx.batching import padded_width
 from rerank_onnx.scorer import Scorer
 
@@ -83,6 +83,34 @@ def test_with_a_pad_multiple_a_batch_holds_one_padded_width() -> None:
     np.testing.assert_allclose(scores, [full_score(r) for r in rows], rtol=1e-6)
     for _, width, lengths in session.batches:
         assert width % 32 == 0 and {padded_width(n, 32) for n in lengths} == {width}
+
+
+class WidthFake(PrefixFake):
+    """Records the key count each run after a prefix attends over: the prefix's length plus the batch's width."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.after_runs: list[tuple[int, int, list[int]]] = []  # prefix length, width, lengths
+
+    def run_after(self, prefix: Prefix, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        self.after_runs.append((prefix.keys.shape[2], input_ids.shape[1], [int(n) for n in lengths]))
+        return super().run_after(prefix, input_ids, lengths)
+
+
+def test_after_a_prefix_a_row_attends_over_as_many_keys_as_its_full_prompt() -> None:
+    """With a pad multiple, the prefix and the padded row together reach the full prompt's padded width (a
+    bf16 attention blocks by it: batching.py), not the prefix plus the row padded alone."""
+    session = WidthFake()
+    prefix = list(range(1, 41))  # 40 tokens: 40 + 23 = 63 pads to 64 in full, the row alone to 32 (72 keys)
+    rows = [
+        prefix + [int(t) for t in np.random.default_rng(i).integers(50, 90, size=n)]
+        for i, n in enumerate([23, 24, 25, 57, 88, 89, 120])
+    ]
+    scores = _scorer(session, pad_multiple=32, max_batch_tokens=1000).score(rows, prefix_lengths=[40] * len(rows))
+    np.testing.assert_allclose(scores, [full_score(r) for r in rows], rtol=1e-6)
+    assert sum(len(lengths) for _, _, lengths in session.after_runs) == len(rows)
+    for context, width, lengths in session.after_runs:
+        assert {padded_width(context + n, 32) for n in lengths} == {context + width}, (context, width, lengths)
 
 
 def test_a_prefix_extends_as_far_as_its_rows_agree() -> None:

@@ -262,8 +262,7 @@ def open_session(
         int8_block: the int8 artifact's weight block, OpenVINO's int8 activation group under precision "int8".
 
     Returns:
-        A `PrefixGraphSession`, an `EncoderGraphSession` (cross-encoders) or a plain `GraphSession` (also for a
-        graph with past inputs when the choice does not share prefixes).
+        A `PrefixGraphSession`, an `EncoderGraphSession` (cross-encoders) or a plain `GraphSession`.
     """
     threads = threads or default_threads()
     engine: Engine
@@ -278,8 +277,9 @@ def open_session(
 
         engine = OnnxRuntimeEngine(graph, threads=threads)
     shapes = engine.input_shapes()
-    prefix_capable = PAST_KEYS in shapes and choice.shares_prefix  # else prompts run in full, with an empty past
-    kind = PrefixGraphSession if prefix_capable else EncoderGraphSession if ATTENTION_MASK in shapes else GraphSession
+    kind = (
+        PrefixGraphSession if PAST_KEYS in shapes else EncoderGraphSession if ATTENTION_MASK in shapes else GraphSession
+    )
     return kind(engine, graph)
 
 

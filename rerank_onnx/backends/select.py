@@ -35,14 +35,10 @@ class BackendChoice:
     precision: Literal["stored", "fp32", "bf16", "int8"]
     cpu_class: CpuClass
     reason: str
-    # False where a shared prefix was measured to move this family's scores past issue 10's bound on this path:
-    # every prompt then runs in full (`Reranker.computes_shared_prefix` is False)
-    shares_prefix: bool = True
 
     def describe(self) -> str:
         precision = "" if self.precision == "stored" else f" {self.precision}"
-        prefix = "" if self.shares_prefix else ", full prompts (no shared prefix)"
-        return f"{self.backend}{precision}{prefix} on a {self.cpu_class} CPU ({self.reason})"
+        return f"{self.backend}{precision} on a {self.cpu_class} CPU ({self.reason})"
 
 
 @dataclass(frozen=True)
@@ -50,7 +46,6 @@ class _Row:
     backend: Literal["onnxruntime", "openvino"]
     precision: Literal["stored", "fp32", "bf16", "int8"]
     evidence: str
-    shares_prefix: bool = True
 
 
 # What `auto` takes for the default (blockwise int8) artifact, per CPU class. An fp32 artifact keeps
@@ -99,19 +94,7 @@ FAMILY_ROWS: dict[tuple[str, CpuClass], _Row] = {
         "Spearman minus onnxruntime's blockwise int8's with 95% intervals): MiniLM-L-6 on 800 pairs, OpenVINO's "
         "int8 activations -0.0068 (-0.0108 to -0.0033), bf16 +0.0052 (+0.0033 to +0.0075); bge-reranker-v2-m3 "
         "on 200 pairs, int8 -0.0026 (-0.0196 to +0.0115), bf16 +0.0207 (+0.0095 to +0.0345); MiniLM's bf16 "
-        "ran 0.89x int8's speed",
-    ),
-    # Its ranking keeps int8, but under OpenVINO's bf16 compute a shared prefix moves its scores (mxbai: 0 at
-    # base-v2, 1.3% at large-v2); full prompts cost it no measurable time.
-    ("qwen3-reranker", "avx512-bf16"): _Row(
-        "openvino",
-        "int8",
-        "Qwen3-Reranker, measured on a 2-core AMD EPYC with AVX512-BF16 and VNNI (Dec 2, 0.6B architecture): "
-        "Spearman vs fp32 on 240 pairs -0.0001 against blockwise int8 (95% -0.0017 to +0.0013), 1.36x its speed "
-        "(Dec 2); but shared-prefix scores 5.9% of the score spread from full prompts (bf16 2.4%, issue 10's bound "
-        "2%), so every prompt runs in full: 10.9-11.4 s against 10.1-11.3 s shared on 16 pairs, a pair's score "
-        "the same alone and in any batch",
-        shares_prefix=False,
+        "ran 0.89x int8's speed, and 1.16x faster again once its int8 weights were stored as bf16 (Dec 2, later)",
     ),
 }
 
@@ -217,9 +200,7 @@ def choose(
         best = row.precision if scheme == "int8" and row.backend == "openvino" else "bf16" if bf16_capable else "fp32"
         if precision != "auto":
             return BackendChoice("openvino", precision, kind, "asked for")  # type: ignore[arg-type]
-        shares = row.shares_prefix or best != row.precision  # the row's verdict holds for its own precision only
-        reason = "the CPU's best faithful precision"
-        return BackendChoice("openvino", best, kind, reason, shares_prefix=shares)  # type: ignore[arg-type]
+        return BackendChoice("openvino", best, kind, "the CPU's best faithful precision")  # type: ignore[arg-type]
     # auto
     if precision != "auto":
         raise InvalidInputError(
@@ -238,7 +219,7 @@ def choose(
             kind,
             "OpenVINO is faster on this CPU but not installed: pip install 'rerank-onnx[openvino]'",
         )
-    return BackendChoice(row.backend, row.precision, kind, row.evidence, shares_prefix=row.shares_prefix)
+    return BackendChoice(row.backend, row.precision, kind, row.evidence)
 
 
 def machine_summary() -> dict[str, object]:
