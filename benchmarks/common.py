@@ -7,6 +7,7 @@ import json
 import platform
 import statistics
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -183,3 +184,27 @@ class TreePeak:
         self._stop.set()
         self._thread.join()
         return self.peak / 1e9
+
+
+def run_worker(script: str, stack: str, arguments: list[str], *, python: str | None) -> dict | None:
+    """Run `script --worker stack` with `arguments` in its own process and return the JSON it prints last; None
+    (with a line on stderr) when `python` is None (a peer stack without its interpreter) or the worker fails.
+
+    Args:
+        script: the benchmark script's path (its `--worker` mode measures one stack).
+        stack: the stack's name.
+        arguments: the script's positional arguments and options for the worker.
+        python: the interpreter (a peer venv's for peer stacks), or None where there is none.
+
+    Returns:
+        The worker's result, or None.
+    """
+    if python is None:
+        print(f"{stack} skipped: no --peer-python", file=sys.stderr)
+        return None
+    out = subprocess.run([python, script, *arguments, "--worker", stack], capture_output=True, text=True)
+    if out.returncode != 0:
+        print(f"{stack} failed: {out.stderr.strip().splitlines()[-3:]}", file=sys.stderr)
+        return None
+    result: dict = json.loads(out.stdout.strip().splitlines()[-1])
+    return result

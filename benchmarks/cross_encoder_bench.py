@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, median, publish, text_of_tokens
+from common import RESULTS, environment, median, publish, run_worker, text_of_tokens
 
 STACKS = ["st-torch", "st-onnx", "st-onnx-int8", "st-openvino", "openvino-genai", "ours-default", "ours-onnxruntime"]
 PEER_STACKS = ("st-openvino", "openvino-genai")  # run with --peer-python
@@ -219,17 +219,12 @@ def main() -> int:
     results: dict[str, dict] = {}
     for round_ in range(args.rounds):  # every stack once a round, so that the host's drift spreads over all
         for stack in args.stacks:
-            python = str(args.peer_python) if stack in PEER_STACKS else sys.executable
-            if stack in PEER_STACKS and args.peer_python is None:
-                print(f"{stack} skipped: no --peer-python", file=sys.stderr)
-                continue
-            command = [python, __file__, str(args.checkpoint), str(args.artifact), "--worker", stack]
+            peer = stack in PEER_STACKS
+            python = (str(args.peer_python) if args.peer_python else None) if peer else sys.executable
             options = ["--reps", str(args.reps), "--threads", str(args.threads), "--words", str(args.words)]
-            out = subprocess.run([*command, *options], capture_output=True, text=True)
-            if out.returncode != 0:
-                print(f"{stack} failed: {out.stderr.strip().splitlines()[-3:]}", file=sys.stderr)
+            r = run_worker(__file__, stack, [str(args.checkpoint), str(args.artifact), *options], python=python)
+            if r is None:
                 continue
-            r = json.loads(out.stdout.strip().splitlines()[-1])
             kept = results.setdefault(stack, {**r, "round_seconds": []})
             kept["round_seconds"].append(r["seconds"])
             print(

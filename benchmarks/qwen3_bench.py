@@ -36,7 +36,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, median, publish, text_of_tokens
+from common import RESULTS, environment, median, publish, run_worker, text_of_tokens
 
 STACKS = [
     "reference-fp32",
@@ -302,17 +302,12 @@ def main() -> int:
     pieces.write_text(json.dumps(genai_pieces()))
     results = {}
     for stack in args.stacks:
-        python = str(args.peer_python) if stack in PEER_STACKS else sys.executable
-        if stack in PEER_STACKS and args.peer_python is None:
-            print(f"{stack} skipped: no --peer-python", file=sys.stderr)
-            continue
-        command = [python, __file__, str(args.checkpoint), str(args.artifact), "--worker", stack]
+        peer = stack in PEER_STACKS
+        python = (str(args.peer_python) if args.peer_python else None) if peer else sys.executable
         options = ["--reps", str(args.reps), "--threads", str(args.threads), "--pieces", str(pieces)]
-        out = subprocess.run([*command, *options], capture_output=True, text=True)
-        if out.returncode != 0:
-            print(f"{stack} failed: {out.stderr.strip().splitlines()[-3:]}", file=sys.stderr)
+        r = run_worker(__file__, stack, [str(args.checkpoint), str(args.artifact), *options], python=python)
+        if r is None:
             continue
-        r = json.loads(out.stdout.strip().splitlines()[-1])
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
         results[stack] = r
         print(stack, round(r["tokens_per_s"]), file=sys.stderr)
