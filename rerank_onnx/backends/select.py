@@ -197,10 +197,10 @@ def choose(
                 "(the same scores on AVX2, Dec 1), and its int8 activations under fp32 moved shared-prefix scores by 4% "
                 "of their spread (Dec 1); run as fp32, without the bf16 row padding that cost 12% on AVX2",
             )
-        row = auto_row(kind, family)
-        best = row.precision if scheme == "int8" and row.backend == "openvino" else "bf16" if bf16_capable else "fp32"
         if precision != "auto":
             return BackendChoice("openvino", precision, kind, "asked for")  # type: ignore[arg-type]
+        row = auto_row(kind, family)
+        best = row.precision if scheme == "int8" and row.backend == "openvino" else "bf16" if bf16_capable else "fp32"
         return BackendChoice("openvino", best, kind, "the CPU's best faithful precision")  # type: ignore[arg-type]
     # auto
     if precision != "auto":
