@@ -92,9 +92,11 @@ def environment(threads: int | None = None) -> dict:
     from rerank_onnx.backends.select import machine_summary
 
     machine = machine_summary()
+    # planned for a less capable class (RERANK_ONNX_CPU_CLASS): result files are named after both
+    planned = f"-as-{machine['planned_class']}" if "planned_class" in machine else ""
     env = {
         "cpu": machine["cpu"],
-        "cpu_class": machine["cpu_class"],
+        "cpu_class": f"{machine['cpu_class']}{planned}",
         "cpu_flags": " ".join(machine["cpu_flags"]),
         "cores": len(__import__("os").sched_getaffinity(0)),
         "threads": threads,

@@ -48,7 +48,7 @@ class Reranker(LoadedModel):
         share_prefix: compute what the pairs of one query share (chat prefix, instruction, query) once.
         backend: "auto" (the fastest faithful engine measured for this CPU class), "onnxruntime", "openvino".
         precision: OpenVINO's compute precision, "auto", "fp32", "bf16" or "int8" (int8 activations in the
-            int8 artifact's weight blocks, bf16 elsewhere); onnxruntime: "auto" only.
+            int8 artifact's weight blocks, bf16 elsewhere, fp32 on a CPU without bf16); onnxruntime: "auto" only.
         compile_cache: keep OpenVINO's compiled model on disk, so that the next start skips compiling.
         cache_dir: where that cache lives (default: $RERANK_ONNX_CACHE_DIR, else ~/.cache/rerank-onnx).
         slice_tokens: a longer prompt runs in slices of this many tokens that attend to the ones before, so

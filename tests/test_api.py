@@ -103,8 +103,10 @@ def test_auto_keeps_every_cpu_class_on_a_path_it_can_run(kind: str) -> None:
     flags = CPU_FLAGS[kind]
     choice = choose("auto", "auto", scheme="int8", family="mxbai-rerank-v2", flags=flags, openvino_installed=True)
     assert choice.cpu_class == kind
-    if choice.precision in ("bf16", "int8"):  # bf16 compute only where the CPU has bf16 instructions
+    if choice.bf16:  # bf16 compute only where the CPU has bf16 instructions
         assert "avx512_bf16" in flags or "amx_bf16" in flags
+    if choice.precision == "int8":  # int8 activations only where it has VNNI
+        assert "avx512_vnni" in flags
     without = choose("auto", "auto", scheme="int8", family="mxbai-rerank-v2", flags=flags, openvino_installed=False)
     assert without.backend == "onnxruntime"
     if choice.backend == "openvino":  # the missing extra is said, with the command that installs it
@@ -120,10 +122,12 @@ def test_auto_keeps_every_cpu_class_on_a_path_it_can_run(kind: str) -> None:
         asked = choose(
             "openvino", precision, scheme="int8", family="mxbai-rerank-v2", flags=flags, openvino_installed=True
         )
-        if kind in ("amx", "avx512-bf16"):
+        if kind in ("amx", "avx512-bf16") or (kind, precision) == ("avx512-vnni", "int8"):
             assert (asked.precision, asked.reason) == (precision, "asked for")
-        else:  # OpenVINO would compute fp32 anyway: no bf16 padding, and the reason says why
-            assert asked.precision == "fp32" and "no bf16 instructions" in asked.reason
+            assert asked.bf16 == (kind != "avx512-vnni")  # int8 activations there, fp32 elsewhere
+        else:  # OpenVINO would compute fp32 anyway: no padding, and the reason says why
+            missing = "no bf16 instructions" if precision == "bf16" else "no VNNI instructions"
+            assert asked.precision == "fp32" and missing in asked.reason
     # backend="openvino" alone takes the class's own precision where auto runs OpenVINO
     if choice.backend == "openvino":
         assert (
@@ -153,6 +157,35 @@ def test_a_family_measured_less_faithful_on_its_class_row_takes_its_own() -> Non
     mxbai = choose("auto", "auto", scheme="int8", family="mxbai-rerank-v2", flags=bf16_cpu, openvino_installed=True)
     assert (encoder.precision, mxbai.precision) == ("bf16", "int8")
     assert "cross-encoders" in encoder.reason
+
+
+def test_the_cpu_class_can_be_planned_down_to_a_less_capable_one(monkeypatch) -> None:
+    """RERANK_ONNX_CPU_CLASS: the path of a class the CPU can run (a fleet's common numerics, a benchmark of
+    that class's path); a class above the CPU's, or no class, is refused with the choices."""
+    from rerank_onnx.backends.select import CPU_CLASS_ENV, choose
+
+    def auto(flags: frozenset[str]):
+        return choose("auto", "auto", scheme="int8", family="mxbai-rerank-v2", flags=flags, openvino_installed=True)
+
+    own = auto(CPU_FLAGS["avx512-bf16"])
+    monkeypatch.setenv(CPU_CLASS_ENV, "avx512-vnni")
+    planned = auto(CPU_FLAGS["avx512-bf16"])
+    assert (planned.cpu_class, planned.precision, planned.bf16) == ("avx512-vnni", "int8", False)
+    assert (own.cpu_class, own.precision, own.bf16) == ("avx512-bf16", "int8", True)
+    assert CPU_CLASS_ENV in planned.reason and "on a avx512-bf16 CPU" in planned.reason
+    assert "(fp32 elsewhere)" in planned.describe()
+    monkeypatch.setenv(CPU_CLASS_ENV, "avx2")
+    assert (auto(CPU_FLAGS["amx"]).cpu_class, auto(CPU_FLAGS["amx"]).precision) == ("avx2", "fp32")
+    monkeypatch.setenv(CPU_CLASS_ENV, "avx2")
+    assert CPU_CLASS_ENV not in auto(CPU_FLAGS["avx2"]).reason  # the CPU's own class: nothing to say
+    for asked, flags in (
+        ("amx", CPU_FLAGS["avx512-bf16"]),
+        ("avx512-vnni", CPU_FLAGS["avx2"]),
+        ("zen5", CPU_FLAGS["amx"]),
+    ):
+        monkeypatch.setenv(CPU_CLASS_ENV, asked)
+        with pytest.raises(InvalidInputError, match=f"{CPU_CLASS_ENV}: expected a class this"):
+            auto(flags)
 
 
 def test_int8_precision_needs_the_int8_artifact() -> None:

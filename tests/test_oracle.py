@@ -176,22 +176,40 @@ def test_the_default_path_is_faithful(oracle, int8_artifact, fp32_artifact) -> N
     _assert_faithful(Reranker(int8_artifact), oracle, int8_artifact, fp32_artifact)
 
 
-def test_openvino_int8_activations_are_faithful_in_any_batch(oracle, int8_artifact, fp32_artifact) -> None:
+def _planned_int8_classes() -> list[str | None]:
+    """None (the CPU's own class) and, on a CPU with bf16 instructions, the class without them, whose int8
+    activations OpenVINO computes beside fp32 (RERANK_ONNX_CPU_CLASS)."""
+    from rerank_onnx.backends.select import BF16_CLASSES, cpu_class, cpu_flags
+
+    return [None, "avx512-vnni"] if cpu_class(cpu_flags()) in BF16_CLASSES else [None]
+
+
+@pytest.mark.parametrize("planned", _planned_int8_classes())
+def test_openvino_int8_activations_are_faithful_in_any_batch(
+    oracle, int8_artifact, fp32_artifact, planned, monkeypatch
+) -> None:
     """precision="int8": OpenVINO's dynamic int8 activations in the weights' blocks (the artifact's recorded
-    block), bf16 elsewhere (fp32 on a CPU without bf16)."""
+    block), bf16 elsewhere on a CPU with bf16 instructions, fp32 elsewhere on one with VNNI only (planned here on
+    a bf16 CPU), fp32 throughout on a CPU without VNNI."""
     from rerank_onnx.artifact import load_artifact
     from rerank_onnx.backends.openvino import compile_config
+    from rerank_onnx.backends.select import CPU_CLASS_ENV
     from rerank_onnx.errors import ModelLoadError
 
     block = load_artifact(int8_artifact).quantization_block
     assert block is not None
     assert compile_config("int8", 2, int8_block=block)["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == str(block)
+    assert compile_config("int8", 2, int8_block=block, bf16=False)["INFERENCE_PRECISION_HINT"] == "f32"
     assert compile_config("bf16", 2, int8_block=block)["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "0"
     with pytest.raises(ModelLoadError, match="block"):
         compile_config("int8", 2)
+    if planned is not None:
+        monkeypatch.setenv(CPU_CLASS_ENV, planned)
     reranker = Reranker(int8_artifact, backend="openvino", precision="int8", compile_cache=False)
     assert reranker.backend is not None and reranker.backend.precision in ("int8", "fp32")
-    if reranker.backend.precision == "int8":  # the compiled model carries the group size
+    if reranker.backend.precision == "int8":  # the compiled model carries the group size and the float type
         compiled, _ = reranker._scorer.session._engine.model.get()  # type: ignore[attr-defined]
         assert int(compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")) == block
+        hint = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        assert ("bf16" in hint or "bfloat16" in hint) == reranker.backend.bf16, hint
     _assert_faithful(reranker, oracle, int8_artifact, fp32_artifact)

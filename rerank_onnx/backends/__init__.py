@@ -270,7 +270,12 @@ def open_session(
         from .openvino import OpenVinoEngine
 
         engine = OpenVinoEngine(
-            graph, precision=choice.precision, threads=threads, cache_dir=cache_dir, int8_block=int8_block
+            graph,
+            precision=choice.precision,
+            threads=threads,
+            cache_dir=cache_dir,
+            int8_block=int8_block,
+            bf16=choice.bf16,
         )
     else:
         from .onnxruntime import OnnxRuntimeEngine

@@ -5,13 +5,14 @@ RMSNorm and rotary embeddings itself, and computes in the precision asked for:
 - "bf16": bf16 compute (AMX or AVX512-BF16), fp32 or int8 weights decompressed to bf16 (an encoder graph's
   int8 weights expanded to bf16 before compiling: openvino_graph.expand_weights);
 - "fp32": fp32 compute, int8 weights decompressed (weight-only int8);
-- "int8": bf16 compute, with the int8 weights' MatMuls fed int8 activations quantized at run time per token
-  in the weights' blocks (OpenVINO's dynamic quantization; VNNI dot products), as onnxruntime's blockwise
-  kernel does. The group is the artifact's block (`quantization_block`): a group that is not a divisor of
+- "int8": the int8 weights' MatMuls fed int8 activations quantized at run time per token in the weights'
+  blocks (OpenVINO's dynamic quantization; VNNI dot products), as onnxruntime's blockwise kernel does, and
+  bf16 compute elsewhere on a CPU with bf16 instructions, fp32 compute elsewhere otherwise (`bf16=False`). The group is the artifact's block (`quantization_block`): a group that is not a divisor of
   the block leaves it off (64 on blocks of 32 gave the bf16 scores exactly, Dec 1), and a smaller divisor
   runs slower (32 on blocks of 128: 633 tok/s against 818 for 128, Dec 2, benchmarks/README.md).
-Dynamic quantization is off in "fp32" and "bf16". Under the fp32 hint it moved shared-prefix scores by 4%
-of their spread (AVX512 EPYC, Dec 1), and on AMX it ran slower than bf16 (benchmarks/README.md).
+Dynamic quantization is off in "fp32" and "bf16". Under the fp32 hint it had moved shared-prefix scores by 4%
+of their spread (AVX512 EPYC, Dec 1) until rows were padded to multiples of 32 under it as under bf16 (0 since,
+Dec 2), and on AMX it ran slower than bf16 (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -28,13 +29,16 @@ from ..errors import MissingDependencyError, ModelLoadError
 from .memory import Rebuildable, attended_length
 from .openvino_graph import NEW_KV, NEW_KV_BF16, compile_source, new_token_outputs, split_layers
 from .openvino_whole import WholeRowProcess
-from .select import BF16_COMPUTE
+from .select import PADDED_PRECISIONS
 
-PRECISION_HINTS = {precision: "bf16" if precision in BF16_COMPUTE else "f32" for precision in ("fp32", "bf16", "int8")}
+PRECISIONS = ("fp32", "bf16", "int8")
 # bf16 attention blocks by the padded width, and a different blocking flips bf16 roundings: rows are
 # padded to a multiple of this and batched by width, so a row computes the same bits alone or in any
-# batch (measured: alone vs batch 0.043 at score std 1.56 with longest-row padding, 0.0 bucketed).
-BF16_PAD_MULTIPLE = 32
+# batch (measured: alone vs batch 0.043 at score std 1.56 with longest-row padding, 0.0 bucketed). int8
+# activations under fp32 compute need it as much: a different blocking flips an fp32 rounding, which can
+# flip an activation's int8 rounding (Dec 2, AVX512-BF16 EPYC, base-v2, 3 queries x 8 documents: alone vs
+# batch 0.025 and shared vs full 0.027 at score std 0.60 unpadded; 0.0 and 0.0 padded).
+PAD_MULTIPLE = 32
 
 
 # Executors prepared per input shape are cached (5,000 by default), each with its own buffers: every slice
@@ -86,7 +90,12 @@ def available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def compile_config(precision: str, threads: int, *, int8_block: int | None = None) -> dict[str, Any]:
+def computes_bf16(precision: str, bf16: bool) -> bool:
+    """Whether OpenVINO computes in bf16 what it does not compute in int8 (see compile_config)."""
+    return precision == "bf16" or (precision == "int8" and bf16)
+
+
+def compile_config(precision: str, threads: int, *, int8_block: int | None = None, bf16: bool = True) -> dict[str, Any]:
     """The CPU plugin properties for `precision` on `threads` threads, one stream (latency).
 
     Args:
@@ -94,16 +103,17 @@ def compile_config(precision: str, threads: int, *, int8_block: int | None = Non
         threads: inference threads.
         int8_block: under "int8", the input channels per activation scale: the artifact's int8 weight block
             (`ArtifactConfig.quantization_block`). Required for "int8", ignored otherwise.
+        bf16: under "int8", compute in bf16 what is not int8 (a CPU with bf16 instructions); False: in fp32.
 
     Returns:
         The properties for `Core.compile_model`.
     """
-    if precision not in PRECISION_HINTS:
-        raise ModelLoadError(f"openvino precision: expected one of {sorted(PRECISION_HINTS)}, got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ModelLoadError(f"openvino precision: expected one of {sorted(PRECISIONS)}, got {precision!r}")
     if precision == "int8" and not int8_block:
         raise ModelLoadError("openvino precision 'int8' needs the int8 artifact's weight block (int8_block)")
     return {
-        "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
+        "INFERENCE_PRECISION_HINT": "bf16" if computes_bf16(precision, bf16) else "f32",
         "DYNAMIC_QUANTIZATION_GROUP_SIZE": str(int8_block if precision == "int8" else 0),
         "INFERENCE_NUM_THREADS": str(threads),
         "NUM_STREAMS": "1",
@@ -130,7 +140,14 @@ class OpenVinoEngine:
     batch_context: int | None = BATCH_CONTEXT  # see BATCH_CONTEXT
 
     def __init__(
-        self, graph: Path, *, precision: str, threads: int, cache_dir: Path | None, int8_block: int | None = None
+        self,
+        graph: Path,
+        *,
+        precision: str,
+        threads: int,
+        cache_dir: Path | None,
+        int8_block: int | None = None,
+        bf16: bool = True,
     ) -> None:
         try:
             import openvino as ov
@@ -141,7 +158,7 @@ class OpenVinoEngine:
         self._core = ov.Core()
         self._graph = graph
         self._cache_dir = cache_dir
-        self._config = compile_config(precision, threads, int8_block=int8_block)
+        self._config = compile_config(precision, threads, int8_block=int8_block, bf16=bf16)
         # under bf16 an encoder graph's int8 weights become bf16 constants (openvino_graph.expand_weights); "int8"
         # keeps them (its dynamic int8 activations multiply them), and fp32 compute has no bf16 to store
         self._variant = NEW_KV_BF16 if precision == "bf16" else NEW_KV
@@ -157,11 +174,11 @@ class OpenVinoEngine:
             self.batch_tokens = ENCODER_BATCH_TOKENS
         self.threads = threads
         self.precision = precision
-        self.pad_multiple = BF16_PAD_MULTIPLE if precision in BF16_COMPUTE else 1
+        self.pad_multiple = PAD_MULTIPLE if precision in PADDED_PRECISIONS else 1
         # rows over WHOLE_ROW_TOKENS run whole on the stateful model, in a child process for the call
         self.whole_row_tokens = WHOLE_ROW_TOKENS if PAST_KEYS in self._shapes else None
         self._whole = WholeRowProcess(
-            graph, precision=precision, threads=threads, cache_dir=cache_dir, int8_block=int8_block
+            graph, precision=precision, threads=threads, cache_dir=cache_dir, int8_block=int8_block, bf16=bf16
         )
 
     def _compile_with_request(self) -> tuple[Any, Any]:

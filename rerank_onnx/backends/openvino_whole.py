@@ -56,10 +56,18 @@ class WholeRowProcess:
         threads: the child's inference threads.
         cache_dir: OpenVINO's compile cache folder (None: compile from the ONNX graph each time).
         int8_block: under "int8", the artifact's int8 weight block (openvino.compile_config).
+        bf16: under "int8", bf16 compute elsewhere, else fp32 (openvino.compile_config).
     """
 
     def __init__(
-        self, graph: Path, *, precision: str, threads: int, cache_dir: Path | None, int8_block: int | None = None
+        self,
+        graph: Path,
+        *,
+        precision: str,
+        threads: int,
+        cache_dir: Path | None,
+        int8_block: int | None = None,
+        bf16: bool = True,
     ) -> None:
         self._command = [
             sys.executable,
@@ -70,6 +78,7 @@ class WholeRowProcess:
             str(threads),
             str(cache_dir) if cache_dir is not None else "",
             str(int8_block or 0),
+            "bf16" if bf16 else "f32",
         ]
         self._child: subprocess.Popen[bytes] | None = None
         self._errors: IO[bytes] | None = None
@@ -164,17 +173,19 @@ def _peak_rss() -> int:
     return 0
 
 
-def _serve(graph: Path, precision: str, threads: int, cache_dir: Path | None, int8_block: int | None) -> None:
+def _serve(
+    graph: Path, precision: str, threads: int, cache_dir: Path | None, int8_block: int | None, bf16: bool
+) -> None:
     """The child: compile the stateful model, then answer frames until the end of stdin."""
     import openvino as ov
 
-    from .openvino import compile_config
+    from .openvino import compile_config, computes_bf16
     from .openvino_graph import BEAM_INDEX, STATEFUL, compile_source
 
     core = ov.Core()
-    config: dict[str, Any] = compile_config(precision, threads, int8_block=int8_block)
+    config: dict[str, Any] = compile_config(precision, threads, int8_block=int8_block, bf16=bf16)
     # its keys and values in the compute precision (the plugin's default is u8)
-    config["KV_CACHE_PRECISION"] = "f32" if precision == "fp32" else "bf16"
+    config["KV_CACHE_PRECISION"] = "bf16" if computes_bf16(precision, bf16) else "f32"
     source, blobs = compile_source(core, graph, cache_dir, STATEFUL)
     if blobs is not None:
         config["CACHE_DIR"] = str(blobs)
@@ -193,14 +204,21 @@ def _serve(graph: Path, precision: str, threads: int, cache_dir: Path | None, in
 
 
 def main(argv: list[str]) -> int:
-    """The child's entry point: `python -m rerank_onnx.backends.openvino_whole GRAPH PRECISION THREADS CACHE GROUP`
-    (CACHE empty: no compile cache; GROUP 0: no int8 activations), as WholeRowProcess starts it. Returns its
-    exit code."""
+    """The child's entry point: `python -m rerank_onnx.backends.openvino_whole GRAPH PRECISION THREADS CACHE GROUP
+    FLOAT` (CACHE empty: no compile cache; GROUP 0: no int8 activations; FLOAT bf16 or f32: what "int8" computes
+    elsewhere), as WholeRowProcess starts it. Returns its exit code."""
     try:
-        if len(argv) != 5 or not argv[2].isdigit() or not argv[4].isdigit():
-            raise ValueError(f"expected the arguments GRAPH PRECISION THREADS CACHE GROUP, got {argv!r}")
-        graph, precision, threads, cache, group = argv
-        _serve(Path(graph), precision, int(threads), Path(cache) if cache else None, int(group) or None)
+        if len(argv) != 6 or not argv[2].isdigit() or not argv[4].isdigit() or argv[5] not in ("bf16", "f32"):
+            raise ValueError(f"expected the arguments GRAPH PRECISION THREADS CACHE GROUP FLOAT, got {argv!r}")
+        graph, precision, threads, cache, group, float_type = argv
+        _serve(
+            Path(graph),
+            precision,
+            int(threads),
+            Path(cache) if cache else None,
+            int(group) or None,
+            float_type == "bf16",
+        )
     except Exception as exc:  # one line for the parent's error message; the parent raises ModelLoadError
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         print(f"{type(exc).__name__}: {message[:400]}", file=sys.stderr)

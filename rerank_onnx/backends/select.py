@@ -2,12 +2,14 @@
 
 Every row names the measurement that backs it (README.md, "Backends: which engine on which CPU", and the
 results per CPU class in benchmarks/README.md). A CPU class with no measurement keeps onnxruntime, the
-path every artifact was built and tested for.
+path every artifact was built and tested for. `RERANK_ONNX_CPU_CLASS` plans for a less capable class than the
+CPU's own (`planned_class`): its engine and numerics, and how a benchmark measures that path here.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from dataclasses import dataclass
 from typing import Literal
@@ -20,24 +22,40 @@ CpuClass = Literal["amx", "avx512-bf16", "avx512-vnni", "avx2", "other"]
 
 BACKENDS: tuple[Backend, ...] = ("auto", "onnxruntime", "openvino")
 PRECISIONS: tuple[Precision, ...] = ("auto", "fp32", "bf16", "int8")
-# OpenVINO precisions that compute in bf16 ("int8": its int8 activations feed only the int8 weights' MatMuls):
-# they need bf16 instructions (AMX or AVX512-BF16) and pad rows to a width multiple (openvino.py)
-BF16_COMPUTE: frozenset[str] = frozenset({"bf16", "int8"})
+# OpenVINO precisions whose results depend on a run's padded width (bf16 compute; int8 activations, whose
+# roundings follow the floats they quantize): rows are padded to a width multiple (openvino.py)
+PADDED_PRECISIONS: frozenset[str] = frozenset({"bf16", "int8"})
+# Classes from least to most capable: each runs the paths of the classes before it.
+CLASS_ORDER: tuple[CpuClass, ...] = ("other", "avx2", "avx512-vnni", "avx512-bf16", "amx")
+BF16_CLASSES: frozenset[CpuClass] = frozenset({"avx512-bf16", "amx"})
+# OpenVINO's dynamic int8 activations need VNNI dot products: on AVX2 it leaves them off (Dec 1)
+INT8_CLASSES: frozenset[CpuClass] = frozenset({"avx512-vnni", "avx512-bf16", "amx"})
+# Plan for a less capable class than the CPU's own (its engine and numerics): a fleet of mixed CPUs that wants
+# one path everywhere, or a benchmark measuring a class's path on a more capable CPU.
+CPU_CLASS_ENV = "RERANK_ONNX_CPU_CLASS"
 
 
 @dataclass(frozen=True)
 class BackendChoice:
     """A resolved choice: the engine, its compute precision ("stored" for onnxruntime: the artifact's
-    own numerics; "int8" for OpenVINO: int8 activations in the int8 weights' blocks, bf16 elsewhere), the
-    CPU class it was made for, and the reason, for logs, /v1/models and benchmarks."""
+    own numerics; "int8" for OpenVINO: int8 activations in the int8 weights' blocks, bf16 elsewhere on a
+    CPU with bf16 instructions, fp32 elsewhere otherwise), the CPU class it was made for, and the reason, for
+    logs, /v1/models and benchmarks."""
 
     backend: Literal["onnxruntime", "openvino"]
     precision: Literal["stored", "fp32", "bf16", "int8"]
     cpu_class: CpuClass
     reason: str
 
+    @property
+    def bf16(self) -> bool:
+        """OpenVINO computes in bf16 what it does not compute in int8."""
+        return self.precision == "bf16" or (self.precision == "int8" and self.cpu_class in BF16_CLASSES)
+
     def describe(self) -> str:
         precision = "" if self.precision == "stored" else f" {self.precision}"
+        if self.precision == "int8" and not self.bf16:
+            precision += " (fp32 elsewhere)"
         return f"{self.backend}{precision} on a {self.cpu_class} CPU ({self.reason})"
 
 
@@ -69,7 +87,18 @@ AUTO_TABLE: dict[CpuClass, _Row] = {
         "(at large-v2 too, Dec 2: 1.56x at 16 x 256, 1.89x RAG; 0 on 60 pairs since rows after a prefix pad to the "
         "full prompt's width, 2.8% of the score spread before)",
     ),
-    "avx512-vnni": _Row("onnxruntime", "stored", "no OpenVINO measurement on AVX512-VNNI without BF16 yet"),
+    # Not measured on such a CPU: on the AVX512-BF16 EPYC with RERANK_ONNX_CPU_CLASS=avx512-vnni, OpenVINO runs
+    # the kernels a CPU without bf16 runs (fp32 compute, VNNI int8 activations) beside onnxruntime's own, which
+    # are the same there. Its fp32 compute of the int8 weights ran 0.76x onnxruntime's blockwise int8.
+    "avx512-vnni": _Row(
+        "openvino",
+        "int8",
+        "planned for this class on a 2-core AMD EPYC with AVX512-BF16 and VNNI (Dec 2, base-v2, 2 interleaved "
+        "rounds): OpenVINO's int8 activations beside fp32 compute 1.55x onnxruntime's blockwise int8 at 16 x 256 "
+        "tokens, 1.50x on 1 x 20 documents; Spearman vs fp32 on 240 pairs 0.9978 against 0.9974 (MiniLM-L-6, 800 "
+        "pairs: +0.0005 against blockwise int8); a pair's score the same alone, in any batch and after a shared "
+        "prefix; not yet measured on a CPU of this class",
+    ),
     # No faithful integer GEMM is faster than fp32 here (benchmarks/results/gemm-ceiling-base-v2-avx2.md):
     # onnxruntime's blockwise kernel runs below its SGEMM, OpenVINO ignores dynamic int8 and bf16 on AVX2.
     "avx2": _Row(
@@ -131,6 +160,28 @@ def cpu_class(flags: frozenset[str]) -> CpuClass:
     return "other"
 
 
+def planned_class(flags: frozenset[str]) -> tuple[CpuClass, CpuClass | None]:
+    """The class `auto` plans for on a CPU with `flags`: its own, or the less capable one that CPU_CLASS_ENV names.
+
+    Returns:
+        The class planned for, and the CPU's own class when that differs (None otherwise).
+
+    Raises:
+        InvalidInputError: CPU_CLASS_ENV names no class, or one this CPU cannot run.
+    """
+    detected = cpu_class(flags)
+    asked = os.environ.get(CPU_CLASS_ENV, "").strip()
+    if not asked or asked == detected:
+        return detected, None
+    runnable = CLASS_ORDER[: CLASS_ORDER.index(detected) + 1]
+    if asked not in runnable:
+        raise InvalidInputError(
+            f"{CPU_CLASS_ENV}: expected a class this {detected} CPU can run ({', '.join(runnable)}), got "
+            f"{describe(asked)}; unset it to plan for the CPU's own class"
+        )
+    return asked, detected  # type: ignore[return-value]
+
+
 def choose(
     backend: str,
     precision: str,
@@ -145,7 +196,8 @@ def choose(
     Args:
         backend: "auto", "onnxruntime" or "openvino".
         precision: "auto", "fp32", "bf16" or "int8" (OpenVINO's compute precision; "int8": int8 activations in
-            the int8 artifact's weight blocks, bf16 elsewhere; onnxruntime runs the stored numerics).
+            the int8 artifact's weight blocks, bf16 elsewhere, fp32 on a CPU without bf16; onnxruntime runs the
+            stored numerics).
         scheme: the artifact's quantization scheme ("int8", "int8-fast" or "none").
         family: the artifact's model family (`ArtifactConfig.family`); a family measured to rank less like fp32
             on its CPU class's row takes its own (FAMILY_ROWS).
@@ -156,14 +208,24 @@ def choose(
         The resolved choice with its reason.
 
     Raises:
-        InvalidInputError: an unknown name, or a combination that cannot run.
+        InvalidInputError: an unknown name, a combination that cannot run, or a CPU_CLASS_ENV this CPU cannot run.
     """
     if backend not in BACKENDS:
         raise InvalidInputError(f"backend: expected one of {', '.join(BACKENDS)}, got {describe(backend)}")
     if precision not in PRECISIONS:
         raise InvalidInputError(f"precision: expected one of {', '.join(PRECISIONS)}, got {describe(precision)}")
-    kind = cpu_class(cpu_flags() if flags is None else flags)
-    bf16_capable = kind in ("amx", "avx512-bf16")
+    kind, detected = planned_class(cpu_flags() if flags is None else flags)
+    choice = _choose(backend, precision, scheme=scheme, family=family, kind=kind, openvino_installed=openvino_installed)
+    if detected is None:
+        return choice
+    reason = f"{choice.reason}; planned for {kind} on a {detected} CPU, as {CPU_CLASS_ENV} asks"
+    return BackendChoice(choice.backend, choice.precision, kind, reason)
+
+
+def _choose(
+    backend: str, precision: str, *, scheme: str, family: str, kind: CpuClass, openvino_installed: bool
+) -> BackendChoice:
+    bf16_capable = kind in BF16_CLASSES
     if backend == "onnxruntime":
         if precision != "auto":
             raise InvalidInputError(
@@ -187,15 +249,22 @@ def choose(
                 f"precision='int8' quantizes activations in the blocks of the int8 artifact's weights; this artifact "
                 f"is {scheme!r}: pass precision='bf16' or 'fp32', or export with --quantize int8"
             )
-        if precision in BF16_COMPUTE and not bf16_capable:
+        if precision == "int8" and kind not in INT8_CLASSES:
+            return BackendChoice(
+                "openvino",
+                "fp32",
+                kind,
+                "int8 asked for, but this CPU has no VNNI instructions, where OpenVINO leaves its int8 activations off "
+                "(AVX2, Dec 1); run as fp32, without the row padding int8 needs",
+            )
+        if precision == "bf16" and not bf16_capable:
             # OpenVINO computes fp32 there whatever the hint; only bf16's row padding would remain
             return BackendChoice(
                 "openvino",
                 "fp32",
                 kind,
-                f"{precision} asked for, but this CPU has no bf16 instructions, where OpenVINO computes in fp32 anyway "
-                "(the same scores on AVX2, Dec 1), and its int8 activations under fp32 moved shared-prefix scores by 4% "
-                "of their spread (Dec 1); run as fp32, without the bf16 row padding that cost 12% on AVX2",
+                "bf16 asked for, but this CPU has no bf16 instructions, where OpenVINO computes in fp32 anyway "
+                "(the same scores on AVX2, Dec 1); run as fp32, without the bf16 row padding that cost 12% on AVX2",
             )
         if precision != "auto":
             return BackendChoice("openvino", precision, kind, "asked for")  # type: ignore[arg-type]
@@ -227,7 +296,11 @@ def machine_summary() -> dict[str, object]:
     """The CPU as benchmarks and /v1/models report it: model name, class, and the flags that matter here."""
     flags = cpu_flags()
     interesting = sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c")))
-    return {"cpu": _cpu_model(), "cpu_class": cpu_class(flags), "cpu_flags": interesting, "machine": platform.machine()}
+    planned, detected = planned_class(flags)
+    summary: dict[str, object] = {"cpu": _cpu_model(), "cpu_class": detected or planned, "cpu_flags": interesting}
+    if detected is not None:
+        summary["planned_class"] = planned  # CPU_CLASS_ENV
+    return {**summary, "machine": platform.machine()}
 
 
 def _cpu_model() -> str:
