@@ -20,7 +20,7 @@ Kernels (the same quantizers as the export, on a one-MatMul graph with random fp
 - ov-bf16: the MatMulNBits graph under `precision="bf16"` (int8 weights, bf16 compute; `auto` on AMX);
 - ov-int8: the same under `precision="int8"` (dynamic int8 activations in blocks of 32, bf16 elsewhere;
   `auto` on AVX512-BF16). Both run as fp32 on CPUs without bf16 instructions.
-OpenVINO kernels compile with the runtime's own `compile_config` (ov-int8-weights = "fp32"), so the
+OpenVINO kernels compile with the runtime's own `Compilation` (ov-int8-weights = "fp32"), so the
 ceiling is of the settings the runtime uses. On the AVX512-BF16 EPYC its one-MatMul graphs ran well below
 the same precision inside the model (208 against 483 GFLOP/s for "int8", profile_ops.py --backend
 openvino): there, read the OpenVINO rows as a floor, and the profile for the model's own figure.
@@ -128,10 +128,10 @@ def time_kernel(kernel: str, m: int, k: int, n: int, threads: int, reps: int) ->
             import openvino as ov
             from rerank_onnx_export.quantize import BLOCK
 
-            from rerank_onnx.backends.openvino import compile_config
+            from rerank_onnx.backends.openvino import Compilation
 
             precision = {"ov-bf16": "bf16", "ov-int8": "int8"}.get(kernel, "fp32")
-            config = compile_config(precision, threads, int8_block=BLOCK)
+            config = Compilation(precision, threads, int8_block=BLOCK).properties()
             if kernel == "ov-int8-dynamic":  # the f32 hint with dynamic int8 activations: no runtime precision
                 config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(BLOCK)
             request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()

@@ -4,7 +4,7 @@
     python benchmarks/profile_ops.py benchmarks/work/base-v2-int8 --backend openvino --precision int8 --shapes 16x256
 
 onnxruntime: its per-node profiler. OpenVINO: its performance counters (`PERF_COUNT`) on the graph as the
-CPU plugin compiled it, with the runtime's own `compile_config` for `--precision`; its op types are the
+CPU plugin compiled it, with the runtime's own `Compilation` for `--precision`; its op types are the
 plugin's fused nodes (FullyConnected = the linear layers), and the table also names the kernels they ran.
 Each shape gets its own session (profiling on), one warm-up run, then one measured run; only the
 measured run's node times are counted. Writes results/profile-<name>.{json,md,png}.
@@ -65,9 +65,9 @@ def profile_openvino(graph: Path, ids: np.ndarray, lengths: np.ndarray, threads:
     import openvino as ov
 
     from rerank_onnx.artifact import INPUT_IDS, LENGTHS, PAST_KEYS, PAST_VALUES, load_artifact
-    from rerank_onnx.backends.openvino import compile_config
+    from rerank_onnx.backends.openvino import Compilation
 
-    config = compile_config(precision, threads, int8_block=load_artifact(graph.parent).quantization_block)
+    config = Compilation(precision, threads, int8_block=load_artifact(graph.parent).quantization_block).properties()
     compiled = ov.Core().compile_model(str(graph), "CPU", config | {"PERF_COUNT": "YES"})
     request = compiled.create_infer_request()
     feeds = {INPUT_IDS: ids, LENGTHS: lengths}

@@ -52,12 +52,12 @@ def _compile(artifact: Path, stateful: bool) -> Any:
     import openvino as ov
 
     from rerank_onnx.artifact import load_artifact
-    from rerank_onnx.backends.openvino import compile_config
+    from rerank_onnx.backends.openvino import Compilation
     from rerank_onnx.backends.openvino_graph import split_presents, stateful_attention
 
     core = ov.Core()
     model = core.read_model(str(artifact / "model.onnx"))
-    config = compile_config("int8", 2, int8_block=load_artifact(artifact).quantization_block)
+    config = Compilation("int8", 2, int8_block=load_artifact(artifact).quantization_block).properties()
     if stateful:
         assert stateful_attention(model), "the graph's attention is not the exported MatMul-Softmax-MatMul"
         config["KV_CACHE_PRECISION"] = "bf16"  # the compute precision (the plugin's default is u8)

@@ -112,10 +112,11 @@ def test_openvino_runs_an_8k_pair_whole_in_a_child_process_within_the_bound(fp32
 
 
 def test_a_failing_long_prompt_process_is_a_model_load_error(tmp_path: Path) -> None:
+    from rerank_onnx.backends.openvino import Compilation
     from rerank_onnx.backends.openvino_whole import WholeRowProcess
     from rerank_onnx.errors import ModelLoadError
 
-    child = WholeRowProcess(tmp_path / "missing.onnx", precision="fp32", threads=1, cache_dir=None)
+    child = WholeRowProcess(tmp_path / "missing.onnx", Compilation("fp32", 1), cache_dir=None)
     ids = np.ones((1, 8), dtype=np.int64)
     with pytest.raises(ModelLoadError, match=r"long-prompt process failed: .*missing\.onnx"):
         child.run(ids, np.array([8], dtype=np.int64))
@@ -128,9 +129,10 @@ def test_a_long_prompt_process_killed_mid_call_says_so(fp32_artifact: Path, monk
     import signal
 
     from rerank_onnx.backends import openvino_whole
+    from rerank_onnx.backends.openvino import Compilation
     from rerank_onnx.errors import ModelLoadError
 
-    child = openvino_whole.WholeRowProcess(fp32_artifact / "model.onnx", precision="fp32", threads=1, cache_dir=None)
+    child = openvino_whole.WholeRowProcess(fp32_artifact / "model.onnx", Compilation("fp32", 1), cache_dir=None)
     real_write = openvino_whole._write_frame
 
     def killed_first(stream, payload: bytes) -> None:  # as the kernel's out-of-memory killer would
@@ -300,7 +302,7 @@ def _runtime_ops(compiled: object) -> dict[str, int]:
 def test_openvino_fuses_the_stateful_graph_into_its_attention_kernel(fp32_artifact: Path) -> None:
     import openvino
 
-    from rerank_onnx.backends.openvino import compile_config
+    from rerank_onnx.backends.openvino import Compilation
     from rerank_onnx.backends.openvino_graph import BEAM_INDEX, stateful_attention
 
     core = openvino.Core()
@@ -308,7 +310,7 @@ def test_openvino_fuses_the_stateful_graph_into_its_attention_kernel(fp32_artifa
     layers = model.get_parameters()[[p.get_friendly_name() for p in model.get_parameters()].index("past_keys")]
     assert stateful_attention(model)
     assert {p.get_friendly_name() for p in model.get_parameters()} == {"input_ids", "lengths", BEAM_INDEX}
-    compiled = core.compile_model(model, "CPU", {**compile_config("fp32", 2), "KV_CACHE_PRECISION": "f32"})
+    compiled = core.compile_model(model, "CPU", {**Compilation("fp32", 2).properties(), "KV_CACHE_PRECISION": "f32"})
     ops = _runtime_ops(compiled)
     # one fused attention per layer, with its keys and values as state: no score matrix, no expanded heads
     assert ops.get("ScaledDotProductAttention") == layers.get_partial_shape()[0].get_length(), ops

@@ -192,17 +192,17 @@ def test_openvino_int8_activations_are_faithful_in_any_batch(
     block), bf16 elsewhere on a CPU with bf16 instructions, fp32 elsewhere on one with VNNI only (planned here on
     a bf16 CPU), fp32 throughout on a CPU without VNNI."""
     from rerank_onnx.artifact import load_artifact
-    from rerank_onnx.backends.openvino import compile_config
+    from rerank_onnx.backends.openvino import Compilation
     from rerank_onnx.backends.select import CPU_CLASS_ENV
     from rerank_onnx.errors import ModelLoadError
 
     block = load_artifact(int8_artifact).quantization_block
     assert block is not None
-    assert compile_config("int8", 2, int8_block=block)["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == str(block)
-    assert compile_config("int8", 2, int8_block=block, bf16=False)["INFERENCE_PRECISION_HINT"] == "f32"
-    assert compile_config("bf16", 2, int8_block=block)["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "0"
+    assert Compilation("int8", 2, int8_block=block).properties()["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == str(block)
+    assert Compilation("int8", 2, int8_block=block, bf16=False).properties()["INFERENCE_PRECISION_HINT"] == "f32"
+    assert Compilation("bf16", 2, int8_block=block).properties()["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "0"
     with pytest.raises(ModelLoadError, match="block"):
-        compile_config("int8", 2)
+        Compilation("int8", 2)
     if planned is not None:
         monkeypatch.setenv(CPU_CLASS_ENV, planned)
     reranker = Reranker(int8_artifact, backend="openvino", precision="int8", compile_cache=False)

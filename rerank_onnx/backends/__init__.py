@@ -267,16 +267,10 @@ def open_session(
     threads = threads or default_threads()
     engine: Engine
     if choice.backend == "openvino":
-        from .openvino import OpenVinoEngine
+        from .openvino import Compilation, OpenVinoEngine
 
-        engine = OpenVinoEngine(
-            graph,
-            precision=choice.precision,
-            threads=threads,
-            cache_dir=cache_dir,
-            int8_block=int8_block,
-            bf16=choice.bf16,
-        )
+        compilation = Compilation(choice.precision, threads, int8_block=int8_block, bf16=choice.bf16)
+        engine = OpenVinoEngine(graph, compilation, cache_dir=cache_dir)
     else:
         from .onnxruntime import OnnxRuntimeEngine
 

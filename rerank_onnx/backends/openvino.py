@@ -7,7 +7,7 @@ RMSNorm and rotary embeddings itself, and computes in the precision asked for:
 - "fp32": fp32 compute, int8 weights decompressed (weight-only int8);
 - "int8": the int8 weights' MatMuls fed int8 activations quantized at run time per token in the weights'
   blocks (OpenVINO's dynamic quantization; VNNI dot products), as onnxruntime's blockwise kernel does, and
-  bf16 compute elsewhere on a CPU with bf16 instructions, fp32 compute elsewhere otherwise (`bf16=False`). The group is the artifact's block (`quantization_block`): a group that is not a divisor of
+  bf16 compute elsewhere on a CPU with bf16 instructions, fp32 compute elsewhere otherwise (`Compilation.bf16`). The group is the artifact's block (`quantization_block`): a group that is not a divisor of
   the block leaves it off (64 on blocks of 32 gave the bf16 scores exactly, Dec 1), and a smaller divisor
   runs slower (32 on blocks of 128: 633 tok/s against 818 for 128, Dec 2, benchmarks/README.md).
 Dynamic quantization is off in "fp32" and "bf16". Under the fp32 hint it had moved shared-prefix scores by 4%
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,13 +91,9 @@ def available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def computes_bf16(precision: str, bf16: bool) -> bool:
-    """Whether OpenVINO computes in bf16 what it does not compute in int8 (see compile_config)."""
-    return precision == "bf16" or (precision == "int8" and bf16)
-
-
-def compile_config(precision: str, threads: int, *, int8_block: int | None = None, bf16: bool = True) -> dict[str, Any]:
-    """The CPU plugin properties for `precision` on `threads` threads, one stream (latency).
+@dataclass(frozen=True)
+class Compilation:
+    """What the CPU plugin compiles a graph for: `precision` on `threads` threads, one stream (latency).
 
     Args:
         precision: "fp32", "bf16" or "int8".
@@ -105,21 +102,36 @@ def compile_config(precision: str, threads: int, *, int8_block: int | None = Non
             (`ArtifactConfig.quantization_block`). Required for "int8", ignored otherwise.
         bf16: under "int8", compute in bf16 what is not int8 (a CPU with bf16 instructions); False: in fp32.
 
-    Returns:
-        The properties for `Core.compile_model`.
+    Raises:
+        ModelLoadError: an unknown precision, or "int8" without the block.
     """
-    if precision not in PRECISIONS:
-        raise ModelLoadError(f"openvino precision: expected one of {sorted(PRECISIONS)}, got {precision!r}")
-    if precision == "int8" and not int8_block:
-        raise ModelLoadError("openvino precision 'int8' needs the int8 artifact's weight block (int8_block)")
-    return {
-        "INFERENCE_PRECISION_HINT": "bf16" if computes_bf16(precision, bf16) else "f32",
-        "DYNAMIC_QUANTIZATION_GROUP_SIZE": str(int8_block if precision == "int8" else 0),
-        "INFERENCE_NUM_THREADS": str(threads),
-        "NUM_STREAMS": "1",
-        "PERFORMANCE_HINT": "LATENCY",
-        "CPU_RUNTIME_CACHE_CAPACITY": str(SHAPE_CACHE),
-    }
+
+    precision: str
+    threads: int
+    int8_block: int | None = None
+    bf16: bool = True
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ModelLoadError(f"openvino precision: expected one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if self.precision == "int8" and not self.int8_block:
+            raise ModelLoadError("openvino precision 'int8' needs the int8 artifact's weight block (int8_block)")
+
+    @property
+    def computes_bf16(self) -> bool:
+        """Whether OpenVINO computes in bf16 what it does not compute in int8."""
+        return self.precision == "bf16" or (self.precision == "int8" and self.bf16)
+
+    def properties(self) -> dict[str, Any]:
+        """The properties for `Core.compile_model`."""
+        return {
+            "INFERENCE_PRECISION_HINT": "bf16" if self.computes_bf16 else "f32",
+            "DYNAMIC_QUANTIZATION_GROUP_SIZE": str(self.int8_block if self.precision == "int8" else 0),
+            "INFERENCE_NUM_THREADS": str(self.threads),
+            "NUM_STREAMS": "1",
+            "PERFORMANCE_HINT": "LATENCY",
+            "CPU_RUNTIME_CACHE_CAPACITY": str(SHAPE_CACHE),
+        }
 
 
 class OpenVinoEngine:
@@ -139,16 +151,7 @@ class OpenVinoEngine:
     batch_tokens = 1024
     batch_context: int | None = BATCH_CONTEXT  # see BATCH_CONTEXT
 
-    def __init__(
-        self,
-        graph: Path,
-        *,
-        precision: str,
-        threads: int,
-        cache_dir: Path | None,
-        int8_block: int | None = None,
-        bf16: bool = True,
-    ) -> None:
+    def __init__(self, graph: Path, compilation: Compilation, *, cache_dir: Path | None) -> None:
         try:
             import openvino as ov
         except ImportError as exc:
@@ -158,10 +161,10 @@ class OpenVinoEngine:
         self._core = ov.Core()
         self._graph = graph
         self._cache_dir = cache_dir
-        self._config = compile_config(precision, threads, int8_block=int8_block, bf16=bf16)
+        self._config = compilation.properties()
         # under bf16 an encoder graph's int8 weights become bf16 constants (openvino_graph.expand_weights); "int8"
         # keeps them (its dynamic int8 activations multiply them), and fp32 compute has no bf16 to store
-        self._variant = NEW_KV_BF16 if precision == "bf16" else NEW_KV
+        self._variant = NEW_KV_BF16 if compilation.precision == "bf16" else NEW_KV
         # the compiled model with its infer request, compiled again after long prompts (REBUILD_LENGTH)
         self.model = Rebuildable(self._compile_with_request, rebuild_length=REBUILD_LENGTH)
         compiled, _ = self.model.get()
@@ -172,14 +175,12 @@ class OpenVinoEngine:
         }
         if PAST_KEYS not in self._shapes:
             self.batch_tokens = ENCODER_BATCH_TOKENS
-        self.threads = threads
-        self.precision = precision
-        self.pad_multiple = PAD_MULTIPLE if precision in PADDED_PRECISIONS else 1
+        self.threads = compilation.threads
+        self.precision = compilation.precision
+        self.pad_multiple = PAD_MULTIPLE if compilation.precision in PADDED_PRECISIONS else 1
         # rows over WHOLE_ROW_TOKENS run whole on the stateful model, in a child process for the call
         self.whole_row_tokens = WHOLE_ROW_TOKENS if PAST_KEYS in self._shapes else None
-        self._whole = WholeRowProcess(
-            graph, precision=precision, threads=threads, cache_dir=cache_dir, int8_block=int8_block, bf16=bf16
-        )
+        self._whole = WholeRowProcess(graph, compilation, cache_dir=cache_dir)
 
     def _compile_with_request(self) -> tuple[Any, Any]:
         compiled = self._compile()

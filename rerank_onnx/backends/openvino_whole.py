@@ -17,17 +17,22 @@ exits at the end of its stdin; on an error it writes one line to stderr and exit
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
+import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
 from ..artifact import INPUT_IDS, LENGTHS, SCORES
 from ..errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from .openvino import Compilation
 
 _LENGTH = 8
 
@@ -52,33 +57,18 @@ class WholeRowProcess:
 
     Args:
         graph: the artifact's model.onnx.
-        precision: the OpenVINO precision (openvino.compile_config).
-        threads: the child's inference threads.
+        compilation: what the child compiles the stateful model for (the parent's engine's own).
         cache_dir: OpenVINO's compile cache folder (None: compile from the ONNX graph each time).
-        int8_block: under "int8", the artifact's int8 weight block (openvino.compile_config).
-        bf16: under "int8", bf16 compute elsewhere, else fp32 (openvino.compile_config).
     """
 
-    def __init__(
-        self,
-        graph: Path,
-        *,
-        precision: str,
-        threads: int,
-        cache_dir: Path | None,
-        int8_block: int | None = None,
-        bf16: bool = True,
-    ) -> None:
+    def __init__(self, graph: Path, compilation: Compilation, *, cache_dir: Path | None) -> None:
         self._command = [
             sys.executable,
             "-m",
             __name__,
             str(graph),
-            precision,
-            str(threads),
+            json.dumps(dataclasses.asdict(compilation)),
             str(cache_dir) if cache_dir is not None else "",
-            str(int8_block or 0),
-            "bf16" if bf16 else "f32",
         ]
         self._child: subprocess.Popen[bytes] | None = None
         self._errors: IO[bytes] | None = None
@@ -173,19 +163,16 @@ def _peak_rss() -> int:
     return 0
 
 
-def _serve(
-    graph: Path, precision: str, threads: int, cache_dir: Path | None, int8_block: int | None, bf16: bool
-) -> None:
+def _serve(graph: Path, compilation: Compilation, cache_dir: Path | None) -> None:
     """The child: compile the stateful model, then answer frames until the end of stdin."""
     import openvino as ov
 
-    from .openvino import compile_config, computes_bf16
     from .openvino_graph import BEAM_INDEX, STATEFUL, compile_source
 
     core = ov.Core()
-    config: dict[str, Any] = compile_config(precision, threads, int8_block=int8_block, bf16=bf16)
+    config = compilation.properties()
     # its keys and values in the compute precision (the plugin's default is u8)
-    config["KV_CACHE_PRECISION"] = "bf16" if computes_bf16(precision, bf16) else "f32"
+    config["KV_CACHE_PRECISION"] = "bf16" if compilation.computes_bf16 else "f32"
     source, blobs = compile_source(core, graph, cache_dir, STATEFUL)
     if blobs is not None:
         config["CACHE_DIR"] = str(blobs)
@@ -204,21 +191,16 @@ def _serve(
 
 
 def main(argv: list[str]) -> int:
-    """The child's entry point: `python -m rerank_onnx.backends.openvino_whole GRAPH PRECISION THREADS CACHE GROUP
-    FLOAT` (CACHE empty: no compile cache; GROUP 0: no int8 activations; FLOAT bf16 or f32: what "int8" computes
-    elsewhere), as WholeRowProcess starts it. Returns its exit code."""
+    """The child's entry point: `python -m rerank_onnx.backends.openvino_whole GRAPH COMPILATION CACHE`
+    (COMPILATION: the openvino.Compilation's fields as a JSON object; CACHE empty: no compile cache), as
+    WholeRowProcess starts it. Returns its exit code."""
     try:
-        if len(argv) != 6 or not argv[2].isdigit() or not argv[4].isdigit() or argv[5] not in ("bf16", "f32"):
-            raise ValueError(f"expected the arguments GRAPH PRECISION THREADS CACHE GROUP FLOAT, got {argv!r}")
-        graph, precision, threads, cache, group, float_type = argv
-        _serve(
-            Path(graph),
-            precision,
-            int(threads),
-            Path(cache) if cache else None,
-            int(group) or None,
-            float_type == "bf16",
-        )
+        if len(argv) != 3:
+            raise ValueError(f"expected the arguments GRAPH COMPILATION CACHE, got {argv!r}")
+        from .openvino import Compilation
+
+        graph, fields, cache = argv
+        _serve(Path(graph), Compilation(**json.loads(fields)), Path(cache) if cache else None)
     except Exception as exc:  # one line for the parent's error message; the parent raises ModelLoadError
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         print(f"{type(exc).__name__}: {message[:400]}", file=sys.stderr)
