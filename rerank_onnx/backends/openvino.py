@@ -7,8 +7,9 @@ RMSNorm and rotary embeddings itself, and computes in the precision asked for:
 - "fp32": fp32 compute, int8 weights decompressed (weight-only int8);
 - "int8": the int8 weights' MatMuls fed int8 activations quantized at run time per token in the weights'
   blocks (OpenVINO's dynamic quantization; VNNI dot products), as onnxruntime's blockwise kernel does, and
-  bf16 compute elsewhere on a CPU with bf16 instructions, fp32 compute elsewhere otherwise (`Compilation.bf16`). The group is the artifact's block (`quantization_block`): a group that is not a divisor of
-  the block leaves it off (64 on blocks of 32 gave the bf16 scores exactly, Dec 1), and a smaller divisor
+  bf16 compute elsewhere on a CPU with bf16 instructions, fp32 compute elsewhere otherwise
+  (`Compilation.bf16`). The group is the artifact's block (`quantization_block`): a group that is not a
+  divisor of the block leaves it off (64 on blocks of 32 gave the bf16 scores exactly, Dec 1), and a smaller divisor
   runs slower (32 on blocks of 128: 633 tok/s against 818 for 128, Dec 2, benchmarks/README.md).
 Dynamic quantization is off in "fp32" and "bf16". Under the fp32 hint it had moved shared-prefix scores by 4%
 of their spread (AVX512 EPYC, Dec 1) until rows were padded to multiples of 32 under it as under bf16 (0 since,

@@ -96,8 +96,8 @@ AUTO_TABLE: dict[CpuClass, _Row] = {
         "planned for this class on a 2-core AMD EPYC with AVX512-BF16 and VNNI (Dec 2, base-v2, 2 interleaved "
         "rounds): OpenVINO's int8 activations beside fp32 compute 1.55x onnxruntime's blockwise int8 at 16 x 256 "
         "tokens, 1.50x on 1 x 20 documents; Spearman vs fp32 on 240 pairs 0.9978 against 0.9974 (against blockwise "
-        "int8: MiniLM-L-6 +0.0005 on 800 pairs, Qwen3-Reranker-0.6B +0.0001 on 240); a pair's score the same alone, in any batch and after a shared "
-        "prefix; not yet measured on a CPU of this class",
+        "int8: MiniLM-L-6 +0.0005 on 800 pairs, Qwen3-Reranker-0.6B +0.0001 on 240); a pair's score the same "
+        "alone, in any batch and after a shared prefix; not yet measured on a CPU of this class",
     ),
     # No faithful integer GEMM is faster than fp32 here (benchmarks/results/gemm-ceiling-base-v2-avx2.md):
     # onnxruntime's blockwise kernel runs below its SGEMM, OpenVINO ignores dynamic int8 and bf16 on AVX2.
