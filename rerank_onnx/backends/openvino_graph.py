@@ -54,7 +54,7 @@ AS_IS_MARKER = "as-is"  # in a source folder: nothing to rewrite, compile the ON
 # the rewrites: split_presents; split_presents, or expand_weights for an encoder graph; stateful_attention
 NEW_KV, NEW_KV_BF16, STATEFUL = "new-kv", "new-kv-bf16", "stateful"
 # each rewrite's revision, part of its IR's name: a changed rewrite does not compile a cached IR of the old one
-REVISIONS = {NEW_KV: 1, NEW_KV_BF16: 1, STATEFUL: 2}
+REVISIONS = {NEW_KV: 1, NEW_KV_BF16: 1, STATEFUL: 3}
 # the steps from a MatMul's weight input up to the Constant its int8 weights are stored in (the ONNX frontend's
 # MatMulNBits: Reshape <- Multiply by the scales <- Subtract the zero point <- Convert <- Constant)
 DECOMPRESSION_STEPS = 6
@@ -166,7 +166,8 @@ def stateful_attention(model: Any) -> bool:
         return False
     past_shape = params[PAST_KEYS].get_partial_shape()  # [layers, kv_heads, tokens, head_dim]
     kv_heads, head_dim = past_shape[1].get_length(), past_shape[3].get_length()
-    layers: list[tuple[tuple[Any, ...], tuple[Any, Any]]] = []
+    layers: list[tuple[tuple[Any, ...], tuple[Any, Any], bool]] = []
+    causal_mask = None
     for softmax in [n for n in model.get_ordered_ops() if n.get_type_name() == "Softmax"]:
         parts = _attention_parts(softmax)
         if parts is None:
@@ -176,7 +177,11 @@ def stateful_attention(model: Any) -> bool:
         keys_join, values_join = _joined(parts[1]), _joined(parts[2])
         if keys_join is None or values_join is None:
             return False
-        layers.append((parts, (keys_join, values_join)))
+        # The first layer's mask is the causal triangle over every token. A layer with another mask (the last,
+        # whose queries are each row's scored token only: graph.py) keeps its own attention, over the state.
+        mask = softmax.input_value(0).get_node().input_value(1)
+        causal_mask = mask if causal_mask is None else causal_mask
+        layers.append((parts, (keys_join, values_join), mask == causal_mask))
     if not layers:
         return False
     for result in list(model.get_results()):
@@ -191,7 +196,7 @@ def stateful_attention(model: Any) -> bool:
     sinks: list[Any] = []
     variables: list[Any] = []
     states: list[Any] = []
-    for layer, ((q, keys, values, _, out), joins) in enumerate(layers):
+    for layer, ((q, keys, values, _, out), joins, causal) in enumerate(layers):
         for kind, join in zip(("keys", "values"), joins):
             info = VariableInfo()
             info.data_shape = ov.PartialShape([-1, kv_heads, -1, head_dim])
@@ -203,6 +208,8 @@ def stateful_attention(model: Any) -> bool:
             join.input(0).replace_source_output(ops.gather(state, beam, axis).output(0))
             sinks.append(ops.assign(join, variable))
             variables.append(variable)
+        if not causal:
+            continue
         # rows run from their first token with no past, so the exported mask is the causal triangle: the
         # kernel's own causal masking replaces it (no [queries, keys] mask is built), and the scale is its default
         attention = ops.scaled_dot_product_attention(q, keys, values, causal=True)
