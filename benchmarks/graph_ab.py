@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, median, publish
+from common import environment, median, publish, run_worker
 from worker import Ours, workloads
 
 
@@ -54,13 +53,9 @@ def worker(artifact: str, backend: str, threads: int, reps: int) -> dict:
 
 
 def run(artifact: Path, backend: str, threads: int, reps: int) -> dict | None:
-    cmd = [sys.executable, __file__, "--worker", str(artifact), backend, "--threads", str(threads), "--reps", str(reps)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        print(f"{artifact} on {backend}: exit {done.returncode}\n{done.stderr[-2000:]}", file=sys.stderr)
-        return None
-    result: dict = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    """One artifact on one backend, measured in its own process (worker())."""
+    arguments = [str(artifact), "--threads", str(threads), "--reps", str(reps)]
+    return run_worker(__file__, backend, arguments, python=sys.executable)
 
 
 def summarize(runs: list[dict], first: list[dict] | None) -> dict:
@@ -124,7 +119,7 @@ def chart(data: dict, name: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", nargs=2, metavar=("ARTIFACT", "BACKEND"))
+    parser.add_argument("--worker", metavar="BACKEND", help="measure the one artifact given on BACKEND (internal)")
     parser.add_argument(
         "artifacts", nargs="*", type=Path, help="two or more artifacts of one model; the first is the baseline"
     )
@@ -135,7 +130,7 @@ def main() -> int:
     parser.add_argument("--suffix", default="", help="appended to the result files' name")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker[0], args.worker[1], args.threads, args.reps)))
+        print(json.dumps(worker(str(args.artifacts[0]), args.worker, args.threads, args.reps)))
         return 0
     if len(args.artifacts) < 2:
         parser.error("give two or more artifacts of one model")
