@@ -154,7 +154,8 @@ def stateful_attention(model: Any) -> bool:
     """Rewrite `model` (an ov.Model of the score graph, read from the artifact) for rows that run whole from
     their first token: each layer's keys and values of the past become model state (read, joined with the
     new ones, assigned) and its attention one ScaledDotProductAttention, which the CPU plugin fuses into its
-    key/value-cache attention kernel. The past inputs go; a `beam_idx` input (each row's own index) comes.
+    key/value-cache attention kernel; a layer whose queries are not its new tokens (the last layer of graphs
+    exported since Dec 2, which queries each row's scored token only) keeps its own attention over the state. The past inputs go; a `beam_idx` input (each row's own index) comes.
     Returns False (model unchanged) where the graph is not the exported shape."""
     import numpy as np
     import openvino as ov
