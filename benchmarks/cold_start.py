@@ -2,6 +2,11 @@
 warm and off.
 
     python benchmarks/cold_start.py benchmarks/work/base-v2-int8 --reps 3
+    python benchmarks/cold_start.py benchmarks/work/base-v2-int8 --code before=/tmp/old-tree after=. --tag issue32
+
+`--code NAME=DIR` (repeatable) runs every case with DIR's `rerank_onnx` package first on PYTHONPATH (a git
+worktree of another commit, say), the versions taking turns within each repetition, so that two versions of
+the code are compared side by side in one run.
 
 Each measurement is a fresh Python process that imports rerank_onnx, loads the artifact and scores one
 short pair; the parent takes the time from just before it spawns the process to the moment the child
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -46,13 +52,17 @@ CASES = [
 ]
 
 
-def measure(artifact: Path, backend: str, precision: str, cache: str, threads: int) -> dict:
+def measure(artifact: Path, backend: str, precision: str, cache: str, threads: int, code: Path | None) -> dict:
+    env = dict(os.environ)
+    if code is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(code.resolve()), env.get("PYTHONPATH", "")])
     started = time.time()
     out = subprocess.run(
         [sys.executable, "-c", CHILD, str(artifact), backend, precision, cache, str(threads)],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     )
     child = json.loads(out.stdout.strip().splitlines()[-1])
     return {
@@ -69,40 +79,60 @@ def main() -> int:
     parser.add_argument("artifact", type=Path)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--code", nargs="+", default=[], metavar="NAME=DIR", help="versions of the code to compare (see above)"
+    )
+    parser.add_argument("--tag", default="", help="added to the result file names")
     args = parser.parse_args()
+    codes: dict[str, Path | None] = {"": None}
+    if args.code:
+        codes = {name: Path(folder) for name, _, folder in (item.partition("=") for item in args.code)}
 
     results: dict[str, dict] = {}
     for label, backend, precision, state in CASES:
-        runs = []
+        runs: dict[str, list[dict]] = {code: [] for code in codes}
         for _ in range(args.reps):
-            cache = "off"
-            if state != "off":
-                cache = tempfile.mkdtemp(prefix="rerank-cache-") if state == "cold" else _warm_cache(args, backend)
-            runs.append(measure(args.artifact, backend, precision, cache, args.threads))
-            if state == "cold":
-                shutil.rmtree(cache)
-        results[label] = {
-            "runs": runs,
-            "backend": runs[-1]["backend"],
-            **{key: median([r[key] for r in runs]) for key in ("first_score_s", "imports_s", "load_s", "first_call_s")},
-        }
-        print(label, json.dumps({k: v for k, v in results[label].items() if k != "runs"}), file=sys.stderr)
+            for code, folder in codes.items():  # the versions take turns: drift hits them alike
+                cache = "off"
+                if state != "off":
+                    cold = state == "cold"
+                    cache = tempfile.mkdtemp(prefix="rerank-cache-") if cold else _warm_cache(args, backend, folder)
+                runs[code].append(measure(args.artifact, backend, precision, cache, args.threads, folder))
+                if state == "cold":
+                    shutil.rmtree(cache)
+        for code, measured in runs.items():
+            key = f"{code}: {label}" if code else label
+            results[key] = {
+                "runs": measured,
+                "backend": measured[-1]["backend"],
+                **{
+                    k: median([r[k] for r in measured])
+                    for k in ("first_score_s", "imports_s", "load_s", "first_call_s")
+                },
+            }
+            print(key, json.dumps({k: v for k, v in results[key].items() if k != "runs"}), file=sys.stderr)
     env = environment(args.threads)
-    data = {"artifact": args.artifact.name, "reps": args.reps, "environment": env, "results": results}
-    name = f"cold-start-{args.artifact.name}-{env['cpu_class']}"
+    data = {
+        "artifact": args.artifact.name,
+        "reps": args.reps,
+        "code": {code: str(folder) for code, folder in codes.items() if folder is not None},
+        "environment": env,
+        "results": results,
+    }
+    name = f"cold-start-{args.artifact.name}-{env['cpu_class']}" + (f"-{args.tag}" if args.tag else "")
     publish(name, data, _table(data), _chart)
     return 0
 
 
-_WARM: dict[str, str] = {}
+_WARM: dict[tuple[str, Path | None], str] = {}
 
 
-def _warm_cache(args: argparse.Namespace, backend: str) -> str:
-    """One cache folder, filled by a first (unmeasured) run, reused by every warm measurement."""
-    if backend not in _WARM:
-        _WARM[backend] = tempfile.mkdtemp(prefix="rerank-cache-")
-        measure(args.artifact, backend, "auto", _WARM[backend], args.threads)
-    return _WARM[backend]
+def _warm_cache(args: argparse.Namespace, backend: str, code: Path | None) -> str:
+    """One cache folder per code version, filled by a first (unmeasured) run, reused by every warm measurement."""
+    if (backend, code) not in _WARM:
+        _WARM[backend, code] = tempfile.mkdtemp(prefix="rerank-cache-")
+        measure(args.artifact, backend, "auto", _WARM[backend, code], args.threads, code)
+    return _WARM[backend, code]
 
 
 def _table(data: dict) -> str:
@@ -131,7 +161,7 @@ def _chart(data: dict, name: str) -> None:
 
     labels = list(data["results"])
     parts = ("imports_s", "load_s", "first_call_s")
-    fig, ax = plt.subplots(figsize=(8, 3))
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.4 * len(labels)))
     left = [0.0] * len(labels)
     for part, colour in zip(parts, ("#8172b2", "#4c72b0", "#dd8452")):
         values = [data["results"][label][part] for label in labels]

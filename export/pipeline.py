@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import math
 import shutil
 import time
 import warnings
@@ -76,7 +77,16 @@ def export_checkpoint(
         raise ExportError(f"quantize: expected one of {sorted(SCHEMES)}, got {quantize!r}")
     if family != "auto" and family not in FAMILIES:
         raise ExportError(f"family: expected auto or one of {sorted(FAMILIES)}, got {family!r}")
+    if estimated_max is not None and (
+        isinstance(estimated_max, bool)
+        or not isinstance(estimated_max, (int, float))
+        or not math.isfinite(estimated_max)
+    ):
+        raise ExportError(
+            f"estimated_max: expected a finite number, got {estimated_max!r}; pass e.g. 12.0, or leave it out"
+        )
     output = Path(output_dir).expanduser()
+    _refuse_source_as_output(source, output)
     if output.exists() and not output.is_dir():
         raise ExportError(f"{output} is a file, not a folder: choose a folder path for the artifact")
     if output.exists() and any(output.iterdir()) and not overwrite:
@@ -99,6 +109,8 @@ def export_checkpoint(
                 export_report = _export_cross_encoder_into(staging, checkpoint, quantize, log)
             else:
                 export_report = _export_into(staging, checkpoint, prompt, quantize, estimated_max, log)
+        export_report["timings"]["total_s"] = time.perf_counter() - started
+        (staging / artifact.REPORT_FILE).write_text(json.dumps(export_report, indent=2) + "\n")
     except RerankError:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -106,17 +118,28 @@ def export_checkpoint(
         shutil.rmtree(staging, ignore_errors=True)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ExportError(f"cannot export {source}: {type(exc).__name__}: {reason}") from exc
-    except BaseException:  # Ctrl-C: no partial folder either
+    except BaseException:  # Ctrl-C, or SIGTERM through the CLI's handler: no partial folder either
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    export_report["timings"]["total_s"] = time.perf_counter() - started
-    (staging / artifact.REPORT_FILE).write_text(json.dumps(export_report, indent=2) + "\n")
     if output.exists():
         shutil.rmtree(output)
     staging.rename(output)
     return ExportResult(
         folder=output, report=export_report, passed=export_report["passed"], warnings=export_report["warnings"]
     )
+
+
+def _refuse_source_as_output(source: str, output: Path) -> None:
+    """An output folder that is the checkpoint folder, or holds it, would be replaced by its own export."""
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        return  # a hub id
+    src, out = folder.resolve(), output.resolve()
+    if out == src or out in src.parents:
+        raise ExportError(
+            f"output {str(output)!r} is (or holds) the checkpoint folder {source!r}: the export would replace its own "
+            "source; choose another output folder"
+        )
 
 
 @contextlib.contextmanager

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelLoadError
+from .errors import InvalidInputError, ModelLoadError, describe
 
 CONFIG_FILE = "rerank_config.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -170,6 +173,18 @@ class ArtifactConfig:
 
 
 def load_artifact(folder: str | Path) -> ArtifactConfig:
+    """rerank_config.json of an artifact folder, checked: the schema, every listed file present at its size,
+    finite constants. The files' contents are checked by `check_files`.
+
+    Raises:
+        InvalidInputError: `folder` is not a path (str or os.PathLike).
+        ModelLoadError: the folder is not a complete artifact of this format version.
+    """
+    if not isinstance(folder, (str, os.PathLike)) or isinstance(folder, bytes):
+        raise InvalidInputError(
+            f"model_dir: expected an artifact folder path (str or pathlib.Path), got {describe(folder)}; "
+            "pass the output folder of `rerank-onnx export`"
+        )
     path = Path(folder).expanduser()
     if not path.is_dir():
         raise ModelLoadError(
@@ -205,6 +220,11 @@ def load_artifact(folder: str | Path) -> ArtifactConfig:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelLoadError(f"{config_path} is incomplete or malformed ({type(exc).__name__}: {exc})") from exc
+    if not math.isfinite(config.estimated_max):
+        raise ModelLoadError(
+            f"{config_path}: normalization.estimated_max: expected a finite number, got {config.estimated_max}; "
+            "export again with a finite --estimated-max"
+        )
     for name, meta in config.files.items():
         file = path / name
         if not file.is_file():
@@ -293,6 +313,75 @@ def file_digest(path: Path) -> dict[str, Any]:
         for block in iter(lambda: handle.read(1 << 22), b""):
             sha.update(block)
     return {"sha256": sha.hexdigest(), "bytes": path.stat().st_size}
+
+
+# Files whose sha256 this process has checked, by (path, what the file system says of it, expected digest).
+_checked: set[tuple[str, tuple[int, ...], str]] = set()
+_checked_lock = threading.Lock()
+
+
+def check_files(config: ArtifactConfig, *, records: Path | None) -> None:
+    """Each listed file's sha256 against the config, computed once per file state: a file whose device,
+    inode, size, mtime and ctime equal those recorded after its last full hash is not read again (in this
+    process, or through `records` in any process), so a warm start stays fast and a file changed in place
+    (same size, new bytes) is hashed again. A corrupt graph would otherwise score garbage, and OpenVINO's
+    compile cache, keyed by the config's digest, would serve one artifact's compiled weights to the other.
+
+    Args:
+        config: the loaded artifact.
+        records: a writable folder for the per-file records (None: this process only).
+
+    Raises:
+        ModelLoadError: a file's content differs from what the config says, naming the file.
+    """
+    for name, meta in config.files.items():
+        expected = str(meta.get("sha256", ""))
+        if not expected:
+            continue  # an artifact without digests (hand-made): nothing to check against
+        path = config.folder / name
+        state = _file_state(path)
+        key = (str(path.resolve()), state, expected)
+        record = records / (hashlib.sha256(key[0].encode()).hexdigest()[:32] + ".json") if records else None
+        with _checked_lock:
+            if key in _checked:
+                continue
+        if record is not None and _read_record(record) == [list(state), expected]:
+            with _checked_lock:
+                _checked.add(key)
+            continue
+        actual = file_digest(path)["sha256"]
+        if actual != expected:
+            raise ModelLoadError(
+                f"{path}: its sha256 is {actual[:16]}..., {CONFIG_FILE} says {expected[:16]}...: the file is "
+                "damaged or was replaced; restore it or export the model again"
+            )
+        with _checked_lock:
+            _checked.add(key)
+        if record is not None and _file_state(path) == state:  # unchanged while it was read
+            _write_record(record, [list(state), expected])
+
+
+def _file_state(path: Path) -> tuple[int, ...]:
+    st = path.stat()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _read_record(record: Path) -> object:
+    try:
+        return json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _write_record(record: Path, content: object) -> None:
+    """Written whole or not at all (a reader never sees half a record); a read-only place is no error."""
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        partial = record.with_name(f".{record.name}.{os.getpid()}.{threading.get_ident()}")
+        partial.write_text(json.dumps(content), encoding="utf-8")
+        os.replace(partial, record)
+    except OSError:
+        pass
 
 
 def verify_artifact(folder: str | Path) -> list[str]:

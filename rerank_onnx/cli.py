@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,7 +192,9 @@ def _serve_settings(args: argparse.Namespace) -> dict[str, Any]:
     for setting in SERVE_SETTINGS:
         value = getattr(args, setting.dest)
         raw = os.environ.get(f"RERANK_ONNX_{setting.env}")
-        if value is None and raw:
+        if value is None and raw == "" and setting.dest == "api_key":
+            value = raw  # set but empty: refused below, not taken as "no key"
+        elif value is None and raw:
             value = _parse_setting(setting, raw)
             if value is None:
                 kinds = {int: "a non-negative integer", float: "a non-negative number", str: "a string"}
@@ -200,8 +203,24 @@ def _serve_settings(args: argparse.Namespace) -> dict[str, Any]:
                     f"RERANK_ONNX_{setting.env}: expected {expected}, got {raw!r}; fix or unset it, or pass {setting.flag}"
                 )
         values[setting.dest] = setting.default if value is None else value
+        _check_serve_setting(setting, values[setting.dest], from_flag=getattr(args, setting.dest) is not None)
     values["model"] = args.model or os.environ.get("RERANK_ONNX_MODEL")
     return values
+
+
+def _check_serve_setting(setting: ServeSetting, value: object, *, from_flag: bool) -> None:
+    """A numeric setting within its range (protocol.SETTING_RANGES); an API key that is not empty."""
+    from .errors import InvalidInputError
+    from .protocol import SETTING_RANGES, check_setting
+
+    shown = setting.flag if from_flag else f"RERANK_ONNX_{setting.env}"
+    if setting.dest in SETTING_RANGES and value is not None:
+        check_setting(setting.dest, value, shown_as=shown)
+    if setting.dest == "api_key" and value is not None and not str(value).strip():
+        raise InvalidInputError(
+            f"{shown}: expected a non-empty key, got an empty one; an empty key would let every request in: "
+            "pass a real key, or leave it out to serve without authentication"
+        )
 
 
 def _parse_setting(setting: ServeSetting, raw: str) -> object | None:
@@ -250,6 +269,8 @@ def _export(args: argparse.Namespace) -> int:
         raise MissingDependencyError(
             f"the export extra ({exc.name or exc})", "pip install 'rerank-onnx[export]'"
         ) from exc
+    # SIGTERM (a container stop, `kill`) unwinds like Ctrl-C, so that the export removes its `.partial` folder
+    signal.signal(signal.SIGTERM, _terminate)
     result = export_checkpoint(
         args.source,
         args.output,
@@ -265,6 +286,10 @@ def _export(args: argparse.Namespace) -> int:
         print(f"WARNING: {warning}", file=sys.stderr)
     print(f"wrote {result.folder}")
     return 0 if result.passed else 1
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _summary(report: dict[str, Any]) -> str:
@@ -291,40 +316,63 @@ def _summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# Documents are read, encoded and scored this many lines at a time, so that memory follows the block, not the
+# file (a file of 1M short lines held every token list at once: 5.1 GB).
+RANK_BLOCK_LINES = 2048
+
+
+@dataclass(frozen=True)
+class _Ranked:
+    line: int
+    score: float
+    text: str
+    span: tuple[int, int] | None
+    windows: int
+
+
 def _rank(args: argparse.Namespace) -> int:
     from .reranker import Reranker
 
-    lines = _read_documents(args.documents)
-    # a blank line is no document: skipped unless asked for, and said so; indices stay line numbers
-    kept = [(i, text) for i, text in enumerate(lines) if args.keep_blank_lines or text.strip()]
-    if len(kept) < len(lines):
-        print(f"note: skipped {len(lines) - len(kept)} blank line(s); --keep-blank-lines ranks them", file=sys.stderr)
     query = _strict_text("--query", args.query)
     instruction = _strict_text("--instruction", args.instruction) if args.instruction is not None else None
     reranker = Reranker(args.model, threads=args.threads, backend=args.backend, precision=args.precision)
-    results = reranker.rank(
-        query,
-        [text for _, text in kept],
-        top_k=args.top_k,
-        instruction=instruction,
-        normalize=args.normalize,
-        long_documents=args.long_documents,
-        max_chunks_per_doc=args.max_chunks_per_doc,
-        show_progress=args.progress,
-    )
-    chunked = args.long_documents == "chunk"
-    if args.json:
+    ranked: list[_Ranked] = []
+    skipped = 0
+    for block in _document_blocks(args.documents, RANK_BLOCK_LINES):
+        # a blank line is no document: skipped unless asked for, and said so; indices stay line numbers
+        kept = [(i, text) for i, text in block if args.keep_blank_lines or text.strip()]
+        skipped += len(block) - len(kept)
+        results = reranker.rank(
+            query,
+            [text for _, text in kept],
+            instruction=instruction,
+            normalize=args.normalize,
+            long_documents=args.long_documents,
+            max_chunks_per_doc=args.max_chunks_per_doc,
+            return_documents=False,
+            sort=False,
+            show_progress=args.progress,
+        )
+        ranked.extend(_Ranked(kept[r.index][0], r.score, kept[r.index][1], r.span, r.windows) for r in results)
+    if skipped:
+        print(f"note: skipped {skipped} blank line(s); --keep-blank-lines ranks them", file=sys.stderr)
+    ranked.sort(key=lambda r: (-r.score, r.line))  # best first, ties by line, as Reranker.rank orders
+    _print_ranked(ranked[: args.top_k], json_lines=args.json, chunked=args.long_documents == "chunk")
+    return 0
+
+
+def _print_ranked(ranked: list[_Ranked], *, json_lines: bool, chunked: bool) -> None:
+    if json_lines:
         rows: list[dict[str, object]] = []
-        for r in results:
-            rows.append({"index": kept[r.index][0], "score": r.score, "document": r.document})
+        for r in ranked:
+            rows.append({"index": r.line, "score": r.score, "document": r.text})
             if chunked:
                 rows[-1].update(span=r.span, windows=r.windows)
         print(json.dumps(rows, ensure_ascii=False))
-    else:
-        for rank, r in enumerate(results, start=1):
-            span = f"{r.span[0]}:{r.span[1]}/{r.windows}\t" if chunked and r.span else ""
-            print(f"{rank}\t{r.score:.4f}\t{kept[r.index][0]}\t{span}{r.document}")
-    return 0
+        return
+    for rank, r in enumerate(ranked, start=1):
+        span = f"{r.span[0]}:{r.span[1]}/{r.windows}\t" if chunked and r.span else ""
+        print(f"{rank}\t{r.score:.4f}\t{r.line}\t{span}{r.text}")
 
 
 def _batch(args: argparse.Namespace) -> int:
@@ -378,22 +426,37 @@ def _strict_text(name: str, value: str) -> str:
     return value
 
 
-def _read_documents(source: str) -> list[str]:
+def _document_blocks(source: str, size: int) -> Iterator[list[tuple[int, str]]]:
+    """The documents file (or stdin), `size` numbered lines at a time, read as it is consumed."""
     from .errors import InvalidInputError
 
+    where = "stdin" if source == "-" else f"documents file {source!r}"
     try:
-        if source == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            with open(source, "rb") as handle:
-                data = handle.read()
-        text = data.decode("utf-8")
+        handle = sys.stdin.buffer if source == "-" else open(source, "rb")  # noqa: SIM115 (closed below)
     except OSError as exc:
         raise InvalidInputError(f"cannot read documents from {source!r}: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        where = "stdin" if source == "-" else f"documents file {source!r}"
-        raise InvalidInputError(f"{where} is not UTF-8 text (byte {exc.start}); convert it to UTF-8") from exc
-    return text.splitlines()
+    offset = 0
+    block: list[tuple[int, str]] = []
+    try:
+        for number, raw in enumerate(handle):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInputError(
+                    f"{where} is not UTF-8 text (byte {offset + exc.start}); convert it to UTF-8"
+                ) from exc
+            offset += len(raw)
+            block.append((number, text.rstrip("\r\n")))
+            if len(block) == size:
+                yield block
+                block = []
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read documents from {source!r}: {exc.strerror}") from exc
+    finally:
+        if handle is not sys.stdin.buffer:
+            handle.close()
+    if block:
+        yield block
 
 
 if __name__ == "__main__":  # pragma: no cover

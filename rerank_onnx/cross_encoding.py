@@ -20,7 +20,7 @@ from tokenizers import Encoding, Tokenizer
 from .artifact import PairEncoding
 from .chunking import Windows, char_spans, plan_windows
 from .errors import InvalidInputError
-from .template import EncodedPairs
+from .template import CharacterCap, EncodedPairs
 from .validate import check_encode_limits, check_parallel
 
 # Tokens kept free in a window beyond the query's share, for merges that differ at a window's edges.
@@ -33,6 +33,7 @@ class CrossEncoderPairs:
     def __init__(self, tokenizer: Tokenizer, encoding: PairEncoding, *, max_length: int) -> None:
         self._tokenizer = tokenizer
         self._encoding = encoding
+        self._cap = CharacterCap(tokenizer)
         self._lock = threading.Lock()  # truncation is tokenizer state: one encode at a time sets it
         self.predefined_length = (
             tokenizer.post_processor.num_special_tokens_to_add(True) if tokenizer.post_processor else 0
@@ -60,6 +61,9 @@ class CrossEncoderPairs:
             )
         check_encode_limits(max_document_tokens, max_length, max_chunks_per_doc)
         limit = min(self.max_length, max_length) if max_length else self.max_length
+        # only what can be scored reaches the tokenizer (template.CharacterCap)
+        queries = self._cap.cut(queries, limit)
+        documents = self._cap.cut(documents, limit * (max_chunks_per_doc or 1))
         capped = [False] * len(documents)
         if max_document_tokens is not None:
             documents, capped = self._cap_documents(documents, max_document_tokens)
@@ -71,7 +75,7 @@ class CrossEncoderPairs:
         )
         if max_chunks_per_doc is None:
             return encoded
-        return self._in_windows(encoded, queries, documents, limit, max_chunks_per_doc)
+        return self._in_windows(encoded, encodings, queries, documents, limit, max_chunks_per_doc)
 
     def _encode(self, queries: Sequence[str], documents: Sequence[str], limit: int) -> list[Encoding]:
         with self._lock:
@@ -97,9 +101,17 @@ class CrossEncoderPairs:
         return out, cut
 
     def _in_windows(
-        self, encoded: EncodedPairs, queries: list[str], documents: list[str], limit: int, max_windows: int
+        self,
+        encoded: EncodedPairs,
+        encodings: list[Encoding],
+        queries: list[str],
+        documents: list[str],
+        limit: int,
+        max_windows: int,
     ) -> EncodedPairs:
-        """Cut documents become overlapping windows, each scored as a pair of its own (chunking.py)."""
+        """Cut documents become overlapping windows, each scored as a pair of its own (chunking.py). A cut
+        document's first window is its truncated pair itself (`encodings`), so a chunked score is never below
+        the truncated one."""
         spans: dict[int, list[tuple[int, int]]] = {}
         complete = [True] * len(documents)
         cut = [i for i, truncated in enumerate(encoded.truncated) if truncated]
@@ -112,7 +124,8 @@ class CrossEncoderPairs:
                 continue
             ranges, complete[i] = plan_windows(len(document_tokens.ids), window, max_windows)
             spans[i] = char_spans(ranges, document_tokens.offsets)
-        pieces = [(i, span) for i, pair_spans in spans.items() for span in pair_spans]
+            spans[i][0] = (0, _document_end(encodings[i]))
+        pieces = [(i, span) for i, pair_spans in spans.items() for span in pair_spans[1:]]
         windowed = self._encode([queries[i] for i, _ in pieces], [documents[i][a:b] for i, (a, b) in pieces], limit)
         by_pair: dict[int, list[tuple[tuple[int, int], Encoding]]] = {}
         for (i, span), encoding in zip(pieces, windowed):
@@ -123,12 +136,14 @@ class CrossEncoderPairs:
         owner: list[int] = []
         row_spans: list[tuple[int, int]] = []
         for i, document in enumerate(documents):
-            if i not in by_pair:
-                ids.append(encoded.input_ids[i])
-                truncated.append(encoded.truncated[i])
-                starts.append(encoded.prefix_lengths[i])
-                owner.append(i)
-                row_spans.append((0, len(document)))
+            # the pair as encoded: the whole document, or the first window of a cut one
+            ids.append(encoded.input_ids[i])
+            # the first window is cut only if its query was
+            query_cut = encodings[i].sequence_ids.count(0) < query_tokens[queries[i]]
+            truncated.append(query_cut if i in spans else encoded.truncated[i])
+            starts.append(encoded.prefix_lengths[i])
+            owner.append(i)
+            row_spans.append(spans[i][0] if i in spans else (0, len(document)))
             for span, encoding in by_pair.get(i, []):
                 ids.append(encoding.ids)
                 truncated.append(bool(encoding.overflowing))
@@ -138,10 +153,16 @@ class CrossEncoderPairs:
         windows = Windows(
             owner=owner,
             spans=row_spans,
-            counts=[len(by_pair.get(i, [None])) for i in range(len(documents))],
+            counts=[len(spans.get(i, [(0, 0)])) for i in range(len(documents))],
             complete=complete,
         )
         return EncodedPairs(ids, truncated, starts, windows=windows)
+
+
+def _document_end(encoding: Encoding) -> int:
+    """The character end, in the document's text, of the last document token the encoding holds (0: none)."""
+    ends = [end for (_, end), sequence in zip(encoding.offsets, encoding.sequence_ids) if sequence == 1]
+    return max(ends, default=0)
 
 
 def _document_start(encoding: Encoding) -> int:

@@ -23,6 +23,10 @@ class QueueFullError(RerankError):
     """The inference queue holds as many pairs as it may: retry later (HTTP 429)."""
 
 
+class ScoringError(RerankError):
+    """The model gave a score that is no finite number: its weights are damaged or the engine failed."""
+
+
 class ExportError(RerankError):
     """The checkpoint could not be fetched, read or converted."""
 

@@ -8,13 +8,15 @@ encode per request and score across requests.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from .artifact import ArtifactConfig, load_artifact
+from .artifact import ArtifactConfig, check_files, load_artifact
 from .backends import GraphSession, ScoreSession, open_backend
+from .backends.cache import file_records_dir
 from .backends.select import Backend, BackendChoice, Precision
 from .cross_encoding import CrossEncoderPairs
 from .scorer import Scorer
@@ -50,24 +52,34 @@ class LoadedModel:
     ) -> None:
         _check_knobs(threads, max_length, max_batch_tokens, max_batch_size, slice_tokens, share_prefix, compile_cache)
         self.config: ArtifactConfig = load_artifact(model_dir)
+        # The files' digests are checked before a compiled model can be cached under them; with no cache, the
+        # check runs beside the session's creation (hashlib and file reads release the GIL) and is waited for
+        # before this returns: a damaged artifact never scores.
+        checking = None if compile_cache else _check_in_background(self.config)
+        if checking is None:
+            check_files(self.config, records=file_records_dir(cache_dir))
         self.backend: BackendChoice | None  # None when the caller brought its own session
-        self._encoder = _pair_encoder(self.config, max_length)
+        try:
+            self._encoder = _pair_encoder(self.config, max_length)
+            self._scorer, self.backend = _open_scorer(
+                self.config,
+                session=session,
+                backend=backend,
+                precision=precision,
+                threads=threads,
+                cache_dir=cache_dir if compile_cache else False,
+                max_batch_tokens=max_batch_tokens,
+                max_batch_size=max_batch_size,
+                share_prefix=share_prefix,
+                slice_tokens=slice_tokens,
+            )
+        finally:  # a damaged file explains a failed load better than the tokenizer's or the engine's error does
+            if checking is not None:
+                checking.result()
         # the query + document token budget (the reference's max_length, within the model's limit)
         self.max_length: int = self._encoder.max_length
         self.template_tokens: int = self._encoder.predefined_length  # what every prompt spends on the template
         self.template_limit: int = self._encoder.template_limit  # the largest max_length the model allows
-        self._scorer, self.backend = _open_scorer(
-            self.config,
-            session=session,
-            backend=backend,
-            precision=precision,
-            threads=threads,
-            cache_dir=cache_dir if compile_cache else False,
-            max_batch_tokens=max_batch_tokens,
-            max_batch_size=max_batch_size,
-            share_prefix=share_prefix,
-            slice_tokens=slice_tokens,
-        )
 
     @property
     def share_prefix(self) -> bool:
@@ -152,6 +164,15 @@ class LoadedModel:
         Qwen3-Reranker: P("yes"); a cross-encoder: the sigmoid CrossEncoder applies by default)."""
         shifted = np.asarray(scores, dtype=np.float64) - self.config.estimated_max / 2
         return (1.0 / (1.0 + np.exp(-shifted))).astype(np.float32)
+
+
+def _check_in_background(config: ArtifactConfig) -> Future[None]:
+    """check_files(config) on a thread of its own; the future's result() raises what it raised."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerank-onnx-check")
+    try:
+        return pool.submit(check_files, config, records=None)
+    finally:
+        pool.shutdown(wait=False)
 
 
 def _pair_encoder(config: ArtifactConfig, max_length: int | None) -> PairEncoder | CrossEncoderPairs:

@@ -11,6 +11,7 @@ model's normalization) except for TEI with raw_scores=true, which gets logit("1"
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -43,11 +44,47 @@ class RequestError(RerankError):
         return {"error": {"message": str(self), "type": self.type, "code": self.code}}
 
 
+# The range of every numeric server setting (ServerSettings, Limits, `serve`'s flags and environment): a value
+# outside it is refused at start, instead of a server that listens elsewhere, answers 503 forever or hangs.
+SETTING_RANGES: dict[str, tuple[int, int]] = {
+    "port": (1, 65535),
+    "threads": (1, 1024),
+    "max_documents": (1, 1_000_000),
+    "max_document_chars": (1, 1 << 30),
+    "max_request_tokens": (1, 1 << 40),
+    "max_body_bytes": (1, 1 << 30),
+    "max_queue_pairs": (1, 1 << 30),
+    "coalesce_ms": (0, 1000),  # a longer wait only delays every request
+}
+
+
+def check_setting(name: str, value: object, *, shown_as: str | None = None) -> None:
+    """`value` lies in SETTING_RANGES[name] (coalesce_ms: any number; the others: whole numbers).
+
+    Raises:
+        InvalidInputError: naming the setting as `shown_as` (a flag or variable), else by its name.
+    """
+    from .errors import InvalidInputError, describe
+
+    low, high = SETTING_RANGES[name]
+    whole = name != "coalesce_ms"
+    kinds = (int,) if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:  # NaN fails too
+        kind = "a whole number" if whole else "a number"
+        raise InvalidInputError(
+            f"{shown_as or name}: expected {kind} from {low} to {high}, got {describe(value)}; fix the setting"
+        )
+
+
 @dataclass(frozen=True)
 class Limits:
     max_documents: int = 1000
     max_document_chars: int = 1_000_000
     max_request_tokens: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        for name in ("max_documents", "max_document_chars", "max_request_tokens"):
+            check_setting(name, getattr(self, name))
 
 
 Shape = Literal["v1", "v2", "tei"]
@@ -70,13 +107,27 @@ class RerankRequest:
     instruction: str | None
 
 
+# JSON numbers longer than this are refused (422): no rerank field needs one, and Python refuses to convert
+# integers past 4,300 digits anyway (what used to surface as a 500).
+MAX_NUMBER_DIGITS = 100
+
+
 def parse_json(body: bytes) -> dict[str, Any]:
+    """A request body as strict JSON: UTF-8, no NaN / Infinity, finite numbers of at most MAX_NUMBER_DIGITS
+    digits, and text that is valid Unicode everywhere (keys and fields that are only echoed back included), so
+    that nothing refused here can fail later when the answer is written.
+
+    Raises:
+        RequestError: 400 for malformed JSON or invalid UTF-8; 422 for a value JSON allows but a rerank
+            request cannot carry (a non-finite or overlong number, a lone surrogate), or a body that is not an
+            object.
+    """
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RequestError(400, f"request body is not valid UTF-8 (byte {exc.start}); send UTF-8 JSON") from exc
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_no_constant, parse_int=_bounded_int, parse_float=_finite_float)
     except RecursionError as exc:
         raise RequestError(400, "request body is nested too deeply to parse; send a flat rerank request") from exc
     except json.JSONDecodeError as exc:
@@ -85,7 +136,61 @@ def parse_json(body: bytes) -> dict[str, Any]:
         ) from exc
     if not isinstance(data, dict):
         raise RequestError(422, f"request body: expected a JSON object, got {_json_type(data)}")
+    _check_text(data)
     return data
+
+
+def _no_constant(name: str) -> Any:
+    raise RequestError(422, f"request body: expected a finite number, got {name}; JSON has no {name}: send a number")
+
+
+def _bounded_int(digits: str) -> int:
+    _check_length(digits)
+    return int(digits)
+
+
+def _finite_float(digits: str) -> float:
+    _check_length(digits)
+    value = float(digits)
+    if not math.isfinite(value):
+        raise RequestError(422, f"request body: expected a finite number, got {digits} (out of range)")
+    return value
+
+
+def _check_length(digits: str) -> None:
+    if len(digits) > MAX_NUMBER_DIGITS:
+        raise RequestError(
+            422, f"request body: expected a number of at most {MAX_NUMBER_DIGITS} digits, got one of {len(digits)}"
+        )
+
+
+def _check_text(data: dict[str, Any]) -> None:
+    """Every key and string in the body is valid Unicode (JSON's \\ud800 escape decodes to a lone surrogate,
+    which no tokenizer or UTF-8 writer takes); a 422 names the first one."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                place = f"{where}.{key}" if where else str(key)
+                _check_string(place, key, "key")
+                stack.append((place, item))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
+        elif isinstance(value, str):
+            _check_string(where, value, "text")
+
+
+def _check_string(where: str, value: str, what: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        shown = where.encode("utf-8", "backslashreplace").decode("ascii", "replace")
+        raise RequestError(
+            422,
+            f"{shown or 'request body'}: expected valid Unicode {what}, got a lone surrogate "
+            f"{value[exc.start]!r} at position {exc.start}; fix the text's encoding",
+        ) from exc
 
 
 def shape_for(path: str, data: dict[str, Any]) -> Shape:

@@ -13,7 +13,14 @@ from .chunking import DEFAULT_MAX_CHUNKS_PER_DOC
 from .errors import InputTooLongError
 from .model import LoadedModel
 from .template import EncodedPairs
-from .validate import check_long_documents, check_positive_int, check_str, check_str_list, split_pairs
+from .validate import (
+    check_bool,
+    check_long_documents,
+    check_positive_int,
+    check_str,
+    check_str_list,
+    split_pairs,
+)
 
 log = logging.getLogger("rerank_onnx")
 
@@ -105,6 +112,9 @@ class Reranker(LoadedModel):
         check_str("query", query)
         docs = check_str_list("documents", documents)
         check_positive_int("top_k", top_k, allow_none=True)
+        for name, flag in (("return_documents", return_documents), ("sort", sort)):
+            check_bool(name, flag)
+        _check_flags(normalize, truncate, show_progress)
         encoded = _encode(self, [query] * len(docs), docs, instruction, truncate, long_documents, max_chunks_per_doc)
         scores = self.score_encoded(
             encoded.input_ids, prefix_lengths=encoded.prefix_lengths, batch_size=batch_size, show_progress=show_progress
@@ -155,6 +165,7 @@ class Reranker(LoadedModel):
             InvalidInputError: wrong types, unequal lengths, malformed pairs, or invalid text.
             InputTooLongError: a pair exceeds max_length and truncate is False.
         """
+        _check_flags(normalize, truncate, show_progress)
         if documents is None:
             queries, documents = split_pairs(queries)
         encoded = _encode(self, queries, documents, instruction, truncate, long_documents, max_chunks_per_doc)  # type: ignore[arg-type]
@@ -163,6 +174,12 @@ class Reranker(LoadedModel):
         )
         scores = encoded.per_pair(scores)[0]
         return self.normalize(scores) if normalize else scores
+
+
+def _check_flags(normalize: object, truncate: object, show_progress: object) -> None:
+    """The switches rank() and predict() share are booleans: a truthy string such as "no" is refused."""
+    for name, flag in (("normalize", normalize), ("truncate", truncate), ("show_progress", show_progress)):
+        check_bool(name, flag)
 
 
 def _encode(

@@ -16,6 +16,7 @@ import numpy as np
 
 from .errors import QueueFullError
 from .metrics import Metrics
+from .protocol import check_setting
 from .reranker import Reranker
 
 
@@ -44,6 +45,7 @@ class Scheduler:
     ) -> None:
         self._reranker = reranker
         self._metrics = metrics
+        check_setting("coalesce_ms", coalesce_ms)  # an unbounded wait (inf) would stall the inference thread
         self._window = coalesce_ms / 1000.0
         self._max_pairs = max_coalesced_pairs
         self._max_queue = max_queue_pairs

@@ -7,15 +7,16 @@ self-check alike, so every caller scores the same way.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, field
 
 import numpy as np
 
 from .backends import GraphSession, Prefix, PrefixScoreSession, ScoreSession, SegmentScoreSession
 from .batching import pad_batch, plan_batches, plan_shared_prefixes, split_long
-from .errors import InvalidInputError
+from .errors import InvalidInputError, ScoringError
 
 
 @dataclass
@@ -51,6 +52,10 @@ class Scorer:
     max_batch_context: int | None = None
     slice_tokens: int | None = None
     whole_row_tokens: int | None = None
+    # One call at a time: an engine's infer request, its prefix state and its memory release belong to one
+    # call (OpenVINO's request is not reentrant; two threads on it raised or swapped scores). Every engine
+    # already uses all the threads it is given, so calls in parallel would not be faster, only wrong.
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     @property
     def computes_shared_prefix(self) -> bool:
@@ -76,7 +81,28 @@ class Scorer:
 
         Returns:
             One score per row.
+
+        Raises:
+            ScoringError: the graph gave a score that is not a finite number (corrupt weights or a broken engine).
         """
+        with self._lock:
+            scores = self._score_locked(input_ids, prefix_lengths, batch_size, show_progress)
+        bad = np.flatnonzero(~np.isfinite(scores))
+        if bad.size:
+            raise ScoringError(
+                f"row {int(bad[0])} (and {bad.size - 1} more) scored {scores[bad[0]]}: expected a finite score; the "
+                "artifact's weights are likely damaged: check them with rerank_onnx.artifact.verify_artifact, or "
+                "export the model again"
+            )
+        return scores
+
+    def _score_locked(
+        self,
+        input_ids: Sequence[Sequence[int]],
+        prefix_lengths: Sequence[int] | None,
+        batch_size: int | None,
+        show_progress: bool,
+    ) -> np.ndarray:
         segments = None
         if isinstance(self.session, SegmentScoreSession):
             if prefix_lengths is None:

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .backends.select import Backend, Precision, machine_summary
-from .errors import MissingDependencyError, QueueFullError, RerankError
+from .errors import InvalidInputError, MissingDependencyError, QueueFullError, RerankError
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import (
     Limits,
     RequestError,
     RerankRequest,
     Shape,
+    check_setting,
     encode_request,
     parse_json,
     parse_request,
@@ -31,9 +32,11 @@ from .reranker import Reranker
 
 try:
     from starlette.applications import Starlette
+    from starlette.middleware import Middleware
     from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 except ImportError as exc:  # pragma: no cover - exercised by the missing-extra test
     raise MissingDependencyError(
         "starlette and uvicorn (the server extra)", "pip install 'rerank-onnx[server]'"
@@ -61,6 +64,17 @@ class ServerSettings:
     # Off by default: on a 2-core AVX2 box it measured no throughput or p95 gain (benchmarks/README.md).
     coalesce_ms: float = 0.0
     max_queue_pairs: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.threads is not None:
+            check_setting("threads", self.threads)
+        for name in ("max_body_bytes", "coalesce_ms", "max_queue_pairs"):
+            check_setting(name, getattr(self, name))
+        if self.api_key is not None and not self.api_key.strip():
+            raise InvalidInputError(
+                "api_key: expected a non-empty key, got an empty one; an empty key would let every request in: "
+                "pass a real key, or none to serve without authentication"
+            )
 
 
 class _State:
@@ -104,7 +118,6 @@ def create_app(settings: ServerSettings, *, reranker: Reranker | None = None) ->
 
     def rerank_route(shape: Shape | None) -> Callable[[Request], Awaitable[Response]]:
         async def handle(request: Request) -> Response:
-            started = time.perf_counter()
             try:
                 _authorize(request, settings.api_key)
                 body = await _read_body(request, settings.max_body_bytes)
@@ -122,7 +135,6 @@ def create_app(settings: ServerSettings, *, reranker: Reranker | None = None) ->
                 response = Response(status_code=CLIENT_CLOSED_REQUEST)
             except Exception as exc:  # a bug or an engine failure: still a JSON answer, and counted
                 response = _internal_error_response(request, exc)
-            metrics.request(request.url.path, response.status_code, time.perf_counter() - started)
             return response
 
         return handle
@@ -178,8 +190,36 @@ def create_app(settings: ServerSettings, *, reranker: Reranker | None = None) ->
     return Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(_Counted, metrics=metrics, paths=frozenset(route.path for route in routes))],
         exception_handlers={404: _not_found, 405: _not_allowed, Exception: _internal_error},
     )
+
+
+class _Counted:
+    """Counts every HTTP response in /metrics by route and status (404, 405 and 401 included); a path that is
+    no route counts as "other", so that clients cannot grow the label set."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, paths: frozenset[str]) -> None:
+        self.app, self.metrics, self.paths = app, metrics, paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # an exception that escapes the app is answered 500 by starlette's outermost layer
+
+        async def record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            endpoint = scope["path"] if scope["path"] in self.paths else "other"
+            self.metrics.request(endpoint, status, time.perf_counter() - started)
 
 
 async def _rerank(state: _State, request: RerankRequest, limits: Limits) -> Any:

@@ -98,7 +98,13 @@ def _body_bytes(event: dict[str, Any]) -> bytes:
         return b""
     if not isinstance(body, (str, bytes)):
         raise RequestError(400, f"body: expected a string (JSON text, or base64 of it), got {type(body).__name__}")
-    if not event.get("isBase64Encoded"):
+    encoded = event.get("isBase64Encoded", False)
+    if encoded is not None and not isinstance(encoded, bool):
+        raise RequestError(
+            400,
+            f"isBase64Encoded: expected true or false, got {type(encoded).__name__} {encoded!r}; send a JSON boolean",
+        )
+    if not encoded:
         return body.encode("utf-8", errors="surrogatepass") if isinstance(body, str) else body
     try:
         return base64.b64decode(body, validate=True)
@@ -113,7 +119,8 @@ def _respond(status: int, payload: Any, started: float) -> dict[str, Any]:
             "content-type": "application/json",
             "x-total-time": f"{(time.perf_counter() - started) * 1000:.1f}",
         },
-        "body": json.dumps(payload, ensure_ascii=False),
+        # strict JSON: parse_json refused every value that could not be written so (NaN, lone surrogates)
+        "body": json.dumps(payload, ensure_ascii=False, allow_nan=False),
         "isBase64Encoded": False,
     }
 

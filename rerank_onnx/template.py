@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -47,9 +48,38 @@ class EncodedPairs:
         return best, [self.windows.spans[row] for row in winners], self.windows.counts
 
 
+class CharacterCap:
+    """Bounds the text handed to the tokenizer by what can be scored: a text needs at most `tokens` x the
+    longest token's characters (the vocabulary's longest entry, at least MIN_CHARS_PER_TOKEN: a WordPiece
+    word of up to 100 characters can become one [UNK]) to yield its first `tokens` tokens. A 100 MB
+    one-line document would otherwise be tokenized whole (12 GB for 8,192 tokens kept). A cut text has more
+    tokens than are kept, so it is truncated (or has more windows than are scored) all the same, and the
+    `truncated` flags say so. The tokens near the cut may merge differently; SLACK_TOKENS of them are kept
+    beyond the need, so those never reach what is scored."""
+
+    MIN_CHARS_PER_TOKEN = 100
+    SLACK_TOKENS = 64
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+
+    @cached_property
+    def chars_per_token(self) -> int:
+        """The most characters one token can stand for (read from the vocabulary on first need)."""
+        return max(self.MIN_CHARS_PER_TOKEN, max(map(len, self._tokenizer.get_vocab()), default=0))
+
+    def cut(self, texts: list[str], tokens: int) -> list[str]:
+        """`texts`, each cut to the characters its first `tokens` tokens can need (most are returned as they are)."""
+        if all(len(text) <= (tokens + self.SLACK_TOKENS) * self.MIN_CHARS_PER_TOKEN for text in texts):
+            return texts  # shorter than any cap: no need to read the vocabulary
+        cap = (tokens + self.SLACK_TOKENS) * self.chars_per_token
+        return [text[:cap] for text in texts]
+
+
 class PairEncoder:
     def __init__(self, tokenizer: Tokenizer, template: Template, *, max_length: int) -> None:
         self._tokenizer = tokenizer
+        self._cap = CharacterCap(tokenizer)
         self._t = template
         self.predefined_length = len(template.prefix_ids) + len(template.tail_ids)
         # The reference shrinks max_length so that the template never pushes past the model's limit.
@@ -90,6 +120,9 @@ class PairEncoder:
             check_str("instruction", instruction)
         check_encode_limits(max_document_tokens, max_length, max_chunks_per_doc)
         limit = min(self.max_length, max_length) if max_length else self.max_length
+        # only what can be scored reaches the tokenizer: the limit, or with windows every window's share of it
+        queries = self._cap.cut(queries, limit)
+        documents = self._cap.cut(documents, limit * (max_chunks_per_doc or 1))
         encoded, budgets = self._encode_pairs(queries, documents, instruction, limit, max_document_tokens)
         if max_chunks_per_doc is None:
             return encoded
@@ -135,7 +168,8 @@ class PairEncoder:
         max_windows: int,
     ) -> EncodedPairs:
         """Cut documents become overlapping windows, each a prompt of its own; the other pairs keep the
-        prompt `encoded` already holds (so only the windows are tokenized again)."""
+        prompt `encoded` already holds (so only the windows are tokenized again). A cut document's first
+        window is its truncated prompt itself, so a chunked score is never below the truncated one."""
         spans: dict[int, list[tuple[int, int]]] = {}
         complete = [True] * len(documents)
         for i, (document, budget) in enumerate(zip(documents, budgets)):
@@ -146,18 +180,19 @@ class PairEncoder:
             offsets = self._tokenizer.encode(document, add_special_tokens=False).offsets
             ranges, complete[i] = plan_windows(len(offsets), window, max_windows)
             spans[i] = char_spans(ranges, offsets)
-        pieces = [(i, span) for i, pair_spans in spans.items() for span in pair_spans]
+            spans[i][0] = (0, self._truncated_document_end(encoded, i, document))
+        pieces = [(i, span) for i, pair_spans in spans.items() for span in pair_spans[1:]]
         windowed, _ = self._encode_pairs(
             [queries[i] for i, _ in pieces], [documents[i][a:b] for i, (a, b) in pieces], instruction, limit, None
         )
+        query_cut = self._query_cut(encoded, queries, instruction)
         rows: list[tuple[int, tuple[int, int], list[int], bool, int]] = []  # pair, span, ids, cut, prefix
         window_rows = iter(zip(pieces, windowed.input_ids, windowed.truncated, windowed.prefix_lengths))
         for i, document in enumerate(documents):
-            if i not in spans:
-                rows.append(
-                    (i, (0, len(document)), encoded.input_ids[i], encoded.truncated[i], encoded.prefix_lengths[i])
-                )
-            for _ in spans.get(i, ()):
+            # the prompt as encoded: the whole document, or the first window of a cut one (cut only if its query was)
+            first, cut = (spans[i][0], query_cut[i]) if i in spans else ((0, len(document)), encoded.truncated[i])
+            rows.append((i, first, encoded.input_ids[i], cut, encoded.prefix_lengths[i]))
+            for _ in spans.get(i, ())[1:]:
                 (_, span), ids, cut, prefix = next(window_rows)
                 rows.append((i, span, ids, cut, prefix))
         windows = Windows(
@@ -167,6 +202,23 @@ class PairEncoder:
             complete=complete,
         )
         return EncodedPairs([r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows], windows=windows)
+
+    def _truncated_document_end(self, encoded: EncodedPairs, pair: int, document: str) -> int:
+        """The character end, in `document`, of the text pair `pair`'s truncated prompt holds."""
+        lead = self._t.document_prompt.index("{document}")
+        text = self._t.document_prompt.format(document=document)
+        offsets = self._tokenizer.encode(text, add_special_tokens=False).offsets
+        after_query = len(encoded.input_ids[pair]) - encoded.prefix_lengths[pair]
+        kept = min(max(after_query - len(self._t.tail_ids) - len(self._t.separator_ids), 1), len(offsets))
+        end: int = offsets[kept - 1][1]
+        return min(max(end - lead, 0), len(document))
+
+    def _query_cut(self, encoded: EncodedPairs, queries: list[str], instruction: str | None) -> list[bool]:
+        """Per pair: whether its prompt holds fewer query tokens than the query part has."""
+        distinct = list(dict.fromkeys(queries))
+        lengths = dict(zip(distinct, map(len, self._encode_texts([self.query_text(q, instruction) for q in distinct]))))
+        chat = len(self._t.prefix_ids)
+        return [encoded.prefix_lengths[i] - chat < lengths[q] for i, q in enumerate(queries)]
 
     def _encode_texts(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]

@@ -21,6 +21,23 @@ def choice(backend: str, precision: str = "auto"):
     return choose(backend, precision, scheme="none", family="mxbai-rerank-v2", openvino_installed=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _caches_in_a_temporary_folder(tmp_path_factory: pytest.TempPathFactory):
+    """OpenVINO's compiled models and the file-check records go to a folder of this run, not ~/.cache
+    (subprocesses inherit the variable)."""
+    import os
+
+    from rerank_onnx.backends.cache import CACHE_ENV
+
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("rerank-onnx-cache"))
+    yield
+    if before is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = before
+
+
 @pytest.fixture(scope="session")
 def tokenizer_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from rerank_onnx_export.random_checkpoint import build_qwen2_tokenizer_json

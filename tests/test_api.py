@@ -18,7 +18,15 @@ from rerank_onnx.artifact import CONFIG_FILE, verify_artifact
 
 def test_public_surface_is_small() -> None:
     assert sorted(rerank_onnx.__all__) == sorted(
-        ["Reranker", "RankResult", "RerankError", "ModelLoadError", "InvalidInputError", "InputTooLongError"]
+        [
+            "Reranker",
+            "RankResult",
+            "RerankError",
+            "ModelLoadError",
+            "InvalidInputError",
+            "InputTooLongError",
+            "ScoringError",
+        ]
     )
     assert issubclass(ModelLoadError, RerankError) and issubclass(InvalidInputError, RerankError)
     assert issubclass(InputTooLongError, InvalidInputError) and issubclass(InvalidInputError, ValueError)

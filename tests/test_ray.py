@@ -209,6 +209,39 @@ def test_batch_job_jsonl_and_its_errors(local_ray, int8_artifact: Path, tmp_path
     assert not (tmp_path / "o.jsonl").exists() and not list(tmp_path.glob(".*partial"))
 
 
+def test_batch_jsonl_keeps_every_value_as_written(local_ray, int8_artifact: Path, tmp_path: Path) -> None:
+    """Ray's own JSON reader falls back to pandas, which turned "\\ud800" into "" (scored as an empty document)
+    and wrote 5 back as null: each line now reaches the checks as written and is written back whole."""
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        '{"id": 1, "query": "q", "document": "\\ud800", "meta": {"k": [1, 2]}}\n'
+        '{"id": 2, "query": "q", "document": 5}\n'
+        '{"id": 3, "query": "q", "document": "cats purr"}\n'
+        '{"id": 4, "query": "q"}\n'
+        "not json\n"
+    )
+    target = tmp_path / "out.jsonl"
+    report = run_batch(str(int8_artifact), str(source), str(target))
+    assert (report.rows, report.failed) == (5, 4)
+    lines = target.read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert '"document": "\\ud800"' in lines[0] and rows[0]["meta"] == {"k": [1, 2]}
+    assert "lone surrogate" in rows[0]["error"] and rows[0]["score"] is None
+    assert rows[1]["document"] == 5 and "expected a string, got int 5" in rows[1]["error"]
+    assert rows[1]["score"] is None
+    expected = Reranker(int8_artifact).predict(["q"], ["cats purr"])[0]
+    assert rows[2]["error"] is None and abs(rows[2]["score"] - expected) < 1e-5
+    assert "missing value" in rows[3]["error"] and rows[4]["input"] == "not json" and "malformed" in rows[4]["error"]
+    parquet = tmp_path / "out.parquet"
+    import pyarrow.parquet as pq
+
+    ok = tmp_path / "ok.jsonl"
+    ok.write_text('{"id": 1, "query": "q", "document": "cats purr"}\n{"id": 2, "query": "q", "document": "\\ud800"}\n')
+    run_batch(str(int8_artifact), str(ok), str(parquet))
+    table = pq.read_table(parquet).to_pylist()
+    assert [r["id"] for r in table] == [1, 2] and table[1]["document"] is None and "lone surrogate" in table[1]["error"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

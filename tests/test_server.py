@@ -474,8 +474,8 @@ def test_a_corrupt_tokenizer_is_an_error_everywhere(tmp_path: Path, fp32_artifac
     broken = tmp_path / "artifact"
     shutil.copytree(fp32_artifact, broken)
     size = (broken / "tokenizer.json").stat().st_size
-    (broken / "tokenizer.json").write_bytes(b"x" * size)  # same size: the cheap size check passes
-    with pytest.raises(ModelLoadError, match="cannot read the tokenizer"):
+    (broken / "tokenizer.json").write_bytes(b"x" * size)  # same size: only its sha256 tells
+    with pytest.raises(ModelLoadError, match=r"tokenizer\.json: its sha256 .* damaged"):
         Reranker(broken)
     app = create_app(ServerSettings(model_dir=str(broken)))
 
@@ -496,19 +496,33 @@ def test_a_corrupt_tokenizer_is_an_error_everywhere(tmp_path: Path, fp32_artifac
 
     health, rerank = asyncio.run(main())
     assert health.status_code == 503 and health.json()["status"] == "error"
-    assert "cannot read the tokenizer" in health.json()["error"]
-    assert (
-        rerank.status_code == 503
-        and "could not be loaded: cannot read the tokenizer" in rerank.json()["error"]["message"]
-    )
+    assert "tokenizer.json: its sha256" in health.json()["error"]
+    assert rerank.status_code == 503 and "tokenizer.json: its sha256" in rerank.json()["error"]["message"]
     cli = subprocess.run(
         [sys.executable, "-m", "rerank_onnx.cli", "rank", str(broken), "--query", "q", "-"],
         input="a\n",
         capture_output=True,
         text=True,
     )
-    assert cli.returncode == 2 and cli.stderr.startswith("error: cannot read the tokenizer")
+    assert cli.returncode == 2 and cli.stderr.startswith("error: ") and "tokenizer.json: its sha256" in cli.stderr
     assert len(cli.stderr.strip().splitlines()) == 1
+
+
+def test_an_unreadable_tokenizer_that_matches_its_digest_is_named(tmp_path: Path, fp32_artifact: Path) -> None:
+    import json
+    import shutil
+
+    from rerank_onnx.artifact import CONFIG_FILE, file_digest
+    from rerank_onnx.errors import ModelLoadError
+
+    broken = tmp_path / "artifact"
+    shutil.copytree(fp32_artifact, broken)
+    (broken / "tokenizer.json").write_bytes(b"x" * 100)
+    config = json.loads((broken / CONFIG_FILE).read_text())
+    config["files"]["tokenizer.json"] = file_digest(broken / "tokenizer.json")  # consistent, but no tokenizer
+    (broken / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="cannot read the tokenizer"):
+        Reranker(broken)
 
 
 def test_a_client_that_leaves_mid_body_is_counted_without_a_traceback(fp32_artifact: Path, caplog) -> None:

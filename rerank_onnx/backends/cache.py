@@ -15,18 +15,29 @@ log = logging.getLogger("rerank_onnx")
 CACHE_ENV = "RERANK_ONNX_CACHE_DIR"
 
 
+def cache_root(cache_dir: str | Path | None) -> Path:
+    """The cache root: `cache_dir`, else $RERANK_ONNX_CACHE_DIR, else ~/.cache/rerank-onnx."""
+    return Path(cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "rerank-onnx").expanduser()
+
+
+def file_records_dir(cache_dir: str | Path | None) -> Path:
+    """Where artifact.check_files keeps what it hashed (a place it may fail to write: then it hashes again)."""
+    return cache_root(cache_dir) / "verified"
+
+
 def compile_cache_dir(config: ArtifactConfig, cache_dir: str | Path | None) -> Path | None:
     """The cache folder for this artifact's weights, or None where nothing can be written there.
 
     Args:
         config: the artifact; its weights' sha256 names the folder, so a re-exported artifact at the
-            same path never picks up a stale compiled model.
+            same path never picks up a stale compiled model (the files on disk are checked against that
+            digest before anything is compiled: artifact.check_files).
         cache_dir: the root (default: $RERANK_ONNX_CACHE_DIR, else ~/.cache/rerank-onnx).
 
     Returns:
         A writable folder, or None (read-only file systems such as serverless bundles: no cache).
     """
-    root = Path(cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "rerank-onnx").expanduser()
+    root = cache_root(cache_dir)
     files = config.files
     digest = str((files.get(GRAPH_DATA_FILE) or files.get(GRAPH_FILE) or {}).get("sha256", ""))[:16]
     if not digest:

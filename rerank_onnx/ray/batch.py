@@ -5,6 +5,7 @@ It loads the artifact once per actor and adds a `score` column to every row (job
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +25,11 @@ try:
     import ray.data
 except ImportError as exc:  # pragma: no cover - exercised by the missing-extra test
     raise MissingDependencyError("ray[data] (the ray extra)", "pip install 'rerank-onnx[ray]'") from exc
+
+# JSON-lines input (job.py): each row's original line, parsed here rather than by Ray's reader, which falls back
+# to pandas on mixed types and turns "\\ud800" into "" (scored as an empty document). Parsed here, every value
+# reaches the checks as written, and the writer writes each row's original object back with the new columns.
+JSON_LINE = "_rerank_json_line"
 
 
 class RerankBatch:
@@ -94,6 +100,8 @@ class RerankBatch:
         Raises:
             InvalidInputError: the batch lacks the query or document column.
         """
+        if JSON_LINE in batch:
+            return self._score_lines(list(batch[JSON_LINE]))
         missing = [name for name in self.columns if name not in batch]
         if missing:
             raise InvalidInputError(
@@ -101,7 +109,34 @@ class RerankBatch:
                 "the texts (query_column= / document_column=, or --query-column / --document-column)"
             )
         queries, documents = (list(batch[name]) for name in self.columns)
+        out = {name: np.asarray(batch[name]) for name in batch}
         errors: list[str | None] = [_row_error(self.columns, q, d) for q, d in zip(queries, documents)]
+        for name, texts in zip(self.columns, (queries, documents)):
+            # strings or null, so that every batch has one column type (the error column keeps a bad value's repr)
+            out[name] = np.array([_valid_or_none(text) for text in texts], dtype=object)
+        return {**out, **self._score_rows(queries, documents, errors)}
+
+    def _score_lines(self, lines: list[str]) -> dict[str, np.ndarray]:
+        """A batch of JSON lines: each row's query and document as the line has them; the line is kept whole."""
+        queries: list[Any] = []
+        documents: list[Any] = []
+        errors: list[str | None] = []
+        for line in lines:
+            error: str | None = None
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                row, error = None, f"line: expected a JSON object, got malformed JSON ({exc}); fix the line"
+            else:
+                error = None if isinstance(row, dict) else f"line: expected a JSON object, got {type(row).__name__}"
+            fields = row if isinstance(row, dict) else {}
+            queries.append(fields.get(self.columns[0]))
+            documents.append(fields.get(self.columns[1]))
+            errors.append(error or _row_error(self.columns, queries[-1], documents[-1]))
+        return {JSON_LINE: np.array(lines, dtype=object), **self._score_rows(queries, documents, errors)}
+
+    def _score_rows(self, queries: list[Any], documents: list[Any], errors: list[str | None]) -> dict[str, np.ndarray]:
+        """The score, error, truncated (and window) columns: rows with an error get NaN and keep it."""
         good = [i for i, error in enumerate(errors) if error is None]
         n = len(queries)
         scores = np.full(n, np.nan, dtype=np.float32)
@@ -110,13 +145,7 @@ class RerankBatch:
         if good:
             rows = self._score([queries[i] for i in good], [documents[i] for i in good])
             scores[good], truncated[good], spans[good] = rows
-        out = {name: np.asarray(batch[name]) for name in batch}
-        for name, texts in zip(self.columns, (queries, documents)):
-            # strings or null, so that every batch has one column type (the error column keeps a bad value's repr)
-            out[name] = np.array([text if isinstance(text, str) else None for text in texts], dtype=object)
-        out[self.score_column] = scores
-        out["error"] = np.array(errors, dtype=object)
-        out["truncated"] = truncated
+        out = {self.score_column: scores, "error": np.array(errors, dtype=object), "truncated": truncated}
         if self.chunks is not None:
             out["window_start"], out["window_end"] = spans[:, 0], spans[:, 1]
         return out
@@ -162,6 +191,17 @@ def _row_error(columns: tuple[str, str], query: object, document: object) -> str
     except InvalidInputError as exc:
         return str(exc)
     return None
+
+
+def _valid_or_none(value: object) -> str | None:
+    """A string column's value when it is valid text, else None (Arrow holds no lone surrogates)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
 
 
 def assigned_cpus() -> int | None:

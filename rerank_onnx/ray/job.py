@@ -17,7 +17,7 @@ import ray.data
 from ..artifact import load_artifact
 from ..errors import InvalidInputError, RerankError
 from ..validate import check_positive_int
-from .batch import BatchOptions, RerankBatch, check_options
+from .batch import JSON_LINE, BatchOptions, RerankBatch, check_options
 
 DEFAULT_BATCH_ROWS = 256
 Format = Literal["parquet", "jsonl"]
@@ -100,7 +100,7 @@ def run_batch(
         actors = _pool_size(actors, threads_per_actor)
         ray.data.DataContext.get_current().execution_options.preserve_order = True
         ds = _read(source, fmt)
-        _check_columns(ds.columns(), options)
+        _check_columns(_columns(ds, fmt), options)
         scored = ds.map_batches(
             RerankBatch,
             fn_constructor_args=(model_dir,),
@@ -111,7 +111,8 @@ def run_batch(
         )
         begin = time.perf_counter()
         try:
-            rows, failed, cut = _write(scored.iter_batches(batch_size=None, batch_format="pyarrow"), target, out_fmt)
+            batches = scored.iter_batches(batch_size=None, batch_format="pyarrow")
+            rows, failed, cut = _write(batches, target, out_fmt, (options.query_column, options.document_column))
         except ray.exceptions.RayError as exc:  # an actor or a read failed: say why in one line, not a remote traceback
             raise _cause_of(exc) from exc
         return BatchReport(rows, failed, cut, time.perf_counter() - begin, actors, threads_per_actor)
@@ -121,14 +122,33 @@ def run_batch(
 
 
 def _read(source: str, fmt: Format) -> ray.data.Dataset:
-    """The input as a dataset, or one error line for a path that is not there or not readable as `fmt`."""
+    """The input as a dataset, or one error line for a path that is not there or not readable as `fmt`. JSON
+    lines are read as text, one column of lines that RerankBatch parses (batch.JSON_LINE)."""
     try:
-        return ray.data.read_parquet(source) if fmt == "parquet" else ray.data.read_json(source, lines=True)
+        if fmt == "parquet":
+            return ray.data.read_parquet(source)
+        lines: ray.data.Dataset = ray.data.read_text(source).rename_columns({"text": JSON_LINE})
+        return lines
     except (OSError, ValueError) as exc:  # FileNotFoundError, and pyarrow's ArrowInvalid for a bad file
         raise InvalidInputError(
             f"input: expected a readable {fmt} file or folder, got {source!r} ({type(exc).__name__}: {exc}); "
             "fix the path or pass --input-format"
         ) from exc
+
+
+def _columns(ds: ray.data.Dataset, fmt: Format) -> list[str] | None:
+    """The input's columns: Parquet's schema, or the keys of the first JSON line (None: no rows)."""
+    if fmt == "parquet":
+        columns: list[str] | None = ds.columns()
+        return columns
+    first = ds.take(1)
+    if not first:
+        return None
+    try:
+        row = json.loads(first[0][JSON_LINE])
+    except ValueError:
+        row = None
+    return list(row) if isinstance(row, dict) else None
 
 
 def _check_columns(columns: list[str] | None, options: BatchOptions) -> None:
@@ -190,7 +210,7 @@ def _format_of(path: str, role: str) -> Format:
     )
 
 
-def _write(tables: Iterable[Any], target: Path, fmt: Format) -> tuple[int, int, int]:
+def _write(tables: Iterable[Any], target: Path, fmt: Format, text_columns: tuple[str, str]) -> tuple[int, int, int]:
     """Stream result tables into `target` via a temporary file; returns rows, failed rows, truncated rows."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -202,6 +222,8 @@ def _write(tables: Iterable[Any], target: Path, fmt: Format) -> tuple[int, int, 
         with open(partial, "wb") as sink:
             writer: Any = None
             for table in tables:
+                if JSON_LINE in table.column_names and fmt == "parquet":
+                    table = _as_columns(table, text_columns)
                 # a batch with no failure has an all-null error column: give it the string type of the others
                 errors = table["error"].cast(pa.string())
                 table = table.set_column(table.schema.get_field_index("error"), "error", errors)
@@ -238,8 +260,59 @@ def _conform(table: Any, schema: Any) -> Any:
         ) from exc
 
 
+def _original(line: str) -> dict[str, Any]:
+    """A JSON-lines row's original object, every value as written; a line that is no object is kept under "input"."""
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return {"input": line}
+    return value if isinstance(value, dict) else {"input": value}
+
+
+def _as_columns(table: Any, text_columns: tuple[str, str]) -> Any:
+    """A batch of JSON-lines input as Parquet columns: each row's original fields, then the new columns. A
+    Parquet column has one type and holds no lone surrogates: a query or document that is not valid text (the
+    row's error says why) and any string with a lone surrogate become null there."""
+    import pyarrow as pa
+
+    added = table.drop_columns([JSON_LINE]).to_pylist()
+    rows = [{**_original(line), **extra} for line, extra in zip(table[JSON_LINE].to_pylist(), added)]
+    rows = [
+        {
+            key: None if _invalid_text(value) or (key in text_columns and not isinstance(value, str)) else value
+            for key, value in row.items()
+        }
+        for row in rows
+    ]
+    try:
+        return pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InvalidInputError(
+            f"input: expected each JSON field to keep one type for a Parquet output, got {exc}; clean the field, "
+            "or write .jsonl, which keeps every value as it was"
+        ) from exc
+
+
+def _invalid_text(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _write_jsonl(sink: Any, table: Any) -> None:
-    """One JSON object per row; NaN (a failed row's score) is written as null, as JSON has no NaN."""
+    """One JSON object per row; NaN (a failed row's score) is written as null, as JSON has no NaN. A row of
+    JSON-lines input is its original object (each value as it was written) with the new columns."""
     for row in table.to_pylist():
-        clean = {key: None if isinstance(value, float) and math.isnan(value) else value for key, value in row.items()}
-        sink.write(json.dumps(clean, ensure_ascii=False).encode("utf-8") + b"\n")
+        line = row.pop(JSON_LINE, None)
+        merged = {**(_original(line) if line is not None else {}), **row}
+        merged = {
+            key: None if isinstance(value, float) and math.isnan(value) else value for key, value in merged.items()
+        }
+        try:
+            sink.write(json.dumps(merged, ensure_ascii=False).encode("utf-8") + b"\n")
+        except UnicodeEncodeError:  # a lone surrogate as read: written back as the same JSON escape
+            sink.write(json.dumps(merged).encode("ascii") + b"\n")
