@@ -235,6 +235,7 @@ def main() -> int:
         "--skip", nargs="*", default=[], choices=["mixed100", "growth", "b16x256"], help="workloads to leave out"
     )
     parser.add_argument("--no-thread-scaling", action="store_true", help="skip the 1-thread RAG run")
+    parser.add_argument("--tag", default="", help="added to the result file names (bench-SIZE-CLASS-TAG)")
     parser.add_argument(
         "--scaling-stack", default="ours-int8-fast", help="the stack whose RAG call also runs on 1 thread"
     )
@@ -308,7 +309,7 @@ def main() -> int:
             r["fidelity_vs_ours_fp32"]["pairs_compared"] = sum(len(r[w]["scores"]) for w in sets)
     env = environment(args.threads)
     data = {"size": size, "reps": reps, "rounds": args.rounds, "environment": env, "results": results}
-    name = f"bench-{size}-{env['cpu_class']}"
+    name = f"bench-{size}-{env['cpu_class']}" + (f"-{args.tag}" if args.tag else "")
     publish(name, data, table(data), chart)
     return 0
 
