@@ -24,7 +24,7 @@ from rerank_onnx.errors import ExportError
 from rerank_onnx.template import load_tokenizer
 
 from . import report
-from .graph import save_with_external_data
+from .onnx_files import save_with_external_data
 from .source import Checkpoint
 
 OPSET = 18  # optimum's recommended minimum for these architectures
@@ -42,6 +42,19 @@ def check_head(checkpoint: Checkpoint) -> None:
             f"{checkpoint.source}: expected a one-logit relevance head (num_labels=1), got {labels} labels; "
             "multi-class classifiers are not rerankers"
         )
+
+
+def require_exporter() -> None:
+    """Raises ExportError naming the extra when optimum's exporter, torch or transformers cannot be imported."""
+    try:
+        import optimum.exporters.onnx  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise ExportError(
+            f"exporting a cross-encoder needs optimum's ONNX exporter, torch and transformers ({exc}); "
+            "pip install 'rerank-onnx[export-cross-encoder]' (and the CPU build of torch first)"
+        ) from exc
 
 
 def export_fp32(checkpoint: Checkpoint, destination: Path, *, data_file: str) -> list[str]:

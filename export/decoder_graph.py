@@ -10,7 +10,7 @@ the external data file and dropped, so the export holds about one layer in memor
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,17 +92,36 @@ class GraphWriter:
         if array.nbytes <= INLINE_BYTES:
             self.initializers.append(onnx.numpy_helper.from_array(array, name))
             return name
-        offset = -self._data.tell() % ALIGN
-        self._data.write(b"\0" * offset)
-        start = self._data.tell()
+        start = self._align()
         self._data.write(array.tobytes())
-        proto = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
-        proto.dims.extend(array.shape)
-        proto.data_location = onnx.TensorProto.EXTERNAL
-        for key, value in (("location", self._data_path.name), ("offset", str(start)), ("length", str(array.nbytes))):
-            proto.external_data.add(key=key, value=value)
-        self.initializers.append(proto)
+        self.initializers.append(self._external(name, array.shape, array.dtype, start, array.nbytes))
         return name
+
+    def stream(self, name: str, shape: tuple[int, ...], dtype: Any, chunks: Iterator[np.ndarray]) -> str:
+        """A large initializer written to the data file chunk by chunk (rows in order), never whole in memory."""
+        start = self._align()
+        for chunk in chunks:
+            self._data.write(np.ascontiguousarray(chunk, dtype=dtype).tobytes())
+        length = self._data.tell() - start
+        expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if length != expected:
+            raise ExportError(f"{name}: wrote {length} bytes, expected {expected} for shape {shape}")
+        self.initializers.append(self._external(name, shape, np.dtype(dtype), start, length))
+        return name
+
+    def _align(self) -> int:
+        self._data.write(b"\0" * (-self._data.tell() % ALIGN))
+        return self._data.tell()
+
+    def _external(
+        self, name: str, shape: tuple[int, ...], dtype: np.dtype, start: int, length: int
+    ) -> onnx.TensorProto:
+        proto = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(dtype))
+        proto.dims.extend(shape)
+        proto.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", self._data_path.name), ("offset", str(start)), ("length", str(length))):
+            proto.external_data.add(key=key, value=value)
+        return proto
 
     def const(self, value: Any, dtype: Any = np.int64) -> str:
         return self.tensor(self.name("const"), np.asarray(value, dtype=dtype))
@@ -221,9 +240,8 @@ class DecoderGraphBuilder:
             x = w.op("Add", x, self._mlp(prefix, self.rms_norm(x, prefix + ".post_attention_layernorm.weight")))
         last = w.op("Gather", self.rms_norm(x, "model.norm.weight"), w.const(0), axis=1)  # [batch, hidden]
         head = "model.embed_tokens.weight" if s.tied or "lm_head.weight" not in self.weights else "lm_head.weight"
-        table = self.weights.get(head)
-        direction = (table[yes_token_id] - table[no_token_id]).astype(np.float32)
-        del table
+        yes, no = (self.weights.rows(head, i, i + 1)[0] for i in (yes_token_id, no_token_id))
+        direction = (yes - no).astype(np.float32)
         scores = w.op("MatMul", last, w.tensor("direction", direction))
         scores = w.op("Add", scores, w.const(self._head_offset(yes_token_id, no_token_id), np.float32))
         self.w.nodes.append(helper.make_node("Identity", [scores], [SCORES]))
@@ -238,24 +256,26 @@ class DecoderGraphBuilder:
         return float(bias[yes_token_id] - bias[no_token_id])
 
     def _embedding(self) -> str:
-        """Token embedding: fp32 Gather, or (int8) an int8 table with one fp32 scale per row (quantize.py's)."""
-        w, table = self.w, self.weights.get("model.embed_tokens.weight")
+        """Token embedding: fp32 Gather, or (int8) an int8 table with one fp32 scale per row (quantize.py's). The
+        table is read and written EMBEDDING_ROWS rows at a time: at 8B it is 2.5 GB in fp32."""
+        w, name = self.w, "model.embed_tokens.weight"
+        vocab, hidden = self.weights.shape(name)
+        slices = [(start, min(start + EMBEDDING_ROWS, vocab)) for start in range(0, vocab, EMBEDDING_ROWS)]
         if self.scheme == "none":
-            return w.op("Gather", w.tensor("embed_tokens.weight", table), INPUT_IDS, axis=0)
-        scales = np.empty((len(table), 1), dtype=np.float32)
-        quantized = np.empty(table.shape, dtype=np.int8)
-        for start in range(0, len(table), EMBEDDING_ROWS):  # in slices: no full-size temporaries
-            rows = table[start : start + EMBEDDING_ROWS]
+            chunks = (self.weights.rows(name, start, stop) for start, stop in slices)
+            table = w.stream("embed_tokens.weight", (vocab, hidden), np.float32, chunks)
+            return w.op("Gather", table, INPUT_IDS, axis=0)
+        scales = np.empty((vocab, 1), dtype=np.float32)
+        quantized = np.empty((vocab, hidden), dtype=np.int8)
+        for start, stop in slices:
+            rows = self.weights.rows(name, start, stop)
             part = (np.abs(rows).max(axis=1, keepdims=True) / 127.0).astype(np.float32)
             part[part == 0] = 1.0
-            scales[start : start + EMBEDDING_ROWS] = part
-            quantized[start : start + EMBEDDING_ROWS] = np.clip(np.rint(rows / part), -127, 127)
-        del table
-        rows = w.op(
-            "Cast",
-            w.op("Gather", w.tensor("embed_tokens.weight_int8", quantized), INPUT_IDS, axis=0),
-            to=TensorProto.FLOAT,
-        )
+            scales[start:stop] = part
+            quantized[start:stop] = np.clip(np.rint(rows / part), -127, 127)
+        table = w.tensor("embed_tokens.weight_int8", quantized)
+        del quantized
+        rows = w.op("Cast", w.op("Gather", table, INPUT_IDS, axis=0), to=TensorProto.FLOAT)
         return w.op("Mul", rows, w.op("Gather", w.tensor("embed_tokens.weight_row_scale", scales), INPUT_IDS, axis=0))
 
     def _cos_sin(self, positions: str) -> tuple[str, str]:
@@ -326,28 +346,23 @@ class DecoderGraphBuilder:
         if s.qk_norm:
             q = self.rms_norm(q, prefix + ".self_attn.q_norm.weight")
         q = self.rotary(w.op("Transpose", q, perm=[0, 2, 1, 3]), cos, sin)
-        groups = s.heads // s.kv_heads
-
-        def per_query_head(t: str) -> str:  # [batch, kv_heads, total, d] -> [batch, heads, total, d]
-            if groups == 1:
-                return t
-            five = w.op("Unsqueeze", t, w.const([2]))
-            shape = w.op("Shape", five)
-            target = w.op(
-                "Concat",
-                w.op("Slice", shape, w.const([0]), w.const([2]), w.const([0])),
-                w.const([groups]),
-                w.op("Slice", shape, w.const([3]), w.const([5]), w.const([0])),
-                axis=0,
-            )
-            return w.op("Reshape", w.op("Expand", five, target), w.const([0, s.heads, -1, s.head_dim]))
-
-        k, v = per_query_head(k), per_query_head(v)
+        k, v = self._per_query_head(k), self._per_query_head(v)
         scores = w.op("MatMul", q, w.op("Transpose", k, perm=[0, 1, 3, 2]))
         scores = w.op("Add", w.op("Mul", scores, w.const(s.head_dim**-0.5, np.float32)), mask)
         attended = w.op("MatMul", w.op("Softmax", scores, axis=-1), v)  # [batch, heads, seq, head_dim]
         joined = w.op("Reshape", w.op("Transpose", attended, perm=[0, 2, 1, 3]), w.const([0, 0, s.heads * s.head_dim]))
         return self.linear(joined, prefix + ".self_attn.o_proj", bias=False)
+
+    def _per_query_head(self, t: str) -> str:
+        """[batch, kv_heads, total, head_dim] -> [batch, heads, total, head_dim], each key/value head repeated for
+        its group of query heads, in the form OpenVINO's CPU plugin fuses into its attention kernel."""
+        w, s = self.w, self.shape
+        groups = s.heads // s.kv_heads
+        if groups == 1:
+            return t
+        # a constant broadcast target: with a computed one the plugin leaves the expansion and its own Softmax
+        five = w.op("Expand", w.op("Unsqueeze", t, w.const([2])), w.const([1, 1, groups, 1, 1]))
+        return w.op("Reshape", five, w.const([0, s.heads, -1, s.head_dim]))
 
     def _mlp(self, prefix: str, x: str) -> str:
         w = self.w

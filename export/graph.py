@@ -1,4 +1,7 @@
-"""PyTorch model -> fp32 ONNX graph that outputs one relevance score per row."""
+"""PyTorch model -> fp32 ONNX graph that outputs one relevance score per row, traced with torch.onnx.
+
+The export writes the decoder graph without torch (decoder_graph.py); this traced graph is its oracle in the
+tests (tests/test_decoder_graph.py: the two agree to the bit) and needs torch and transformers."""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ import torch
 
 from rerank_onnx.artifact import INPUT_IDS, LENGTHS, PAST_KEYS, PAST_VALUES, PRESENT_KEYS, PRESENT_VALUES, SCORES
 from rerank_onnx.errors import ExportError
+
+from .onnx_files import save_with_external_data
 
 OPSET = 17
 # The last layer runs each row's scored token this many times (ScoreGraph.forward says why)
@@ -183,16 +188,3 @@ def export_fp32(graph: ScoreGraph, destination: Path, *, data_file: str) -> None
     del model
     gc.collect()
     shutil.rmtree(raw)
-
-
-def save_with_external_data(model: onnx.ModelProto, destination: Path, *, data_file: str) -> None:
-    """Weights in one external file, whatever the size: onnxruntime memory-maps it, which halves
-    session creation time and peak RSS of the large-v2 int8 graph against weights inside the protobuf."""
-    onnx.save_model(
-        model,
-        str(destination),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=data_file,
-        size_threshold=1024,
-    )

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .graph import save_with_external_data
+from .onnx_files import save_with_external_data
 
 BLOCK = 32
 

@@ -60,6 +60,7 @@ class Architecture:
     max_position_embeddings: int = 32768
     qwen3: bool = False  # Qwen3ForCausalLM (per-head q/k RMSNorm, explicit head_dim) instead of Qwen2
     head_dim: int | None = None
+    tied: bool = True  # the output head is the token embedding
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -72,6 +73,12 @@ ARCHITECTURES: dict[str, Architecture] = {
     # Qwen/Qwen3-Reranker-0.6B (Qwen3-0.6B shape)
     "qwen3-0.6b": Architecture(1024, 3072, 28, 16, 8, max_position_embeddings=40960, qwen3=True, head_dim=128),
     "qwen3-tiny": Architecture(64, 128, 2, 4, 2, qwen3=True, head_dim=32),
+    # Qwen/Qwen3-Reranker-4B and -8B (Qwen3-4B / Qwen3-8B shapes; 8B has an output head of its own); build
+    # them with dtype="bfloat16", as they ship: 8 and 16 GB
+    "qwen3-4b": Architecture(2560, 9728, 36, 32, 8, max_position_embeddings=40960, qwen3=True, head_dim=128),
+    "qwen3-8b": Architecture(
+        4096, 12288, 36, 32, 8, max_position_embeddings=40960, qwen3=True, head_dim=128, tied=False
+    ),
 }
 
 
@@ -151,6 +158,8 @@ def build_random_checkpoint(
     tokenizer_json: Path | None = None,
     max_position_embeddings: int | None = None,
     weight_std: float | None = None,
+    dtype: str = "float32",
+    tied: bool | None = None,
 ) -> Path:
     """Save a random-weight Qwen2ForCausalLM (Qwen3ForCausalLM for qwen3 sizes) of `size` with the Qwen
     tokenizer into `destination`.
@@ -160,6 +169,8 @@ def build_random_checkpoint(
     `weight_std` redraws every matrix from N(0, weight_std) (default: 0.2 for tiny, transformers' init
     otherwise). Rounding differences between numerics grow with it in a deep random network, so
     compare schemes on one model, side by side (base-v2 at 0.035: score std ~1.6).
+    `dtype` "bfloat16" builds and saves the weights in bf16, as real checkpoints ship (the 4B and 8B sizes
+    would not fit in memory in fp32). `tied` overrides whether the output head is the token embedding.
     """
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
@@ -184,16 +195,21 @@ def build_random_checkpoint(
         max_window_layers=arch.num_hidden_layers,
         rope_theta=1_000_000.0,
         rms_norm_eps=1e-6,
-        tie_word_embeddings=True,
+        tie_word_embeddings=arch.tied if tied is None else tied,
         use_sliding_window=False,
         hidden_act="silu",
         bos_token_id=151643,
         eos_token_id=151645,
-        torch_dtype="float32",
+        torch_dtype=dtype,
         **extra,
     )
     torch.manual_seed(seed)
-    model = model_class(config)
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, dtype))
+    try:
+        model = model_class(config)
+    finally:
+        torch.set_default_dtype(default_dtype)
     if weight_std is None and size in ("tiny", "qwen3-tiny"):
         # Default init (std 0.02) leaves a tiny model's scores near 0; larger weights spread them out
         # so that ranking comparisons in tests are meaningful.
@@ -384,13 +400,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tokenizer-json", type=Path, default=None, help="reuse a converted tokenizer.json")
     parser.add_argument("--weight-std", type=float, default=None, help="draw every matrix from N(0, std)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="the weights' dtype")
     args = parser.parse_args(argv)
     if args.size in CROSS_ENCODERS:
         build_random_cross_encoder(args.output, size=args.size, seed=args.seed, weight_std=args.weight_std)
         print(args.output)
         return 0
     build_random_checkpoint(
-        args.output, size=args.size, seed=args.seed, tokenizer_json=args.tokenizer_json, weight_std=args.weight_std
+        args.output,
+        size=args.size,
+        seed=args.seed,
+        tokenizer_json=args.tokenizer_json,
+        weight_std=args.weight_std,
+        dtype=args.dtype,
     )
     print(args.output)
     return 0

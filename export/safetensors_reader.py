@@ -45,22 +45,34 @@ class SafetensorsWeights:
         return tuple(self._entry(name)[1]["shape"])
 
     def get(self, name: str) -> np.ndarray:
-        """The tensor as a float32 array (a copy: the shard's pages are released when it is dropped).
+        """The tensor as a float32 array (read into memory of its own; nothing stays mapped).
 
         Raises:
-            ExportError: no such tensor, or a dtype other than F32 / F16 / BF16 / F64.
+            ExportError: no such tensor, a dtype other than F32 / F16 / BF16 / F64, or a truncated file.
+        """
+        return self.rows(name, 0, self.shape(name)[0] if self.shape(name) else 1)
+
+    def rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop (along the first axis) of the tensor as float32: a slice of a large table (the token
+        embedding, an untied output head) without reading the rest of it.
+
+        Raises:
+            ExportError: as `get`.
         """
         shard, entry = self._entry(name)
         kind = _DTYPES.get(entry["dtype"])
         if kind is None:
             raise ExportError(f"{shard}: tensor {name} has dtype {entry['dtype']}; expected F32, F16 or BF16 weights")
-        begin, end = entry["data_offsets"]
-        raw = np.empty(end - begin, dtype=np.uint8)
+        shape = list(entry["shape"])
+        row_items = int(np.prod(shape[1:], dtype=np.int64)) if shape else 1
+        row_bytes = row_items * np.dtype(kind).itemsize
+        begin = entry["start"] + entry["data_offsets"][0] + start * row_bytes
+        raw = np.empty((stop - start) * row_bytes, dtype=np.uint8)
         with shard.open("rb") as handle:
-            handle.seek(entry["start"] + begin)
+            handle.seek(begin)
             if handle.readinto(memoryview(raw)) != raw.nbytes:
                 raise ExportError(f"{shard} ends inside tensor {name}: the file is truncated")
-        values = raw.view(kind).reshape(entry["shape"])
+        values = raw.view(kind).reshape([stop - start, *shape[1:]] if shape else [])
         if entry["dtype"] == "BF16":  # bf16 is the top half of a float32
             return (values.astype(np.uint32) << 16).view(np.float32)
         return values if kind is np.float32 else values.astype(np.float32)

@@ -60,7 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     export.set_defaults(run=_export)
 
     rank = commands.add_parser("rank", help="rank documents against a query")
-    rank.add_argument("model", help="artifact folder written by `rerank-onnx export`")
+    rank.add_argument(
+        "model",
+        help="artifact folder written by `rerank-onnx export`, or a checkpoint folder or hub id (exported once)",
+    )
     rank.add_argument("documents", help="text file with one document per line, or - for stdin")
     rank.add_argument("--query", required=True)
     rank.add_argument("--instruction", default=None)
@@ -90,7 +93,9 @@ def _parser() -> argparse.ArgumentParser:
         help="serve the rerank HTTP API (Jina/Cohere/vLLM/TEI shapes)",
         description="Every option can also be set by the environment variable named in its help; a flag wins.",
     )
-    serve.add_argument("model", nargs="?", default=None, help="artifact folder [RERANK_ONNX_MODEL]")
+    serve.add_argument(
+        "model", nargs="?", default=None, help="artifact folder, checkpoint folder or hub id [RERANK_ONNX_MODEL]"
+    )
     for setting in SERVE_SETTINGS:
         kind = {int: int, float: float}.get(setting.kind, str)
         serve.add_argument(
@@ -113,7 +118,9 @@ def _batch_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "in input order with every input column plus score, error (why a row could not be scored) and truncated. "
         "Exits 1 when some rows could not be scored: the output is still complete, their error column says why.",
     )
-    batch.add_argument("model", help="artifact folder (on a cluster: a path every node can read)")
+    batch.add_argument(
+        "model", help="artifact folder, checkpoint folder or hub id (on a cluster: a path every node can read)"
+    )
     batch.add_argument("input", help="a .parquet or .jsonl file, or a folder of them (any path Ray Data reads)")
     batch.add_argument("output", help="the result file: .parquet or .jsonl")
     batch.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local one)")
@@ -293,7 +300,10 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def _summary(report: dict[str, Any]) -> str:
-    lines = [f"export report ({report['pairs']} built-in pairs, quantization {report['quantization']['scheme']}):"]
+    lines = [
+        f"export report ({report['pairs']} built-in pairs, quantization {report['quantization']['scheme']}; "
+        f"reference: {report.get('reference', 'PyTorch fp32')}):"
+    ]
     for name, a in report["agreement"].items():
         lines.append(
             f"  {name:28s} max|diff| {a['max_abs_diff']:.2e}  Spearman {a['spearman']:.4f}  "
@@ -306,9 +316,9 @@ def _summary(report: dict[str, Any]) -> str:
         if "error" in check:
             lines.append(f"  {name:28s} cannot run here: {check['error']}")
             continue
-        a = check["vs_pytorch"]
+        a = check["vs_reference"]
         lines.append(
-            f"  {name + ' vs pytorch':28s} max|diff| {a['max_abs_diff']:.2e}  Spearman {a['spearman']:.4f}  "
+            f"  {name + ' vs reference':28s} max|diff| {a['max_abs_diff']:.2e}  Spearman {a['spearman']:.4f}  "
             f"top-{a['top_k']} overlap {a['top_k_overlap']:.2f}"
         )
     sizes = ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in report["files"].items())

@@ -19,6 +19,7 @@ from .backends import GraphSession, ScoreSession, open_backend
 from .backends.cache import file_records_dir
 from .backends.select import Backend, BackendChoice, Precision
 from .cross_encoding import CrossEncoderPairs
+from .from_checkpoint import artifact_for
 from .scorer import Scorer
 from .template import EncodedPairs, PairEncoder, load_tokenizer
 from .validate import check_bool, check_positive_int, check_prefix_lengths
@@ -51,7 +52,7 @@ class LoadedModel:
         slice_tokens: int | Literal["auto"] | None = "auto",
     ) -> None:
         _check_knobs(threads, max_length, max_batch_tokens, max_batch_size, slice_tokens, share_prefix, compile_cache)
-        self.config: ArtifactConfig = load_artifact(model_dir)
+        self.config: ArtifactConfig = load_artifact(artifact_for(model_dir, cache_dir=cache_dir))
         # The files' digests are checked before a compiled model can be cached under them; with no cache, the
         # check runs beside the session's creation (hashlib and file reads release the GIL) and is waited for
         # before this returns: a damaged artifact never scores.

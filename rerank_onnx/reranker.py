@@ -43,7 +43,8 @@ class Reranker(LoadedModel):
     """Scores (query, document) pairs with an artifact written by `rerank-onnx export`.
 
     Args:
-        model_dir: the artifact folder.
+        model_dir: the artifact folder; or a checkpoint folder or hub id, exported on first use into the cache
+            (`cache_dir`) and loaded from there afterwards (needs the export extra; from_checkpoint.py).
         threads: intra-op threads (default: the CPUs this process may use).
         max_length: token budget for query + document, as in the reference (default 8192).
         max_batch_tokens: a batch holds at most this many padded tokens ("auto": the engine's measured

@@ -23,8 +23,8 @@ def test_export_then_rank_from_a_file(tmp_path: Path, tiny_checkpoint: Path) -> 
     out = tmp_path / "artifact"
     done = _run(["export", str(tiny_checkpoint), str(out), "--quantize", "none"])
     assert done.returncode == 0, done.stderr
-    assert "fp32_graph_vs_pytorch" in done.stdout and f"wrote {out}" in done.stdout
-    assert "scoring the built-in pairs with PyTorch fp32: 32/32" in done.stderr  # progress is shown
+    assert "fp32_graph_vs_reference" in done.stdout and f"wrote {out}" in done.stdout
+    assert "scoring the built-in pairs with the fp32 reference: layer 2/2" in done.stderr  # progress is shown
     for alarm in ("incorrect regex pattern", "torch_dtype", "Traceback", "TracerWarning"):
         assert alarm not in done.stderr, done.stderr  # warnings about paths the export does not take
     docs = tmp_path / "docs.txt"

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import export_tiny
 from rerank_onnx_export.decoder_graph import DecoderShape, build_decoder_graph
 from rerank_onnx_export.safetensors_reader import INDEX_FILE, SafetensorsWeights
 
@@ -31,10 +30,36 @@ def qwen3_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_random_checkpoint(folder / "ckpt", size="qwen3-tiny", tokenizer_json=tokenizer)
 
 
-def _traced(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, family: str, scheme: str) -> Path:
-    if family == "qwen2":
-        return Path(request.getfixturevalue({"none": "fp32_artifact", "int8": "int8_artifact"}[scheme]))
-    return export_tiny(tmp_path_factory, request.getfixturevalue("qwen3_checkpoint"), scheme)
+@pytest.fixture(scope="module")
+def untied_bf16_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Qwen3-Reranker-8B's kind: an output head of its own, weights in bf16."""
+    from rerank_onnx_export.random_checkpoint import build_qwen2_tokenizer_json, build_random_checkpoint
+
+    folder = tmp_path_factory.mktemp("untied")
+    tokenizer = build_qwen2_tokenizer_json(folder / "tokenizer.json", qwen3=True)
+    return build_random_checkpoint(
+        folder / "ckpt", size="qwen3-tiny", tokenizer_json=tokenizer, dtype="bfloat16", tied=False, seed=3
+    )
+
+
+CHECKPOINTS = {"qwen2": "tiny_checkpoint", "qwen3": "qwen3_checkpoint", "qwen3-untied-bf16": "untied_bf16_checkpoint"}
+
+
+def _traced(checkpoint: Path, folder: Path, scheme: str, yes: int, no: int) -> Path:
+    """The graph traced from transformers' model with torch.onnx (export/graph.py), quantized by quantize.py."""
+    import torch
+    from rerank_onnx_export.graph import ScoreGraph, export_fp32
+    from rerank_onnx_export.quantize import quantize
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32, attn_implementation="eager")
+    fp32 = folder / "fp32" / "model.onnx"
+    export_fp32(ScoreGraph(model.eval(), yes_token_id=yes, no_token_id=no), fp32, data_file="model.onnx.data")
+    if scheme == "none":
+        return fp32
+    (folder / scheme).mkdir()
+    quantize(scheme, fp32, folder / scheme / "model.onnx", data_file="model.onnx.data")
+    return folder / scheme / "model.onnx"
 
 
 def _run(graph: Path, ids: np.ndarray, lengths: np.ndarray, past: np.ndarray) -> list[np.ndarray]:
@@ -43,21 +68,22 @@ def _run(graph: Path, ids: np.ndarray, lengths: np.ndarray, past: np.ndarray) ->
 
 
 @pytest.mark.parametrize("scheme", ["none", "int8"])
-@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+@pytest.mark.parametrize("family", list(CHECKPOINTS))
 def test_the_built_graph_computes_what_the_traced_graph_does(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, family: str, scheme: str
+    request: pytest.FixtureRequest, tmp_path: Path, family: str, scheme: str
 ) -> None:
-    traced = _traced(request, tmp_path_factory, family, scheme)
-    config = json.loads((traced / "rerank_config.json").read_text())
-    checkpoint = Path(request.getfixturevalue("tiny_checkpoint" if family == "qwen2" else "qwen3_checkpoint"))
+    checkpoint = Path(request.getfixturevalue(CHECKPOINTS[family]))
     checkpoint_config = json.loads((checkpoint / "config.json").read_text())
+    yes, no = 16, 15  # "1" and "0" in the Qwen2 vocabulary (Qwen3-Reranker scores "yes" / "no": any two ids do)
+    traced = _traced(checkpoint, tmp_path / "traced", scheme, yes, no)
+    (tmp_path / "built").mkdir()
     build_decoder_graph(
         checkpoint,
         checkpoint_config,
-        tmp_path / "model.onnx",
+        tmp_path / "built" / "model.onnx",
         data_file="model.onnx.data",
-        yes_token_id=config["template"]["yes_token_id"],
-        no_token_id=config["template"]["no_token_id"],
+        yes_token_id=yes,
+        no_token_id=no,
         scheme=scheme,
         log=lambda message: None,
     )
@@ -67,12 +93,29 @@ def test_the_built_graph_computes_what_the_traced_graph_does(
         ids = rng.integers(0, 2000, size=(3, 11)).astype(np.int64)
         lengths = np.array([11, 6, 1], dtype=np.int64)
         past = rng.standard_normal((shape.layers, shape.kv_heads, past_tokens, shape.head_dim)).astype(np.float32)
-        expected = _run(traced / "model.onnx", ids, lengths, past)
-        built = _run(tmp_path / "model.onnx", ids, lengths, past)
+        expected = _run(traced, ids, lengths, past)
+        built = _run(tmp_path / "built" / "model.onnx", ids, lengths, past)
         for name, want, got in zip(("scores", "present_keys", "present_values"), expected, built):
             assert got.shape == want.shape, name
             np.testing.assert_allclose(got, want, atol=1e-5, rtol=0, err_msg=f"{name}, past {past_tokens}")
         assert np.ptp(expected[0]) > 0.01  # the pairs score differently: the comparison has something to see
+
+
+def test_the_reference_scores_as_pytorch_does(request: pytest.FixtureRequest) -> None:
+    import torch
+    from rerank_onnx_export.reference import reference_scores
+    from rerank_onnx_export.report import torch_scores
+    from transformers import AutoModelForCausalLM
+
+    prompts = [[151644, *range(100, 100 + n)] for n in (1, 7, 40)]
+    for fixture in CHECKPOINTS.values():
+        checkpoint = Path(request.getfixturevalue(fixture))
+        shape = DecoderShape.from_config(json.loads((checkpoint / "config.json").read_text()))
+        ours = reference_scores(SafetensorsWeights(checkpoint), shape, prompts, yes_token_id=16, no_token_id=15)
+        model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32, attn_implementation="eager")
+        expected = torch_scores(model.eval(), prompts, yes_id=16, no_id=15)
+        np.testing.assert_allclose(ours, expected, atol=1e-4, rtol=0, err_msg=fixture)
+        assert np.ptp(expected) > 0.01
 
 
 def test_bf16_and_sharded_weights_read_as_torch_reads_them(tiny_checkpoint: Path, tmp_path: Path) -> None:

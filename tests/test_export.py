@@ -34,17 +34,24 @@ def test_artifact_is_self_contained_and_hashed(int8_artifact: Path, tiny_checkpo
 
 def test_export_report_measures_agreement(int8_artifact: Path, fp32_artifact: Path) -> None:
     report = json.loads((int8_artifact / REPORT_FILE).read_text())
+    # the int8 graph is written directly (no fp32 graph); torch is installed here, so PyTorch checks the reference
     assert set(report["agreement"]) == {
-        "int8_graph_vs_pytorch",
-        "fp32_graph_vs_pytorch",
-        "int8_graph_vs_fp32_graph",
+        "int8_graph_vs_reference",
+        "reference_vs_pytorch",
         "shared_prefix_vs_full_prompts",
     }
-    assert report["agreement"]["fp32_graph_vs_pytorch"]["max_abs_diff"] < 1e-3
-    assert report["agreement"]["int8_graph_vs_pytorch"]["pairs"] == 32
+    assert report["reference"].startswith("numpy fp32")
+    assert report["agreement"]["reference_vs_pytorch"]["max_abs_diff"] < 1e-4
+    assert report["agreement"]["int8_graph_vs_reference"]["pairs"] == 32
+    assert report["agreement"]["int8_graph_vs_reference"]["spearman"] > 0.95
     assert report["agreement"]["shared_prefix_vs_full_prompts"]["max_abs_diff"] < 1e-3
     fp32_report = json.loads((fp32_artifact / REPORT_FILE).read_text())
-    assert set(fp32_report["agreement"]) == {"fp32_graph_vs_pytorch", "shared_prefix_vs_full_prompts"}
+    assert set(fp32_report["agreement"]) == {
+        "fp32_graph_vs_reference",
+        "reference_vs_pytorch",
+        "shared_prefix_vs_full_prompts",
+    }
+    assert fp32_report["agreement"]["fp32_graph_vs_reference"]["max_abs_diff"] < 1e-4
     assert fp32_report["agreement"]["shared_prefix_vs_full_prompts"]["max_abs_diff"] < 1e-4
     assert fp32_report["passed"] is True
 
@@ -211,10 +218,10 @@ def test_export_report_checks_every_backend_this_machine_runs(int8_artifact: Pat
         expected |= {"openvino-int8"} if bf16_capable and scheme == "int8" else set()
         assert set(backends["results"]) == expected
         for name, check in backends["results"].items():
-            assert check["vs_pytorch"]["pairs"] == 32, name
-        if scheme == "none":  # fp32 numerics on either engine equal PyTorch
+            assert check["vs_reference"]["pairs"] == 32, name
+        if scheme == "none":  # fp32 numerics on either engine equal the fp32 reference
             for name in ("onnxruntime", "openvino-fp32"):
-                assert backends["results"][name]["vs_pytorch"]["max_abs_diff"] < 1e-3, name
+                assert backends["results"][name]["vs_reference"]["max_abs_diff"] < 1e-3, name
             assert backends["results"]["openvino-fp32"]["shared_prefix_vs_full_max_abs_diff"] < 1e-4
 
 
@@ -259,3 +266,45 @@ def test_exporting_onto_a_file_is_a_clear_error(tiny_checkpoint: Path, tmp_path:
     target.write_text("not a folder")
     with pytest.raises(ExportError, match="is a file, not a folder"):
         export_checkpoint(str(tiny_checkpoint), target, log=lambda m: None)
+
+
+# torch, transformers and optimum made unimportable: what a user of the slim `export` extra has
+WITHOUT_TORCH = (
+    "import sys\n"
+    "for name in ('torch', 'transformers', 'optimum', 'safetensors'):\n"
+    "    sys.modules[name] = None\n"
+    "from rerank_onnx.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def test_the_decoder_export_needs_no_torch_and_writes_the_same_artifact(
+    int8_artifact: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "slim"
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TORCH, "export", str(tiny_checkpoint), str(out)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "PyTorch" not in done.stderr and "reference_vs_pytorch" not in done.stdout
+    report = json.loads((out / REPORT_FILE).read_text())
+    assert set(report["agreement"]) == {"int8_graph_vs_reference", "shared_prefix_vs_full_prompts"}
+    assert report["passed"] is True
+    slim, full = json.loads((out / CONFIG_FILE).read_text()), json.loads((int8_artifact / CONFIG_FILE).read_text())
+    assert slim["files"] == full["files"]  # graph, weights and tokenizer: the same bytes as with torch installed
+    assert slim["template"] == full["template"]
+
+
+def test_a_cross_encoder_without_its_extra_is_one_error_line(tmp_path: Path) -> None:
+    from rerank_onnx_export.random_checkpoint import build_random_cross_encoder
+
+    checkpoint = build_random_cross_encoder(tmp_path / "ce", size="bert-tiny")
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TORCH, "export", str(checkpoint), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and "rerank-onnx[export-cross-encoder]" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

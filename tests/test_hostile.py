@@ -322,8 +322,8 @@ def test_sigterm_during_export_leaves_no_partial_folder(tiny_checkpoint: Path, t
         stderr=subprocess.PIPE,
     )
     assert process.stderr is not None
-    for line in process.stderr:  # the export says when it starts writing the graph into the staging folder
-        if b"exporting the fp32 score graph" in line:
+    for line in process.stderr:  # the export scores its built-in pairs once its staging folder holds the tokenizer
+        if b"scoring the built-in pairs with the fp32 reference" in line:
             break
     assert partial.is_dir()
     process.send_signal(signal.SIGTERM)

@@ -16,6 +16,7 @@ import ray.data
 
 from ..artifact import load_artifact
 from ..errors import InvalidInputError, RerankError
+from ..from_checkpoint import artifact_for
 from ..validate import check_positive_int
 from .batch import JSON_LINE, BatchOptions, RerankBatch, check_options
 
@@ -82,6 +83,7 @@ def run_batch(
         options.long_documents,
         options.max_chunks_per_doc,
     )
+    model_dir = str(artifact_for(model_dir, cache_dir=None))  # a checkpoint is exported once, here, not per actor
     load_artifact(model_dir)  # a wrong folder fails here, in one line, not in every actor
     fmt = input_format or _format_of(source, "input")
     out_fmt = _format_of(output, "output")
