@@ -58,11 +58,12 @@ def measure(artifact: Path, backend: str, precision: str, cache: str, threads: i
         env["PYTHONPATH"] = os.pathsep.join([str(code.resolve()), env.get("PYTHONPATH", "")])
     started = time.time()
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(artifact), backend, precision, cache, str(threads)],
+        [sys.executable, "-c", CHILD, str(artifact.resolve()), backend, precision, cache, str(threads)],
         capture_output=True,
         text=True,
         check=True,
         env=env,
+        cwd=tempfile.gettempdir(),  # `python -c` puts the working folder first on sys.path: not this tree
     )
     child = json.loads(out.stdout.strip().splitlines()[-1])
     return {

@@ -53,10 +53,11 @@ def measure(checkpoint: Path, code: Path | None, scheme: str, out: Path, slim: b
         capture_output=True,
         text=True,
         env=env,
+        cwd=out.parent,  # `python -c` puts the working folder first on sys.path: not this tree
     )
     seconds = time.perf_counter() - started
-    if done.returncode not in (0, 1):  # 1: the export ran but a self-check warned
-        raise RuntimeError(f"export of {checkpoint} failed:\n{done.stderr[-2000:]}")
+    if done.returncode not in (0, 1) or "PEAK_KB" not in done.stderr:  # 1: the export ran, a self-check warned
+        raise RuntimeError(f"export of {checkpoint} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     peak_kb = int(done.stderr.rsplit("PEAK_KB", 1)[1].split()[0])
     report = json.loads((out / "export_report.json").read_text())
     artifact = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
@@ -87,6 +88,7 @@ def first_rank(checkpoint: Path, code: Path | None, slim: bool, scratch: Path) -
         capture_output=True,
         text=True,
         env=env,
+        cwd=scratch,
     )
     seconds = time.perf_counter() - started
     if done.returncode != 0:
@@ -113,6 +115,9 @@ def main() -> int:
     if args.code:
         codes = {name: Path(folder) for name, _, folder in (item.partition("=") for item in args.code)}
 
+    args.scratch = args.scratch.resolve()
+    args.scratch.mkdir(parents=True, exist_ok=True)
+    args.checkpoints = [c.resolve() for c in args.checkpoints]
     results: dict[str, dict] = {}
     for checkpoint in args.checkpoints:
         runs: dict[str, list[dict]] = {code: [] for code in codes}

@@ -3,7 +3,8 @@
 The graph computes what export/graph.py's ScoreGraph computes (same inputs, outputs and operations, so every
 backend and the runtime's OpenVINO rewrites see the same shape), but it is written node by node instead of
 traced from PyTorch: no torch, no transformers. Each layer's tensors are read from the checkpoint's memory
-maps, quantized when asked (`int8`: onnxruntime's own MatMulNBits block quantizer, blocks of 32), appended to
+maps, quantized when asked (`int8`: onnxruntime's own MatMulNBits block quantizer, blocks of 32; `int8-fast`:
+the weights as onnxruntime's quantize_dynamic quantizes them), appended to
 the external data file and dropped, so the export holds about one layer in memory, not the model.
 """
 
@@ -29,7 +30,7 @@ SCORED_COPIES = 2  # as graph.SCORED_COPIES: the last layer runs each row's scor
 BLOCK = 32  # the int8 scheme's block (quantize.BLOCK)
 INLINE_BYTES = 1024  # smaller tensors stay inside model.onnx
 ALIGN = 4096  # offsets of tensors in the data file (page-aligned: onnxruntime memory-maps it)
-SCHEMES = ("none", "int8")
+SCHEMES = ("none", "int8", "int8-fast")
 EMBEDDING_ROWS = 8192  # the int8 embedding is quantized this many rows at a time
 
 
@@ -141,6 +142,7 @@ class DecoderGraphBuilder:
 
     def __init__(self, weights: SafetensorsWeights, shape: DecoderShape, writer: GraphWriter, scheme: str) -> None:
         self.weights, self.shape, self.w, self.scheme = weights, shape, writer, scheme
+        self._quantized_inputs: dict[str, list[str]] = {}  # int8-fast: each input's DynamicQuantizeLinear outputs
 
     # --- building blocks ---------------------------------------------------------------------------------
 
@@ -149,6 +151,8 @@ class DecoderGraphBuilder:
         weight = self.weights.get(prefix + ".weight").T  # [in, out]
         if self.scheme == "int8":
             out = self._matmul_nbits(x, prefix, np.ascontiguousarray(weight))
+        elif self.scheme == "int8-fast":
+            out = self._matmul_integer(x, prefix, weight)
         else:
             out = self.w.op("MatMul", x, self.w.tensor(prefix + ".weight", weight))
         del weight
@@ -177,6 +181,29 @@ class DecoderGraphBuilder:
             block_size=BLOCK,
             accuracy_level=4,
         )
+
+    def _matmul_integer(self, x: str, prefix: str, weight: np.ndarray) -> str:
+        """The int8-fast scheme, as onnxruntime's quantize_dynamic writes it (per_channel, QInt8 weights): uint8
+        activations with one scale per tensor (DynamicQuantizeLinear, one per input, shared by the MatMuls that
+        read it), int8 weights with one symmetric scale per output column, MatMulInteger, Cast, Mul by the two
+        scales. The weights are quantized as quantize_data does (scale = 2 * absmax / 254, in float64)."""
+        w = self.w
+        if x not in self._quantized_inputs:
+            self._quantized_inputs[x] = w.op("DynamicQuantizeLinear", x, outputs=3)
+        x_q, x_scale, x_zero = self._quantized_inputs[x]
+        absmax = np.abs(weight).max(axis=0)  # [out]
+        scale = (absmax.astype(np.float64) * 2 / 254).astype(np.float32)
+        scale[scale < np.finfo(np.float32).tiny] = 1.0
+        quantized = np.clip(np.rint(weight / scale), -127, 127).astype(np.int8)
+        product = w.op(
+            "MatMulInteger",
+            x_q,
+            w.tensor(prefix + ".weight_quantized", quantized),
+            x_zero,
+            w.tensor(prefix + ".weight_zero_point", np.zeros(len(scale), dtype=np.int8)),
+        )
+        scales = w.op("Mul", x_scale, w.tensor(prefix + ".weight_scale", scale))
+        return w.op("Mul", w.op("Cast", product, to=TensorProto.FLOAT), scales)
 
     def rms_norm(self, x: str, weight_name: str) -> str:
         """weight * x / sqrt(mean(x^2) + eps) over the last axis (transformers' Qwen2RMSNorm)."""
@@ -413,7 +440,8 @@ def build_decoder_graph(
         destination: the graph file to write (model.onnx).
         data_file: the external data file's name, in destination's folder.
         yes_token_id, no_token_id: the tokens whose logit difference is the score.
-        scheme: "none" (fp32) or "int8" (MatMulNBits, 8 bits, blocks of 32; int8 embedding per row).
+        scheme: "none" (fp32), "int8" (MatMulNBits, 8 bits, blocks of 32) or "int8-fast" (per-tensor uint8
+            activations, per-column int8 weights); both int8 schemes: an int8 embedding with a scale per row.
         log: where progress lines go.
 
     Raises:

@@ -57,6 +57,7 @@ def export_checkpoint(
     estimated_max: float | None = None,
     overwrite: bool = False,
     family: str = "auto",
+    all_backends: bool = False,
     log: Callable[[str], None] = print,
 ) -> ExportResult:
     """Convert a reranker checkpoint (hub id or folder) into an artifact folder.
@@ -70,6 +71,8 @@ def export_checkpoint(
         overwrite: replace an existing, non-empty output folder.
         family: "auto" (from the checkpoint's architecture), "mxbai-rerank-v2", "qwen3-reranker" or
             "cross-encoder".
+        all_backends: self-check every OpenVINO precision this CPU runs natively, not only onnxruntime and
+            what backend="auto" picks here (at large-v2 the others cost minutes, and OpenVINO fp32 6 GB).
         log: where progress lines go.
 
     Returns:
@@ -112,9 +115,9 @@ def export_checkpoint(
     try:
         with quiet_transformers():
             if prompt is None:
-                export_report = _export_cross_encoder_into(staging, checkpoint, quantize, log)
+                export_report = _export_cross_encoder_into(staging, checkpoint, quantize, all_backends, log)
             else:
-                export_report = _export_into(staging, checkpoint, prompt, quantize, estimated_max, log)
+                export_report = _export_into(staging, checkpoint, prompt, quantize, estimated_max, all_backends, log)
         export_report["timings"]["total_s"] = time.perf_counter() - started
         (staging / artifact.REPORT_FILE).write_text(json.dumps(export_report, indent=2) + "\n")
     except RerankError:
@@ -207,6 +210,7 @@ def _export_into(
     prompt: Prompt,
     quantize: str,
     estimated_max: float,
+    all_backends: bool,
     log: Callable[[str], None],
 ) -> dict:
     """Write a decoder family's artifact into `staging` with numpy and onnx only (decoder_graph.py); return its
@@ -234,9 +238,8 @@ def _export_into(
     pytorch_scores = _pytorch_scores(checkpoint, pair_ids, yes, no, timings, log) if torch_installed() else None
 
     t = time.perf_counter()
-    direct = quantize in ("none", "int8")  # int8-fast is quantized from the fp32 graph (quantize.py)
-    log(f"writing the {'fp32' if quantize == 'none' or not direct else quantize} score graph")
-    graph_path = (staging if direct else work) / artifact.GRAPH_FILE
+    log(f"writing the {'fp32' if quantize == 'none' else quantize} score graph")
+    graph_path = staging / artifact.GRAPH_FILE
     build_decoder_graph(
         checkpoint.folder,
         checkpoint.config,
@@ -244,14 +247,14 @@ def _export_into(
         data_file=artifact.GRAPH_DATA_FILE,
         yes_token_id=yes,
         no_token_id=no,
-        scheme=quantize if direct else "none",
+        scheme=quantize,
         log=lambda message: None,
     )
     timings["build_graph_s"] = time.perf_counter() - t
     built = _Built(
         family=prompt.family,
-        fp32_path=graph_path if quantize == "none" or not direct else None,
-        graph_written=direct,
+        fp32_path=graph_path if quantize == "none" else None,
+        graph_written=True,
         config_section={"template": template_dict},
         architecture={k: checkpoint.config.get(k) for k in _ARCH_KEYS},
         pair_ids=pair_ids,
@@ -261,7 +264,7 @@ def _export_into(
         pytorch_scores=pytorch_scores,
         timings=timings,
     )
-    return _finish(staging, checkpoint, built, quantize, estimated_max, log)
+    return _finish(staging, checkpoint, built, quantize, estimated_max, all_backends, log)
 
 
 def _pytorch_scores(
@@ -294,7 +297,7 @@ def _pytorch_scores(
 
 
 def _export_cross_encoder_into(
-    staging: Path, checkpoint: Checkpoint, quantize: str, log: Callable[[str], None]
+    staging: Path, checkpoint: Checkpoint, quantize: str, all_backends: bool, log: Callable[[str], None]
 ) -> dict:
     """`_export_into` for a cross-encoder: optimum's graph and the tokenizer's pair encoding."""
     timings: dict[str, float] = {}
@@ -324,7 +327,7 @@ def _export_cross_encoder_into(
         pytorch_scores=None,
         timings=timings,
     )
-    return _finish(staging, checkpoint, built, quantize, 0.0, log)
+    return _finish(staging, checkpoint, built, quantize, 0.0, all_backends, log)
 
 
 def _finish(
@@ -333,6 +336,7 @@ def _finish(
     built: _Built,
     quantize: str,
     estimated_max: float,
+    all_backends: bool,
     log: Callable[[str], None],
 ) -> dict:
     """Every family's tail: quantize, write the config, check the written graph on every backend, report."""
@@ -357,7 +361,7 @@ def _finish(
     )
     log("checking the written graph on every backend this machine runs")
     t = time.perf_counter()
-    checks = _self_check(staging, built, quantize)
+    checks = _self_check(staging, built, quantize, all_backends)
     timings["self_check_s"] = time.perf_counter() - t
     shutil.rmtree(staging / ".work")
     return {
@@ -432,7 +436,7 @@ def _write_tokenizer_json(source: Path, settings: dict, destination: Path) -> No
 _ADDED_TOKEN_KEYS = ("content", "single_word", "lstrip", "rstrip", "normalized", "special")
 
 
-def _self_check(staging: Path, built: _Built, quantize: str) -> dict:
+def _self_check(staging: Path, built: _Built, quantize: str, all_backends: bool) -> dict:
     """The report's agreement, backends, passed and warnings sections."""
     pair_ids, prefix_lengths, reference = built.pair_ids, built.prefix_lengths, built.reference_scores
     # Scored as rank() scores them: the pairs of one query share the computation of its head.
@@ -443,7 +447,7 @@ def _self_check(staging: Path, built: _Built, quantize: str) -> dict:
     full_prompt_scores = reranker.score_encoded(pair_ids) if reranker.computes_shared_prefix else graph_scores
     del reranker
     gc.collect()
-    backend_checks = _backend_checks(staging, quantize, pair_ids, prefix_lengths, reference)
+    backend_checks = _backend_checks(staging, quantize, pair_ids, prefix_lengths, reference, all_backends)
     backend_checks["results"]["onnxruntime"] = _backend_agreement(reference, graph_scores, full_prompt_scores)
     comparisons: dict[str, dict] = {}
     graph_name = "fp32" if quantize == "none" else quantize
@@ -534,10 +538,16 @@ def _builtin_pair_ids(encoder: PairEncoder) -> tuple[list[list[int]], list[int]]
 
 
 def _backend_checks(
-    folder: Path, scheme: str, pair_ids: list[list[int]], prefix_lengths: list[int], reference: np.ndarray
+    folder: Path,
+    scheme: str,
+    pair_ids: list[list[int]],
+    prefix_lengths: list[int],
+    reference: np.ndarray,
+    all_backends: bool,
 ) -> dict:
-    """The artifact on every OpenVINO precision this machine runs natively, against the fp32 reference, and
-    what `backend="auto"` picks here: a user with the real checkpoint sees the agreement on their CPU."""
+    """The artifact on what `backend="auto"` picks here (with all_backends: on every OpenVINO precision this
+    machine runs natively) against the fp32 reference: a user with the real checkpoint sees the agreement on
+    their CPU. onnxruntime is checked by the caller."""
     from rerank_onnx.artifact import load_artifact
     from rerank_onnx.backends.openvino import available
     from rerank_onnx.backends.select import choose, cpu_class, cpu_flags
@@ -546,12 +556,12 @@ def _backend_checks(
     installed = available()
     kind = cpu_class(cpu_flags())
     family = load_artifact(folder).family
-    checks: dict = {
-        "cpu_class": kind,
-        "auto": choose("auto", "auto", scheme=scheme, family=family, openvino_installed=installed).describe(),
-        "results": {},
-    }
-    for precision in _native_precisions(scheme, family) if installed else []:
+    auto = choose("auto", "auto", scheme=scheme, family=family, openvino_installed=installed)
+    checks: dict = {"cpu_class": kind, "auto": auto.describe(), "all_backends": all_backends, "results": {}}
+    precisions = _native_precisions(scheme, family) if installed and all_backends else []
+    if auto.backend == "openvino" and auto.precision not in precisions:
+        precisions.append(auto.precision)
+    for precision in precisions:
         try:
             reranker = Reranker(folder, backend="openvino", precision=precision, compile_cache=False)  # type: ignore[arg-type]
         except RerankError as exc:

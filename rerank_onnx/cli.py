@@ -52,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     export.add_argument(
+        "--check-all-backends",
+        action="store_true",
+        help="self-check every OpenVINO precision this CPU runs, not only onnxruntime and what auto picks",
+    )
+    export.add_argument(
         "--family",
         choices=["auto", "mxbai-rerank-v2", "qwen3-reranker", "cross-encoder"],
         default="auto",
@@ -286,6 +291,7 @@ def _export(args: argparse.Namespace) -> int:
         estimated_max=args.estimated_max,
         overwrite=args.overwrite,
         family=args.family,
+        all_backends=args.check_all_backends,
         log=lambda message: print(message, file=sys.stderr),
     )
     print(_summary(result.report))

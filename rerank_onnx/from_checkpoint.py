@@ -55,7 +55,10 @@ def artifact_for(
         return model
     exporter = _exporter()
     if hub_id:
-        path = exporter.resolve_checkpoint(str(model)).folder  # offline with HF_HUB_OFFLINE=1 and a filled cache
+        try:  # offline (HF_HUB_OFFLINE=1): from the hub cache only
+            path = exporter.resolve_checkpoint(str(model)).folder
+        except exporter.RerankError as exc:
+            raise ModelLoadError(f"cannot export {model}: {exc}") from exc
     name = (str(model).replace("/", "--") if hub_id else path.resolve().name) or "checkpoint"
     target = cache_root(cache_dir) / "artifacts" / f"{name}-{_key(path)}"
     if (target / CONFIG_FILE).is_file():

@@ -67,7 +67,7 @@ def _run(graph: Path, ids: np.ndarray, lengths: np.ndarray, past: np.ndarray) ->
     return session.run(None, {"input_ids": ids, "lengths": lengths, "past_keys": past, "past_values": past * 0.5})
 
 
-@pytest.mark.parametrize("scheme", ["none", "int8"])
+@pytest.mark.parametrize("scheme", ["none", "int8", "int8-fast"])
 @pytest.mark.parametrize("family", list(CHECKPOINTS))
 def test_the_built_graph_computes_what_the_traced_graph_does(
     request: pytest.FixtureRequest, tmp_path: Path, family: str, scheme: str

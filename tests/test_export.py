@@ -202,27 +202,38 @@ def test_wheel_installs_no_bare_export_package(tmp_path: Path) -> None:
     assert {"rerank_onnx", "rerank_onnx_export"} <= top_level
 
 
-def test_export_report_checks_every_backend_this_machine_runs(int8_artifact: Path, fp32_artifact: Path) -> None:
+def test_export_report_checks_what_auto_runs_here(int8_artifact: Path, fp32_artifact: Path) -> None:
     from rerank_onnx.backends.select import choose, cpu_class, cpu_flags
 
     kind = cpu_class(cpu_flags())
     for artifact, scheme in ((int8_artifact, "int8"), (fp32_artifact, "none")):
         backends = json.loads((artifact / REPORT_FILE).read_text())["backends"]
-        assert backends["cpu_class"] == kind
+        assert backends["cpu_class"] == kind and backends["all_backends"] is False
         family = load_artifact(artifact).family
-        assert (
-            backends["auto"] == choose("auto", "auto", scheme=scheme, family=family, openvino_installed=True).describe()
-        )
-        bf16_capable = kind in ("amx", "avx512-bf16")
-        expected = {"onnxruntime", "openvino-fp32"} | ({"openvino-bf16"} if bf16_capable else set())
-        expected |= {"openvino-int8"} if bf16_capable and scheme == "int8" else set()
+        auto = choose("auto", "auto", scheme=scheme, family=family, openvino_installed=True)
+        assert backends["auto"] == auto.describe()
+        expected = {"onnxruntime"} | ({f"openvino-{auto.precision}"} if auto.backend == "openvino" else set())
         assert set(backends["results"]) == expected
         for name, check in backends["results"].items():
             assert check["vs_reference"]["pairs"] == 32, name
-        if scheme == "none":  # fp32 numerics on either engine equal the fp32 reference
-            for name in ("onnxruntime", "openvino-fp32"):
-                assert backends["results"][name]["vs_reference"]["max_abs_diff"] < 1e-3, name
-            assert backends["results"]["openvino-fp32"]["shared_prefix_vs_full_max_abs_diff"] < 1e-4
+            assert check["shared_prefix_vs_full_max_abs_diff"] < 1e-3, name
+
+
+def test_export_report_can_check_every_backend_this_machine_runs(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from rerank_onnx_export.pipeline import export_checkpoint
+
+    from rerank_onnx.backends.select import cpu_class, cpu_flags
+
+    kind = cpu_class(cpu_flags())
+    result = export_checkpoint(
+        str(tiny_checkpoint), tmp_path / "all", quantize="none", all_backends=True, log=lambda message: None
+    )
+    backends = result.report["backends"]
+    bf16_capable = kind in ("amx", "avx512-bf16")
+    assert set(backends["results"]) == {"onnxruntime", "openvino-fp32"} | ({"openvino-bf16"} if bf16_capable else set())
+    for name in ("onnxruntime", "openvino-fp32"):  # fp32 numerics on either engine equal the fp32 reference
+        assert backends["results"][name]["vs_reference"]["max_abs_diff"] < 1e-3, name
+    assert backends["results"]["openvino-fp32"]["shared_prefix_vs_full_max_abs_diff"] < 1e-4
 
 
 def _broken_copy(tiny_checkpoint: Path, tmp_path: Path, name: str) -> Path:

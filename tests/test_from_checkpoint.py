@@ -110,3 +110,13 @@ def test_without_the_export_extra_a_checkpoint_is_one_clear_error(tiny_checkpoin
 def test_a_folder_that_is_neither_is_still_a_load_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"rerank_config\.json"):
         Reranker(tmp_path)
+
+
+def test_a_hub_id_that_is_not_in_the_offline_cache_is_a_load_error(tmp_path: Path, monkeypatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ModelLoadError, match="cannot export acme/absent: could not fetch 'acme/absent'"):
+        Reranker("acme/absent", cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache" / "artifacts").exists() or not any((tmp_path / "cache" / "artifacts").iterdir())
