@@ -359,7 +359,9 @@ def _finish(
         quantization_block=block,
         estimated_max=estimated_max,
     )
-    log("checking the written graph on every backend this machine runs")
+    log(
+        f"checking the written graph on {'every backend this machine runs' if all_backends else 'onnxruntime and what auto picks here'}"
+    )
     t = time.perf_counter()
     checks = _self_check(staging, built, quantize, all_backends)
     timings["self_check_s"] = time.perf_counter() - t
