@@ -263,7 +263,7 @@ class DecoderGraphBuilder:
             present_values.append(w.op("Unsqueeze", w.op("Gather", v, w.const(0), axis=0), w.const([0])))
             if i == s.layers - 1:
                 x, h, cos, sin, mask = self._scored_rows(x, h, cos, sin, mask)
-            x = w.op("Add", x, self._attention(prefix, h, k, v, cos, sin, mask, batch))
+            x = w.op("Add", x, self._attention(prefix, h, k, v, cos, sin, mask))
             x = w.op("Add", x, self._mlp(prefix, self.rms_norm(x, prefix + ".post_attention_layernorm.weight")))
         last = w.op("Gather", self.rms_norm(x, "model.norm.weight"), w.const(0), axis=1)  # [batch, hidden]
         head = "model.embed_tokens.weight" if s.tied or "lm_head.weight" not in self.weights else "lm_head.weight"
@@ -326,12 +326,7 @@ class DecoderGraphBuilder:
     def _keys_values(self, prefix: str, h: str, cos: str, sin: str, layer: int, batch: str) -> tuple[str, str]:
         """The layer's keys (rotary applied) and values [batch, kv_heads, past + seq, head_dim] after the past."""
         w, s = self.w, self.shape
-        k = w.op(
-            "Reshape", self.linear(h, prefix + ".self_attn.k_proj", bias=True), w.const([0, 0, s.kv_heads, s.head_dim])
-        )
-        if s.qk_norm:
-            k = self.rms_norm(k, prefix + ".self_attn.k_norm.weight")
-        k = self.rotary(w.op("Transpose", k, perm=[0, 2, 1, 3]), cos, sin)
+        k = self._rotated_heads(h, prefix, "k", s.kv_heads, cos, sin)
         v = self.heads_first(self.linear(h, prefix + ".self_attn.v_proj", bias=True), s.kv_heads)
         expand_to = w.op("Concat", w.op("Unsqueeze", batch, w.const([0])), w.const([1, 1, 1]), axis=0)  # broadcast
 
@@ -364,21 +359,26 @@ class DecoderGraphBuilder:
         )
         return rows_at(x, s.hidden), rows_at(h, s.hidden), angle_rows(cos), angle_rows(sin), row_mask
 
-    def _attention(self, prefix: str, h: str, k: str, v: str, cos: str, sin: str, mask: str, batch: str) -> str:
+    def _attention(self, prefix: str, h: str, k: str, v: str, cos: str, sin: str, mask: str) -> str:
         """o_proj of the attention of `h`'s queries over keys `k` and values `v`, with the additive `mask`."""
         w, s = self.w, self.shape
-        q = w.op(
-            "Reshape", self.linear(h, prefix + ".self_attn.q_proj", bias=True), w.const([0, 0, s.heads, s.head_dim])
-        )
-        if s.qk_norm:
-            q = self.rms_norm(q, prefix + ".self_attn.q_norm.weight")
-        q = self.rotary(w.op("Transpose", q, perm=[0, 2, 1, 3]), cos, sin)
+        q = self._rotated_heads(h, prefix, "q", s.heads, cos, sin)
         k, v = self._per_query_head(k), self._per_query_head(v)
         scores = w.op("MatMul", q, w.op("Transpose", k, perm=[0, 1, 3, 2]))
         scores = w.op("Add", w.op("Mul", scores, w.const(s.head_dim**-0.5, np.float32)), mask)
         attended = w.op("MatMul", w.op("Softmax", scores, axis=-1), v)  # [batch, heads, seq, head_dim]
         joined = w.op("Reshape", w.op("Transpose", attended, perm=[0, 2, 1, 3]), w.const([0, 0, s.heads * s.head_dim]))
         return self.linear(joined, prefix + ".self_attn.o_proj", bias=False)
+
+    def _rotated_heads(self, h: str, prefix: str, kind: str, heads: int, cos: str, sin: str) -> str:
+        """Queries ("q") or keys ("k") [batch, heads, seq, head_dim]: projected, per-head RMSNorm (Qwen3), rotary."""
+        w, s = self.w, self.shape
+        x = w.op(
+            "Reshape", self.linear(h, f"{prefix}.self_attn.{kind}_proj", bias=True), w.const([0, 0, heads, s.head_dim])
+        )
+        if s.qk_norm:
+            x = self.rms_norm(x, f"{prefix}.self_attn.{kind}_norm.weight")
+        return self.rotary(w.op("Transpose", x, perm=[0, 2, 1, 3]), cos, sin)
 
     def _per_query_head(self, t: str) -> str:
         """[batch, kv_heads, total, head_dim] -> [batch, heads, total, head_dim], each key/value head repeated for

@@ -18,7 +18,7 @@ from ..artifact import load_artifact
 from ..errors import InvalidInputError, RerankError
 from ..from_checkpoint import artifact_for
 from ..validate import check_positive_int
-from .batch import JSON_LINE, BatchOptions, RerankBatch, check_options
+from .batch import JSON_LINE, BatchOptions, RerankBatch, _valid_or_none, check_options
 
 DEFAULT_BATCH_ROWS = 256
 Format = Literal["parquet", "jsonl"]
@@ -296,13 +296,8 @@ def _as_columns(table: Any, text_columns: tuple[str, str]) -> Any:
 
 
 def _invalid_text(value: Any) -> bool:
-    if not isinstance(value, str):
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
+    """A string Arrow cannot hold (a lone surrogate)."""
+    return isinstance(value, str) and _valid_or_none(value) is None
 
 
 def _write_jsonl(sink: Any, table: Any) -> None:
