@@ -7,8 +7,10 @@
 folder of two symlinks into a git worktree of another commit: `rerank_onnx -> tree/rerank_onnx`,
 `rerank_onnx_export -> tree/export`; `.` is this tree). `--slim NAME` runs that version with torch,
 transformers and optimum unimportable, as the slim `export` extra installs it. Each export is a fresh process; the versions take turns
-per checkpoint and repetition. Peak RSS is the process's own VmHWM (file-backed pages it mapped included: the
-export's self-check memory-maps the graph's weights). The export's own split of its time
+per checkpoint and repetition. Peak RSS is the process's own VmHWM, file-backed pages it mapped included (the
+self-check's OpenVINO maps the compiled graph's weights, and keeps them mapped beside its repacked copy); peak
+private memory is the highest RssAnon seen by sampling the process every 20 ms: what it needs that the kernel
+cannot take back as page cache. The export's own split of its time
 (export_report.json's `timings`) is kept too. Results: results/export-<cpu class>[-tag].{json,md,png}.
 """
 
@@ -17,9 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -48,10 +52,8 @@ def measure(checkpoint: Path, code: Path | None, scheme: str, out: Path, slim: b
     shutil.rmtree(out, ignore_errors=True)
     options = ["--quantize", scheme, "--overwrite"]
     started = time.perf_counter()
-    done = subprocess.run(
+    done, private_kb = run_sampled(
         [sys.executable, "-c", CHILD, "slim" if slim else "full", "export", str(checkpoint), str(out), *options],
-        capture_output=True,
-        text=True,
         env=env,
         cwd=out.parent,  # `python -c` puts the working folder first on sys.path: not this tree
     )
@@ -64,6 +66,7 @@ def measure(checkpoint: Path, code: Path | None, scheme: str, out: Path, slim: b
     result = {
         "seconds": seconds,
         "peak_rss_gb": peak_kb * 1024 / 1e9,
+        "peak_private_gb": private_kb * 1024 / 1e9,
         "artifact_gb": artifact / 1e9,
         "timings": report["timings"],
         "agreement": report["agreement"],
@@ -71,6 +74,41 @@ def measure(checkpoint: Path, code: Path | None, scheme: str, out: Path, slim: b
     }
     shutil.rmtree(out)
     return result
+
+
+def run_sampled(
+    command: list[str], *, env: dict, cwd: Path, stdin: str | None = None
+) -> tuple[subprocess.CompletedProcess, int]:
+    """Run `command`, sampling its RssAnon every 20 ms: the finished process and the highest value (kB)."""
+    with subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=cwd,
+    ) as process:
+        peak = [0]
+        stop = threading.Event()
+
+        def sample() -> None:
+            status = Path(f"/proc/{process.pid}/status")
+            while not stop.is_set():
+                try:
+                    found = re.search(r"RssAnon:\s+(\d+)", status.read_text())
+                except OSError:
+                    return
+                if found:
+                    peak[0] = max(peak[0], int(found.group(1)))
+                stop.wait(0.02)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        stdout, stderr = process.communicate(stdin)
+        stop.set()
+        sampler.join()
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr), peak[0]
 
 
 def first_rank(checkpoint: Path, code: Path | None, slim: bool, scratch: Path) -> dict:
@@ -82,11 +120,9 @@ def first_rank(checkpoint: Path, code: Path | None, slim: bool, scratch: Path) -
     shutil.rmtree(cache, ignore_errors=True)
     env["RERANK_ONNX_CACHE_DIR"] = str(cache)
     started = time.perf_counter()
-    done = subprocess.run(
+    done, private_kb = run_sampled(
         [sys.executable, "-c", CHILD, "slim" if slim else "full", "rank", str(checkpoint), "--query", "a cat?", "-"],
-        input="A cat is a small feline.\nBananas are yellow.\n",
-        capture_output=True,
-        text=True,
+        stdin="A cat is a small feline.\nBananas are yellow.\n",
         env=env,
         cwd=scratch,
     )
@@ -95,7 +131,7 @@ def first_rank(checkpoint: Path, code: Path | None, slim: bool, scratch: Path) -
         raise RuntimeError(f"rank from {checkpoint} failed:\n{done.stderr[-2000:]}")
     peak_kb = int(done.stderr.rsplit("PEAK_KB", 1)[1].split()[0])
     shutil.rmtree(cache)
-    return {"seconds": seconds, "peak_rss_gb": peak_kb * 1024 / 1e9}
+    return {"seconds": seconds, "peak_rss_gb": peak_kb * 1024 / 1e9, "peak_private_gb": private_kb * 1024 / 1e9}
 
 
 def main() -> int:
@@ -137,6 +173,7 @@ def main() -> int:
                 "runs": measured,
                 "seconds": median([r["seconds"] for r in measured]),
                 "peak_rss_gb": median([r["peak_rss_gb"] for r in measured]),
+                "peak_private_gb": median([r["peak_private_gb"] for r in measured]),
                 "artifact_gb": measured[-1]["artifact_gb"],
             }
             summary = {k: v for k, v in results[key].items() if k != "runs"}
@@ -161,18 +198,22 @@ def _table(data: dict) -> str:
         f"# Export, --quantize {data['quantize']}, {env['cpu']} ({env['cpu_class']}: {env['cpu_flags']})",
         f"commit {env['git_commit']}, median of {data['reps']} fresh process(es), page cache warm",
         "",
-        "| checkpoint: code | wall (s) | peak RSS (GB) | artifact (GB) | peak - artifact (GB) | where the time went (s) |",
-        "|---|---|---|---|---|---|",
+        "| checkpoint: code | wall (s) | peak RSS (GB) | peak private (GB) | artifact (GB) | peak RSS / private - artifact (GB) "
+        "| where the time went (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for key, r in data["results"].items():
         if "artifact_gb" not in r:  # a first rank from the checkpoint
-            lines.append(f"| {key} | {r['seconds']:.1f} | {r['peak_rss_gb']:.2f} | | | export + load + 2 scores |")
+            lines.append(
+                f"| {key} | {r['seconds']:.1f} | {r['peak_rss_gb']:.2f} | {r['peak_private_gb']:.2f} | | "
+                "| export + load + 2 scores |"
+            )
             continue
         timings = r["runs"][-1]["timings"]
         split = ", ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in timings.items() if k != "total_s")
         lines.append(
-            f"| {key} | {r['seconds']:.1f} | {r['peak_rss_gb']:.2f} | {r['artifact_gb']:.2f} "
-            f"| {r['peak_rss_gb'] - r['artifact_gb']:.2f} | {split} |"
+            f"| {key} | {r['seconds']:.1f} | {r['peak_rss_gb']:.2f} | {r['peak_private_gb']:.2f} | {r['artifact_gb']:.2f} "
+            f"| {r['peak_rss_gb'] - r['artifact_gb']:.2f} / {r['peak_private_gb'] - r['artifact_gb']:.2f} | {split} |"
         )
     return "\n".join(lines)
 
@@ -184,11 +225,13 @@ def _chart(data: dict, name: str) -> None:
     import matplotlib.pyplot as plt
 
     labels = list(data["results"])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 1.4 + 0.45 * len(labels)))
-    for ax, key, title in zip(axes, ("seconds", "peak_rss_gb"), ("wall time (s)", "peak RSS (GB)")):
-        ax.barh(labels, [data["results"][label][key] for label in labels], color="#4c72b0")
+    fig, axes = plt.subplots(1, 3, figsize=(14, 1.4 + 0.45 * len(labels)))
+    titles = ("wall time (s)", "peak RSS (GB)", "peak private memory (GB)")
+    for ax, key, title in zip(axes, ("seconds", "peak_rss_gb", "peak_private_gb"), titles):
+        ax.barh(labels, [data["results"][label].get(key, 0.0) for label in labels], color="#4c72b0")
         ax.set(title=title)
-    axes[1].set_yticks([])
+    for ax in axes[1:]:
+        ax.set_yticks([])
     fig.suptitle(f"rerank-onnx export --quantize {data['quantize']}")
     fig.tight_layout()
     fig.savefig(RESULTS / f"{name}.png", dpi=100)

@@ -11,6 +11,7 @@ few MB), so the checkpoint is read once.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 
 import numpy as np
 
@@ -42,27 +43,28 @@ def reference_scores(
     embedding = "model.embed_tokens.weight"
     used = sorted({int(i) for ids in prompts for i in ids})  # the table's rows the prompts use, read one by one
     vectors = {i: weights.rows(embedding, i, i + 1)[0] for i in used}
-    states = [np.stack([vectors[int(i)] for i in ids]) for ids in prompts]  # [tokens, hidden] each
+    # every prompt's tokens in one [tokens, hidden] matrix: the linear layers run as one GEMM each
+    states = np.stack([vectors[int(i)] for ids in prompts for i in ids])
+    lengths = [len(ids) for ids in prompts]
     head = embedding if shape.tied or "lm_head.weight" not in weights else "lm_head.weight"
     direction = np.stack([weights.rows(head, i, i + 1)[0] for i in (yes_token_id, no_token_id)])
     offset = 0.0
     if "lm_head.bias" in weights:
         bias = weights.get("lm_head.bias")
         offset = float(bias[yes_token_id] - bias[no_token_id])
-    angles = _rotary_tables(shape, max(len(ids) for ids in prompts))
+    angles = _rotary_tables(shape, max(lengths))
     for layer in range(shape.layers):
-        parameters = _Layer(weights, f"model.layers.{layer}", shape)
-        states = [parameters.forward(x, angles) for x in states]
+        states = _Layer(weights, f"model.layers.{layer}", shape).forward(states, lengths, angles)
         if progress is not None:
             progress(layer + 1)
     norm = weights.get("model.norm.weight")
-    last = np.stack([_rms_norm(x[-1:], norm, shape.eps)[0] for x in states])
+    last = _rms_norm(states[np.cumsum(lengths) - 1], norm, shape.eps)
     logits = last @ direction.T
     return (logits[:, 0] - logits[:, 1] + offset).astype(np.float32)
 
 
 class _Layer:
-    """One decoder layer's weights, and its forward over one prompt."""
+    """One decoder layer's weights, and its forward over a set of prompts."""
 
     def __init__(self, weights: SafetensorsWeights, prefix: str, shape: DecoderShape) -> None:
         self.shape = shape
@@ -76,27 +78,42 @@ class _Layer:
         self.q_norm, self.k_norm = get("self_attn.q_norm.weight"), get("self_attn.k_norm.weight")
         self.gate, self.up, self.down = (get(f"mlp.{p}_proj.weight") for p in ("gate", "up", "down"))
 
-    def forward(self, x: np.ndarray, angles: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    def forward(self, x: np.ndarray, lengths: Sequence[int], angles: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """The layer over prompts laid end to end in `x` ([sum(lengths), hidden]); each attends to itself only."""
         s = self.shape
-        tokens = len(x)
         h = _rms_norm(x, self.input_norm, s.eps)
-        q = _linear(h, self.q, self.q_bias).reshape(tokens, s.heads, s.head_dim)
-        k = _linear(h, self.k, self.k_bias).reshape(tokens, s.kv_heads, s.head_dim)
-        v = _linear(h, self.v, self.v_bias).reshape(tokens, s.kv_heads, s.head_dim)
+        q = _linear(h, self.q, self.q_bias).reshape(len(x), s.heads, s.head_dim)
+        k = _linear(h, self.k, self.k_bias).reshape(len(x), s.kv_heads, s.head_dim)
+        v = _linear(h, self.v, self.v_bias).reshape(len(x), s.kv_heads, s.head_dim)
         if s.qk_norm:
             q, k = _rms_norm(q, self.q_norm, s.eps), _rms_norm(k, self.k_norm, s.eps)
-        cos, sin = angles[0][:tokens, None], angles[1][:tokens, None]
+        positions = np.concatenate([np.arange(n) for n in lengths])
+        cos, sin = angles[0][positions, None], angles[1][positions, None]
         q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-        groups = s.heads // s.kv_heads
-        k, v = np.repeat(k, groups, axis=1), np.repeat(v, groups, axis=1)  # [tokens, heads, head_dim]
-        scores = np.einsum("qhd,khd->hqk", q, k) * np.float32(s.head_dim**-0.5)
-        scores = scores + np.triu(np.full((tokens, tokens), np.finfo(np.float32).min, np.float32), 1)
-        scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
-        attended = np.einsum("hqk,khd->qhd", scores / scores.sum(axis=-1, keepdims=True), v)
-        x = x + _linear(attended.reshape(tokens, s.heads * s.head_dim), self.o, None)
+        starts = np.concatenate([[0], np.cumsum(lengths)])
+        attended = np.concatenate(
+            [_attention(q[a:b], k[a:b], v[a:b], s.heads // s.kv_heads) for a, b in pairwise(starts)]
+        )
+        x = x + _linear(attended.reshape(len(x), s.heads * s.head_dim), self.o, None)
         h = _rms_norm(x, self.post_norm, s.eps)
-        gate = _linear(h, self.gate, None)
-        return x + _linear(gate / (1 + np.exp(-gate)) * _linear(h, self.up, None), self.down, None)
+        gate, up = _linear(h, self.gate, None), _linear(h, self.up, None)
+        sigmoid = np.exp(-gate)  # silu(gate) = gate / (1 + exp(-gate)), in place: these are the largest arrays
+        sigmoid += 1
+        np.divide(gate, sigmoid, out=gate)
+        gate *= up
+        return x + _linear(gate, self.down, None)
+
+
+def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, groups: int) -> np.ndarray:
+    """Causal attention of one prompt: q [tokens, heads, head_dim], k and v [tokens, kv_heads, head_dim]."""
+    tokens, head_dim = len(q), q.shape[-1]
+    q = q.transpose(1, 0, 2)  # [heads, tokens, head_dim]
+    k = np.repeat(k.transpose(1, 0, 2), groups, axis=0)
+    v = np.repeat(v.transpose(1, 0, 2), groups, axis=0)
+    scores = (q @ k.transpose(0, 2, 1)) * np.float32(head_dim**-0.5)  # [heads, tokens, tokens]
+    scores += np.triu(np.full((tokens, tokens), np.finfo(np.float32).min, np.float32), 1)
+    scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return ((scores / scores.sum(axis=-1, keepdims=True)) @ v).transpose(1, 0, 2)  # [tokens, heads, head_dim]
 
 
 def _linear(x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None) -> np.ndarray:

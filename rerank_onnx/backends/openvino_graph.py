@@ -304,7 +304,9 @@ def compile_source(core: Any, graph: Path, cache_dir: Path | None, variant: str 
             return str(graph), folder
         if (folder / IR_FILE).exists():
             return str(folder / IR_FILE), folder
-    model = core.read_model(str(graph))
+    # Without a cache the read model is compiled from memory: its weights read into memory rather than mapped
+    # from the file, whose mapped pages would stay resident beside the converted constants the model keeps.
+    model = core.read_model(str(graph), config={} if folder is not None else {"ENABLE_MMAP": False})
     rewrite = {NEW_KV: lambda m: split_presents(m) is not None, NEW_KV_BF16: _for_bf16, STATEFUL: stateful_attention}
     rewritten = rewrite[variant](model)
     if folder is None:
