@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from agreement import agreement, agreement_pairs, paired_difference
 from common import environment, publish
-from int8_groups import agreement, agreement_pairs, paired_difference
 
 # (name, backend, precision) on the int8 artifact; the first is the bound the others are measured against
 VARIANTS = [

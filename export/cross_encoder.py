@@ -81,7 +81,7 @@ def write_tokenizer(staging: Path, checkpoint: Checkpoint, graph_inputs: list[st
     """Save the checkpoint's fast tokenizer into the artifact; return the `pair_encoding` section."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint.folder))
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint.folder))  # type: ignore[no-untyped-call]
     if not getattr(tokenizer, "is_fast", False):
         raise ExportError(f"{checkpoint.source}: no fast tokenizer (tokenizer.json) could be built for this checkpoint")
     if tokenizer.pad_token_id is None:

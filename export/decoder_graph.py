@@ -49,7 +49,7 @@ class DecoderShape:
     tied: bool  # the output head is the token embedding
 
     @classmethod
-    def from_config(cls, config: dict) -> DecoderShape:
+    def from_config(cls, config: dict[str, Any]) -> DecoderShape:
         """Raises ExportError for what the graph does not implement (sliding windows, scaled rotary)."""
         if config.get("use_sliding_window"):
             raise ExportError("this checkpoint uses sliding-window attention, which the score graph does not implement")
@@ -127,11 +127,15 @@ class GraphWriter:
     def const(self, value: Any, dtype: Any = np.int64) -> str:
         return self.tensor(self.name("const"), np.asarray(value, dtype=dtype))
 
-    def op(self, op_type: str, *inputs: str, outputs: int = 1, domain: str = "", **attributes: Any) -> Any:
-        """Add a node; returns its output name (or names, when outputs > 1)."""
+    def op(self, op_type: str, *inputs: str, domain: str = "", **attributes: Any) -> str:
+        """Add a node with one output; returns the output's name."""
+        return self.ops(op_type, *inputs, outputs=1, domain=domain, **attributes)[0]
+
+    def ops(self, op_type: str, *inputs: str, outputs: int, domain: str = "", **attributes: Any) -> list[str]:
+        """Add a node with `outputs` outputs; returns their names."""
         names = [self.name(op_type) for _ in range(outputs)]
         self.nodes.append(helper.make_node(op_type, list(inputs), names, name=names[0], domain=domain, **attributes))
-        return names[0] if outputs == 1 else names
+        return names
 
     def close(self) -> None:
         self._data.close()
@@ -189,7 +193,7 @@ class DecoderGraphBuilder:
         scales. The weights are quantized as quantize_data does (scale = 2 * absmax / 254, in float64)."""
         w = self.w
         if x not in self._quantized_inputs:
-            self._quantized_inputs[x] = w.op("DynamicQuantizeLinear", x, outputs=3)
+            self._quantized_inputs[x] = w.ops("DynamicQuantizeLinear", x, outputs=3)
         x_q, x_scale, x_zero = self._quantized_inputs[x]
         absmax = np.abs(weight).max(axis=0)  # [out]
         scale = (absmax.astype(np.float64) * 2 / 254).astype(np.float32)
@@ -302,8 +306,10 @@ class DecoderGraphBuilder:
             quantized[start:stop] = np.clip(np.rint(rows / part), -127, 127)
         table = w.tensor("embed_tokens.weight_int8", quantized)
         del quantized
-        rows = w.op("Cast", w.op("Gather", table, INPUT_IDS, axis=0), to=TensorProto.FLOAT)
-        return w.op("Mul", rows, w.op("Gather", w.tensor("embed_tokens.weight_row_scale", scales), INPUT_IDS, axis=0))
+        gathered = w.op("Cast", w.op("Gather", table, INPUT_IDS, axis=0), to=TensorProto.FLOAT)
+        return w.op(
+            "Mul", gathered, w.op("Gather", w.tensor("embed_tokens.weight_row_scale", scales), INPUT_IDS, axis=0)
+        )
 
     def _cos_sin(self, positions: str) -> tuple[str, str]:
         """cos and sin of the rotary angles at `positions`, [1, 1, seq, head_dim] (transformers' default rotary)."""
@@ -401,14 +407,14 @@ class DecoderGraphBuilder:
 
     def _model(self) -> onnx.ModelProto:
         s = self.shape
-        kv = [s.layers, s.kv_heads, "past", s.head_dim]
+        kv: list[str | int | None] = [s.layers, s.kv_heads, "past", s.head_dim]
         inputs = [
             helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, ["batch", "sequence"]),
             helper.make_tensor_value_info(LENGTHS, TensorProto.INT64, ["batch"]),
             helper.make_tensor_value_info(PAST_KEYS, TensorProto.FLOAT, kv),
             helper.make_tensor_value_info(PAST_VALUES, TensorProto.FLOAT, kv),
         ]
-        total = [s.layers, s.kv_heads, "total", s.head_dim]
+        total: list[str | int | None] = [s.layers, s.kv_heads, "total", s.head_dim]
         outputs = [
             helper.make_tensor_value_info(SCORES, TensorProto.FLOAT, ["batch"]),
             helper.make_tensor_value_info(PRESENT_KEYS, TensorProto.FLOAT, total),
@@ -423,7 +429,7 @@ class DecoderGraphBuilder:
 
 def build_decoder_graph(
     checkpoint: Path,
-    config: dict,
+    config: dict[str, Any],
     destination: Path,
     *,
     data_file: str,

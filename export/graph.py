@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import shutil
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -42,7 +43,8 @@ class ScoreGraph(torch.nn.Module):
     Qwen3, which adds an RMSNorm over each head's queries and keys).
     """
 
-    def __init__(self, causal_lm: torch.nn.Module, *, yes_token_id: int, no_token_id: int) -> None:
+    def __init__(self, causal_lm: Any, *, yes_token_id: int, no_token_id: int) -> None:
+        # causal_lm: a transformers Qwen2/Qwen3 causal LM, Any: torch's stubs cannot see its submodules
         super().__init__()
         config = causal_lm.config
         if getattr(config, "use_sliding_window", False):
@@ -89,12 +91,13 @@ class ScoreGraph(torch.nn.Module):
             x = x + self._attention(layer.self_attn, h, k, v, cos, sin, mask)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         last = self.norm(x)[:, 0]
-        scores = torch.matmul(last, self.direction) + self.offset
+        direction, offset = self.get_buffer("direction"), self.get_buffer("offset")
+        scores = torch.matmul(last, direction) + offset
         return scores, torch.stack(present_keys), torch.stack(present_values)
 
     def _keys_values(
         self,
-        attention: torch.nn.Module,
+        attention: Any,  # the layer's self_attn module (its projections and norms are attributes)
         h: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
@@ -114,7 +117,7 @@ class ScoreGraph(torch.nn.Module):
 
     def _attention(
         self,
-        attention: torch.nn.Module,
+        attention: Any,  # the layer's self_attn module (its projections and norms are attributes)
         h: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
@@ -134,7 +137,8 @@ class ScoreGraph(torch.nn.Module):
         v = v[:, :, None].expand(batch, self.kv_heads, groups, total, self.head_dim).reshape(shape)
         scale = self.head_dim**-0.5
         weights = torch.softmax(torch.matmul(q, k.transpose(2, 3)) * scale + mask, dim=-1, dtype=torch.float32)
-        return attention.o_proj(torch.matmul(weights, v).transpose(1, 2).reshape(batch, seq, -1))
+        out: torch.Tensor = attention.o_proj(torch.matmul(weights, v).transpose(1, 2).reshape(batch, seq, -1))
+        return out
 
 
 def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -142,7 +146,8 @@ def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     (transformers' apply_rotary_pos_emb for one tensor)."""
     from transformers.models.qwen2.modeling_qwen2 import rotate_half
 
-    return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
+    rotated: torch.Tensor = x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)  # type: ignore[no-untyped-call]
+    return rotated
 
 
 def _rows_at(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +46,7 @@ PYTORCH_REFERENCE = "PyTorch fp32 (transformers)"
 @dataclass(frozen=True)
 class ExportResult:
     folder: Path
-    report: dict
+    report: dict[str, Any]
     passed: bool  # every hard check (fp32 agreement) passed
     warnings: list[str]
 
@@ -174,13 +175,13 @@ def quiet_transformers() -> Iterator[None]:
     import transformers
 
     level = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", category=FutureWarning)
             warnings.filterwarnings("ignore", message=".*TracerWarning.*")
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # type: ignore[attr-defined]
             warnings.filterwarnings("ignore", category=UserWarning, module="torch.onnx")
             yield
     finally:
@@ -196,8 +197,8 @@ class _Built:
     family: str
     fp32_path: Path | None
     graph_written: bool  # the artifact's graph is in place (else _finish quantizes fp32_path into it)
-    config_section: dict[str, dict]  # write_config's `template=` or `pair_encoding=` argument
-    architecture: dict
+    config_section: dict[str, dict[str, Any]]  # write_config's `template=` or `pair_encoding=` argument
+    architecture: dict[str, Any]
     pair_ids: list[list[int]]
     prefix_lengths: list[int]
     reference: str  # what computed reference_scores
@@ -214,7 +215,7 @@ def _export_into(
     estimated_max: float,
     all_backends: bool,
     log: Callable[[str], None],
-) -> dict:
+) -> dict[str, Any]:
     """Write a decoder family's artifact into `staging` with numpy and onnx only (decoder_graph.py); return its
     self-check report (without the total time). PyTorch scores the built-in pairs too where it is installed."""
     timings: dict[str, float] = {}
@@ -284,7 +285,7 @@ def _pytorch_scores(
     t = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(
         str(checkpoint.folder), dtype=torch.float32, attn_implementation="eager"
-    ).eval()
+    ).eval()  # type: ignore[no-untyped-call]
     scores = report.torch_scores(
         model,
         pair_ids,
@@ -300,7 +301,7 @@ def _pytorch_scores(
 
 def _export_cross_encoder_into(
     staging: Path, checkpoint: Checkpoint, quantize: str, all_backends: bool, log: Callable[[str], None]
-) -> dict:
+) -> dict[str, Any]:
     """`_export_into` for a cross-encoder: optimum's graph and the tokenizer's pair encoding."""
     timings: dict[str, float] = {}
     work = staging / ".work"
@@ -340,7 +341,7 @@ def _finish(
     estimated_max: float,
     all_backends: bool,
     log: Callable[[str], None],
-) -> dict:
+) -> dict[str, Any]:
     """Every family's tail: quantize, write the config, check the written graph on every backend, report."""
     timings = built.timings
     block = BLOCK if quantize == "int8" else None  # recorded: OpenVINO's int8 activations take it as their group
@@ -387,7 +388,7 @@ def _finish(
     }
 
 
-def _write_tokenizer(staging: Path, checkpoint: Checkpoint, prompt: Prompt) -> dict:
+def _write_tokenizer(staging: Path, checkpoint: Checkpoint, prompt: Prompt) -> dict[str, Any]:
     """Save the checkpoint's fast tokenizer into the artifact; return the template section built with it."""
     settings = _tokenizer_settings(checkpoint.folder)
     destination = staging / artifact.TOKENIZER_FILE
@@ -396,7 +397,7 @@ def _write_tokenizer(staging: Path, checkpoint: Checkpoint, prompt: Prompt) -> d
     elif torch_installed():  # vocab.json + merges.txt only: transformers builds the fast tokenizer
         from transformers import AutoTokenizer
 
-        hf_tokenizer = AutoTokenizer.from_pretrained(str(checkpoint.folder))
+        hf_tokenizer = AutoTokenizer.from_pretrained(str(checkpoint.folder))  # type: ignore[no-untyped-call]
         if not getattr(hf_tokenizer, "is_fast", False):
             raise ExportError(
                 f"{checkpoint.source}: no fast tokenizer (tokenizer.json) could be built for this checkpoint"
@@ -413,7 +414,7 @@ def _write_tokenizer(staging: Path, checkpoint: Checkpoint, prompt: Prompt) -> d
     return template_data(tokenizer, prompt, model_max_length=model_max_length, truncation_side=truncation_side)
 
 
-def _tokenizer_settings(folder: Path) -> dict:
+def _tokenizer_settings(folder: Path) -> dict[str, Any]:
     """tokenizer_config.json (empty when absent)."""
     path = folder / "tokenizer_config.json"
     if not path.is_file():
@@ -425,7 +426,7 @@ def _tokenizer_settings(folder: Path) -> dict:
     return settings if isinstance(settings, dict) else {}
 
 
-def _write_tokenizer_json(source: Path, settings: dict, destination: Path) -> None:
+def _write_tokenizer_json(source: Path, settings: dict[str, Any], destination: Path) -> None:
     """tokenizer.json with tokenizer_config.json's `added_tokens_decoder` applied, as transformers applies it
     when it loads the tokenizer (it can mark tokens special, or add tokens the file lacks)."""
     data = json.loads(source.read_text(encoding="utf-8"))
@@ -440,7 +441,7 @@ def _write_tokenizer_json(source: Path, settings: dict, destination: Path) -> No
 _ADDED_TOKEN_KEYS = ("content", "single_word", "lstrip", "rstrip", "normalized", "special")
 
 
-def _self_check(staging: Path, built: _Built, quantize: str, all_backends: bool) -> dict:
+def _self_check(staging: Path, built: _Built, quantize: str, all_backends: bool) -> dict[str, Any]:
     """The report's agreement, backends, passed and warnings sections."""
     pair_ids, prefix_lengths, reference = built.pair_ids, built.prefix_lengths, built.reference_scores
     # Scored as rank() scores them: the pairs of one query share the computation of its head.
@@ -452,7 +453,7 @@ def _self_check(staging: Path, built: _Built, quantize: str, all_backends: bool)
     gc.collect()
     backend_checks = _backend_checks(staging, quantize, pair_ids, prefix_lengths, reference, all_backends)
     backend_checks["results"]["onnxruntime"] = _backend_agreement(reference, graph_scores, full_prompt_scores)
-    comparisons: dict[str, dict] = {}
+    comparisons: dict[str, dict[str, Any]] = {}
     graph_name = "fp32" if quantize == "none" else quantize
     comparisons[f"{graph_name}_graph_vs_reference"] = asdict(report.agreement(reference, graph_scores))
     if full_prompt_scores is not None:  # a cross-encoder has no shared prefix to check
@@ -487,7 +488,7 @@ def _full_prompt_scores(reranker: Reranker, pair_ids: list[list[int]]) -> np.nda
     return reranker.score_encoded([pair_ids[i] for i in _full_prompt_pairs()])
 
 
-def _verdict(comparisons: dict[str, dict], quantize: str) -> tuple[bool, list[str]]:
+def _verdict(comparisons: dict[str, dict[str, Any]], quantize: str) -> tuple[bool, list[str]]:
     """Whether the hard checks pass, and warnings. Hard: the fp32 graph equals the fp32 reference (a quantized
     graph written without an fp32 graph: ranks like it at all, Spearman >= BROKEN_SPEARMAN), the reference
     equals PyTorch where both ran, and a shared prefix equals full prompts."""
@@ -567,7 +568,7 @@ def _backend_checks(
     prefix_lengths: list[int],
     reference: np.ndarray,
     all_backends: bool,
-) -> dict:
+) -> dict[str, Any]:
     """The artifact on what `backend="auto"` picks here (with all_backends: on every OpenVINO precision this
     machine runs natively) against the fp32 reference: a user with the real checkpoint sees the agreement on
     their CPU. onnxruntime is checked by the caller."""
@@ -580,7 +581,7 @@ def _backend_checks(
     kind = cpu_class(cpu_flags())
     family = load_artifact(folder).family
     auto = choose("auto", "auto", scheme=scheme, family=family, openvino_installed=installed)
-    checks: dict = {"cpu_class": kind, "auto": auto.describe(), "all_backends": all_backends, "results": {}}
+    checks: dict[str, Any] = {"cpu_class": kind, "auto": auto.describe(), "all_backends": all_backends, "results": {}}
     precisions = _native_precisions(scheme, family) if installed and all_backends else []
     if auto.backend == "openvino" and auto.precision not in precisions:
         precisions.append(auto.precision)
@@ -613,7 +614,7 @@ def _native_precisions(scheme: str, family: str) -> list[str]:
     from rerank_onnx.backends.select import PRECISIONS, choose
     from rerank_onnx.errors import InvalidInputError
 
-    native = []
+    native: list[str] = []
     for precision in (p for p in PRECISIONS if p != "auto"):
         try:
             asked = choose("openvino", precision, scheme=scheme, family=family, openvino_installed=True)
@@ -624,7 +625,7 @@ def _native_precisions(scheme: str, family: str) -> list[str]:
     return native
 
 
-def _backend_agreement(reference: np.ndarray, shared: np.ndarray, full: np.ndarray | None) -> dict:
+def _backend_agreement(reference: np.ndarray, shared: np.ndarray, full: np.ndarray | None) -> dict[str, Any]:
     """A backend's shared-prefix scores against the reference, and against its own full-prompt scores of
     _full_prompt_pairs (0.0 for a model that shares nothing)."""
     sample = _full_prompt_pairs()

@@ -109,7 +109,7 @@ def detect_family(config: dict[str, Any], source: str) -> Family:
     )
 
 
-def template_data(tokenizer: Any, prompt: Prompt, *, model_max_length: int, truncation_side: str) -> dict:
+def template_data(tokenizer: Any, prompt: Prompt, *, model_max_length: int, truncation_side: str) -> dict[str, Any]:
     """The `template` section of rerank_config.json, tokenized piece by piece as the reference does.
 
     `tokenizer` is a `tokenizers.Tokenizer` (the same object whose JSON the artifact ships).

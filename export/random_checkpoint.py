@@ -14,6 +14,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rerank_onnx.errors import MissingDependencyError
 
@@ -99,7 +100,7 @@ def build_qwen2_tokenizer_json(destination: Path, *, qwen3: bool = False) -> Pat
     from tokenizers import AddedToken, normalizers
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
-    converter = TikTokenConverter(
+    converter = TikTokenConverter(  # type: ignore[no-untyped-call]
         vocab_file=str(_qwen_tiktoken_path()), pattern=QWEN2_PATTERN, additional_special_tokens=[]
     )
     tokenizer = converter.converted()
@@ -278,7 +279,7 @@ def build_random_cross_encoder(
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
     hf_tokenizer, special = _encoder_tokenizer(arch)
-    common = {
+    common: dict[str, Any] = {
         "vocab_size": arch.vocab_size or hf_tokenizer.backend_tokenizer.get_vocab_size(),
         "hidden_size": arch.hidden_size,
         "intermediate_size": arch.intermediate_size,
@@ -288,11 +289,14 @@ def build_random_cross_encoder(
         "num_labels": 1,
         "pad_token_id": special["pad"],
     }
+    config: Any  # the architecture's transformers config
     if arch.model_type == "bert":
-        config = transformers.BertConfig(type_vocab_size=2, **common)
+        config = transformers.BertConfig(type_vocab_size=2, **common)  # type: ignore[no-untyped-call]
         model = _seeded(transformers.BertForSequenceClassification, config, seed)
     elif arch.model_type == "xlm-roberta":
-        config = transformers.XLMRobertaConfig(type_vocab_size=1, bos_token_id=0, eos_token_id=2, **common)
+        config = transformers.XLMRobertaConfig(  # type: ignore[no-untyped-call]
+            type_vocab_size=1, bos_token_id=0, eos_token_id=2, **common
+        )
         model = _seeded(transformers.XLMRobertaForSequenceClassification, config, seed)
     else:
         config = transformers.ModernBertConfig(
@@ -315,14 +319,14 @@ def build_random_cross_encoder(
     return destination
 
 
-def _seeded(model_class: type, config: object, seed: int) -> object:
+def _seeded(model_class: type, config: object, seed: int) -> Any:  # a transformers model
     import torch
 
     torch.manual_seed(seed)
     return model_class(config).eval()  # type: ignore[call-arg]
 
 
-def _encoder_tokenizer(arch: EncoderArchitecture) -> tuple[object, dict[str, int]]:
+def _encoder_tokenizer(arch: EncoderArchitecture) -> tuple[Any, dict[str, int]]:  # a transformers fast tokenizer
     """A fast tokenizer of the architecture's kind trained on _CORPUS, with its pair post-processor."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertTokenizerFast, PreTrainedTokenizerFast, XLMRobertaTokenizerFast
@@ -339,7 +343,7 @@ def _encoder_tokenizer(arch: EncoderArchitecture) -> tuple[object, dict[str, int
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
         )
         tokenizer.decoder = decoders.WordPiece()
-        hf = BertTokenizerFast(tokenizer_object=tokenizer, model_max_length=arch.model_max_length)
+        hf: Any = BertTokenizerFast(tokenizer_object=tokenizer, model_max_length=arch.model_max_length)  # type: ignore[no-untyped-call]
         return hf, {"pad": tokenizer.token_to_id("[PAD]"), "cls": cls, "sep": sep}
     if arch.model_type == "xlm-roberta":
         tokenizer = Tokenizer(models.Unigram())
@@ -351,7 +355,7 @@ def _encoder_tokenizer(arch: EncoderArchitecture) -> tuple[object, dict[str, int
         )
         tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
         tokenizer.decoder = decoders.Metaspace()
-        hf = XLMRobertaTokenizerFast(
+        hf = XLMRobertaTokenizerFast(  # type: ignore[no-untyped-call]
             tokenizer_object=tokenizer,
             model_max_length=arch.model_max_length,
             bos_token="<s>",
@@ -375,7 +379,7 @@ def _encoder_tokenizer(arch: EncoderArchitecture) -> tuple[object, dict[str, int
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
     )
     tokenizer.decoder = decoders.ByteLevel()
-    hf = PreTrainedTokenizerFast(
+    hf = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer,
         model_max_length=arch.model_max_length,
         cls_token="[CLS]",

@@ -59,8 +59,9 @@ def reference_scores(
             progress(layer + 1)
     norm = weights.get("model.norm.weight")
     last = _rms_norm(states[np.cumsum(lengths) - 1], norm, shape.eps)
-    logits = last @ direction.T
-    return (logits[:, 0] - logits[:, 1] + offset).astype(np.float32)
+    logits: np.ndarray = last @ direction.T
+    scores: np.ndarray = (logits[:, 0] - logits[:, 1] + offset).astype(np.float32)
+    return scores
 
 
 class _Layer:
@@ -101,7 +102,8 @@ class _Layer:
         sigmoid += 1
         np.divide(gate, sigmoid, out=gate)
         gate *= up
-        return x + _linear(gate, self.down, None)
+        out: np.ndarray = x + _linear(gate, self.down, None)
+        return out
 
 
 def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, groups: int) -> np.ndarray:
@@ -113,19 +115,22 @@ def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, groups: int) -> np.n
     scores = (q @ k.transpose(0, 2, 1)) * np.float32(head_dim**-0.5)  # [heads, tokens, tokens]
     scores += np.triu(np.full((tokens, tokens), np.finfo(np.float32).min, np.float32), 1)
     scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    return ((scores / scores.sum(axis=-1, keepdims=True)) @ v).transpose(1, 0, 2)  # [tokens, heads, head_dim]
+    attended: np.ndarray = (scores / scores.sum(axis=-1, keepdims=True)) @ v
+    result: np.ndarray = attended.transpose(1, 0, 2)  # [tokens, heads, head_dim]
+    return result
 
 
 def _linear(x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None) -> np.ndarray:
     assert weight is not None
-    out = x @ weight.T
+    out: np.ndarray = x @ weight.T
     return out + bias if bias is not None else out
 
 
 def _rms_norm(x: np.ndarray, weight: np.ndarray | None, eps: float) -> np.ndarray:
     assert weight is not None
     variance = np.mean(x * x, axis=-1, keepdims=True)
-    return weight * (x / np.sqrt(variance + np.float32(eps)))
+    normed: np.ndarray = weight * (x / np.sqrt(variance + np.float32(eps)))
+    return normed
 
 
 def _rotate_half(x: np.ndarray) -> np.ndarray:

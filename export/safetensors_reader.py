@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ class SafetensorsWeights:
     `model.safetensors.index.json` names, or every `*.safetensors` file)."""
 
     def __init__(self, folder: Path) -> None:
-        self._where: dict[str, tuple[Path, dict]] = {}
+        self._where: dict[str, tuple[Path, dict[str, Any]]] = {}
         for shard in _shards(folder):
             header, start = _read_header(shard)
             for name, entry in header.items():
@@ -70,14 +71,14 @@ class SafetensorsWeights:
         raw = np.empty((stop - start) * row_bytes, dtype=np.uint8)
         with shard.open("rb") as handle:
             handle.seek(begin)
-            if handle.readinto(memoryview(raw)) != raw.nbytes:
+            if handle.readinto(raw.data) != raw.nbytes:
                 raise ExportError(f"{shard} ends inside tensor {name}: the file is truncated")
         values = raw.view(kind).reshape([stop - start, *shape[1:]] if shape else [])
         if entry["dtype"] == "BF16":  # bf16 is the top half of a float32
             return (values.astype(np.uint32) << 16).view(np.float32)
         return values if kind is np.float32 else values.astype(np.float32)
 
-    def _entry(self, name: str) -> tuple[Path, dict]:
+    def _entry(self, name: str) -> tuple[Path, dict[str, Any]]:
         if name not in self._where:
             raise ExportError(f"the checkpoint has no tensor {name!r}; expected a Qwen2 or Qwen3 checkpoint")
         return self._where[name]
@@ -97,7 +98,7 @@ def _shards(folder: Path) -> list[Path]:
     return shards
 
 
-def _read_header(shard: Path) -> tuple[dict, int]:
+def _read_header(shard: Path) -> tuple[dict[str, Any], int]:
     """The shard's JSON header and the offset its data starts at."""
     try:
         with shard.open("rb") as handle:

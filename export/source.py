@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rerank_onnx.errors import ExportError
 
@@ -26,7 +27,7 @@ class Checkpoint:
     folder: Path
     source: str  # what the user passed: hub id or folder
     revision: str | None  # hub commit, when fetched from the hub
-    config: dict
+    config: dict[str, Any]
 
     @property
     def estimated_max(self) -> float:
@@ -70,12 +71,13 @@ def _revision_of(folder: Path) -> str | None:
     return name if len(name) == 40 and all(c in "0123456789abcdef" for c in name) else None
 
 
-def _read_config(folder: Path) -> dict:
+def _read_config(folder: Path) -> dict[str, Any]:
     path = folder / "config.json"
     if not path.is_file():
         raise ExportError(f"{folder} has no config.json: expected a Hugging Face checkpoint folder")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        config: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return config
     except (OSError, json.JSONDecodeError) as exc:
         raise ExportError(f"cannot read {path}: {exc}") from exc
 

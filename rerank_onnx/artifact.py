@@ -28,7 +28,7 @@ GRAPH_DATA_FILE = "model.onnx.data"
 REPORT_FILE = "export_report.json"
 FORMAT_NAME = "rerank-onnx"
 FORMAT_VERSION = 1
-# the int8 scheme's weight block in artifacts that do not record it (written before Dec 2, 2026)
+# the int8 scheme's weight block in artifacts that do not record it (the exporter's block before it was recorded)
 INT8_BLOCK_UNRECORDED = 32
 
 # The score graph's inputs and outputs (names shared by the exporter and every backend).

@@ -4,7 +4,8 @@ Right padding: each row is its prompt followed by pad tokens up to the width of 
 causal, so in exact arithmetic a row's score does not depend on its neighbours or on how much padding
 follows. Some numerics are not exact in that sense: with bf16 compute, OpenVINO's attention kernels
 block the work by the padded width, and a different blocking flips bf16 roundings that a deep network
-then amplifies (benchmarks/README.md). A session with such numerics declares a `pad_multiple`: every
+then amplifies (docs/backends.md, "Why bf16 needed a change to batching"). A session with such numerics
+declares a `pad_multiple` in its limits: every
 row is padded to the next multiple of it, and a batch holds rows of one width only, so a row computes
 the same bits alone or in any batch.
 
@@ -12,10 +13,7 @@ After a shared prefix of P tokens, the attention runs over the prefix's keys and
 so that the two together reach the width its full prompt is padded to (P + width = the next multiple of
 `pad_multiple` over P + its length), and so attends over as many keys, in the same blocks, as the full prompt.
 Padding the row alone to a multiple left the key count P + width off the full prompt's, and one rounding in
-one layer's attention flipped on some rows: measured Dec 2 (AVX512-BF16 EPYC, Qwen3-Reranker-0.6B's
-architecture, OpenVINO `int8`, a 72-token prefix), a 263-token pair scored 0.0210 after the prefix (192-wide
-suffix: 264 keys) against 0.0573 in full (288), the same keys and values up to layer 6; aligned (216-wide: 288
-keys), exactly 0.0573; 15 other pairs were equal either way.
+one layer's attention flipped on some rows (docs/backends.md, "Why bf16 needed a change to batching").
 """
 
 from __future__ import annotations

@@ -32,6 +32,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rerank-onnx", description="LLM rerankers on a CPU with onnxruntime.")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    info = commands.add_parser(
+        "info",
+        help="this machine's CPU class and what backend='auto' runs on it, per model family and artifact scheme",
+    )
+    info.add_argument("--json", action="store_true", help="one JSON object instead of lines")
+    info.set_defaults(run=_info)
+
     export = commands.add_parser("export", help="convert a Hugging Face checkpoint into an artifact folder")
     export.add_argument("source", help="hub id (e.g. mixedbread-ai/mxbai-rerank-large-v2) or local checkpoint folder")
     export.add_argument("output", help="artifact folder to write")
@@ -151,7 +158,7 @@ def _batch_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 BACKEND_HELP = "inference engine: auto takes the fastest faithful one measured for this CPU class"
-PRECISION_HELP = "OpenVINO's compute precision (auto: the CPU class's measured best, README 'Backends')"
+PRECISION_HELP = "OpenVINO's compute precision (auto: the CPU class's measured best, docs/backends.md)"
 
 
 def _engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -271,6 +278,45 @@ def _serve(args: argparse.Namespace) -> int:
         max_queue_pairs=v["max_queue_pairs"],
     )
     serve(settings, host=v["host"], port=v["port"])
+    return 0
+
+
+INFO_FAMILIES = ("mxbai-rerank-v2", "qwen3-reranker", "cross-encoder")
+INFO_SCHEMES = ("int8", "int8-fast", "none")
+
+
+def _info(args: argparse.Namespace) -> int:
+    """Print the CPU, its class and `auto`'s choice for each family and scheme (docs/backends.md explains the rows)."""
+    import json
+
+    from .backends.openvino import available
+    from .backends.select import choose, machine_summary
+
+    installed = available()
+    picks = {
+        f"{family}, {scheme}": choose("auto", "auto", scheme=scheme, family=family, openvino_installed=installed)
+        for family in INFO_FAMILIES
+        for scheme in INFO_SCHEMES
+    }
+    summary = {**machine_summary(), "openvino_installed": installed}
+    if args.json:
+        choices = {key: {"backend": c.backend, "precision": c.precision} for key, c in picks.items()}
+        print(json.dumps({**summary, "auto": choices}, indent=2))
+        return 0
+    flags = ", ".join(summary["cpu_flags"])  # type: ignore[arg-type]
+    print(f"cpu: {summary['cpu']} ({summary['machine']})")
+    if "planned_class" in summary:
+        print(
+            f"cpu class: {summary['planned_class']}, as RERANK_ONNX_CPU_CLASS asks (this CPU: {summary['cpu_class']})"
+        )
+    else:
+        print(f"cpu class: {summary['cpu_class']}")
+    print(f"cpu flags: {flags}")
+    print(f"openvino: {'installed' if installed else 'not installed (pip install rerank-onnx[openvino])'}")
+    print("backend='auto' runs, per artifact (family, scheme):")
+    for key, choice in picks.items():
+        precision = "" if choice.precision == "stored" else f" {choice.precision}"
+        print(f"  {key}: {choice.backend}{precision}")
     return 0
 
 

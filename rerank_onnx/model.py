@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 
 from .artifact import ArtifactConfig, check_files, load_artifact
-from .backends import GraphSession, ScoreSession, open_backend
+from .backends import ScoreSession, open_backend
 from .backends.cache import file_records_dir
 from .backends.select import Backend, BackendChoice, Precision
 from .cross_encoding import CrossEncoderPairs
@@ -24,12 +24,7 @@ from .scorer import Scorer
 from .template import EncodedPairs, PairEncoder, load_tokenizer
 from .validate import check_bool, check_positive_int, check_prefix_lengths
 
-# padded tokens per batch for a custom session; "auto" takes the engine's own (onnxruntime 4,096, OpenVINO 1,024)
-DEFAULT_MAX_BATCH_TOKENS = 4096
 DEFAULT_MAX_BATCH_SIZE = 32
-# A prompt longer than this runs in slices of this many tokens (attention memory: slice x length); "auto"
-# takes the engine's own measured size (backends: onnxruntime 512, OpenVINO 1024), this for custom sessions.
-DEFAULT_SLICE_TOKENS = 1024
 
 
 class LoadedModel:
@@ -227,41 +222,19 @@ def _open_scorer(
         session, choice = open_backend(
             config, backend=backend, precision=precision, threads=threads, cache_dir=cache_dir
         )
-        if slice_tokens != "auto":  # the caller's slices (or one piece) for every long row, in this process
-            session.whole_row_tokens = None
+    limits = session.limits  # what "auto" resolves to: the engine's own (backends/protocols.py)
     scorer = Scorer(
         session,
         pad_id=config.pad_token_id,
         chat_prefix=config.template.prefix_ids if config.template else (),
-        max_batch_tokens=_batch_budget(max_batch_tokens, session),
+        max_batch_tokens=limits.batch_tokens if max_batch_tokens == "auto" else max_batch_tokens,
         max_batch_size=max_batch_size,
         share_prefix=share_prefix,
-        pad_multiple=session.pad_multiple if isinstance(session, GraphSession) else 1,
-        max_batch_context=_context_budget(max_batch_tokens, session),
-        slice_tokens=_slice_size(slice_tokens, session),
-        whole_row_tokens=session.whole_row_tokens if isinstance(session, GraphSession) else None,
+        pad_multiple=limits.pad_multiple,
+        # a budget asked for has no bound on what a batch attends over: the caller sized the batches
+        max_batch_context=limits.batch_context if max_batch_tokens == "auto" else None,
+        slice_tokens=limits.slice_tokens if slice_tokens == "auto" else slice_tokens,
+        # slices asked for (or one piece) keep every long row in this process, off the whole-row path
+        whole_row_tokens=limits.whole_row_tokens if slice_tokens == "auto" else None,
     )
     return scorer, choice
-
-
-def _slice_size(asked: int | Literal["auto"] | None, session: ScoreSession) -> int | None:
-    """The slice asked for, or with "auto" the engine's measured one (a custom session: the default)."""
-    if asked != "auto":
-        return asked
-    return session.slice_tokens if isinstance(session, GraphSession) else DEFAULT_SLICE_TOKENS
-
-
-def _context_budget(asked_tokens: int | Literal["auto"], session: ScoreSession) -> int | None:
-    """With max_batch_tokens "auto", the engine's bound on what a batch attends over; a budget asked for (or a
-    custom session) has none: the caller sized the batches."""
-    if asked_tokens != "auto" or not isinstance(session, GraphSession):
-        return None
-    return session.batch_context
-
-
-def _batch_budget(asked: int | Literal["auto"], session: ScoreSession) -> int:
-    """The padded tokens per batch asked for, or with "auto" the engine's measured budget (a custom session:
-    the default)."""
-    if asked != "auto":
-        return asked
-    return session.batch_tokens if isinstance(session, GraphSession) else DEFAULT_MAX_BATCH_TOKENS

@@ -14,7 +14,7 @@ from dataclasses import KW_ONLY, dataclass, field
 
 import numpy as np
 
-from .backends import GraphSession, Prefix, PrefixScoreSession, ScoreSession, SegmentScoreSession
+from .backends import Prefix, PrefixScoreSession, ScoreSession, SegmentScoreSession, WholeRowScoreSession
 from .batching import pad_batch, plan_batches, plan_shared_prefixes, split_long
 from .errors import InvalidInputError, ScoringError
 
@@ -115,8 +115,9 @@ class Scorer:
         progress = _Progress(len(input_ids), show=show_progress)
         whole, groups, alone = self._plan(input_ids, prefix_lengths, segments is not None)
         for i in whole:
+            assert isinstance(self.session, WholeRowScoreSession)  # only its limits set whole_row_tokens
             ids, lengths = pad_batch([input_ids[i]], pad_id=self.pad_id, pad_multiple=self.pad_multiple)
-            scores[i] = self.session.run(ids, lengths)[0]
+            scores[i] = self.session.run_whole(ids, lengths)[0]
             progress.advance(1)
         for shared, members in groups:
             assert isinstance(self.session, PrefixScoreSession)  # computes_shared_prefix checked it
@@ -124,8 +125,7 @@ class Scorer:
             self._score_rows(input_ids, members, shared, prefix, batch_size, scores, progress)
         self._score_rows(input_ids, alone, 0, None, batch_size, scores, progress, segments)
         progress.close()
-        if isinstance(self.session, GraphSession):
-            self.session.release_memory()
+        self.session.release_memory()
         return scores
 
     def _plan(

@@ -61,7 +61,7 @@ class ServerSettings:
     precision: Precision = "auto"
     limits: Limits = field(default_factory=Limits)
     max_body_bytes: int = 2 * 1024 * 1024
-    # Off by default: on a 2-core AVX2 box it measured no throughput or p95 gain (benchmarks/README.md).
+    # Off by default: where it was measured it gained neither throughput nor p95 (docs/serving.md)
     coalesce_ms: float = 0.0
     max_queue_pairs: int = 4096
 

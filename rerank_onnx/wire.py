@@ -1,8 +1,8 @@
 """The rerank wire formats as declared models (msgspec): what each route takes and answers, and the
 OpenAPI document built from them.
 
-msgspec rather than pydantic: the serverless handler pays the import on every cold start (measured
-here: ~45 ms for msgspec, ~70 ms for pydantic before its models are built), and msgspec validates
+msgspec rather than pydantic: the serverless handler pays the import on every cold start (msgspec's is the
+lighter), and msgspec validates
 the decoded body and writes the JSON Schema from the same declarations. Type errors come back in
 the project's "field: expected X, got Y" form (`validation_message`); the checks that need more than
 types (limits, rank_fields, value ranges) stay in protocol.py.

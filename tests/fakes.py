@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from rerank_onnx.backends import Prefix
+from rerank_onnx.backends import Limits, Prefix
+
+
+class FakeSession:
+    """What every score session has besides `run`: default limits, and nothing to give back."""
+
+    limits = Limits()
+
+    def release_memory(self) -> None:
+        pass
 
 
 def full_score(ids: list[int]) -> float:
@@ -12,7 +21,7 @@ def full_score(ids: list[int]) -> float:
     return float(sum((i + 1) * t for i, t in enumerate(ids)) % 100_003) + len(ids) / 1000
 
 
-class PrefixFake:
+class PrefixFake(FakeSession):
     """Score depends on every token and its position; a Prefix carries its token ids in `keys`."""
 
     def __init__(self) -> None:
@@ -23,6 +32,9 @@ class PrefixFake:
     def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         self.full_rows += len(lengths)
         return np.array([full_score(list(row[:n])) for row, n in zip(input_ids, lengths)], dtype=np.float32)
+
+    def run_whole(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        return self.run(input_ids, lengths)
 
     def prefill(self, input_ids: np.ndarray, after: Prefix | None = None) -> Prefix:
         assert input_ids.shape[0] == 1

@@ -32,6 +32,7 @@ def test_public_surface_is_small() -> None:
     assert issubclass(InputTooLongError, InvalidInputError) and issubclass(InvalidInputError, ValueError)
 
 
+@pytest.mark.subprocess
 def test_import_loads_no_heavy_dependency(fp32_artifact: Path) -> None:
     code = (
         "import sys, rerank_onnx\n"
@@ -149,14 +150,20 @@ def test_auto_keeps_every_cpu_class_on_a_path_it_can_run(kind: str) -> None:
 def test_a_family_measured_less_faithful_on_its_class_row_takes_its_own() -> None:
     """Cross-encoders lost agreement to OpenVINO's int8 activations on AVX512-BF16 CPUs where mxbai did not:
     auto (and backend="openvino" alone) gives them bf16 there, and every other class keeps its row."""
-    from rerank_onnx.backends.select import AUTO_TABLE, FAMILY_ROWS, choose
+    from rerank_onnx.backends.select import AUTO_ROWS, choose
 
-    assert ("cross-encoder", "avx512-bf16") in FAMILY_ROWS
+    own_rows = [row for row in AUTO_ROWS if row.family != "*"]
+    assert [(row.family, row.cpu_class) for row in own_rows] == [("cross-encoder", "avx512-bf16")]
     for kind, flags in CPU_FLAGS.items():
         for family in ("mxbai-rerank-v2", "qwen3-reranker", "cross-encoder"):
             auto = choose("auto", "auto", scheme="int8", family=family, flags=flags, openvino_installed=True)
-            row = FAMILY_ROWS.get((family, kind), AUTO_TABLE[kind])
-            assert (auto.backend, auto.precision, auto.reason) == (row.backend, row.precision, row.evidence)
+            row = next(
+                r
+                for r in own_rows + [r for r in AUTO_ROWS if r.family == "*"]
+                if r.scheme == "int8" and r.cpu_class == kind and r.family in (family, "*")
+            )
+            assert (auto.backend, auto.precision) == (row.backend, row.precision)
+            assert auto.reason == f"{row.evidence} row, docs/backends.md#{row.evidence}"
             if auto.backend == "openvino":
                 alone = choose("openvino", "auto", scheme="int8", family=family, flags=flags, openvino_installed=True)
                 assert alone.precision == auto.precision
@@ -282,3 +289,17 @@ def test_predict_takes_pairs_as_a_cross_encoder_does(fp32_reranker: Reranker) ->
     expected = fp32_reranker.predict(queries, documents)
     np.testing.assert_array_equal(fp32_reranker.predict(list(zip(queries, documents))), expected)
     np.testing.assert_array_equal(fp32_reranker.predict([list(p) for p in zip(queries, documents)]), expected)
+
+
+def test_every_auto_row_points_at_its_evidence_in_the_docs() -> None:
+    """Each row of `auto`'s table names a section of docs/backends.md (GitHub's anchor of a heading), and the
+    table there lists every row: the data and its write-up cannot drift apart unnoticed."""
+    import re
+
+    from rerank_onnx.backends.select import AUTO_ROWS
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "backends.md").read_text(encoding="utf-8")
+    anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in re.findall(r"^#+ (.+)$", doc, re.M)}
+    for row in AUTO_ROWS:
+        assert row.evidence in anchors, row
+        assert f"[`{row.evidence}`](#{row.evidence})" in doc, row

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import FakeSession
 
 from rerank_onnx import Reranker
 from rerank_onnx.batching import pad_batch, plan_batches
 
 
-class RecordingSession:
+class RecordingSession(FakeSession):
     """Fake graph: a row's score is a function of its real tokens only; records the batches it saw."""
 
     def __init__(self) -> None:
@@ -80,7 +81,7 @@ def test_scores_come_back_in_input_order(fp32_artifact: Path) -> None:
 
 
 def test_rank_orders_by_score_then_index_and_applies_top_k(fp32_artifact: Path) -> None:
-    class Fixed:
+    class Fixed(FakeSession):
         def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
             # score by document length bucket: ties on purpose
             return (lengths % 3).astype(np.float32)

@@ -128,6 +128,7 @@ def test_v1_rerank_takes_max_chunks_per_doc(fp32_artifact: Path, short: Reranker
     assert all("chunk" not in r for r in plain.json()["results"])
 
 
+@pytest.mark.subprocess
 def test_the_cli_chunks_long_documents(fp32_artifact: Path, tmp_path: Path) -> None:
     from test_cli import _run
 

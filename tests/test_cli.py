@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from rerank_onnx import Reranker
 
@@ -19,6 +20,7 @@ def _run(args: list[str], *, stdin: str | None = None, env: dict | None = None) 
     return subprocess.run(CLI + args, input=stdin, capture_output=True, text=True, env={**os.environ, **(env or {})})
 
 
+@pytest.mark.subprocess
 def test_export_then_rank_from_a_file(tmp_path: Path, tiny_checkpoint: Path) -> None:
     out = tmp_path / "artifact"
     done = _run(["export", str(tiny_checkpoint), str(out), "--quantize", "none"])
@@ -44,6 +46,7 @@ def test_export_then_rank_from_a_file(tmp_path: Path, tiny_checkpoint: Path) -> 
     assert results[0]["document"] == expected[0].document
 
 
+@pytest.mark.subprocess
 def test_rank_reads_stdin_and_prints_a_table(fp32_artifact: Path) -> None:
     ranked = _run(["rank", str(fp32_artifact), "--query", "q", "-", "--normalize"], stdin="one\ntwo\nthree\n")
     assert ranked.returncode == 0, ranked.stderr
@@ -53,6 +56,7 @@ def test_rank_reads_stdin_and_prints_a_table(fp32_artifact: Path) -> None:
     assert all(0.0 < float(r[1]) < 1.0 for r in rows)
 
 
+@pytest.mark.subprocess
 def test_cli_errors_are_one_line_and_exit_nonzero(tmp_path: Path) -> None:
     missing = _run(["rank", str(tmp_path / "nope"), "--query", "q", "-"], stdin="a\n")
     assert missing.returncode == 2 and missing.stderr.startswith("error: artifact folder")
@@ -66,6 +70,7 @@ def test_cli_errors_are_one_line_and_exit_nonzero(tmp_path: Path) -> None:
     assert "Traceback" not in offline.stderr
 
 
+@pytest.mark.subprocess
 def test_bad_environment_only_matters_to_serve(tmp_path: Path, fp32_artifact: Path) -> None:
     # Kubernetes sets RERANK_ONNX_PORT=tcp://IP:PORT for a Service named rerank-onnx
     env = {"RERANK_ONNX_PORT": "tcp://10.0.0.1:8080", "RERANK_ONNX_THREADS": "abc", "RERANK_ONNX_COALESCE_MS": "x"}
@@ -79,6 +84,7 @@ def test_bad_environment_only_matters_to_serve(tmp_path: Path, fp32_artifact: Pa
     ]
 
 
+@pytest.mark.subprocess
 def test_invalid_utf8_is_one_error_line(fp32_artifact: Path) -> None:
     def run(args: list[str], stdin: bytes) -> subprocess.CompletedProcess:
         return subprocess.run(CLI + args, input=stdin, capture_output=True)
@@ -94,3 +100,21 @@ def test_invalid_utf8_is_one_error_line(fp32_artifact: Path) -> None:
         done = run(args, stdin)
         assert done.returncode == 2 and done.stderr.startswith(message) and b"Traceback" not in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.openvino
+@pytest.mark.subprocess
+def test_info_says_what_auto_runs_on_the_planned_class() -> None:
+    """`info` reads the CPU as `auto` does: planned for AVX2, the int8 artifact runs OpenVINO's fp32 compute
+    of its int8 weights (the avx2 row), an int8-fast artifact onnxruntime; the text form names the class."""
+    done = _run(["info", "--json"], env={"RERANK_ONNX_CPU_CLASS": "avx2"})
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["planned_class"] == "avx2" and info["openvino_installed"] is True
+    assert info["auto"]["mxbai-rerank-v2, int8"] == {"backend": "openvino", "precision": "fp32"}
+    assert info["auto"]["qwen3-reranker, int8-fast"] == {"backend": "onnxruntime", "precision": "stored"}
+    text = _run(["info"], env={"RERANK_ONNX_CPU_CLASS": "avx2"})
+    assert text.returncode == 0 and "cpu class: avx2, as RERANK_ONNX_CPU_CLASS asks" in text.stdout
+    assert "  mxbai-rerank-v2, int8: openvino fp32" in text.stdout
+    bad = _run(["info"], env={"RERANK_ONNX_CPU_CLASS": "pentium"})
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1

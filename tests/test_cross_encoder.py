@@ -74,6 +74,7 @@ def _reference(oracle: object, pairs: list[tuple[str, str]], *, raw: bool) -> np
     return np.asarray(oracle.predict(pairs, batch_size=7, activation_fn=activation))  # type: ignore[attr-defined]
 
 
+@pytest.mark.openvino
 @pytest.mark.parametrize("engine", ENGINES)
 def test_scores_equal_crossencoder(kind: str, engine: tuple[str, str], fp32_artifacts: dict, oracles: dict) -> None:
     backend, precision = engine
@@ -119,12 +120,13 @@ def test_token_types_reach_the_graph(fp32_artifacts: dict) -> None:
     )
 
 
+@pytest.mark.openvino
 def test_openvino_batches_encoder_graphs_in_larger_runs(fp32_artifacts: dict) -> None:
     """An encoder graph keeps no keys and values per token: OpenVINO's default budget for it is onnxruntime's,
     not the 1,024 tokens a decoder's present outputs need, and a budget the caller asks for still wins."""
-    from rerank_onnx.backends.openvino import ENCODER_BATCH_TOKENS, OpenVinoEngine
+    from rerank_onnx.backends.openvino import ENCODER_BATCH_TOKENS, LIMITS
 
-    assert OpenVinoEngine.batch_tokens < ENCODER_BATCH_TOKENS
+    assert LIMITS.batch_tokens < ENCODER_BATCH_TOKENS
     encoder = Reranker(fp32_artifacts["bert-tiny"], backend="openvino", precision="fp32")._scorer
     assert encoder.max_batch_tokens == ENCODER_BATCH_TOKENS
     asked = Reranker(fp32_artifacts["bert-tiny"], backend="openvino", precision="fp32", max_batch_tokens=300)
@@ -172,6 +174,7 @@ def _integer_weight_matmuls(model: object) -> int:
     return sum(1 for n in ops if n.get_type_name() == "MatMul" and _integer_weights(n))
 
 
+@pytest.mark.openvino
 def test_openvino_bf16_multiplies_an_encoders_int8_weights_stored_as_bf16(
     int8_bert: Path, fp32_artifacts: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -178,6 +178,7 @@ def test_unsupported_architecture_is_refused(tmp_path: Path, tiny_checkpoint: Pa
         export_checkpoint(str(other), tmp_path / "out", log=lambda m: None)
 
 
+@pytest.mark.subprocess
 def test_wheel_installs_no_bare_export_package(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[1]
     subprocess.run(
@@ -202,6 +203,7 @@ def test_wheel_installs_no_bare_export_package(tmp_path: Path) -> None:
     assert {"rerank_onnx", "rerank_onnx_export"} <= top_level
 
 
+@pytest.mark.openvino
 def test_export_report_checks_what_auto_runs_here(int8_artifact: Path, fp32_artifact: Path) -> None:
     from rerank_onnx.backends.select import choose, cpu_class, cpu_flags
 
@@ -219,6 +221,7 @@ def test_export_report_checks_what_auto_runs_here(int8_artifact: Path, fp32_arti
             assert check["shared_prefix_vs_full_max_abs_diff"] < 1e-3, name
 
 
+@pytest.mark.openvino
 def test_export_report_can_check_every_backend_this_machine_runs(tiny_checkpoint: Path, tmp_path: Path) -> None:
     from rerank_onnx_export.pipeline import export_checkpoint
 
@@ -244,6 +247,7 @@ def _broken_copy(tiny_checkpoint: Path, tmp_path: Path, name: str) -> Path:
     return copy
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("defect", ["hidden_size", "sliding_window", "tokenizer"])
 def test_a_failed_export_leaves_nothing_and_says_why_in_one_line(
     tiny_checkpoint: Path, tmp_path: Path, defect: str
@@ -289,6 +293,7 @@ WITHOUT_TORCH = (
 )
 
 
+@pytest.mark.subprocess
 def test_the_decoder_export_needs_no_torch_and_writes_the_same_artifact(
     int8_artifact: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -306,6 +311,7 @@ def test_the_decoder_export_needs_no_torch_and_writes_the_same_artifact(
     assert slim["template"] == full["template"]
 
 
+@pytest.mark.subprocess
 def test_a_cross_encoder_without_its_extra_is_one_error_line(tmp_path: Path) -> None:
     from rerank_onnx_export.random_checkpoint import build_random_cross_encoder
 

@@ -64,6 +64,7 @@ def test_a_changed_checkpoint_is_exported_again(tiny_checkpoint: Path, tmp_path:
     assert len(list((cache / "artifacts").glob("*/rerank_config.json"))) == 2
 
 
+@pytest.mark.subprocess
 def test_a_hub_id_from_an_offline_hub_cache_and_two_processes_export_once(
     tiny_checkpoint: Path, int8_artifact: Path, tmp_path: Path
 ) -> None:
@@ -88,6 +89,7 @@ def test_a_hub_id_from_an_offline_hub_cache_and_two_processes_export_once(
     assert "exporting" not in err
 
 
+@pytest.mark.subprocess
 def test_without_the_export_extra_a_checkpoint_is_one_clear_error(tiny_checkpoint: Path, tmp_path: Path) -> None:
     script = (
         "import sys\n"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import FakeSession
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
@@ -89,6 +90,7 @@ def _damage(folder: Path) -> None:
     data.write_bytes(bytes(content))
 
 
+@pytest.mark.openvino
 def test_damaged_weights_are_a_load_error_naming_the_file(fp32_artifact: Path, tmp_path: Path) -> None:
     copy = Path(shutil.copytree(fp32_artifact, tmp_path / "art"))
     _damage(copy)
@@ -103,6 +105,7 @@ def test_damaged_weights_are_a_load_error_naming_the_file(fp32_artifact: Path, t
         Reranker(tokenizer.parent, compile_cache=False)
 
 
+@pytest.mark.openvino
 @pytest.mark.skipif(not openvino_available(), reason="the compile cache is OpenVINO's")
 @pytest.mark.parametrize("healthy_first", [True, False], ids=["healthy-then-damaged", "damaged-then-healthy"])
 def test_the_compile_cache_never_serves_other_weights(fp32_artifact: Path, tmp_path: Path, healthy_first: bool) -> None:
@@ -147,7 +150,7 @@ def test_a_file_is_hashed_once_per_state(fp32_artifact: Path, tmp_path: Path, mo
     assert hashed == [GRAPH_DATA_FILE]
 
 
-class NaNSession:
+class NaNSession(FakeSession):
     def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         scores = np.zeros(len(lengths), dtype=np.float32)
         scores[-1] = np.nan
@@ -198,7 +201,7 @@ HOSTILE_BODIES = [
 ]
 
 
-class CountingSession:
+class CountingSession(FakeSession):
     """Counts the graph runs, so that a test can say a request was refused before inference."""
 
     def __init__(self) -> None:
@@ -313,6 +316,7 @@ def test_exporting_into_the_checkpoint_is_refused(tiny_checkpoint: Path, tmp_pat
     assert sorted(p.name for p in source.iterdir()) == before
 
 
+@pytest.mark.subprocess
 def test_sigterm_during_export_leaves_no_partial_folder(tiny_checkpoint: Path, tmp_path: Path) -> None:
     output = tmp_path / "out"
     partial = tmp_path / "out.partial"
@@ -334,6 +338,7 @@ def test_sigterm_during_export_leaves_no_partial_folder(tiny_checkpoint: Path, t
 # --- 11: inputs far larger than what is scored ---------------------------------------------------------------
 
 
+@pytest.mark.subprocess
 def test_a_100_mb_one_line_document_is_cut_before_tokenizing(fp32_artifact: Path, tmp_path: Path) -> None:
     document = tmp_path / "one-line.txt"
     with document.open("w") as handle:

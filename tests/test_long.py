@@ -31,6 +31,7 @@ def test_sliced_scores_equal_one_piece_scores_on_the_graph(fp32_artifact: Path) 
         )
 
 
+@pytest.mark.openvino
 def test_auto_slices_and_budgets_follow_the_engine_and_bad_sizes_are_refused(fp32_artifact: Path) -> None:
     from rerank_onnx.errors import InvalidInputError
 
@@ -85,6 +86,7 @@ def _probe(artifact: Path, slice_tokens: str, engine: tuple[str, str]) -> dict[s
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.openvino
 @pytest.mark.parametrize("engine", ENGINES)
 def test_an_8k_pair_stays_within_a_memory_bound(fp32_artifact: Path, engine) -> None:
     sliced = _probe(fp32_artifact, "1024", engine)
@@ -95,6 +97,7 @@ def test_an_8k_pair_stays_within_a_memory_bound(fp32_artifact: Path, engine) -> 
     assert sliced["peak"] - sliced["before"] < (whole["peak"] - whole["before"]) / 3, (sliced, whole)
 
 
+@pytest.mark.openvino
 @pytest.mark.parametrize("engine", ENGINES)
 def test_the_memory_of_an_8k_pair_is_given_back(fp32_artifact: Path, engine) -> None:
     sliced = _probe(fp32_artifact, "1024", engine)
@@ -102,6 +105,7 @@ def test_the_memory_of_an_8k_pair_is_given_back(fp32_artifact: Path, engine) -> 
     assert sliced["after"] - sliced["before"] < 0.15 * sliced["before"], sliced
 
 
+@pytest.mark.openvino
 def test_openvino_runs_an_8k_pair_whole_in_a_child_process_within_the_bound(fp32_artifact: Path) -> None:
     auto = _probe(fp32_artifact, "auto", ("openvino", "fp32"))
     # the pair ran in the child (openvino_whole.py) while this process had dropped its compiled model; the two
@@ -111,6 +115,7 @@ def test_openvino_runs_an_8k_pair_whole_in_a_child_process_within_the_bound(fp32
     assert auto["after"] - auto["before"] < 0.15 * auto["before"], auto
 
 
+@pytest.mark.openvino
 def test_a_failing_long_prompt_process_is_a_model_load_error(tmp_path: Path) -> None:
     from rerank_onnx.backends.openvino import Compilation
     from rerank_onnx.backends.openvino_whole import WholeRowProcess
@@ -125,6 +130,7 @@ def test_a_failing_long_prompt_process_is_a_model_load_error(tmp_path: Path) -> 
     child.close()
 
 
+@pytest.mark.openvino
 def test_a_long_prompt_process_killed_mid_call_says_so(fp32_artifact: Path, monkeypatch) -> None:
     import signal
 
@@ -164,6 +170,7 @@ def test_only_long_attention_counts_as_a_large_run() -> None:
     assert is_large(feeds(8, 512, 40)) and is_large(feeds(1, 1024, 4096)) and is_large(feeds(1, 8192, None))
 
 
+@pytest.mark.openvino
 @pytest.mark.parametrize("engine", ENGINES)
 def test_the_engine_builds_its_model_again_after_a_long_prompt_and_scores_the_same(fp32_artifact: Path, engine) -> None:
     from rerank_onnx.backends.memory import Rebuildable
@@ -184,6 +191,7 @@ def test_the_engine_builds_its_model_again_after_a_long_prompt_and_scores_the_sa
     assert model.rebuilds == 1
 
 
+@pytest.mark.openvino
 def test_a_failed_background_build_is_retried_on_the_next_use() -> None:
     from rerank_onnx.backends.memory import Rebuildable
     from rerank_onnx.errors import ModelLoadError
@@ -207,6 +215,7 @@ def test_a_failed_background_build_is_retried_on_the_next_use() -> None:
     assert model.get() == 3 and len(builds) == 3  # the failed background build, then one here
 
 
+@pytest.mark.openvino
 def test_openvino_presents_from_new_token_outputs_equal_the_exported_presents(fp32_artifact: Path) -> None:
     # OpenVINO compiles the graph with each layer's new keys and values as outputs (openvino_graph.py) and
     # joins them with the past; onnxruntime runs the presents as exported
@@ -226,6 +235,7 @@ def test_openvino_presents_from_new_token_outputs_equal_the_exported_presents(fp
         np.testing.assert_allclose(got.values, want.values, atol=1e-4)
 
 
+@pytest.mark.openvino
 def test_openvino_keeps_the_rewritten_graph_in_the_cache_folder(fp32_artifact: Path, tmp_path: Path) -> None:
     query, documents = "where do rivers flood?", ["rivers flood in spring", "a recipe for bread"]
     first = Reranker(fp32_artifact, backend="openvino", precision="fp32", cache_dir=tmp_path)
@@ -240,6 +250,7 @@ def test_openvino_keeps_the_rewritten_graph_in_the_cache_folder(fp32_artifact: P
     np.testing.assert_array_equal(second.predict([query] * 2, documents), first.predict([query] * 2, documents))
 
 
+@pytest.mark.openvino
 def test_two_copies_of_one_artifact_share_their_cache_folder(fp32_artifact: Path, tmp_path: Path) -> None:
     import shutil
 
@@ -251,6 +262,7 @@ def test_two_copies_of_one_artifact_share_their_cache_folder(fp32_artifact: Path
     assert len(written) == 1 and sorted((tmp_path / "cache").glob("openvino/*/new-kv-*/scores.xml")) == written
 
 
+@pytest.mark.openvino
 def test_a_changed_rewrite_replaces_what_the_old_one_left_in_the_cache(
     fp32_artifact: Path, tmp_path: Path, monkeypatch
 ) -> None:
@@ -273,6 +285,7 @@ def test_a_changed_rewrite_replaces_what_the_old_one_left_in_the_cache(
     assert len(reranker.predict(["q"], ["a document"])) == 1
 
 
+@pytest.mark.openvino
 def test_openvino_compiles_from_memory_and_leaves_no_partial_file_when_the_graph_cannot_be_written(
     fp32_artifact: Path, tmp_path: Path, monkeypatch
 ) -> None:
@@ -299,6 +312,7 @@ def _runtime_ops(compiled: object) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.openvino
 def test_openvino_fuses_the_stateful_graph_into_its_attention_kernel(fp32_artifact: Path) -> None:
     import openvino
 
@@ -322,13 +336,14 @@ def test_openvino_fuses_the_stateful_graph_into_its_attention_kernel(fp32_artifa
     assert not stateful_attention(plain)
 
 
+@pytest.mark.openvino
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_openvino_scores_rows_whole_as_in_slices_and_alone_as_in_a_batch(fp32_artifact: Path, precision: str) -> None:
-    from rerank_onnx.artifact import INPUT_IDS, LENGTHS, PAST_KEYS, PAST_VALUES, SCORES
+    from rerank_onnx.artifact import INPUT_IDS, LENGTHS, PAST_KEYS, PAST_VALUES
 
     reranker = Reranker(fp32_artifact, backend="openvino", precision=precision, compile_cache=False)
     engine = reranker._scorer.session._engine  # type: ignore[attr-defined]
-    threshold = engine.whole_row_tokens
+    threshold = engine.limits.whole_row_tokens
     assert threshold is not None and reranker._scorer.whole_row_tokens == threshold
     rng = np.random.default_rng(0)
     width = threshold + 64
@@ -336,11 +351,8 @@ def test_openvino_scores_rows_whole_as_in_slices_and_alone_as_in_a_batch(fp32_ar
     lengths = np.array([width, width - 40, width - 7], dtype=np.int64)
     past = reranker._scorer.session.empty_prefix  # type: ignore[attr-defined]
     feeds = {INPUT_IDS: ids, LENGTHS: lengths, PAST_KEYS: past.keys, PAST_VALUES: past.values}
-    assert engine._runs_whole(feeds, [SCORES])
-    (batch,) = engine.run(feeds, [SCORES])
-    alone = [
-        engine.run({**feeds, INPUT_IDS: ids[i : i + 1], LENGTHS: lengths[i : i + 1]}, [SCORES])[0][0] for i in range(3)
-    ]
+    batch = engine.run_whole(feeds)
+    alone = [engine.run_whole({**feeds, INPUT_IDS: ids[i : i + 1], LENGTHS: lengths[i : i + 1]})[0] for i in range(3)]
     # every row of a batch gets its own attention mask (the plugin's bf16 kernel misread a shared one)
     np.testing.assert_allclose(batch, alone, atol=1e-4 if precision == "fp32" else 2e-2)
     engine.release_memory()

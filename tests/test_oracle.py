@@ -171,9 +171,25 @@ def _assert_faithful(reranker: Reranker, oracle, int8_artifact: Path, fp32_artif
     assert spearman(fp32, shared) >= spearman(fp32, blockwise) - 0.005, reranker.backend.describe()
 
 
-def test_the_default_path_is_faithful(oracle, int8_artifact, fp32_artifact) -> None:
-    """What `Reranker(artifact)` runs on this CPU (backend="auto")."""
-    _assert_faithful(Reranker(int8_artifact), oracle, int8_artifact, fp32_artifact)
+def _runnable_classes() -> list[str]:
+    """Every CPU class this CPU can run the path of (its own and the less capable ones)."""
+    from rerank_onnx.backends.select import CLASS_ORDER, cpu_class, cpu_flags
+
+    return list(CLASS_ORDER[: CLASS_ORDER.index(cpu_class(cpu_flags())) + 1])
+
+
+@pytest.mark.openvino
+@pytest.mark.parametrize("planned", _runnable_classes())
+def test_the_default_path_is_faithful(oracle, int8_artifact, fp32_artifact, planned, monkeypatch) -> None:
+    """What `Reranker(artifact)` runs (backend="auto") on each CPU class this CPU can plan for: every row of
+    `auto`'s table that can run here, not only this CPU's own. The `other` row is onnxruntime's blockwise int8
+    itself, so there only its batch independence is at stake; every other row runs another engine or numerics."""
+    from rerank_onnx.backends.select import CPU_CLASS_ENV
+
+    monkeypatch.setenv(CPU_CLASS_ENV, planned)
+    reranker = Reranker(int8_artifact)
+    assert reranker.backend is not None and reranker.backend.cpu_class == planned
+    _assert_faithful(reranker, oracle, int8_artifact, fp32_artifact)
 
 
 def _planned_int8_classes() -> list[str | None]:
@@ -184,6 +200,7 @@ def _planned_int8_classes() -> list[str | None]:
     return [None, "avx512-vnni"] if cpu_class(cpu_flags()) in BF16_CLASSES else [None]
 
 
+@pytest.mark.openvino
 @pytest.mark.parametrize("planned", _planned_int8_classes())
 def test_openvino_int8_activations_are_faithful_in_any_batch(
     oracle, int8_artifact, fp32_artifact, planned, monkeypatch

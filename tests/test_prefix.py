@@ -7,6 +7,7 @@ with a shared prefix equal scores of full prompts (and, through test_oracle, the
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from rerank_onnx.metrics import Metrics
 from rerank_onnx.scheduler import Scheduler
 
 
+@pytest.mark.openvino
 def test_the_fake_and_every_engine_satisfy_the_protocol(fp32_artifact: Path) -> None:
     assert isinstance(PrefixFake(), PrefixScoreSession)
     for backend, precision in (p.values[0] for p in ENGINES):
@@ -123,6 +125,7 @@ DOCUMENTS = [
 ]
 
 
+@pytest.mark.openvino
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("instruction", [None, "Prefer short answers."])
 def test_fp32_shared_prefix_equals_full_prompts(
@@ -178,6 +181,7 @@ def _plain_graph(path: Path, inputs: list[str]) -> Path:
     return path
 
 
+@pytest.mark.openvino
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_graph_without_past_inputs_runs_in_full(tmp_path: Path, engine: tuple[str, str]) -> None:
     session = open_session(_plain_graph(tmp_path / "old.onnx", ["input_ids", "lengths"]), choice(*engine), threads=1)
@@ -186,6 +190,7 @@ def test_a_graph_without_past_inputs_runs_in_full(tmp_path: Path, engine: tuple[
     np.testing.assert_array_equal(session.run(ids, np.array([3, 1], dtype=np.int64)), [3.0, 1.0])
 
 
+@pytest.mark.openvino
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_graph_with_other_inputs_is_refused(tmp_path: Path, engine: tuple[str, str]) -> None:
     odd = _plain_graph(tmp_path / "odd.onnx", ["input_ids", "lengths", "token_type_ids"])
@@ -193,6 +198,7 @@ def test_a_graph_with_other_inputs_is_refused(tmp_path: Path, engine: tuple[str,
         open_session(odd, choice(*engine), threads=1)
 
 
+@pytest.mark.openvino
 @pytest.mark.parametrize("engine", ENGINES)
 def test_the_exported_graph_prefills_and_continues(fp32_artifact: Path, engine: tuple[str, str]) -> None:
     session = open_session(fp32_artifact / "model.onnx", choice(*engine), threads=1)
@@ -214,7 +220,7 @@ def test_a_prefix_computed_at_the_padded_width_keeps_only_its_own_keys_and_value
     head = np.asarray([list(range(100, 137))], dtype=np.int64)  # 37 tokens: padded to 64
     tail = np.asarray([list(range(200, 210))], dtype=np.int64)
     plain = session.prefill(tail, session.prefill(head))
-    session.pad_multiple = 32
+    session.limits = replace(session.limits, pad_multiple=32)
     padded = session.prefill(tail, session.prefill(head))
     assert padded.keys.shape[2] == padded.values.shape[2] == 47
     np.testing.assert_allclose(padded.keys, plain.keys, atol=1e-5)

@@ -100,6 +100,7 @@ def test_the_family_is_detected_and_written(qwen3_fp32: Path) -> None:
     assert config["normalization"]["estimated_max"] == 0.0
 
 
+@pytest.mark.openvino
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("instruction", [None, "Find the passage that answers the question", ""])
 def test_probabilities_equal_the_model_card_code(

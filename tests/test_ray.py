@@ -55,12 +55,14 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.subprocess
 def test_core_runtime_never_imports_ray():
     code = "import sys, rerank_onnx, rerank_onnx.cli, rerank_onnx.server, rerank_onnx.serverless; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.subprocess
 def test_missing_ray_extra_is_one_error_line(tmp_path: Path):
     code = (
         "import sys\n"

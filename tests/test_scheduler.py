@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import FakeSession
 
 from rerank_onnx import Reranker
 from rerank_onnx.errors import QueueFullError
@@ -15,7 +16,7 @@ from rerank_onnx.metrics import Metrics
 from rerank_onnx.scheduler import Scheduler
 
 
-class SlowSumSession:
+class SlowSumSession(FakeSession):
     """score = sum of a row's real ids; each run takes a little time and is recorded."""
 
     def __init__(self, delay: float = 0.02, fail: bool = False) -> None:

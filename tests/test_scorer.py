@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fakes import PrefixFake, full_score
+from fakes import FakeSession, PrefixFake, full_score
 
 from rerank_onnx.backends import Prefix, PrefixScoreSession, ScoreSession
 from rerank_onnx.batching import padded_width
@@ -14,7 +14,7 @@ from rerank_onnx.scorer import Scorer
 PAD = 0
 
 
-class PlainFake:
+class PlainFake(FakeSession):
     """A session without a past (an older artifact): records every batch it is given."""
 
     def __init__(self) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from fakes import FakeSession
 
 from rerank_onnx import Reranker
 
@@ -258,6 +259,7 @@ def test_oversized_body_and_unknown_routes(client) -> None:
     assert missing.status_code == 404 and "error" in missing.json()
 
 
+@pytest.mark.openvino
 def test_health_models_metrics(client) -> None:
     assert client.get("/health").json()["status"] == "ok"
     models = client.get("/v1/models").json()
@@ -380,6 +382,7 @@ def test_llama_index_tei_postprocessor_talks_to_the_server(server: Server, libra
     np.testing.assert_allclose([n.score for n in kept], [e.score for e in expected], atol=1e-6)
 
 
+@pytest.mark.subprocess
 def test_missing_server_extra_names_the_install_command() -> None:
     code = (
         "import sys\n"
@@ -411,7 +414,7 @@ def _in_process(app, requests):
 def test_an_engine_fault_answers_500_json_and_is_counted(fp32_artifact: Path) -> None:
     from rerank_onnx.server import ServerSettings, create_app
 
-    class Broken:
+    class Broken(FakeSession):
         def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
             raise RuntimeError("engine fault")
 
@@ -465,6 +468,7 @@ def test_hostile_text_gets_4xx_in_process(fp32_artifact: Path, body: bytes, stat
     assert response.status_code == status and fragment in response.json()["error"]["message"]
 
 
+@pytest.mark.subprocess
 def test_a_corrupt_tokenizer_is_an_error_everywhere(tmp_path: Path, fp32_artifact: Path) -> None:
     import shutil
 

@@ -77,6 +77,7 @@ def test_missing_model_setting_is_a_clear_500(monkeypatch) -> None:
     assert response["statusCode"] == 500 and "RERANK_ONNX_MODEL" in response["body"]
 
 
+@pytest.mark.subprocess
 def test_cold_container_on_a_read_only_copy(fp32_artifact: Path, tmp_path: Path) -> None:
     """A fresh process with the artifact read-only, preloading at import as a container's init does."""
     import shutil
@@ -115,6 +116,7 @@ def test_every_event_gets_a_json_answer(handler, event, status, fragment) -> Non
     assert fragment in json.loads(response["body"])["error"]["message"]
 
 
+@pytest.mark.subprocess
 def test_a_bad_environment_answers_500_with_the_reason_at_init_and_per_event(fp32_artifact: Path) -> None:
     code = (
         "import json, rerank_onnx.serverless as s\n"

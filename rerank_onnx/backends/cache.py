@@ -60,8 +60,8 @@ def source_folder(cache_dir: Path, name: str) -> Path | None:
     A name is `<rewrite>-<key>`, the key naming the graph file, the rewrite's revision and OpenVINO's version
     (openvino_graph._graph_key). Making a folder removes the other folders of the same rewrite, which no
     process of this version compiles from again, and the files of the earlier flat layout (IRs named
-    `scores-*` and blobs beside them): without that, every upgrade left 0.5-1.5 GB per artifact behind
-    (a base-v2 folder had grown to 5.1 GB, large-v2 to 9.6). A process of another version that still reads
+    `scores-*` and blobs beside them): without that, every upgrade left a compiled copy of the weights
+    behind. A process of another version that still reads
     a removed folder keeps what it mapped, and writes its folder again when it next compiles.
 
     Args:

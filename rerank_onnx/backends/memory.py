@@ -1,16 +1,13 @@
 """Giving memory back after a large run.
 
-Attention memory grows with rows x width x context (past + width). After a run above
-`LARGE_ATTENTION`, onnxruntime's arena would keep its high-water mark, OpenVINO its intermediate
-buffers and glibc's heap its freed blocks, so an idle server would hold the memory of its longest
-request. Measured on base-v2 int8 with an 8k-token pair (benchmarks/README.md):
+Attention memory grows with rows x width x context (past + width). After a run above `LARGE_ATTENTION`,
+onnxruntime's arena would keep its high-water mark, OpenVINO its intermediate buffers and glibc's heap its
+freed blocks, so an idle server would hold the memory of its longest request. So:
 - onnxruntime's arena shrinkage run option gives back most of its arena (onnxruntime.py);
-- `malloc_trim` after every large run gives back what numpy and the engines freed (8k pair on OpenVINO:
-  peak 5.2 -> 3.9 GB);
-- OpenVINO keeps what it grew until its compiled model is dropped, and onnxruntime's arena keeps regions
-  that shrinkage cannot free, so after long prompts each engine builds its model again (`Rebuildable`;
-  OpenVINO's own `release_memory` breaks the next inference).
-Short batches stay below the threshold and cost nothing.
+- `malloc_trim` after every large run gives back what numpy and the engines freed;
+- after long prompts each engine builds its model again (`Rebuildable`): OpenVINO keeps what it grew until its
+  compiled model is dropped, and onnxruntime's arena keeps regions that shrinkage cannot free.
+Short batches stay below the threshold and cost nothing. Measurements: docs/memory.md#rebuilds.
 """
 
 from __future__ import annotations

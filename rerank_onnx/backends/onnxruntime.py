@@ -10,30 +10,26 @@ import numpy as np
 
 from ..errors import ModelLoadError
 from .memory import Rebuildable, is_large
+from .protocols import Limits
 
-# The arena keeps regions that shrinkage cannot free; dropping the session gives them back. So after a call
-# whose rows attended over more than this (a prompt of more than 4k tokens) the session is created again in
-# the background (memory.py), as OpenVINO's model is compiled again. Measured Dec 1 (AVX2 EPYC, base-v2 int8,
-# an 8k pair, one process each): 0.64 GB after the next short call against 0.64 before the pair, 1.43 without
-# it; 106.3 s against 105.3 s; session creation 1.4-1.7 s (benchmarks/README.md).
+# After a call whose rows attended over more than this (a prompt of more than 4k tokens) the session is created
+# again in the background: its arena keeps regions that shrinkage cannot free (docs/memory.md#rebuilds).
 REBUILD_LENGTH = 4096
+
+LIMITS = Limits(
+    batch_tokens=4096,  # speed flat from 1k to 8k tokens per run, memory rising above 4k (docs/memory.md#batches)
+    batch_context=None,  # its arena is shrunk after large runs: what a batch attends over is not kept
+    slice_tokens=512,  # the lowest peak for an 8k-token prompt at the same speed (docs/memory.md#slices)
+    whole_row_tokens=None,  # no whole-row path: long rows run in slices
+    pad_multiple=1,  # a row scores the same bits however far its batch pads it (tested: alone vs batch)
+)
 
 
 class OnnxRuntimeEngine:
     """onnxruntime's CPU provider, one sequential session with `threads` intra-op threads."""
 
     name = "onnxruntime"
-    # a row scores the same bits however far its batch pads it (tested: alone vs batch within 1e-4)
-    pad_multiple = 1
-    # An 8k-token pair (base-v2 int8, AMX, 2 threads): 512-token slices peaked at 1.96-2.14 GB in 62-65 s,
-    # 1,024 at 2.82 GB in 65.6 s (benchmarks/README.md, "Long inputs").
-    slice_tokens = 512
-    whole_row_tokens: int | None = None  # long rows run in slices
-    # Dec 1 (AVX2 EPYC, base-v2 int8, 16 x 230-token pairs): 1,024 / 2,048 / 4,096 / 8,192 tokens per run took
-    # 38.8-40.6 / 38.2-39.2 / 38.8-39.8 / 40.1 s at 0.78 / 1.01 / 1.01 / 1.12 GB peak: no reason to move it
-    batch_tokens = 4096
-    # its arena is shrunk after large runs (memory.py): what a batch attends over is not kept
-    batch_context: int | None = None
+    limits = LIMITS
 
     def __init__(self, graph: Path, *, threads: int) -> None:
         import onnxruntime as ort
@@ -69,6 +65,9 @@ class OnnxRuntimeEngine:
         results = self.model.get().run(outputs, dict(feeds), options)
         self.model.ran(feeds)
         return [np.asarray(a) for a in results]
+
+    def run_whole(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError("onnxruntime has no whole-row path (LIMITS.whole_row_tokens is None)")
 
     def release_memory(self) -> None:
         """A large run shrinks the arena as it ends; after a long prompt the session goes, with the arena

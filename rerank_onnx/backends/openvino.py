@@ -8,81 +8,47 @@ RMSNorm and rotary embeddings itself, and computes in the precision asked for:
 - "int8": the int8 weights' MatMuls fed int8 activations quantized at run time per token in the weights'
   blocks (OpenVINO's dynamic quantization; VNNI dot products), as onnxruntime's blockwise kernel does, and
   bf16 compute elsewhere on a CPU with bf16 instructions, fp32 compute elsewhere otherwise
-  (`Compilation.bf16`). The group is the artifact's block (`quantization_block`): a group that is not a
-  divisor of the block leaves it off (64 on blocks of 32 gave the bf16 scores exactly, Dec 1), and a smaller divisor
-  runs slower (32 on blocks of 128: 633 tok/s against 818 for 128, Dec 2, benchmarks/README.md).
-Dynamic quantization is off in "fp32" and "bf16". Under the fp32 hint it had moved shared-prefix scores by 4%
-of their spread (AVX512 EPYC, Dec 1) until rows were padded to multiples of 32 under it as under bf16 (0 since,
-Dec 2), and on AMX it ran slower than bf16 (benchmarks/README.md).
+  (`Compilation.bf16`). The group is the artifact's block (`quantization_block`): a group that does not divide
+  the block leaves it off, and a smaller divisor runs slower (docs/backends.md, "The int8 block").
+Dynamic quantization is off in "fp32" and "bf16". Why each limit below is what it is: docs/memory.md.
 """
 
 from __future__ import annotations
 
 import importlib.util
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..artifact import INPUT_IDS, LENGTHS, PAST_KEYS, PAST_VALUES, PRESENT_KEYS, PRESENT_VALUES, SCORES
+from ..artifact import INPUT_IDS, LENGTHS, PAST_KEYS, PAST_VALUES, PRESENT_KEYS, PRESENT_VALUES
 from ..errors import MissingDependencyError, ModelLoadError
-from .memory import Rebuildable, attended_length
+from .memory import Rebuildable
 from .openvino_graph import NEW_KV, NEW_KV_BF16, compile_source, new_token_outputs, split_layers
 from .openvino_whole import WholeRowProcess
+from .protocols import Limits
 from .select import PADDED_PRECISIONS
 
 PRECISIONS = ("fp32", "bf16", "int8")
-# bf16 attention blocks by the padded width, and a different blocking flips bf16 roundings: rows are
-# padded to a multiple of this and batched by width, so a row computes the same bits alone or in any
-# batch (measured: alone vs batch 0.043 at score std 1.56 with longest-row padding, 0.0 bucketed). int8
-# activations under fp32 compute need it as much: a different blocking flips an fp32 rounding, which can
-# flip an activation's int8 rounding (Dec 2, AVX512-BF16 EPYC, base-v2, 3 queries x 8 documents: alone vs
-# batch 0.025 and shared vs full 0.027 at score std 0.60 unpadded; 0.0 and 0.0 padded).
+# bf16 attention and int8 activations round by the padded width: rows are padded to a multiple of this and
+# batched by width, so a row computes the same bits alone or in any batch (docs/backends.md, "Why bf16 ...")
 PAD_MULTIPLE = 32
-
-
-# Executors prepared per input shape are cached (5,000 by default), each with its own buffers: every slice
-# of a long prompt and every (rows, width, past) of a server is a new shape, so memory grew with the shapes
-# seen (an 8k pair in 512-token slices kept 7.5 GB). No cache at all was slower and, in 1,024-token slices,
-# worse for memory: measured Dec 1 (AMX, 2 threads), base-v2 int8 bf16, no cache -> 16 shapes: an 8k pair
-# 47-51 s -> 42 s, peak 10.1 -> 4.5 GB, 8.5 -> 2.9 GB kept; 16 server-like calls of random sizes 88 -> 78 s,
-# the same 2.0 GB; MiniLM-L-6 cross-encoder, 32 x 512 tokens: 8,050 -> 9,650 tokens/s. 4 and 64 measured alike.
+# executors prepared per input shape that the plugin keeps, each with its own buffers (docs/memory.md#shape-cache)
 SHAPE_CACHE = 16
-
-# OpenVINO's CPU plugin grows its intermediate buffers to the largest run and keeps them until the compiled
-# model is dropped; its own CompiledModel.release_memory() breaks the next inference (2026.4: a segfault or
-# "Memory has not been allocated" in a RoPE node after a prefill, reproduced on AVX2 and AMX). What a run
-# keeps grows with the keys and values it attends over, rows x (past + width): with the exported presents,
-# each layer's joined keys and values lived until the run ends, in a block that earlier layers' keys and
-# values, expanded to every query head, had grown (openvino_graph.py now outputs the new tokens' only, which
-# keeps less but still grows with the context). Two bounds follow from it:
-# - after a call whose rows attended over more than REBUILD_LENGTH tokens (a prompt of more than 4k tokens),
-#   the model is dropped and compiled again in the background, from the compile cache when there is one.
-#   Measured Dec 1 (AVX2 EPYC, base-v2 int8, fp32, an 8k pair): 2.65-3.49 GB kept against 1.14 before it;
-#   with the rebuild 1.10-1.18 GB after the next short call, at the same latency (one rebuild: 0.66 s from
-#   the cache, 4.4 s without one, in the background);
-# - a batch after a shared prefix attends over at most BATCH_CONTEXT keys and values in all (rows x (prefix +
-#   width)): 32 short documents after a 6k-token query would otherwise keep tens of GB. 64 short documents
-#   after a 500-token query (15 rows a batch) kept 1.28 GB over rest; a bound of 4,096 (7 rows) kept 0.70
-#   but ran 1.3x slower, so the bound sits above what ordinary queries need (benchmarks/README.md).
+# the compiled model is dropped and compiled again after a call whose rows attended over more than this: the
+# plugin keeps the buffers a run grew until then (docs/memory.md#rebuilds)
 REBUILD_LENGTH = 4096
-BATCH_CONTEXT = 8192
-# A row longer than this runs whole, from its first token, on the stateful model (openvino_graph.py) in a
-# child process (openvino_whole.py), with the compiled model dropped meanwhile and built again after the call
-# (as after any prompt of this length). Measured Dec 2 (AVX512-BF16 EPYC, base-v2 int8, `int8`, an 8,192-token
-# pair through Reranker, cache warm): 52.5 s and 2.02 GB for this process and the child together, against
-# 47.8 s and 2.70 GB in 1,024-token slices (benchmarks/README.md); Qwen3-Reranker-0.6B's architecture, a
-# 4,400-token document: 49.8 s against 87.1 s. Shorter rows keep slices: a child's start and compile
-# (~1.5 s from the cache) and the parent's rebuild would cost them more than they save.
-WHOLE_ROW_TOKENS = REBUILD_LENGTH
-# Padded tokens per run for an encoder graph (cross-encoders: no past inputs, no present outputs, so little
-# working memory per token). Measured Dec 2 (AVX512-BF16 EPYC, `int8`, 1 query x 32 documents of ~530 tokens,
-# one process per budget, 3 rounds of 3 calls): MiniLM-L-6 median 1.80 s at 1,024 (two rows a run), 1.65 at
-# 2,048, 1.53 at 4,096, 1.47 at 8,192, peak 0.16 / 0.18 / 0.21 / 0.29 GB; bge-reranker-v2-m3's architecture
-# (~210-token documents) the same speed at 1,024 and 4,096 (noise), peak 0.91 against 1.05 GB. On AVX2 (Dec 1)
-# MiniLM ran alike at both. 4,096, as on onnxruntime (benchmarks/README.md, "Encoder batches on OpenVINO").
+
+LIMITS = Limits(
+    batch_tokens=1024,  # working memory grows with a run's tokens; smaller runs cost no speed (docs/memory.md#batches)
+    batch_context=8192,  # what a batch after a shared prefix attends over, which the plugin keeps (#batch-context)
+    slice_tokens=1024,  # smaller slices kept more memory: each slice shape is compiled (docs/memory.md#slices)
+    whole_row_tokens=REBUILD_LENGTH,  # longer rows run whole in a child process (docs/memory.md#whole-rows)
+    pad_multiple=1,  # PAD_MULTIPLE under bf16 compute or int8 activations (set per compilation)
+)
+# an encoder graph keeps no keys and values per token: its runs can be as large as onnxruntime's (#batches)
 ENCODER_BATCH_TOKENS = 4096
 
 
@@ -139,18 +105,6 @@ class OpenVinoEngine:
     """The score graph compiled by OpenVINO's CPU plugin, with one infer request."""
 
     name = "openvino"
-    # Smaller slices kept more memory: OpenVINO compiles per input shape (benchmarks/README.md, "Long inputs").
-    slice_tokens = 1024
-    # Working memory grows with the tokens of a run, ~0.55 MB per token at base-v2 (0.14 without the graph's
-    # present outputs): the present keys and values live until the run ends, and OpenVINO's dynamic-shape
-    # memory reuse grows the blocks they share to MLP-tensor size. Smaller runs cost no speed: measured Dec 1
-    # (AVX2 EPYC, base-v2 int8, fp32, 16 x 230-token pairs, 3 runs each): 1,024 tokens 22.3-22.5 s and
-    # 1.61 GB peak, 4,096 tokens 22.2-23.2 s and 3.3 GB, 512 tokens 23.1-23.8 s and 1.2 GB; MiniLM
-    # cross-encoder, 64 x ~512 tokens: 7.0-8.2 s at 1,024 against 7.0-9.0 s at 4,096 (benchmarks/README.md,
-    # "OpenVINO: working memory grows with the tokens of a run"). This is the bound for score graphs with a past
-    # (decoders); encoder graphs take ENCODER_BATCH_TOKENS (set per graph in __init__).
-    batch_tokens = 1024
-    batch_context: int | None = BATCH_CONTEXT  # see BATCH_CONTEXT
 
     def __init__(self, graph: Path, compilation: Compilation, *, cache_dir: Path | None) -> None:
         try:
@@ -174,13 +128,15 @@ class OpenVinoEngine:
             port.get_any_name(): tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
             for port in compiled.inputs
         }
-        if PAST_KEYS not in self._shapes:
-            self.batch_tokens = ENCODER_BATCH_TOKENS
+        decoder = PAST_KEYS in self._shapes
         self.threads = compilation.threads
         self.precision = compilation.precision
-        self.pad_multiple = PAD_MULTIPLE if compilation.precision in PADDED_PRECISIONS else 1
-        # rows over WHOLE_ROW_TOKENS run whole on the stateful model, in a child process for the call
-        self.whole_row_tokens = WHOLE_ROW_TOKENS if PAST_KEYS in self._shapes else None
+        self.limits = replace(
+            LIMITS,
+            batch_tokens=LIMITS.batch_tokens if decoder else ENCODER_BATCH_TOKENS,
+            whole_row_tokens=LIMITS.whole_row_tokens if decoder else None,  # the stateful model is a decoder's
+            pad_multiple=PAD_MULTIPLE if compilation.precision in PADDED_PRECISIONS else 1,
+        )
         self._whole = WholeRowProcess(graph, compilation, cache_dir=cache_dir)
 
     def _compile_with_request(self) -> tuple[Any, Any]:
@@ -203,8 +159,6 @@ class OpenVinoEngine:
         return dict(self._shapes)
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
-        if self._runs_whole(feeds, outputs):
-            return [self._run_whole(feeds)]
         _, request = self.model.get()
         request.infer(dict(feeds))
         self.model.ran(feeds)
@@ -219,17 +173,10 @@ class OpenVinoEngine:
         past = feeds[PAST_KEYS if name == PRESENT_KEYS else PAST_VALUES]
         return np.concatenate([past, new], axis=2)
 
-    def _runs_whole(self, feeds: Mapping[str, np.ndarray], outputs: list[str]) -> bool:
-        """Scores of rows longer than WHOLE_ROW_TOKENS with no past: the stateful model's work."""
-        return (
-            self.whole_row_tokens is not None
-            and outputs == [SCORES]
-            and feeds[PAST_KEYS].shape[2] == 0
-            and attended_length(feeds) > self.whole_row_tokens
-        )
-
-    def _run_whole(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
-        self.model.drop()  # its weights and buffers go while the child process runs (built again after the call)
+    def run_whole(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Rows with no past, run whole on the stateful model in a child process; the compiled model's weights and
+        buffers go meanwhile and it is built again after the call (as after any prompt of this length)."""
+        self.model.drop()
         scores = self._whole.run(feeds[INPUT_IDS], feeds[LENGTHS])
         self.model.ran(feeds)
         return scores

@@ -1,36 +1,25 @@
-"""The score graph as OpenVINO compiles it: present outputs of the new tokens only.
+"""The score graph as OpenVINO compiles it: three rewrites of the artifact's graph.
 
-The artifact's graph returns `present_keys`/`present_values`: every layer's keys and values of the past
-and the new tokens, stacked. In OpenVINO each layer's joined keys and values then live until the run
-ends, in blocks that the keys and values expanded to every query head have grown, so a slice of a long
-prompt kept 1.1 GB more than the same run without presents. Returning each layer's new keys and values
-instead (the engine joins them with the past it was given) keeps it at the no-present level and runs
-faster. Measured Dec 1 (AVX2 EPYC, base-v2 int8, fp32, one 1,024-token slice after 7,168 tokens on a
-fresh model): peak 3.16 GB and 19.0 s with the stacked presents, 2.10 GB and 15.8 s with the new tokens'
-per layer, 2.05 GB and 15.6 s with no presents (benchmarks/README.md).
+`split_presents`: each layer's new keys and values as outputs, instead of the stacked `present_keys` /
+`present_values` of past and new tokens, which in OpenVINO live until the run ends in blocks that the keys and
+values expanded to every query head have grown; the engine joins the new ones with the past it was given. It
+keeps a slice of a long prompt at the memory of a run without presents, and runs faster
+(docs/memory.md#more-measurements).
 
-A second rewrite, `stateful_attention`, is the model a long prompt runs on whole: each layer's attention
-becomes one ScaledDotProductAttention over keys and values kept as model state, the pattern OpenVINO's CPU
-plugin fuses into its own attention kernel with a key/value cache. That kernel works through the queries
-in blocks (no [queries, keys] score matrix per head) and reads the 2 key/value heads for every query head
-without expanding them. With no past, the exported mask is the causal triangle, so the kernel's own causal
-masking replaces it (and its bf16 kernel misreads a [1, 1, L, S] mask for rows after the first). Measured
-Dec 2 (AVX512-BF16 EPYC, base-v2 int8, `int8`, an 8,192-token prompt, raw engine, one run each): whole
-38.0 s and 0.88 GB over rest, the same score as 1,024-token slices on the graph above, 50.7 s and 2.43 GB.
-With a past in its state the plugin takes its one-query-at-a-time kernel, 2.5x slower per slice: so it
-serves only rows that run whole from their first token. OpenVINO 2026.4.1 keeps a stateful model's
-working memory when the model is dropped, so it runs in a child process (openvino_whole.py).
+`stateful_attention`: the model a long prompt runs on whole. Each layer's attention becomes one
+ScaledDotProductAttention over keys and values kept as model state, the pattern the CPU plugin fuses into its
+own attention kernel: it works through the queries in blocks (no [queries, keys] matrix per head) and reads the
+key/value heads for every query head without expanding them. With no past, the exported mask is the causal
+triangle, so the kernel's own causal masking replaces it (its bf16 kernel misreads a [1, 1, L, S] mask for rows
+after the first). With a past in its state the plugin takes a one-query-at-a-time kernel, several times slower
+per slice, so it serves only rows run whole from their first token, in a child process (openvino_whole.py;
+docs/memory.md#whole-rows).
 
-A third, `expand_weights`, is for encoder graphs (cross-encoders) under bf16 compute: the int8 weights
-become bf16 constants before compiling, so the CPU plugin multiplies by stored bf16 weights instead of
-decompressing int8 blocks in its kernels. The bf16 values are the ones the plugin's decompression computes
-(each weight = int8 x its block's scale, rounded to bf16 to nearest even), so the scores do not change.
-Measured Dec 2 (AVX512-BF16 EPYC, bf16, raw engine, 3 interleaved rounds, one process each, the same
-outputs): MiniLM-L-6 8 x 512 12,444 against 10,757 tokens/s (1.16x), bge-reranker-v2-m3's architecture
-8 x 256 629 against 548 (1.15x), at +0.79 GB resident for bge-m3 (2.04 against 1.25 GB: bf16 weights take
-twice int8's room, and the plugin keeps them and its repacked copy); MiniLM +0.02 GB. Decoders gained too
-(base-v2 bf16, 4 x 256: 1.08x), but at +0.93 GB there, where long prompts already press on memory, and the
-decoders' default on bf16 CPUs without AMX is `int8`, which needs the int8 weights: they keep them.
+`expand_weights`: for encoder graphs under bf16 compute, the int8 weights become bf16 constants before
+compiling, so the plugin multiplies by stored bf16 weights instead of decompressing int8 blocks in its kernels.
+The bf16 values are the ones the plugin's decompression computes (int8 x its block's scale, rounded to bf16 to
+nearest even), so the scores do not change; it runs faster for more memory (docs/backends.md, "An encoder's
+int8 weights"). Decoders keep their int8 weights: their default on bf16 CPUs without AMX, `int8`, needs them.
 
 The rewritten models are saved as OpenVINO IR in the compile cache folder, each in a folder of its own with
 OpenVINO's compiled blobs of it, so a warm start compiles from them (and their blobs) without reading the
@@ -155,7 +144,7 @@ def stateful_attention(model: Any) -> bool:
     their first token: each layer's keys and values of the past become model state (read, joined with the
     new ones, assigned) and its attention one ScaledDotProductAttention, which the CPU plugin fuses into its
     key/value-cache attention kernel; a layer whose queries are not its new tokens (the last layer of graphs
-    exported since Dec 2, which queries each row's scored token only) keeps its own attention over the state. The past inputs go; a `beam_idx` input (each row's own index) comes.
+    exported with the last layer trimmed to each row's scored token) keeps its own attention over the state. The past inputs go; a `beam_idx` input (each row's own index) comes.
     Returns False (model unchanged) where the graph is not the exported shape."""
     import numpy as np
     import openvino as ov

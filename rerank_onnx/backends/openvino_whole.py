@@ -2,8 +2,7 @@
 
 The stateful model's attention keeps a long prompt's memory bounded, but OpenVINO 2026.4.1 does not give a
 stateful compiled model's working memory back when the model is dropped: ~100 KB per token of its longest
-run stays with the process, for every model built and dropped (benchmarks/README.md, "OpenVINO's stateful
-attention kernel"). So that model lives in a child process for the length of one scoring call, and what it
+run stays with the process, for every model built and dropped (docs/memory.md#whole-rows). So that model lives in a child process for the length of one scoring call, and what it
 grew goes back to the OS when the child exits. The child is a fresh interpreter running this module, not a
 fork of a process whose engine threads are running, nor multiprocessing's spawn, which would import the
 caller's `__main__` again.

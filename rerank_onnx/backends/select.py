@@ -1,8 +1,8 @@
 """Which backend and precision run an artifact on this CPU: the table `auto` reads, and why.
 
-Every row names the measurement that backs it (README.md, "Backends: which engine on which CPU", and the
-results per CPU class in benchmarks/README.md). A CPU class with no measurement keeps onnxruntime, the
-path every artifact was built and tested for. `RERANK_ONNX_CPU_CLASS` plans for a less capable class than the
+The table is data (AUTO_ROWS); each row names the section of docs/backends.md with the measurement behind it,
+and a choice's reason names the row. A CPU class with no measurement keeps onnxruntime, the path every artifact
+was built and tested for. `RERANK_ONNX_CPU_CLASS` plans for a less capable class than the
 CPU's own (`planned_class`): its engine and numerics, and how a benchmark measures that path here.
 """
 
@@ -28,7 +28,7 @@ PADDED_PRECISIONS: frozenset[str] = frozenset({"bf16", "int8"})
 # Classes from least to most capable: each runs the paths of the classes before it.
 CLASS_ORDER: tuple[CpuClass, ...] = ("other", "avx2", "avx512-vnni", "avx512-bf16", "amx")
 BF16_CLASSES: frozenset[CpuClass] = frozenset({"avx512-bf16", "amx"})
-# OpenVINO's dynamic int8 activations need VNNI dot products: on AVX2 it leaves them off (Dec 1)
+# OpenVINO's dynamic int8 activations need VNNI dot products: on AVX2 it leaves them off
 INT8_CLASSES: frozenset[CpuClass] = frozenset({"avx512-vnni", "avx512-bf16", "amx"})
 # Plan for a less capable class than the CPU's own (its engine and numerics): a fleet of mixed CPUs that wants
 # one path everywhere, or a benchmark measuring a class's path on a more capable CPU.
@@ -59,79 +59,52 @@ class BackendChoice:
         return f"{self.backend}{precision} on a {self.cpu_class} CPU ({self.reason})"
 
 
+EVIDENCE_DOC = "docs/backends.md"
+
+
 @dataclass(frozen=True)
-class _Row:
+class Row:
+    """One row of `auto`'s table: an artifact of `scheme` and model `family` ("*": any) on a CPU of `cpu_class`
+    ("*": any) runs on `backend` at `precision`; `evidence` is the section of docs/backends.md that holds the
+    measurement behind the row."""
+
+    scheme: str
+    cpu_class: CpuClass | Literal["*"]
+    family: str
     backend: Literal["onnxruntime", "openvino"]
     precision: Literal["stored", "fp32", "bf16", "int8"]
     evidence: str
 
-
-# What `auto` takes for the default (blockwise int8) artifact, per CPU class. An fp32 artifact keeps
-# fp32 numerics on onnxruntime and an int8-fast artifact runs onnxruntime's kernel, on every CPU.
-AUTO_TABLE: dict[CpuClass, _Row] = {
-    "amx": _Row(
-        "openvino",
-        "bf16",
-        "measured on a 2-core Xeon with AMX (Nov 30 base-v2: 2.5x onnxruntime's blockwise int8, same "
-        "Spearman vs fp32, a pair's score the same alone or in any batch; Dec 1 large-v2: 5.1x)",
-    ),
-    # OpenVINO's dynamic int8 activations run there (VNNI), in the weights' blocks (32), per token: a row's
-    # score stays the same alone, in any batch and after a shared prefix. AMX keeps bf16: there they were only
-    # measured under the fp32 hint (slower than bf16, Dec 1).
-    "avx512-bf16": _Row(
-        "openvino",
-        "int8",
-        "measured on a 2-core AMD EPYC with AVX512-BF16 and VNNI (Dec 1, base-v2, 16 x 256 tokens): 1.80x "
-        "onnxruntime's blockwise int8 (bf16: 1.41x), RAG 20 x 200 1.92x; Spearman vs fp32 on 240 pairs 0.9972, the same "
-        "as blockwise int8 (bf16 0.9975); a pair's score the same alone and in any batch, and after a shared prefix "
-        "(at large-v2 too, Dec 2: 1.56x at 16 x 256, 1.89x RAG; 0 on 60 pairs since rows after a prefix pad to the "
-        "full prompt's width, 2.8% of the score spread before)",
-    ),
-    # Not measured on such a CPU: on the AVX512-BF16 EPYC with RERANK_ONNX_CPU_CLASS=avx512-vnni, OpenVINO runs
-    # the kernels a CPU without bf16 runs (fp32 compute, VNNI int8 activations) beside onnxruntime's own, which
-    # are the same there. Its fp32 compute of the int8 weights ran 0.76x onnxruntime's blockwise int8.
-    "avx512-vnni": _Row(
-        "openvino",
-        "int8",
-        "planned for this class on a 2-core AMD EPYC with AVX512-BF16 and VNNI (Dec 2, base-v2, 2 interleaved "
-        "rounds): OpenVINO's int8 activations beside fp32 compute 1.55x onnxruntime's blockwise int8 at 16 x 256 "
-        "tokens, 1.50x on 1 x 20 documents; Spearman vs fp32 on 240 pairs 0.9978 against 0.9974 (against blockwise "
-        "int8: MiniLM-L-6 +0.0005 on 800 pairs, Qwen3-Reranker-0.6B +0.0001 on 240); a pair's score the same "
-        "alone, in any batch and after a shared prefix; not yet measured on a CPU of this class",
-    ),
-    # No faithful integer GEMM is faster than fp32 here (benchmarks/results/gemm-ceiling-base-v2-avx2.md):
-    # onnxruntime's blockwise kernel runs below its SGEMM, OpenVINO ignores dynamic int8 and bf16 on AVX2.
-    "avx2": _Row(
-        "openvino",
-        "fp32",
-        "measured on a 2-core AMD EPYC with AVX2 only (Dec 1, base-v2, 3 interleaved rounds): OpenVINO's fp32 "
-        "compute of the int8 weights 1.29x onnxruntime's blockwise int8 at 16 x 256 tokens, 1.31x on 1 x 20 "
-        "documents; Spearman vs fp32 0.989 against 0.977; a pair's score the same alone or in any batch",
-    ),
-    "other": _Row("onnxruntime", "stored", "unknown CPU: the path every artifact is tested on"),
-}
-
-# The table above was measured on mxbai-rerank-v2's architecture. A family whose graph ranks measurably less
-# like fp32 on its CPU class's row than on onnxruntime's blockwise int8 (issue 10's bound), measured side by
-# side on one model (benchmarks/numerics_agreement.py), takes its own row on that class.
-FAMILY_ROWS: dict[tuple[str, CpuClass], _Row] = {
-    # Dynamic int8 activations cost cross-encoders agreement that they do not cost mxbai-rerank-v2 (base-v2, 800
-    # pairs: -0.0001, interval spanning 0).
-    ("cross-encoder", "avx512-bf16"): _Row(
-        "openvino",
-        "bf16",
-        "cross-encoders, measured on a 2-core AMD EPYC with AVX512-BF16 and VNNI (Dec 2, against the fp32 graph, "
-        "Spearman minus onnxruntime's blockwise int8's with 95% intervals): MiniLM-L-6 on 800 pairs, OpenVINO's "
-        "int8 activations -0.0068 (-0.0108 to -0.0033), bf16 +0.0052 (+0.0033 to +0.0075); bge-reranker-v2-m3 "
-        "on 200 pairs, int8 -0.0026 (-0.0196 to +0.0115), bf16 +0.0207 (+0.0095 to +0.0345); MiniLM's bf16 "
-        "ran 0.89x int8's speed, and 1.16x faster again once its int8 weights were stored as bf16 (Dec 2, later)",
-    ),
-}
+    @property
+    def reference(self) -> str:
+        """Where the row's measurement is written up: docs/backends.md#<evidence>."""
+        return f"{EVIDENCE_DOC}#{self.evidence}"
 
 
-def auto_row(kind: CpuClass, family: str) -> _Row:
-    """What `auto` takes for an int8 artifact of model `family` on a CPU of class `kind`."""
-    return FAMILY_ROWS.get((family, kind), AUTO_TABLE[kind])
+# What `auto` runs. The first row that matches wins: a family's own row comes before its class's row.
+AUTO_ROWS: tuple[Row, ...] = (
+    Row("none", "*", "*", "onnxruntime", "stored", "fp32-artifacts"),
+    Row("int8-fast", "*", "*", "onnxruntime", "stored", "int8-fast-artifacts"),
+    Row("int8", "amx", "*", "openvino", "bf16", "amx"),
+    Row("int8", "avx512-bf16", "cross-encoder", "openvino", "bf16", "avx512-bf16-cross-encoders"),
+    Row("int8", "avx512-bf16", "*", "openvino", "int8", "avx512-bf16"),
+    Row("int8", "avx512-vnni", "*", "openvino", "int8", "avx512-vnni"),
+    Row("int8", "avx2", "*", "openvino", "fp32", "avx2"),
+    Row("int8", "other", "*", "onnxruntime", "stored", "other-cpus"),
+)
+
+
+def auto_row(scheme: str, kind: CpuClass, family: str) -> Row:
+    """The row `auto` takes for an artifact of `scheme` and model `family` on a CPU of class `kind`.
+
+    Raises:
+        InvalidInputError: a scheme the table does not know.
+    """
+    for row in AUTO_ROWS:
+        if row.scheme == scheme and row.cpu_class in (kind, "*") and row.family in (family, "*"):
+            return row
+    schemes = sorted({row.scheme for row in AUTO_ROWS})
+    raise InvalidInputError(f"quantization scheme: expected one of {', '.join(schemes)}, got {describe(scheme)}")
 
 
 @functools.cache
@@ -200,7 +173,7 @@ def choose(
             stored numerics).
         scheme: the artifact's quantization scheme ("int8", "int8-fast" or "none").
         family: the artifact's model family (`ArtifactConfig.family`); a family measured to rank less like fp32
-            on its CPU class's row takes its own (FAMILY_ROWS).
+            on its CPU class's row takes its own (AUTO_ROWS).
         flags: the CPU's flags (default: this machine's).
         openvino_installed: whether the openvino package imports.
 
@@ -255,7 +228,7 @@ def _choose(
                 "fp32",
                 kind,
                 "int8 asked for, but this CPU has no VNNI instructions, where OpenVINO leaves its int8 activations off "
-                "(AVX2, Dec 1); run as fp32, without the row padding int8 needs",
+                "(docs/backends.md#avx2); run as fp32, without the row padding int8 needs",
             )
         if precision == "bf16" and not bf16_capable:
             # OpenVINO computes fp32 there whatever the hint; only bf16's row padding would remain
@@ -264,11 +237,11 @@ def _choose(
                 "fp32",
                 kind,
                 "bf16 asked for, but this CPU has no bf16 instructions, where OpenVINO computes in fp32 anyway "
-                "(the same scores on AVX2, Dec 1); run as fp32, without the bf16 row padding that cost 12% on AVX2",
+                "(docs/backends.md#avx2); run as fp32, without the bf16 row padding, which only costs time there",
             )
         if precision != "auto":
             return BackendChoice("openvino", precision, kind, "asked for")  # type: ignore[arg-type]
-        row = auto_row(kind, family)
+        row = auto_row("int8", kind, family)
         best = row.precision if scheme == "int8" and row.backend == "openvino" else "bf16" if bf16_capable else "fp32"
         return BackendChoice("openvino", best, kind, "the CPU's best faithful precision")  # type: ignore[arg-type]
     # auto
@@ -277,11 +250,7 @@ def _choose(
             f"precision={precision!r} needs backend='openvino' (auto picks the precision itself); "
             "pass backend='openvino' too, or leave precision='auto'"
         )
-    if scheme == "int8-fast":
-        return BackendChoice("onnxruntime", "stored", kind, "int8-fast artifacts run onnxruntime's kernel")
-    if scheme == "none":
-        return BackendChoice("onnxruntime", "stored", kind, "an fp32 artifact keeps fp32 numerics")
-    row = auto_row(kind, family)
+    row = auto_row(scheme, kind, family)
     if row.backend == "openvino" and not openvino_installed:
         return BackendChoice(
             "onnxruntime",
@@ -289,7 +258,7 @@ def _choose(
             kind,
             "OpenVINO is faster on this CPU but not installed: pip install 'rerank-onnx[openvino]'",
         )
-    return BackendChoice(row.backend, row.precision, kind, row.evidence)
+    return BackendChoice(row.backend, row.precision, kind, f"{row.evidence} row, {row.reference}")
 
 
 def machine_summary() -> dict[str, object]:

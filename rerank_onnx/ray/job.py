@@ -59,7 +59,7 @@ def run_batch(
             (or joins the one RAY_ADDRESS names).
         actors: model copies (None: the cluster's CPUs // threads_per_actor).
         threads_per_actor: CPUs reserved and threads used per actor (None: a node's CPUs less one, the
-            smallest node's; measured: one 2-thread actor ran 1.5x two 1-thread actors on 2 cores).
+            smallest node's: one actor with every thread ran faster than several with fewer, docs/ray.md).
         batch_rows: rows per map_batches call (rows of one query in a batch share its prefix).
         input_format: "parquet" or "jsonl" (None: from the source's suffix).
         options: the columns, scoring and engine options of every actor's `RerankBatch`.

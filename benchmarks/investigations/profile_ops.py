@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: common.py, worker.py
 from common import RESULTS, environment, text_of_tokens, write_results
+
+from rerank_onnx.backends import Limits
 
 if TYPE_CHECKING:
     from rerank_onnx import Reranker
@@ -42,6 +44,11 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 class _NoSession:
     """The profiler runs its own onnxruntime session; the Reranker is here only for its prompt encoder."""
+
+    limits = Limits()
+
+    def release_memory(self) -> None:
+        pass
 
     def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         raise AssertionError("not used")

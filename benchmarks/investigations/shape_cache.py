@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: common.py, worker.py
 from common import RESULTS, environment, median, publish, text_of_tokens
 
 WORKLOADS = ("8k-pair", "server-calls", "encoder-rag")

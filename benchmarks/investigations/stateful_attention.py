@@ -15,7 +15,7 @@ process rather than the runtime's child, each case in its own process, with the 
   drops   the stateful rewrite compiled, run on the prompt and dropped --drops times, RSS after each drop,
           then the runtime's graph compiled and run on a short prompt: what a process holds afterwards.
 Reported: latency, RSS before and at peak, the score, and RSS after each drop. Findings (Dec 2, AVX512-BF16
-EPYC) are in benchmarks/README.md, "OpenVINO's stateful attention kernel": why the runtime runs it in a
+EPYC) are in benchmarks/investigations/notebook.md, "OpenVINO's stateful attention kernel": why the runtime runs it in a
 child process (rerank_onnx/backends/openvino_whole.py).
 
 Writes results/stateful-attention-<artifact>-<cpu class>.{json,md,png}.
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: common.py, worker.py
 from common import environment, publish
 
 from rerank_onnx.backends.openvino_graph import BEAM_INDEX

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, median, publish, run_worker
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: common.py, worker.py
+from common import RESULTS, environment, median, publish, run_worker
 from worker import Ours, workloads
 
 
@@ -113,7 +113,7 @@ def chart(data: dict, name: str) -> None:
     ax.set_xlabel("b16x256 prompt tokens/s (median of the rounds)")
     ax.set_title(f"{data['environment']['cpu_class']}, {data['environment']['threads']} threads")
     fig.tight_layout()
-    fig.savefig(Path(__file__).resolve().parent / "results" / f"{name}.png", dpi=110)
+    fig.savefig(RESULTS / f"{name}.png", dpi=110)
     plt.close(fig)
 
 
