@@ -44,6 +44,65 @@ def char_spans(ranges: Sequence[tuple[int, int]], offsets: Sequence[tuple[int, i
     return [(offsets[start][0], offsets[end - 1][1]) for start, end in ranges]
 
 
+def window_spans(
+    offsets: Sequence[tuple[int, int]], window: int, max_windows: int, first_end: int
+) -> tuple[list[tuple[int, int]], bool]:
+    """A cut document's windows as character spans, and whether they cover it.
+
+    Args:
+        offsets: the document's tokens' character offsets.
+        window: tokens per window.
+        max_windows: windows at most.
+        first_end: where the document's truncated pair ends: the first window is that pair itself, so a
+            chunked score is never below the truncated one.
+    """
+    ranges, complete = plan_windows(len(offsets), window, max_windows)
+    spans = char_spans(ranges, offsets)
+    spans[0] = (0, first_end)
+    return spans, complete
+
+
+def further_windows(spans: dict[int, list[tuple[int, int]]]) -> list[tuple[int, tuple[int, int]]]:
+    """(pair, span) of every window after each cut document's first, pairs ascending: the rows to encode."""
+    return [(pair, span) for pair in sorted(spans) for span in spans[pair][1:]]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One encoded row: its token ids, whether any of its query or document text was cut, and its prefix length
+    (the tokens before its document)."""
+
+    ids: list[int]
+    truncated: bool
+    prefix_length: int
+
+
+def lay_out(
+    first_rows: Sequence[Row],
+    document_lengths: Sequence[int],
+    spans: dict[int, list[tuple[int, int]]],
+    further_rows: Sequence[Row],
+    complete: list[bool],
+) -> tuple[list[Row], Windows]:
+    """The rows in pair order, and which pair and span each scores: each pair's first row (its prompt as
+    encoded: the whole document, or its first window), then its further windows' rows (encoded in the order
+    `further_windows` gives)."""
+    rows: list[Row] = []
+    owner: list[int] = []
+    row_spans: list[tuple[int, int]] = []
+    further = iter(further_rows)
+    for pair, first in enumerate(first_rows):
+        rows.append(first)
+        owner.append(pair)
+        row_spans.append(spans[pair][0] if pair in spans else (0, document_lengths[pair]))
+        for span in spans.get(pair, [])[1:]:
+            rows.append(next(further))
+            owner.append(pair)
+            row_spans.append(span)
+    counts = [len(spans[pair]) if pair in spans else 1 for pair in range(len(first_rows))]
+    return rows, Windows(owner=owner, spans=row_spans, counts=counts, complete=complete)
+
+
 @dataclass(frozen=True)
 class Windows:
     """Which pair and which part of its document each row of a windowed encoding scores.

@@ -11,8 +11,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .backends.select import BACKENDS, PRECISIONS
 from .chunking import DEFAULT_MAX_CHUNKS_PER_DOC
 from .errors import MissingDependencyError, RerankError
+from .settings import default_of
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -184,19 +186,27 @@ class ServeSetting:
         return self.flag.removeprefix("--").replace("-", "_")
 
 
-SERVE_SETTINGS = (
-    ServeSetting("--host", "HOST", str, "127.0.0.1", "bind address"),
-    ServeSetting("--port", "PORT", int, 8080, "TCP port"),
-    ServeSetting("--api-key", "API_KEY", str, None, "require 'Authorization: Bearer KEY'"),
-    ServeSetting("--model-name", "MODEL_NAME", str, None, "name reported to clients"),
-    ServeSetting("--threads", "THREADS", int, None, "inference threads"),
-    ServeSetting("--backend", "BACKEND", str, "auto", BACKEND_HELP, ("auto", "onnxruntime", "openvino")),
-    ServeSetting("--precision", "PRECISION", str, "auto", PRECISION_HELP, ("auto", "fp32", "bf16", "int8")),
-    ServeSetting("--max-documents", "MAX_DOCUMENTS", int, 1000, "documents per request"),
-    ServeSetting("--max-body-bytes", "MAX_BODY_BYTES", int, 2 * 1024 * 1024, "request body bytes"),
-    ServeSetting("--max-request-tokens", "MAX_REQUEST_TOKENS", int, 1_000_000, "prompt tokens per request"),
-    ServeSetting("--max-queue-pairs", "MAX_QUEUE_PAIRS", int, 4096, "queued pairs before 429"),
-    ServeSetting("--coalesce-ms", "COALESCE_MS", float, 0.0, "wait this long to batch concurrent requests; 0 disables"),
+SERVE_SETTINGS = (  # defaults: settings.py, the one home of the server's defaults
+    ServeSetting("--host", "HOST", str, default_of("host"), "bind address"),
+    ServeSetting("--port", "PORT", int, default_of("port"), "TCP port"),
+    ServeSetting("--api-key", "API_KEY", str, default_of("api_key"), "require 'Authorization: Bearer KEY'"),
+    ServeSetting("--model-name", "MODEL_NAME", str, default_of("model_name"), "name reported to clients"),
+    ServeSetting("--threads", "THREADS", int, default_of("threads"), "inference threads"),
+    ServeSetting("--backend", "BACKEND", str, default_of("backend"), BACKEND_HELP, BACKENDS),
+    ServeSetting("--precision", "PRECISION", str, default_of("precision"), PRECISION_HELP, PRECISIONS),
+    ServeSetting("--max-documents", "MAX_DOCUMENTS", int, default_of("max_documents"), "documents per request"),
+    ServeSetting("--max-body-bytes", "MAX_BODY_BYTES", int, default_of("max_body_bytes"), "request body bytes"),
+    ServeSetting(
+        "--max-request-tokens", "MAX_REQUEST_TOKENS", int, default_of("max_request_tokens"), "prompt tokens per request"
+    ),
+    ServeSetting("--max-queue-pairs", "MAX_QUEUE_PAIRS", int, default_of("max_queue_pairs"), "queued pairs before 429"),
+    ServeSetting(
+        "--coalesce-ms",
+        "COALESCE_MS",
+        float,
+        default_of("coalesce_ms"),
+        "wait this long to batch concurrent requests; 0 disables",
+    ),
 )
 
 
@@ -230,7 +240,7 @@ def _serve_settings(args: argparse.Namespace) -> dict[str, Any]:
 def _check_serve_setting(setting: ServeSetting, value: object, *, from_flag: bool) -> None:
     """A numeric setting within its range (protocol.SETTING_RANGES); an API key that is not empty."""
     from .errors import InvalidInputError
-    from .protocol import SETTING_RANGES, check_setting
+    from .settings import SETTING_RANGES, check_setting
 
     shown = setting.flag if from_flag else f"RERANK_ONNX_{setting.env}"
     if setting.dest in SETTING_RANGES and value is not None:
@@ -261,8 +271,8 @@ def _serve(args: argparse.Namespace) -> int:
     values = _serve_settings(args)
     if not values["model"]:
         raise InvalidInputError("serve: expected an artifact folder (argument or RERANK_ONNX_MODEL), got none")
-    from .protocol import Limits
-    from .server import ServerSettings, serve
+    from .server import serve
+    from .settings import RequestLimits, ServerSettings
 
     v: dict[str, Any] = values
     settings = ServerSettings(
@@ -272,7 +282,7 @@ def _serve(args: argparse.Namespace) -> int:
         threads=v["threads"],
         backend=v["backend"],
         precision=v["precision"],
-        limits=Limits(max_documents=v["max_documents"], max_request_tokens=v["max_request_tokens"]),
+        limits=RequestLimits(max_documents=v["max_documents"], max_request_tokens=v["max_request_tokens"]),
         max_body_bytes=v["max_body_bytes"],
         coalesce_ms=v["coalesce_ms"],
         max_queue_pairs=v["max_queue_pairs"],

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from tokenizers import Encoding, Tokenizer
 
 from .artifact import PairEncoding
-from .chunking import Windows, char_spans, plan_windows
+from .chunking import Row, further_windows, lay_out, window_spans
 from .errors import InvalidInputError
 from .template import CharacterCap, EncodedPairs
 from .validate import check_encode_limits, check_parallel
@@ -122,41 +122,22 @@ class CrossEncoderPairs:
             if window < 1 or not document_tokens.ids:
                 complete[i] = False
                 continue
-            ranges, complete[i] = plan_windows(len(document_tokens.ids), window, max_windows)
-            spans[i] = char_spans(ranges, document_tokens.offsets)
-            spans[i][0] = (0, _document_end(encodings[i]))
-        pieces = [(i, span) for i, pair_spans in spans.items() for span in pair_spans[1:]]
+            first_end = _document_end(encodings[i])
+            spans[i], complete[i] = window_spans(document_tokens.offsets, window, max_windows, first_end)
+        pieces = further_windows(spans)
         windowed = self._encode([queries[i] for i, _ in pieces], [documents[i][a:b] for i, (a, b) in pieces], limit)
-        by_pair: dict[int, list[tuple[tuple[int, int], Encoding]]] = {}
-        for (i, span), encoding in zip(pieces, windowed):
-            by_pair.setdefault(i, []).append((span, encoding))
-        ids: list[list[int]] = []
-        truncated: list[bool] = []
-        starts: list[int] = []
-        owner: list[int] = []
-        row_spans: list[tuple[int, int]] = []
-        for i, document in enumerate(documents):
-            # the pair as encoded: the whole document, or the first window of a cut one
-            ids.append(encoded.input_ids[i])
-            # the first window is cut only if its query was
-            query_cut = encodings[i].sequence_ids.count(0) < query_tokens[queries[i]]
-            truncated.append(query_cut if i in spans else encoded.truncated[i])
-            starts.append(encoded.prefix_lengths[i])
-            owner.append(i)
-            row_spans.append(spans[i][0] if i in spans else (0, len(document)))
-            for span, encoding in by_pair.get(i, []):
-                ids.append(encoding.ids)
-                truncated.append(bool(encoding.overflowing))
-                starts.append(_document_start(encoding))
-                owner.append(i)
-                row_spans.append(span)
-        windows = Windows(
-            owner=owner,
-            spans=row_spans,
-            counts=[len(spans.get(i, [(0, 0)])) for i in range(len(documents))],
-            complete=complete,
-        )
-        return EncodedPairs(ids, truncated, starts, windows=windows)
+        # the first row of a cut document is its truncated pair, cut only if its query was
+        firsts = [
+            Row(
+                encoded.input_ids[i],
+                encodings[i].sequence_ids.count(0) < query_tokens[queries[i]] if i in spans else encoded.truncated[i],
+                encoded.prefix_lengths[i],
+            )
+            for i in range(len(documents))
+        ]
+        further = [Row(e.ids, bool(e.overflowing), _document_start(e)) for e in windowed]
+        rows, windows = lay_out(firsts, [len(d) for d in documents], spans, further, complete)
+        return EncodedPairs.from_rows(rows, windows)
 
 
 def _document_end(encoding: Encoding) -> int:

@@ -21,6 +21,7 @@ from msgspec import UNSET
 
 from .chunking import Windows
 from .errors import RerankError
+from .settings import RequestLimits
 from .wire import REQUESTS, Chunk, RerankResponse, Result, TeiResult, Usage, validation_message
 
 
@@ -42,49 +43,6 @@ class RequestError(RerankError):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": str(self), "type": self.type, "code": self.code}}
-
-
-# The range of every numeric server setting (ServerSettings, Limits, `serve`'s flags and environment): a value
-# outside it is refused at start, instead of a server that listens elsewhere, answers 503 forever or hangs.
-SETTING_RANGES: dict[str, tuple[int, int]] = {
-    "port": (1, 65535),
-    "threads": (1, 1024),
-    "max_documents": (1, 1_000_000),
-    "max_document_chars": (1, 1 << 30),
-    "max_request_tokens": (1, 1 << 40),
-    "max_body_bytes": (1, 1 << 30),
-    "max_queue_pairs": (1, 1 << 30),
-    "coalesce_ms": (0, 1000),  # a longer wait only delays every request
-}
-
-
-def check_setting(name: str, value: object, *, shown_as: str | None = None) -> None:
-    """`value` lies in SETTING_RANGES[name] (coalesce_ms: any number; the others: whole numbers).
-
-    Raises:
-        InvalidInputError: naming the setting as `shown_as` (a flag or variable), else by its name.
-    """
-    from .errors import InvalidInputError, describe
-
-    low, high = SETTING_RANGES[name]
-    whole = name != "coalesce_ms"
-    kinds = (int,) if whole else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:  # NaN fails too
-        kind = "a whole number" if whole else "a number"
-        raise InvalidInputError(
-            f"{shown_as or name}: expected {kind} from {low} to {high}, got {describe(value)}; fix the setting"
-        )
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_documents: int = 1000
-    max_document_chars: int = 1_000_000
-    max_request_tokens: int = 1_000_000
-
-    def __post_init__(self) -> None:
-        for name in ("max_documents", "max_document_chars", "max_request_tokens"):
-            check_setting(name, getattr(self, name))
 
 
 Shape = Literal["v1", "v2", "tei"]
@@ -201,7 +159,7 @@ def shape_for(path: str, data: dict[str, Any]) -> Shape:
     return "tei" if "texts" in data and "documents" not in data else "v1"
 
 
-def parse_request(data: dict[str, Any], shape: Shape, limits: Limits) -> RerankRequest:
+def parse_request(data: dict[str, Any], shape: Shape, limits: RequestLimits) -> RerankRequest:
     """Validate a decoded body of dialect `shape` (wire.py's models) into a RerankRequest.
 
     Raises:
@@ -280,7 +238,7 @@ def _field_text(value: Any, index: int, name: str) -> str:
     return str(value)
 
 
-def _check_sizes(documents: list[str], limits: Limits) -> None:
+def _check_sizes(documents: list[str], limits: RequestLimits) -> None:
     if len(documents) > limits.max_documents:
         raise RequestError(
             413,
@@ -366,7 +324,7 @@ class Prepared:
     windows: Windows | None = None  # with max_chunks_per_doc: which document and span each row scores
 
 
-def encode_request(request: RerankRequest, reranker: Any, limits: Limits) -> Prepared:
+def encode_request(request: RerankRequest, reranker: Any, limits: RequestLimits) -> Prepared:
     """Tokenize a parsed request and apply the token limits (reranker: a rerank_onnx.Reranker)."""
     from .errors import InvalidInputError
 
@@ -413,20 +371,19 @@ def render_response(
     request: RerankRequest, reranker: Any, prepared: Prepared, raw_scores: Any, *, model_name: str
 ) -> Any:
     """Scores -> the response body of the request's shape: sorted best first, cut to top_n."""
-    import numpy as np
+    from .ranking import pair_scores
 
+    pairs = pair_scores(raw_scores, prepared.windows, normalize=None if request.raw_scores else reranker.normalize)
     chunks = None
-    windows = prepared.windows
-    if windows is not None:  # rows are windows: each document takes its best window's score
-        raw_scores, winners = windows.fold(np.asarray(raw_scores))
-        spans = [windows.spans[row] for row in winners]
-        chunks = [Chunk(a, b, n, done) for (a, b), n, done in zip(spans, windows.counts, windows.complete)]
-    scores = raw_scores if request.raw_scores else reranker.normalize(raw_scores)
-    order = np.lexsort((np.arange(len(scores)), -scores)).tolist()[: request.top_n]
+    if prepared.windows is not None:  # rows are windows: each document took its best window's score
+        chunks = []
+        for span, count, complete in zip(pairs.spans, pairs.windows, pairs.complete):
+            assert span is not None  # every pair of a chunked request has a winning window
+            chunks.append(Chunk(span[0], span[1], count, complete))
     return build_response(
         request,
-        [float(s) for s in scores],
-        order,
+        [float(s) for s in pairs.scores],
+        pairs.order(request.top_n),
         model_name=model_name,
         prompt_tokens=prepared.prompt_tokens,
         chunks=chunks,

@@ -12,6 +12,7 @@ import numpy as np
 from .chunking import DEFAULT_MAX_CHUNKS_PER_DOC
 from .errors import InputTooLongError
 from .model import LoadedModel
+from .ranking import pair_scores
 from .template import EncodedPairs
 from .validate import (
     check_bool,
@@ -120,15 +121,14 @@ class Reranker(LoadedModel):
         scores = self.score_encoded(
             encoded.input_ids, prefix_lengths=encoded.prefix_lengths, batch_size=batch_size, show_progress=show_progress
         )
-        scores, spans, windows = encoded.per_pair(scores)
-        if normalize:
-            scores = self.normalize(scores)
-        order = np.lexsort((np.arange(len(scores)), -scores))  # score descending, then index ascending
-        chosen = order[: top_k if top_k is not None else len(order)]
+        pairs = pair_scores(scores, encoded.windows, normalize=self.normalize if normalize else None)
+        chosen = pairs.order(top_k)
         if not sort:
-            chosen = np.sort(chosen)
+            chosen = sorted(chosen)
         return [
-            RankResult(int(i), float(scores[i]), docs[i] if return_documents else None, spans[i], windows[i])
+            RankResult(
+                i, float(pairs.scores[i]), docs[i] if return_documents else None, pairs.spans[i], pairs.windows[i]
+            )
             for i in chosen
         ]
 
@@ -173,8 +173,7 @@ class Reranker(LoadedModel):
         scores = self.score_encoded(
             encoded.input_ids, prefix_lengths=encoded.prefix_lengths, batch_size=batch_size, show_progress=show_progress
         )
-        scores = encoded.per_pair(scores)[0]
-        return self.normalize(scores) if normalize else scores
+        return pair_scores(scores, encoded.windows, normalize=self.normalize if normalize else None).scores
 
 
 def _check_flags(normalize: object, truncate: object, show_progress: object) -> None:

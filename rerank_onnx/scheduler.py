@@ -16,8 +16,8 @@ import numpy as np
 
 from .errors import QueueFullError
 from .metrics import Metrics
-from .protocol import check_setting
 from .reranker import Reranker
+from .settings import check_setting
 
 
 @dataclass
@@ -39,9 +39,9 @@ class Scheduler:
         reranker: Reranker,
         metrics: Metrics,
         *,
-        coalesce_ms: float = 5.0,
+        coalesce_ms: float,
         max_coalesced_pairs: int = 256,
-        max_queue_pairs: int = 4096,
+        max_queue_pairs: int,
     ) -> None:
         self._reranker = reranker
         self._metrics = metrics

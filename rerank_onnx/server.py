@@ -10,18 +10,15 @@ import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from .backends.select import Backend, Precision, machine_summary
-from .errors import InvalidInputError, MissingDependencyError, QueueFullError, RerankError
+from .backends.select import machine_summary
+from .errors import MissingDependencyError, QueueFullError, RerankError
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import (
-    Limits,
     RequestError,
     RerankRequest,
     Shape,
-    check_setting,
     encode_request,
     parse_json,
     parse_request,
@@ -29,6 +26,7 @@ from .protocol import (
     shape_for,
 )
 from .reranker import Reranker
+from .settings import DEFAULT_HOST, DEFAULT_PORT, RequestLimits, ServerSettings
 
 try:
     from starlette.applications import Starlette
@@ -49,32 +47,6 @@ from .wire import openapi_document
 log = logging.getLogger("rerank_onnx.server")
 # nginx's status for a request its client abandoned; it appears only in /metrics and the log
 CLIENT_CLOSED_REQUEST = 499
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    model_dir: str
-    model_name: str | None = None  # reported in responses and /v1/models (default: the source model)
-    api_key: str | None = None
-    threads: int | None = None
-    backend: Backend = "auto"
-    precision: Precision = "auto"
-    limits: Limits = field(default_factory=Limits)
-    max_body_bytes: int = 2 * 1024 * 1024
-    # Off by default: where it was measured it gained neither throughput nor p95 (docs/serving.md)
-    coalesce_ms: float = 0.0
-    max_queue_pairs: int = 4096
-
-    def __post_init__(self) -> None:
-        if self.threads is not None:
-            check_setting("threads", self.threads)
-        for name in ("max_body_bytes", "coalesce_ms", "max_queue_pairs"):
-            check_setting(name, getattr(self, name))
-        if self.api_key is not None and not self.api_key.strip():
-            raise InvalidInputError(
-                "api_key: expected a non-empty key, got an empty one; an empty key would let every request in: "
-                "pass a real key, or none to serve without authentication"
-            )
 
 
 class _State:
@@ -222,7 +194,7 @@ class _Counted:
             self.metrics.request(endpoint, status, time.perf_counter() - started)
 
 
-async def _rerank(state: _State, request: RerankRequest, limits: Limits) -> Any:
+async def _rerank(state: _State, request: RerankRequest, limits: RequestLimits) -> Any:
     if state.load_error is not None:
         raise RequestError(503, f"the model could not be loaded: {state.load_error}", type="server_error")
     if state.reranker is None or state.scheduler is None:
@@ -287,7 +259,7 @@ def _internal_error_response(request: Request, exc: Exception) -> Response:
     return JSONResponse(error.body(), status_code=500)
 
 
-def serve(settings: ServerSettings, *, host: str = "127.0.0.1", port: int = 8080) -> None:
+def serve(settings: ServerSettings, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
     try:
         import uvicorn
     except ImportError as exc:

@@ -21,12 +21,13 @@ import time
 from typing import Any
 
 from .errors import InvalidInputError, ModelLoadError, RerankError
-from .protocol import Limits, RequestError, encode_request, parse_json, parse_request, render_response, shape_for
+from .protocol import RequestError, encode_request, parse_json, parse_request, render_response, shape_for
 from .reranker import Reranker
+from .settings import RequestLimits
 
 log = logging.getLogger("rerank_onnx.serverless")
 _reranker: Reranker | None = None
-_limits = Limits()
+_limits = RequestLimits()
 
 
 def _model() -> Reranker:

@@ -12,11 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-import numpy as np
 from tokenizers import Tokenizer
 
 from .artifact import Template
-from .chunking import Windows, char_spans, plan_windows
+from .chunking import Row, Windows, further_windows, lay_out, window_spans
 from .errors import ModelLoadError
 from .validate import check_encode_limits, check_parallel, check_str
 
@@ -31,6 +30,11 @@ class EncodedPairs:
     prefix_lengths: list[int]
     windows: Windows | None = None  # which pair and document span each row scores; None: one row per pair
 
+    @classmethod
+    def from_rows(cls, rows: Sequence[Row], windows: Windows) -> EncodedPairs:
+        """A windowed encoding from its rows (chunking.lay_out)."""
+        return cls([r.ids for r in rows], [r.truncated for r in rows], [r.prefix_length for r in rows], windows=windows)
+
     def pair_truncated(self) -> list[bool]:
         """Per pair: was any of its query or document left unscored."""
         if self.windows is None:
@@ -39,13 +43,6 @@ class EncodedPairs:
         for row, pair in enumerate(self.windows.owner):
             cut[pair] = cut[pair] or self.truncated[row]
         return cut
-
-    def per_pair(self, scores: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int] | None], list[int]]:
-        """Row scores -> per pair: score, winning span and windows scored (None and 1 when not chunked)."""
-        if self.windows is None:
-            return scores, [None] * len(scores), [1] * len(scores)
-        best, winners = self.windows.fold(scores)
-        return best, [self.windows.spans[row] for row in winners], self.windows.counts
 
 
 class CharacterCap:
@@ -178,30 +175,21 @@ class PairEncoder:
                 complete[i] = budget is None
                 continue
             offsets = self._tokenizer.encode(document, add_special_tokens=False).offsets
-            ranges, complete[i] = plan_windows(len(offsets), window, max_windows)
-            spans[i] = char_spans(ranges, offsets)
-            spans[i][0] = (0, self._truncated_document_end(encoded, i, document))
-        pieces = [(i, span) for i, pair_spans in spans.items() for span in pair_spans[1:]]
+            first_end = self._truncated_document_end(encoded, i, document)
+            spans[i], complete[i] = window_spans(offsets, window, max_windows, first_end)
+        pieces = further_windows(spans)
         windowed, _ = self._encode_pairs(
             [queries[i] for i, _ in pieces], [documents[i][a:b] for i, (a, b) in pieces], instruction, limit, None
         )
         query_cut = self._query_cut(encoded, queries, instruction)
-        rows: list[tuple[int, tuple[int, int], list[int], bool, int]] = []  # pair, span, ids, cut, prefix
-        window_rows = iter(zip(pieces, windowed.input_ids, windowed.truncated, windowed.prefix_lengths))
-        for i, document in enumerate(documents):
-            # the prompt as encoded: the whole document, or the first window of a cut one (cut only if its query was)
-            first, cut = (spans[i][0], query_cut[i]) if i in spans else ((0, len(document)), encoded.truncated[i])
-            rows.append((i, first, encoded.input_ids[i], cut, encoded.prefix_lengths[i]))
-            for _ in spans.get(i, ())[1:]:
-                (_, span), ids, cut, prefix = next(window_rows)
-                rows.append((i, span, ids, cut, prefix))
-        windows = Windows(
-            owner=[row[0] for row in rows],
-            spans=[row[1] for row in rows],
-            counts=[len(spans.get(i, [None])) for i in range(len(documents))],
-            complete=complete,
-        )
-        return EncodedPairs([r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows], windows=windows)
+        # the first row of a cut document is its truncated prompt, cut only if its query was
+        firsts = [
+            Row(encoded.input_ids[i], query_cut[i] if i in spans else encoded.truncated[i], encoded.prefix_lengths[i])
+            for i in range(len(documents))
+        ]
+        further = [Row(*row) for row in zip(windowed.input_ids, windowed.truncated, windowed.prefix_lengths)]
+        rows, windows = lay_out(firsts, [len(d) for d in documents], spans, further, complete)
+        return EncodedPairs.from_rows(rows, windows)
 
     def _truncated_document_end(self, encoded: EncodedPairs, pair: int, document: str) -> int:
         """The character end, in `document`, of the text pair `pair`'s truncated prompt holds."""

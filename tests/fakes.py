@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from rerank_onnx.backends import Limits, Prefix
+from rerank_onnx.backends import EngineLimits, Prefix
 
 
 class FakeSession:
     """What every score session has besides `run`: default limits, and nothing to give back."""
 
-    limits = Limits()
+    limits = EngineLimits()
 
     def release_memory(self) -> None:
         pass

@@ -20,6 +20,7 @@ def _run(args: list[str], *, stdin: str | None = None, env: dict | None = None) 
     return subprocess.run(CLI + args, input=stdin, capture_output=True, text=True, env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_export_then_rank_from_a_file(tmp_path: Path, tiny_checkpoint: Path) -> None:
     out = tmp_path / "artifact"

@@ -52,6 +52,7 @@ def test_a_checkpoint_folder_is_exported_once_then_loaded(
     assert list((cache / "artifacts").glob("*/rerank_config.json")) == [exported]
 
 
+@pytest.mark.slow
 def test_a_changed_checkpoint_is_exported_again(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
     copy = Path(shutil.copytree(tiny_checkpoint, tmp_path / "ckpt"))
     cache = tmp_path / "cache"
@@ -64,6 +65,7 @@ def test_a_changed_checkpoint_is_exported_again(tiny_checkpoint: Path, tmp_path:
     assert len(list((cache / "artifacts").glob("*/rerank_config.json"))) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_a_hub_id_from_an_offline_hub_cache_and_two_processes_export_once(
     tiny_checkpoint: Path, int8_artifact: Path, tmp_path: Path

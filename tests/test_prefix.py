@@ -95,7 +95,7 @@ def test_head_lengths_must_match_the_prompts(fp32_artifact: Path) -> None:
 def test_the_scheduler_shares_heads_within_and_across_requests(fp32_artifact: Path) -> None:
     session = PrefixFake()
     reranker = Reranker(fp32_artifact, session=session)
-    scheduler = Scheduler(reranker, Metrics(), coalesce_ms=50.0)
+    scheduler = Scheduler(reranker, Metrics(), coalesce_ms=50.0, max_queue_pairs=4096)
     first = reranker.encode(["cats?"] * 2, ["a b", "c"])
     second = reranker.encode(["cats?"] * 3, ["d", "e f", "g"])
 

@@ -250,6 +250,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_serve_deployment_answers_the_server_routes(local_ray, int8_artifact: Path):
     import httpx
 

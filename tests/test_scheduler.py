@@ -44,7 +44,9 @@ def _requests(n: int) -> list[list[list[int]]]:
 def test_each_request_gets_its_own_scores(fp32_artifact: Path, coalesce_ms: float) -> None:
     session = SlowSumSession(delay=0)
     session.release.clear()  # the worker holds its first run until every request is queued
-    scheduler = Scheduler(Reranker(fp32_artifact, session=session), Metrics(), coalesce_ms=coalesce_ms)
+    scheduler = Scheduler(
+        Reranker(fp32_artifact, session=session), Metrics(), coalesce_ms=coalesce_ms, max_queue_pairs=4096
+    )
     requests = _requests(20)
 
     async def main():
@@ -85,7 +87,9 @@ def test_full_queue_answers_429_and_errors_reach_every_waiter(fp32_artifact: Pat
     finally:
         scheduler.close()
 
-    failing = Scheduler(Reranker(fp32_artifact, session=SlowSumSession(fail=True)), Metrics(), coalesce_ms=5)
+    failing = Scheduler(
+        Reranker(fp32_artifact, session=SlowSumSession(fail=True)), Metrics(), coalesce_ms=5, max_queue_pairs=4096
+    )
 
     async def both():
         return await asyncio.gather(failing.score([[1]]), failing.score([[2]]), return_exceptions=True)
@@ -99,7 +103,7 @@ def test_full_queue_answers_429_and_errors_reach_every_waiter(fp32_artifact: Pat
 
 def test_close_finishes_queued_work(fp32_artifact: Path) -> None:
     session = SlowSumSession(delay=0.05)
-    scheduler = Scheduler(Reranker(fp32_artifact, session=session), Metrics(), coalesce_ms=0)
+    scheduler = Scheduler(Reranker(fp32_artifact, session=session), Metrics(), coalesce_ms=0, max_queue_pairs=4096)
 
     async def main():
         futures = [asyncio.ensure_future(scheduler.score([[i, i]])) for i in range(5)]

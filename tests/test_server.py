@@ -76,10 +76,12 @@ def client(fp32_artifact: Path):
     """The app in this process, with the limits the `server` fixture's flags set."""
     from starlette.testclient import TestClient
 
-    from rerank_onnx.protocol import Limits
     from rerank_onnx.server import ServerSettings, create_app
+    from rerank_onnx.settings import RequestLimits
 
-    settings = ServerSettings(model_dir=str(fp32_artifact), limits=Limits(max_documents=50), max_body_bytes=1_000_000)
+    settings = ServerSettings(
+        model_dir=str(fp32_artifact), limits=RequestLimits(max_documents=50), max_body_bytes=1_000_000
+    )
     with TestClient(create_app(settings)) as test_client:
         deadline = time.time() + 60
         while test_client.get("/health").status_code != 200:  # the loader thread finishes

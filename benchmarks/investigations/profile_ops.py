@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: common.py, worker.py
 from common import RESULTS, environment, text_of_tokens, write_results
 
-from rerank_onnx.backends import Limits
+from rerank_onnx.backends import EngineLimits
 
 if TYPE_CHECKING:
     from rerank_onnx import Reranker
@@ -45,7 +45,7 @@ def parse_shape(text: str) -> tuple[int, int]:
 class _NoSession:
     """The profiler runs its own onnxruntime session; the Reranker is here only for its prompt encoder."""
 
-    limits = Limits()
+    limits = EngineLimits()
 
     def release_memory(self) -> None:
         pass

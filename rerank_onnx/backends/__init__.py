@@ -16,7 +16,7 @@ from typing import Literal
 from ..artifact import ATTENTION_MASK, PAST_KEYS, ArtifactConfig
 from .protocols import (
     Engine,
-    Limits,
+    EngineLimits,
     Prefix,
     PrefixScoreSession,
     ScoreSession,
@@ -118,8 +118,8 @@ __all__ = [
     "BackendChoice",
     "EncoderGraphSession",
     "Engine",
+    "EngineLimits",
     "GraphSession",
-    "Limits",
     "Prefix",
     "PrefixGraphSession",
     "PrefixScoreSession",

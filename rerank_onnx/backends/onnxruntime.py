@@ -10,13 +10,13 @@ import numpy as np
 
 from ..errors import ModelLoadError
 from .memory import Rebuildable, is_large
-from .protocols import Limits
+from .protocols import EngineLimits
 
 # After a call whose rows attended over more than this (a prompt of more than 4k tokens) the session is created
 # again in the background: its arena keeps regions that shrinkage cannot free (docs/memory.md#rebuilds).
 REBUILD_LENGTH = 4096
 
-LIMITS = Limits(
+LIMITS = EngineLimits(
     batch_tokens=4096,  # speed flat from 1k to 8k tokens per run, memory rising above 4k (docs/memory.md#batches)
     batch_context=None,  # its arena is shrunk after large runs: what a batch attends over is not kept
     slice_tokens=512,  # the lowest peak for an 8k-token prompt at the same speed (docs/memory.md#slices)

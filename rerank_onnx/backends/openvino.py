@@ -28,7 +28,7 @@ from ..errors import MissingDependencyError, ModelLoadError
 from .memory import Rebuildable
 from .openvino_graph import NEW_KV, NEW_KV_BF16, compile_source, new_token_outputs, split_layers
 from .openvino_whole import WholeRowProcess
-from .protocols import Limits
+from .protocols import EngineLimits
 from .select import PADDED_PRECISIONS
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -41,7 +41,7 @@ SHAPE_CACHE = 16
 # plugin keeps the buffers a run grew until then (docs/memory.md#rebuilds)
 REBUILD_LENGTH = 4096
 
-LIMITS = Limits(
+LIMITS = EngineLimits(
     batch_tokens=1024,  # working memory grows with a run's tokens; smaller runs cost no speed (docs/memory.md#batches)
     batch_context=8192,  # what a batch after a shared prefix attends over, which the plugin keeps (#batch-context)
     slice_tokens=1024,  # smaller slices kept more memory: each slice shape is compiled (docs/memory.md#slices)

@@ -3,7 +3,7 @@
 The scorer (scorer.py) drives a `ScoreSession`; what else a session can do is a protocol of its own that the
 scorer checks for (`PrefixScoreSession`: shared prefixes and slices; `SegmentScoreSession`: pair encodings with
 token types; `WholeRowScoreSession`: long rows run whole on a bounded-memory path). A session says how it wants
-its work cut in its `Limits`. Nothing here imports from the layers above.
+its work cut in its `EngineLimits`. Nothing here imports from the layers above.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 
 
 @dataclass(frozen=True)
-class Limits:
+class EngineLimits:
     """How a session wants its work cut: what `max_batch_tokens="auto"` and `slice_tokens="auto"` resolve to.
 
     Each engine sets its own (onnxruntime.LIMITS, openvino.LIMITS); the reasons are in docs/memory.md.
@@ -55,7 +55,7 @@ class Prefix:
 class ScoreSession(Protocol):
     """What the scorer drives: scores of right-padded rows, the session's limits, and a hook to give back memory."""
 
-    limits: Limits
+    limits: EngineLimits
 
     def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """(batch, sequence) int64 right-padded ids and (batch,) int64 lengths -> (batch,) float32 scores."""
@@ -102,7 +102,7 @@ class Engine(Protocol):
     """One compiled score graph on one inference engine: named numpy feeds in, named outputs out."""
 
     threads: int
-    limits: Limits
+    limits: EngineLimits
 
     def input_shapes(self) -> dict[str, tuple[int | None, ...]]:
         """Each graph input's shape; None where a dimension is dynamic."""

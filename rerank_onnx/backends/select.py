@@ -198,7 +198,6 @@ def choose(
 def _choose(
     backend: str, precision: str, *, scheme: str, family: str, kind: CpuClass, openvino_installed: bool
 ) -> BackendChoice:
-    bf16_capable = kind in BF16_CLASSES
     if backend == "onnxruntime":
         if precision != "auto":
             raise InvalidInputError(
@@ -207,43 +206,9 @@ def _choose(
             )
         return BackendChoice("onnxruntime", "stored", kind, "asked for")
     if backend == "openvino":
-        if not openvino_installed:
-            raise InvalidInputError(
-                "backend='openvino' needs the openvino package: pip install 'rerank-onnx[openvino]', or pass "
-                "backend='auto' to fall back to onnxruntime"
-            )
-        if scheme == "int8-fast":
-            raise InvalidInputError(
-                "backend='openvino' cannot run an int8-fast artifact (its DynamicQuantizeMatMul nodes are "
-                "onnxruntime's); use backend='onnxruntime', or export with --quantize int8 or none"
-            )
-        if precision == "int8" and scheme != "int8":
-            raise InvalidInputError(
-                f"precision='int8' quantizes activations in the blocks of the int8 artifact's weights; this artifact "
-                f"is {scheme!r}: pass precision='bf16' or 'fp32', or export with --quantize int8"
-            )
-        if precision == "int8" and kind not in INT8_CLASSES:
-            return BackendChoice(
-                "openvino",
-                "fp32",
-                kind,
-                "int8 asked for, but this CPU has no VNNI instructions, where OpenVINO leaves its int8 activations off "
-                "(docs/backends.md#avx2); run as fp32, without the row padding int8 needs",
-            )
-        if precision == "bf16" and not bf16_capable:
-            # OpenVINO computes fp32 there whatever the hint; only bf16's row padding would remain
-            return BackendChoice(
-                "openvino",
-                "fp32",
-                kind,
-                "bf16 asked for, but this CPU has no bf16 instructions, where OpenVINO computes in fp32 anyway "
-                "(docs/backends.md#avx2); run as fp32, without the bf16 row padding, which only costs time there",
-            )
-        if precision != "auto":
-            return BackendChoice("openvino", precision, kind, "asked for")  # type: ignore[arg-type]
-        row = auto_row("int8", kind, family)
-        best = row.precision if scheme == "int8" and row.backend == "openvino" else "bf16" if bf16_capable else "fp32"
-        return BackendChoice("openvino", best, kind, "the CPU's best faithful precision")  # type: ignore[arg-type]
+        return _choose_openvino(
+            precision, scheme=scheme, family=family, kind=kind, openvino_installed=openvino_installed
+        )
     # auto
     if precision != "auto":
         raise InvalidInputError(
@@ -259,6 +224,50 @@ def _choose(
             "OpenVINO is faster on this CPU but not installed: pip install 'rerank-onnx[openvino]'",
         )
     return BackendChoice(row.backend, row.precision, kind, f"{row.evidence} row, {row.reference}")
+
+
+def _choose_openvino(
+    precision: str, *, scheme: str, family: str, kind: CpuClass, openvino_installed: bool
+) -> BackendChoice:
+    """backend="openvino": the precision asked for where this CPU and artifact run it, else what they run."""
+    bf16_capable = kind in BF16_CLASSES
+    if not openvino_installed:
+        raise InvalidInputError(
+            "backend='openvino' needs the openvino package: pip install 'rerank-onnx[openvino]', or pass "
+            "backend='auto' to fall back to onnxruntime"
+        )
+    if scheme == "int8-fast":
+        raise InvalidInputError(
+            "backend='openvino' cannot run an int8-fast artifact (its DynamicQuantizeMatMul nodes are "
+            "onnxruntime's); use backend='onnxruntime', or export with --quantize int8 or none"
+        )
+    if precision == "int8" and scheme != "int8":
+        raise InvalidInputError(
+            f"precision='int8' quantizes activations in the blocks of the int8 artifact's weights; this artifact "
+            f"is {scheme!r}: pass precision='bf16' or 'fp32', or export with --quantize int8"
+        )
+    if precision == "int8" and kind not in INT8_CLASSES:
+        return BackendChoice(
+            "openvino",
+            "fp32",
+            kind,
+            "int8 asked for, but this CPU has no VNNI instructions, where OpenVINO leaves its int8 activations off "
+            "(docs/backends.md#avx2); run as fp32, without the row padding int8 needs",
+        )
+    if precision == "bf16" and not bf16_capable:
+        # OpenVINO computes fp32 there whatever the hint; only bf16's row padding would remain
+        return BackendChoice(
+            "openvino",
+            "fp32",
+            kind,
+            "bf16 asked for, but this CPU has no bf16 instructions, where OpenVINO computes in fp32 anyway "
+            "(docs/backends.md#avx2); run as fp32, without the bf16 row padding, which only costs time there",
+        )
+    if precision != "auto":
+        return BackendChoice("openvino", precision, kind, "asked for")  # type: ignore[arg-type]
+    row = auto_row("int8", kind, family)
+    best = row.precision if scheme == "int8" and row.backend == "openvino" else "bf16" if bf16_capable else "fp32"
+    return BackendChoice("openvino", best, kind, "the CPU's best faithful precision")  # type: ignore[arg-type]
 
 
 def machine_summary() -> dict[str, object]:

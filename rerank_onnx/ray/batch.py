@@ -17,6 +17,7 @@ from ..backends import default_threads
 from ..backends.select import Backend, Precision
 from ..chunking import DEFAULT_MAX_CHUNKS_PER_DOC
 from ..errors import InvalidInputError, MissingDependencyError
+from ..ranking import pair_scores
 from ..reranker import LongDocuments, Reranker
 from ..validate import check_bool, check_long_documents, check_str
 
@@ -154,11 +155,9 @@ class RerankBatch:
         """Scores, truncation flags and winning spans ([-1, -1] unless chunked) of valid pairs."""
         encoded = self.model.encode(queries, documents, instruction=self.instruction, max_chunks_per_doc=self.chunks)
         scores = self.model.score_encoded(encoded.input_ids, prefix_lengths=encoded.prefix_lengths)
-        scores, winners, _ = encoded.per_pair(scores)
-        spans = np.array([span or (-1, -1) for span in winners], dtype=np.int64).reshape(-1, 2)
-        if self.normalize:
-            scores = self.model.normalize(scores)
-        return scores, np.array(encoded.pair_truncated(), dtype=bool), spans
+        pairs = pair_scores(scores, encoded.windows, normalize=self.model.normalize if self.normalize else None)
+        spans = np.array([span or (-1, -1) for span in pairs.spans], dtype=np.int64).reshape(-1, 2)
+        return pairs.scores, np.array(encoded.pair_truncated(), dtype=bool), spans
 
 
 def check_options(

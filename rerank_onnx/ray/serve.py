@@ -15,7 +15,8 @@ from typing import Any
 from ..backends.select import BACKENDS, PRECISIONS
 from ..errors import InvalidInputError, MissingDependencyError
 from ..reranker import Reranker
-from ..server import ServerSettings, create_app
+from ..server import create_app
+from ..settings import ServerSettings
 from ..validate import check_positive_int
 from .batch import assigned_cpus
 
