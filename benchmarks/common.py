@@ -188,7 +188,9 @@ class TreePeak:
         return self.peak / 1e9
 
 
-def run_worker(script: str, stack: str, arguments: list[str], *, python: str | None) -> dict | None:
+def run_worker(
+    script: str, stack: str, arguments: list[str], *, python: str | None, env: dict[str, str] | None = None
+) -> dict | None:
     """Run `script --worker stack` with `arguments` in its own process and return the JSON it prints last; None
     (with a line on stderr) when `python` is None (a peer stack without its interpreter) or the worker fails.
 
@@ -197,6 +199,7 @@ def run_worker(script: str, stack: str, arguments: list[str], *, python: str | N
         stack: the stack's name.
         arguments: the script's positional arguments and options for the worker.
         python: the interpreter (a peer venv's for peer stacks), or None where there is none.
+        env: the worker's environment (default: this process's).
 
     Returns:
         The worker's result, or None.
@@ -204,7 +207,7 @@ def run_worker(script: str, stack: str, arguments: list[str], *, python: str | N
     if python is None:
         print(f"{stack} skipped: no --peer-python", file=sys.stderr)
         return None
-    out = subprocess.run([python, script, *arguments, "--worker", stack], capture_output=True, text=True)
+    out = subprocess.run([python, script, *arguments, "--worker", stack], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         print(f"{stack} failed: {out.stderr.strip().splitlines()[-3:]}", file=sys.stderr)
         return None

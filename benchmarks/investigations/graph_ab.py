@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -52,10 +53,14 @@ def worker(artifact: str, backend: str, threads: int, reps: int) -> dict:
     return result
 
 
-def run(artifact: Path, backend: str, threads: int, reps: int) -> dict | None:
-    """One artifact on one backend, measured in its own process (worker())."""
+def run(artifact: Path, backend: str, threads: int, reps: int, code: Path | None = None) -> dict | None:
+    """One artifact on one backend, measured in its own process (worker()); `code`: a folder whose
+    `rerank_onnx` package the worker imports instead of the installed one."""
     arguments = [str(artifact), "--threads", str(threads), "--reps", str(reps)]
-    return run_worker(__file__, backend, arguments, python=sys.executable)
+    env = None
+    if code is not None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code.resolve()), os.environ.get("PYTHONPATH", "")])}
+    return run_worker(__file__, backend, arguments, python=sys.executable, env=env)
 
 
 def summarize(runs: list[dict], first: list[dict] | None) -> dict:
@@ -128,31 +133,48 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--suffix", default="", help="appended to the result files' name")
+    parser.add_argument(
+        "--code",
+        nargs="+",
+        default=[],
+        metavar="NAME=DIR",
+        help="compare code versions on the one artifact given instead of artifacts: DIR holds a `rerank_onnx` "
+        "(a symlink into a git worktree of another commit); the first is the baseline",
+    )
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(str(args.artifacts[0]), args.worker, args.threads, args.reps)))
         return 0
-    if len(args.artifacts) < 2:
-        parser.error("give two or more artifacts of one model")
+    variants: list[tuple[str, Path, Path | None]]  # label, artifact, code folder
+    if args.code:
+        if len(args.artifacts) != 1:
+            parser.error("with --code, give one artifact")
+        variants = [
+            (name, args.artifacts[0], Path(folder)) for name, _, folder in (c.partition("=") for c in args.code)
+        ]
+    elif len(args.artifacts) >= 2:
+        variants = [(artifact.name, artifact, None) for artifact in args.artifacts]
+    else:
+        parser.error("give two or more artifacts of one model, or one artifact and --code")
     runs: dict[tuple[str, str], list[dict]] = {}
     for round_ in range(args.rounds):
         for backend in args.backends:
-            for artifact in args.artifacts:
-                result = run(artifact, backend, args.threads, args.reps)
+            for label, artifact, code in variants:
+                result = run(artifact, backend, args.threads, args.reps, code)
                 if result is not None:
-                    runs.setdefault((backend, artifact.name), []).append(result)
+                    runs.setdefault((backend, label), []).append(result)
                     print(
-                        f"round {round_ + 1} {artifact.name} on {backend}: {result['b16x256']['tokens_per_s']:.0f} "
+                        f"round {round_ + 1} {label} on {backend}: {result['b16x256']['tokens_per_s']:.0f} "
                         f"tok/s, RAG {median(result['rag20']['seconds']):.2f} s",
                         file=sys.stderr,
                     )
     results: dict[str, dict[str, dict]] = {}
     for backend in args.backends:
-        first = runs.get((backend, args.artifacts[0].name))
-        for artifact in args.artifacts:
-            r = runs.get((backend, artifact.name))
+        first = runs.get((backend, variants[0][0]))
+        for label, _, _ in variants:
+            r = runs.get((backend, label))
             if r:
-                results.setdefault(backend, {})[artifact.name] = summarize(r, None if r is first else first)
+                results.setdefault(backend, {})[label] = summarize(r, None if r is first else first)
     data = {"rounds": args.rounds, "reps": args.reps, "environment": environment(args.threads), "results": results}
     suffix = f"-{args.suffix}" if args.suffix else ""
     publish(f"graph-ab-{args.artifacts[0].name}-{data['environment']['cpu_class']}{suffix}", data, table(data), chart)
