@@ -10,11 +10,9 @@ model's normalization) except for TEI with raw_scores=true, which gets logit("1"
 
 from __future__ import annotations
 
-import json
-import math
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, TypeVar
 
 import msgspec
 from msgspec import UNSET
@@ -22,7 +20,19 @@ from msgspec import UNSET
 from .chunking import Windows
 from .errors import RerankError
 from .settings import RequestLimits
-from .wire import REQUESTS, Chunk, RerankResponse, Result, TeiResult, Usage, validation_message
+from .wire import (
+    REQUESTS,
+    Chunk,
+    RerankRequest,
+    RerankResponse,
+    Result,
+    Shape,
+    TeiRequest,
+    TeiResult,
+    Usage,
+)
+
+_T = TypeVar("_T")
 
 
 class RequestError(RerankError):
@@ -45,191 +55,72 @@ class RequestError(RerankError):
         return {"error": {"message": str(self), "type": self.type, "code": self.code}}
 
 
-Shape = Literal["v1", "v2", "tei"]
-
-
-@dataclass(frozen=True)
-class RerankRequest:
-    shape: Shape
-    model: str | None
-    query: str
-    documents: list[str]
-    document_objects: list[Any]  # as sent (strings or objects), echoed back in Jina/Cohere v1 results
-    top_n: int | None
-    return_documents: bool
-    raw_scores: bool
-    truncate: bool
-    max_tokens_per_doc: int | None
-    max_chunks_per_doc: int | None  # Cohere v1: long documents scored by up to this many windows (chunking.py)
-    max_prompt_tokens: int | None  # vLLM's truncate_prompt_tokens: the whole prompt, template included
-    instruction: str | None
-
-
-# JSON numbers longer than this are refused (422): no rerank field needs one, and Python refuses to convert
-# integers past 4,300 digits anyway (what used to surface as a 500).
-MAX_NUMBER_DIGITS = 100
-
-
-def parse_json(body: bytes) -> dict[str, Any]:
-    """A request body as strict JSON: UTF-8, no NaN / Infinity, finite numbers of at most MAX_NUMBER_DIGITS
-    digits, and text that is valid Unicode everywhere (keys and fields that are only echoed back included), so
-    that nothing refused here can fail later when the answer is written.
+def shape_for(path: str, body: bytes) -> Shape:
+    """The request dialect: Cohere v2 by its path; TEI when the body has `texts` and no `documents`;
+    otherwise Jina / Cohere v1 / vLLM, which several clients also post to a bare /rerank.
 
     Raises:
-        RequestError: 400 for malformed JSON or invalid UTF-8; 422 for a value JSON allows but a rerank
-            request cannot carry (a non-finite or overlong number, a lone surrogate), or a body that is not an
-            object.
+        RequestError: 400 for a body that is not JSON, 422 for one that is not an object.
     """
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RequestError(400, f"request body is not valid UTF-8 (byte {exc.start}); send UTF-8 JSON") from exc
-    try:
-        data = json.loads(text, parse_constant=_no_constant, parse_int=_bounded_int, parse_float=_finite_float)
-    except RecursionError as exc:
-        raise RequestError(400, "request body is nested too deeply to parse; send a flat rerank request") from exc
-    except json.JSONDecodeError as exc:
-        raise RequestError(
-            400, f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from exc
-    if not isinstance(data, dict):
-        raise RequestError(422, f"request body: expected a JSON object, got {_json_type(data)}")
-    _check_text(data)
-    return data
-
-
-def _no_constant(name: str) -> Any:
-    raise RequestError(422, f"request body: expected a finite number, got {name}; JSON has no {name}: send a number")
-
-
-def _bounded_int(digits: str) -> int:
-    _check_length(digits)
-    return int(digits)
-
-
-def _finite_float(digits: str) -> float:
-    _check_length(digits)
-    value = float(digits)
-    if not math.isfinite(value):
-        raise RequestError(422, f"request body: expected a finite number, got {digits} (out of range)")
-    return value
-
-
-def _check_length(digits: str) -> None:
-    if len(digits) > MAX_NUMBER_DIGITS:
-        raise RequestError(
-            422, f"request body: expected a number of at most {MAX_NUMBER_DIGITS} digits, got one of {len(digits)}"
-        )
-
-
-def _check_text(data: dict[str, Any]) -> None:
-    """Every key and string in the body is valid Unicode (JSON's \\ud800 escape decodes to a lone surrogate,
-    which no tokenizer or UTF-8 writer takes); a 422 names the first one."""
-    stack: list[tuple[str, Any]] = [("", data)]
-    while stack:
-        where, value = stack.pop()
-        if isinstance(value, dict):
-            for key, item in value.items():
-                place = f"{where}.{key}" if where else str(key)
-                _check_string(place, key, "key")
-                stack.append((place, item))
-        elif isinstance(value, list):
-            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
-        elif isinstance(value, str):
-            _check_string(where, value, "text")
-
-
-def _check_string(where: str, value: str, what: str) -> None:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        shown = where.encode("utf-8", "backslashreplace").decode("ascii", "replace")
-        raise RequestError(
-            422,
-            f"{shown or 'request body'}: expected valid Unicode {what}, got a lone surrogate "
-            f"{value[exc.start]!r} at position {exc.start}; fix the text's encoding",
-        ) from exc
-
-
-def shape_for(path: str, data: dict[str, Any]) -> Shape:
-    """The request dialect: Cohere v2 by its path; TEI when the body has `texts` and no `documents`;
-    otherwise Jina / Cohere v1 / vLLM, which several clients also post to a bare /rerank."""
     if path.rstrip("/").endswith("/v2/rerank"):
         return "v2"
-    return "tei" if "texts" in data and "documents" not in data else "v1"
+    keys = _decode(body, dict[str, msgspec.Raw])  # the top-level keys, their values left undecoded
+    return "tei" if "texts" in keys and "documents" not in keys else "v1"
 
 
-def parse_request(data: dict[str, Any], shape: Shape, limits: RequestLimits) -> RerankRequest:
-    """Validate a decoded body of dialect `shape` (wire.py's models) into a RerankRequest.
+def parse_request(body: bytes, shape: Shape, limits: RequestLimits) -> RerankRequest:
+    """Decode a request body of dialect `shape` into its wire model (wire.py), and check what spans fields.
+
+    Args:
+        body: the raw JSON body.
+        shape: the dialect (`shape_for`).
+        limits: the server's per-request limits.
+
+    Returns:
+        The request as its wire model; every shape reads alike through `wire.RerankBody`.
 
     Raises:
-        RequestError: 422 naming the field for wrong types, missing fields or values out of range; 413
-            for more documents or characters than `limits` allow.
+        RequestError: 400 for malformed JSON or invalid UTF-8 (NaN, Infinity and lone surrogate escapes
+            included); 422 naming the field for wrong types, missing fields or values out of range; 413 for
+            more documents or characters than `limits` allow.
     """
+    request = _decode(body, REQUESTS[shape])
+    _check_sizes(document_texts(request), limits)
+    return request
+
+
+_SCHEMA_FIX = "fix: send the request as GET /openapi.json declares it"
+
+
+def _decode(body: bytes, model: type[_T]) -> _T:
     try:
-        model: Any = msgspec.convert(data, REQUESTS[shape])
+        return msgspec.json.decode(body, type=model)
     except msgspec.ValidationError as exc:
-        message = validation_message(exc)
-        raise RequestError(422, message, code="missing_field" if "required field" in message else None) from exc
-    raw_documents, documents = _documents(model, shape)
-    _check_sizes(documents, limits)
-    top_n = getattr(model, "top_n", None)  # TEI has none
-    if top_n is not None and top_n < 0:
-        raise RequestError(422, f"top_n: expected a non-negative integer, got {top_n}")
-    if top_n == 0 and shape != "tei":
-        top_n = None  # vLLM: 0 means all
-    max_tokens = getattr(model, "max_tokens_per_doc", None)
-    if max_tokens is not None and max_tokens < 1:
-        raise RequestError(422, f"max_tokens_per_doc: expected a positive integer, got {max_tokens}")
-    max_chunks = getattr(model, "max_chunks_per_doc", None)
-    if max_chunks is not None and max_chunks < 1:
-        raise RequestError(422, f"max_chunks_per_doc: expected a positive integer, got {max_chunks}")
-    prompt_cap = getattr(model, "truncate_prompt_tokens", None)
-    if prompt_cap is not None and (prompt_cap < -1 or prompt_cap == 0):
-        raise RequestError(422, f"truncate_prompt_tokens: expected a positive integer or -1, got {prompt_cap}")
-    if shape == "tei" and model.truncation_direction not in ("Right", "right"):
+        raise RequestError(422, f"invalid request: {exc}; {_SCHEMA_FIX}") from exc
+    except RecursionError as exc:  # msgspec's guard against deep nesting (an echoed object's values are free)
+        raise RequestError(400, "request body is nested too deeply to parse; send a flat rerank request") from exc
+    except msgspec.DecodeError as exc:
         raise RequestError(
-            422,
-            f"truncation_direction: only 'Right' is supported (the model's own rule), got {model.truncation_direction!r}",
-        )
-    return RerankRequest(
-        shape=shape,
-        model=model.model,
-        query=model.query,
-        documents=documents,
-        document_objects=raw_documents,
-        top_n=top_n,
-        return_documents=model.return_text if shape == "tei" else model.return_documents,
-        raw_scores=model.raw_scores if shape == "tei" else False,
-        # TEI refuses over-long input unless truncate=true; the Cohere/Jina APIs truncate.
-        truncate=model.truncate if shape == "tei" else True,
-        max_tokens_per_doc=max_tokens,
-        max_chunks_per_doc=max_chunks,
-        max_prompt_tokens=prompt_cap if prompt_cap and prompt_cap > 0 else None,
-        instruction=model.instruction,
-    )
+            400, f"request body is not valid JSON ({exc}); send UTF-8 JSON (no NaN, Infinity or lone surrogates)"
+        ) from exc
 
 
-def _documents(model: Any, shape: Shape) -> tuple[list[Any], list[str]]:
-    """The documents as sent, and the text each is scored on (Cohere v1's rank_fields pick and order the
-    fields of object documents: "field: value" lines; otherwise an object's `text`)."""
-    if shape == "tei":
-        return list(model.texts), list(model.texts)
-    raw = list(model.documents)
-    rank_fields = getattr(model, "rank_fields", None)
+def document_texts(request: RerankRequest) -> list[str]:
+    """The text each document is scored on: a string as is, an object's `text`, or with Cohere v1's
+    rank_fields the named fields as "field: value" lines, in rank_fields' order."""
+    sent = request.sent_documents
+    rank_fields = request.rank_fields
     if rank_fields is None:
-        return raw, [_text(item, f"documents[{i}]") for i, item in enumerate(raw)]
-    if not rank_fields:
-        raise RequestError(422, "rank_fields: expected a non-empty array of field names (strings)")
+        return [_text(item, f"documents[{i}]") for i, item in enumerate(sent)]
     texts = []
-    for i, item in enumerate(raw):
+    for i, item in enumerate(sent):
         if not isinstance(item, dict):
             raise RequestError(422, f"documents[{i}]: rank_fields needs object documents, got {_json_type(item)}")
         missing = [name for name in rank_fields if name not in item]
         if missing:
             raise RequestError(422, f"documents[{i}]: has no field {missing[0]!r} named in rank_fields")
         texts.append("\n".join(f"{name}: {_field_text(item[name], i, name)}" for name in rank_fields))
-    return raw, texts
+    return texts
 
 
 def _field_text(value: Any, index: int, name: str) -> str:
@@ -265,10 +156,10 @@ def build_response(
     chunks: list[Chunk] | None = None,
 ) -> Any:
     """The response body (wire.py's models, as JSON-ready builtins); `order`: indices best first, cut to top_n."""
-    if request.shape == "tei":
+    if isinstance(request, TeiRequest):
         return msgspec.to_builtins(
             [
-                TeiResult(index=i, score=scores[i], text=request.documents[i] if request.return_documents else UNSET)
+                TeiResult(index=i, score=scores[i], text=request.texts[i] if request.return_documents else UNSET)
                 for i in order
             ]
         )
@@ -276,8 +167,8 @@ def build_response(
     for i in order:
         document: Any = UNSET
         if request.return_documents:
-            original = request.document_objects[i]
-            document = original if isinstance(original, dict) else {"text": request.documents[i]}
+            original = request.sent_documents[i]
+            document = original if isinstance(original, dict) else {"text": original}
         chunk = chunks[i] if chunks is not None else UNSET
         results.append(Result(index=i, relevance_score=scores[i], document=document, chunk=chunk))
     version = "2" if request.shape == "v2" else "1"
@@ -337,10 +228,11 @@ def encode_request(request: RerankRequest, reranker: Any, limits: RequestLimits)
                 f"truncate_prompt_tokens: the template alone takes {reranker.template_tokens} tokens; "
                 f"expected more than that, got {request.max_prompt_tokens}",
             )
+    documents = document_texts(request)
     try:
         encoded = reranker.encode(
-            [request.query] * len(request.documents),
-            request.documents,
+            [request.query] * len(documents),
+            documents,
             instruction=request.instruction,
             max_document_tokens=request.max_tokens_per_doc,
             max_length=pair_budget,
@@ -383,7 +275,7 @@ def render_response(
     return build_response(
         request,
         [float(s) for s in pairs.scores],
-        pairs.order(request.top_n),
+        pairs.order(request.top_n or None),  # 0: all
         model_name=model_name,
         prompt_tokens=prepared.prompt_tokens,
         chunks=chunks,

@@ -17,10 +17,7 @@ from .errors import MissingDependencyError, QueueFullError, RerankError
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import (
     RequestError,
-    RerankRequest,
-    Shape,
     encode_request,
-    parse_json,
     parse_request,
     render_response,
     shape_for,
@@ -42,7 +39,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the missing-extra 
 
 from . import __version__
 from .scheduler import Scheduler
-from .wire import openapi_document
+from .wire import RerankRequest, Shape, openapi_document
 
 log = logging.getLogger("rerank_onnx.server")
 # nginx's status for a request its client abandoned; it appears only in /metrics and the log
@@ -93,8 +90,7 @@ def create_app(settings: ServerSettings, *, reranker: Reranker | None = None) ->
             try:
                 _authorize(request, settings.api_key)
                 body = await _read_body(request, settings.max_body_bytes)
-                data = parse_json(body)
-                parsed = parse_request(data, shape or shape_for(request.url.path, data), settings.limits)
+                parsed = parse_request(body, shape or shape_for(request.url.path, body), settings.limits)
                 payload = await _rerank(state, parsed, settings.limits)
                 response: Response = JSONResponse(payload)
             except QueueFullError as exc:

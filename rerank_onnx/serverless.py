@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from .errors import InvalidInputError, ModelLoadError, RerankError
-from .protocol import RequestError, encode_request, parse_json, parse_request, render_response, shape_for
+from .protocol import RequestError, encode_request, parse_request, render_response, shape_for
 from .reranker import Reranker
 from .settings import RequestLimits
 
@@ -74,9 +74,9 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
             raise RequestError(
                 400, f"event: expected an API Gateway proxy event (an object), got {type(event).__name__}"
             )
-        data = parse_json(_body_bytes(event))
+        body = _body_bytes(event)
         path = str(event.get("rawPath") or event.get("path") or "")
-        request = parse_request(data, shape_for(path, data), _limits)
+        request = parse_request(body, shape_for(path, body), _limits)
         reranker = _model()
         prepared = encode_request(request, reranker, _limits)
         raw_scores = reranker.score_encoded(prepared.input_ids, prefix_lengths=prepared.prefix_lengths)
@@ -120,7 +120,7 @@ def _respond(status: int, payload: Any, started: float) -> dict[str, Any]:
             "content-type": "application/json",
             "x-total-time": f"{(time.perf_counter() - started) * 1000:.1f}",
         },
-        # strict JSON: parse_json refused every value that could not be written so (NaN, lone surrogates)
+        # strict JSON: the request decoder refused every value that could not be written so (NaN, lone surrogates)
         "body": json.dumps(payload, ensure_ascii=False, allow_nan=False),
         "isBase64Encoded": False,
     }

@@ -2,63 +2,130 @@
 OpenAPI document built from them.
 
 msgspec rather than pydantic: the serverless handler pays the import on every cold start (msgspec's is the
-lighter), and msgspec validates
-the decoded body and writes the JSON Schema from the same declarations. Type errors come back in
-the project's "field: expected X, got Y" form (`validation_message`); the checks that need more than
-types (limits, rank_fields, value ranges) stay in protocol.py.
+lighter), and msgspec decodes the body straight into these models, checks types and ranges (`Meta`) and
+writes the JSON Schema from the same declarations. It also refuses what a rerank request cannot carry: NaN and
+Infinity (not JSON), numbers out of range, lone surrogate escapes, invalid UTF-8. The checks that need more
+than one field (rank_fields against the documents, limits) are in protocol.py.
+
+The three request shapes spell some settings differently (`return_text` / `return_documents`) or not at all
+(TEI has no top_n, Cohere v2 no max_chunks_per_doc); each model answers the same names (a field, a property or
+a class constant: query, model, instruction, sent_documents, rank_fields, top_n, return_documents, raw_scores,
+truncate, max_tokens_per_doc, max_chunks_per_doc, max_prompt_tokens), so the layers after parsing read any
+`RerankRequest` alike.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
+from msgspec import Meta
 
 Document = str | dict[str, Any]  # a string, or an object whose `text` (or rank_fields) is scored and echoed back
+Shape = Literal["v1", "v2", "tei"]
+
+TopN = Annotated[int, Meta(ge=0, description="how many results to return, best first; 0 or absent: all")]
+Positive = Annotated[int, Meta(ge=1)]
+PromptCap = Annotated[int, Meta(ge=-1, description="tokens for the whole prompt, template included; -1: no cap")]
+
+
+def _prompt_cap(value: int | None) -> int | None:
+    if value == 0:
+        raise ValueError("truncate_prompt_tokens: expected a positive integer or -1 (no cap), got 0")
+    return value if value is not None and value > 0 else None
 
 
 class JinaRequest(msgspec.Struct, kw_only=True):
     """POST /v1/rerank (and /rerank with `documents`): Jina, Cohere v1, vLLM, llama.cpp."""
 
+    shape: ClassVar[Shape] = "v1"
     query: str
     documents: list[Document]
     model: str | None = None
-    top_n: int | None = None  # 0 or absent: all
+    top_n: TopN | None = None
     return_documents: bool = True
-    rank_fields: list[str] | None = None  # Cohere v1: the object fields to score on, in order
-    max_chunks_per_doc: int | None = None  # Cohere v1: score a long document by up to this many windows
-    truncate_prompt_tokens: int | None = None  # vLLM: cap on the whole prompt; -1 or absent: none
+    rank_fields: Annotated[list[str], Meta(min_length=1)] | None = None  # Cohere v1: object fields scored, in order
+    max_chunks_per_doc: Positive | None = None  # Cohere v1: score a long document by up to this many windows
+    truncate_prompt_tokens: PromptCap | None = None  # vLLM
     instruction: str | None = None
+    raw_scores: ClassVar[bool] = False
+    truncate: ClassVar[bool] = True
+    max_tokens_per_doc: ClassVar[int | None] = None
+
+    def __post_init__(self) -> None:
+        _prompt_cap(self.truncate_prompt_tokens)
+
+    @property
+    def sent_documents(self) -> list[Document]:
+        return self.documents
+
+    @property
+    def max_prompt_tokens(self) -> int | None:
+        return _prompt_cap(self.truncate_prompt_tokens)
 
 
 class CohereV2Request(msgspec.Struct, kw_only=True):
     """POST /v2/rerank: Cohere v2 (and vLLM's /v2/rerank)."""
 
+    shape: ClassVar[Shape] = "v2"
     model: str
     query: str
     documents: list[Document]
-    top_n: int | None = None
-    max_tokens_per_doc: int | None = None
+    top_n: TopN | None = None
+    max_tokens_per_doc: Positive | None = None
     return_documents: bool = False
-    truncate_prompt_tokens: int | None = None
+    truncate_prompt_tokens: PromptCap | None = None
     instruction: str | None = None
+    rank_fields: ClassVar[list[str] | None] = None
+    raw_scores: ClassVar[bool] = False
+    truncate: ClassVar[bool] = True
+    max_chunks_per_doc: ClassVar[int | None] = None
+
+    def __post_init__(self) -> None:
+        _prompt_cap(self.truncate_prompt_tokens)
+
+    @property
+    def sent_documents(self) -> list[Document]:
+        return self.documents
+
+    @property
+    def max_prompt_tokens(self) -> int | None:
+        return _prompt_cap(self.truncate_prompt_tokens)
 
 
 class TeiRequest(msgspec.Struct, kw_only=True):
     """POST /rerank with `texts`: Hugging Face text-embeddings-inference."""
 
+    shape: ClassVar[Shape] = "tei"
     query: str
     texts: list[str]
     model: str | None = None
     truncate: bool = False  # false: a text over the limit gets 413
-    truncation_direction: str = "Right"
+    truncation_direction: Literal["Right", "right"] = "Right"  # the model's own rule cuts the document's end
     raw_scores: bool = False
     return_text: bool = False
     instruction: str | None = None
+    rank_fields: ClassVar[list[str] | None] = None
+    top_n: ClassVar[int | None] = None
+    max_tokens_per_doc: ClassVar[int | None] = None
+    max_chunks_per_doc: ClassVar[int | None] = None
+    max_prompt_tokens: ClassVar[int | None] = None
+
+    @property
+    def sent_documents(self) -> list[Document]:
+        return list(self.texts)
+
+    @property
+    def return_documents(self) -> bool:
+        return self.return_text
 
 
-REQUESTS: dict[str, type[msgspec.Struct]] = {"v1": JinaRequest, "v2": CohereV2Request, "tei": TeiRequest}
+RerankRequest = JinaRequest | CohereV2Request | TeiRequest
+REQUESTS: dict[Shape, type[RerankRequest]] = {
+    "v1": JinaRequest,
+    "v2": CohereV2Request,
+    "tei": TeiRequest,
+}
 
 
 class Chunk(msgspec.Struct):
@@ -108,34 +175,6 @@ class ErrorResponse(msgspec.Struct):
     """Every 4xx/5xx body."""
 
     error: ErrorDetail
-
-
-_WORDS = {
-    "str": "a string",
-    "int": "an integer",
-    "float": "a number",
-    "bool": "a boolean",
-    "array": "an array",
-    "object": "an object",
-    "null": "null",
-    "str | object": "a string or an object with a 'text' string",
-}
-_GOT = {**_WORDS, "int": "a number", "float": "a number"}
-
-
-def validation_message(error: msgspec.ValidationError) -> str:
-    """msgspec's message in the project's form: "documents[0]: expected a string, got a number"."""
-    text = str(error)
-    missing = re.fullmatch(r"Object missing required field `(\w+)`(?: - at `\$(.*)`)?", text)
-    if missing:
-        where = (missing.group(2) or "").lstrip(".")
-        return f"{where + '.' if where else ''}{missing.group(1)}: required field is missing"
-    wrong = re.fullmatch(r"Expected `(.+?)`, got `(\w+)`(?: - at `\$\.?(.*)`)?", text)
-    if wrong:
-        expected = wrong.group(1).removesuffix(" | null")
-        where = wrong.group(3) or "request body"
-        return f"{where}: expected {_WORDS.get(expected, expected)}, got {_GOT.get(wrong.group(2), wrong.group(2))}"
-    return text
 
 
 def openapi_document(title: str, version: str) -> dict[str, Any]:

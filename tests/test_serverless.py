@@ -104,10 +104,14 @@ def test_cold_container_on_a_read_only_copy(fp32_artifact: Path, tmp_path: Path)
         ({"path": "/v1/rerank", "isBase64Encoded": True, "body": "abc"}, 400, "not valid base64"),
         ({"path": "/v1/rerank", "isBase64Encoded": True, "body": "a"}, 400, "not valid base64"),
         ({"path": "/v1/rerank", "body": 12}, 400, "body: expected a string"),
-        ({"path": "/v1/rerank", "body": "[" * 100_000 + "]" * 100_000}, 400, "nested too deeply"),
-        ({"path": "/v1/rerank", "body": '{"query": "a\\ud800b", "documents": ["x"]}'}, 422, "lone surrogate"),
-        ({"path": "/v1/rerank", "body": '{"query": "q", "documents": ["x\\udfff"]}'}, 422, "documents[0]"),
-        ({"path": "/v1/rerank", "body": "a\ud800b"}, 400, "not valid UTF-8"),
+        (
+            {"path": "/rerank", "body": '{"query": "q", "texts": [{"x": ' + "[" * 100_000 + "]" * 100_000 + "}]}"},
+            400,
+            "nested too deeply",
+        ),
+        ({"path": "/v1/rerank", "body": '{"query": "a\\ud800b", "documents": ["x"]}'}, 400, "lone surrogates"),
+        ({"path": "/v1/rerank", "body": '{"query": "q", "documents": ["x\\udfff"]}'}, 400, "surrogate pair"),
+        ({"path": "/v1/rerank", "body": "a\ud800b"}, 400, "not valid JSON"),
     ],
 )
 def test_every_event_gets_a_json_answer(handler, event, status, fragment) -> None:
