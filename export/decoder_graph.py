@@ -141,14 +141,13 @@ class GraphWriter:
         self._data.close()
 
 
-class DecoderGraphBuilder:
-    """Writes the score graph of one checkpoint (see the module docstring)."""
+class SchemeWeights:
+    """The checkpoint's weights as graph tensors in the artifact's scheme: linear layers (fp32 MatMul, MatMulNBits
+    for int8, MatMulInteger for int8-fast) and the token embedding (fp32, or int8 with a scale per row)."""
 
-    def __init__(self, weights: SafetensorsWeights, shape: DecoderShape, writer: GraphWriter, scheme: str) -> None:
-        self.weights, self.shape, self.w, self.scheme = weights, shape, writer, scheme
+    def __init__(self, weights: SafetensorsWeights, writer: GraphWriter, scheme: str) -> None:
+        self.weights, self.w, self.scheme = weights, writer, scheme
         self._quantized_inputs: dict[str, list[str]] = {}  # int8-fast: each input's DynamicQuantizeLinear outputs
-
-    # --- building blocks ---------------------------------------------------------------------------------
 
     def linear(self, x: str, prefix: str, *, bias: bool) -> str:
         """x @ W.T (+ b) for the checkpoint's `prefix`.weight [out, in]: fp32 MatMul, or MatMulNBits (int8)."""
@@ -209,6 +208,39 @@ class DecoderGraphBuilder:
         scales = w.op("Mul", x_scale, w.tensor(prefix + ".weight_scale", scale))
         return w.op("Mul", w.op("Cast", product, to=TensorProto.FLOAT), scales)
 
+    def embedding(self) -> str:
+        """Token embedding: fp32 Gather, or (int8) an int8 table with one fp32 scale per row (quantize.py's). The
+        table is read and written EMBEDDING_ROWS rows at a time: at 8B it is 2.5 GB in fp32."""
+        w, name = self.w, "model.embed_tokens.weight"
+        vocab, hidden = self.weights.shape(name)
+        slices = [(start, min(start + EMBEDDING_ROWS, vocab)) for start in range(0, vocab, EMBEDDING_ROWS)]
+        if self.scheme == "none":
+            chunks = (self.weights.rows(name, start, stop) for start, stop in slices)
+            table = w.stream("embed_tokens.weight", (vocab, hidden), np.float32, chunks)
+            return w.op("Gather", table, INPUT_IDS, axis=0)
+        scales = np.empty((vocab, 1), dtype=np.float32)
+        quantized = np.empty((vocab, hidden), dtype=np.int8)
+        for start, stop in slices:
+            rows = self.weights.rows(name, start, stop)
+            part = (np.abs(rows).max(axis=1, keepdims=True) / 127.0).astype(np.float32)
+            part[part == 0] = 1.0
+            scales[start:stop] = part
+            quantized[start:stop] = np.clip(np.rint(rows / part), -127, 127)
+        table = w.tensor("embed_tokens.weight_int8", quantized)
+        del quantized
+        gathered = w.op("Cast", w.op("Gather", table, INPUT_IDS, axis=0), to=TensorProto.FLOAT)
+        return w.op(
+            "Mul", gathered, w.op("Gather", w.tensor("embed_tokens.weight_row_scale", scales), INPUT_IDS, axis=0)
+        )
+
+
+class DecoderGraphBuilder:
+    """Writes the score graph of one checkpoint (see the module docstring)."""
+
+    def __init__(self, weights: SafetensorsWeights, shape: DecoderShape, writer: GraphWriter, scheme: str) -> None:
+        self.weights, self.shape, self.w, self.scheme = weights, shape, writer, scheme
+        self.layers = SchemeWeights(weights, writer, scheme)
+
     def rms_norm(self, x: str, weight_name: str) -> str:
         """weight * x / sqrt(mean(x^2) + eps) over the last axis (transformers' Qwen2RMSNorm)."""
         w = self.w
@@ -255,7 +287,7 @@ class DecoderGraphBuilder:
         mask = w.op("Where", allowed, w.const(0.0, np.float32), w.const(blocked, np.float32))
         mask = w.op("Unsqueeze", mask, w.const([0, 1]))  # [1, 1, seq, past + seq]
 
-        x = self._embedding()
+        x = self.layers.embedding()
         cos, sin = self._cos_sin(positions)  # [1, 1, seq, head_dim]
         present_keys, present_values = [], []
         for i in range(s.layers):
@@ -286,31 +318,6 @@ class DecoderGraphBuilder:
         bias = self.weights.get("lm_head.bias")
         return float(bias[yes_token_id] - bias[no_token_id])
 
-    def _embedding(self) -> str:
-        """Token embedding: fp32 Gather, or (int8) an int8 table with one fp32 scale per row (quantize.py's). The
-        table is read and written EMBEDDING_ROWS rows at a time: at 8B it is 2.5 GB in fp32."""
-        w, name = self.w, "model.embed_tokens.weight"
-        vocab, hidden = self.weights.shape(name)
-        slices = [(start, min(start + EMBEDDING_ROWS, vocab)) for start in range(0, vocab, EMBEDDING_ROWS)]
-        if self.scheme == "none":
-            chunks = (self.weights.rows(name, start, stop) for start, stop in slices)
-            table = w.stream("embed_tokens.weight", (vocab, hidden), np.float32, chunks)
-            return w.op("Gather", table, INPUT_IDS, axis=0)
-        scales = np.empty((vocab, 1), dtype=np.float32)
-        quantized = np.empty((vocab, hidden), dtype=np.int8)
-        for start, stop in slices:
-            rows = self.weights.rows(name, start, stop)
-            part = (np.abs(rows).max(axis=1, keepdims=True) / 127.0).astype(np.float32)
-            part[part == 0] = 1.0
-            scales[start:stop] = part
-            quantized[start:stop] = np.clip(np.rint(rows / part), -127, 127)
-        table = w.tensor("embed_tokens.weight_int8", quantized)
-        del quantized
-        gathered = w.op("Cast", w.op("Gather", table, INPUT_IDS, axis=0), to=TensorProto.FLOAT)
-        return w.op(
-            "Mul", gathered, w.op("Gather", w.tensor("embed_tokens.weight_row_scale", scales), INPUT_IDS, axis=0)
-        )
-
     def _cos_sin(self, positions: str) -> tuple[str, str]:
         """cos and sin of the rotary angles at `positions`, [1, 1, seq, head_dim] (transformers' default rotary)."""
         w, dim = self.w, self.shape.head_dim
@@ -333,7 +340,7 @@ class DecoderGraphBuilder:
         """The layer's keys (rotary applied) and values [batch, kv_heads, past + seq, head_dim] after the past."""
         w, s = self.w, self.shape
         k = self._rotated_heads(h, prefix, "k", s.kv_heads, cos, sin)
-        v = self.heads_first(self.linear(h, prefix + ".self_attn.v_proj", bias=True), s.kv_heads)
+        v = self.heads_first(self.layers.linear(h, prefix + ".self_attn.v_proj", bias=True), s.kv_heads)
         expand_to = w.op("Concat", w.op("Unsqueeze", batch, w.const([0])), w.const([1, 1, 1]), axis=0)  # broadcast
 
         def after_past(past: str, new: str) -> str:
@@ -374,13 +381,15 @@ class DecoderGraphBuilder:
         scores = w.op("Add", w.op("Mul", scores, w.const(s.head_dim**-0.5, np.float32)), mask)
         attended = w.op("MatMul", w.op("Softmax", scores, axis=-1), v)  # [batch, heads, seq, head_dim]
         joined = w.op("Reshape", w.op("Transpose", attended, perm=[0, 2, 1, 3]), w.const([0, 0, s.heads * s.head_dim]))
-        return self.linear(joined, prefix + ".self_attn.o_proj", bias=False)
+        return self.layers.linear(joined, prefix + ".self_attn.o_proj", bias=False)
 
     def _rotated_heads(self, h: str, prefix: str, kind: str, heads: int, cos: str, sin: str) -> str:
         """Queries ("q") or keys ("k") [batch, heads, seq, head_dim]: projected, per-head RMSNorm (Qwen3), rotary."""
         w, s = self.w, self.shape
         x = w.op(
-            "Reshape", self.linear(h, f"{prefix}.self_attn.{kind}_proj", bias=True), w.const([0, 0, heads, s.head_dim])
+            "Reshape",
+            self.layers.linear(h, f"{prefix}.self_attn.{kind}_proj", bias=True),
+            w.const([0, 0, heads, s.head_dim]),
         )
         if s.qk_norm:
             x = self.rms_norm(x, f"{prefix}.self_attn.{kind}_norm.weight")
@@ -399,9 +408,9 @@ class DecoderGraphBuilder:
 
     def _mlp(self, prefix: str, x: str) -> str:
         w = self.w
-        gate = self.linear(x, prefix + ".mlp.gate_proj", bias=False)
-        up = self.linear(x, prefix + ".mlp.up_proj", bias=False)
-        return self.linear(
+        gate = self.layers.linear(x, prefix + ".mlp.gate_proj", bias=False)
+        up = self.layers.linear(x, prefix + ".mlp.up_proj", bias=False)
+        return self.layers.linear(
             w.op("Mul", w.op("Mul", gate, w.op("Sigmoid", gate)), up), prefix + ".mlp.down_proj", bias=False
         )
 

@@ -174,7 +174,7 @@ def build_random_checkpoint(
     would not fit in memory in fp32). `tied` overrides whether the output head is the token embedding.
     """
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen2ForCausalLM, Qwen3ForCausalLM
 
     if size not in ARCHITECTURES:
         raise ValueError(f"size must be one of {sorted(ARCHITECTURES)}, got {size!r}")
@@ -183,27 +183,8 @@ def build_random_checkpoint(
     destination.mkdir(parents=True, exist_ok=True)
     if tokenizer_json is None:
         tokenizer_json = build_qwen2_tokenizer_json(destination / "tokenizer.json", qwen3=arch.qwen3)
-    config_class, model_class = (Qwen3Config, Qwen3ForCausalLM) if arch.qwen3 else (Qwen2Config, Qwen2ForCausalLM)
-    extra = {"head_dim": arch.head_dim} if arch.head_dim else {}
-    config = config_class(
-        vocab_size=QWEN25_VOCAB_SIZE,
-        hidden_size=arch.hidden_size,
-        intermediate_size=arch.intermediate_size,
-        num_hidden_layers=arch.num_hidden_layers,
-        num_attention_heads=arch.num_attention_heads,
-        num_key_value_heads=arch.num_key_value_heads,
-        max_position_embeddings=max_position_embeddings or arch.max_position_embeddings,
-        max_window_layers=arch.num_hidden_layers,
-        rope_theta=1_000_000.0,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=arch.tied if tied is None else tied,
-        use_sliding_window=False,
-        hidden_act="silu",
-        bos_token_id=151643,
-        eos_token_id=151645,
-        torch_dtype=dtype,
-        **extra,
-    )
+    model_class = Qwen3ForCausalLM if arch.qwen3 else Qwen2ForCausalLM
+    config = _decoder_config(arch, max_position_embeddings=max_position_embeddings, dtype=dtype, tied=tied)
     torch.manual_seed(seed)
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(getattr(torch, dtype))
@@ -223,6 +204,33 @@ def build_random_checkpoint(
     model.save_pretrained(destination, safe_serialization=True)
     _write_tokenizer_files(destination, Path(tokenizer_json), qwen3=arch.qwen3)
     return destination
+
+
+def _decoder_config(arch: Any, *, max_position_embeddings: int | None, dtype: str, tied: bool | None) -> Any:
+    """The transformers config (Qwen2Config or Qwen3Config) of architecture `arch`."""
+    from transformers import Qwen2Config, Qwen3Config
+
+    config_class = Qwen3Config if arch.qwen3 else Qwen2Config
+    extra = {"head_dim": arch.head_dim} if arch.head_dim else {}
+    return config_class(
+        vocab_size=QWEN25_VOCAB_SIZE,
+        hidden_size=arch.hidden_size,
+        intermediate_size=arch.intermediate_size,
+        num_hidden_layers=arch.num_hidden_layers,
+        num_attention_heads=arch.num_attention_heads,
+        num_key_value_heads=arch.num_key_value_heads,
+        max_position_embeddings=max_position_embeddings or arch.max_position_embeddings,
+        max_window_layers=arch.num_hidden_layers,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=arch.tied if tied is None else tied,
+        use_sliding_window=False,
+        hidden_act="silu",
+        bos_token_id=151643,
+        eos_token_id=151645,
+        torch_dtype=dtype,
+        **extra,
+    )
 
 
 @dataclass(frozen=True)
@@ -327,46 +335,68 @@ def _seeded(model_class: type, config: object, seed: int) -> Any:  # a transform
 
 
 def _encoder_tokenizer(arch: EncoderArchitecture) -> tuple[Any, dict[str, int]]:  # a transformers fast tokenizer
-    """A fast tokenizer of the architecture's kind trained on _CORPUS, with its pair post-processor."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertTokenizerFast, PreTrainedTokenizerFast, XLMRobertaTokenizerFast
-
+    """A fast tokenizer of the architecture's kind trained on _CORPUS, with its pair post-processor, and its
+    pad, cls and sep ids."""
     corpus = list(_CORPUS) * 10
     if arch.model_type == "bert":
-        tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        names = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        tokenizer.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=500, special_tokens=names))
-        cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-        tokenizer.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
-        )
-        tokenizer.decoder = decoders.WordPiece()
-        hf: Any = BertTokenizerFast(tokenizer_object=tokenizer, model_max_length=arch.model_max_length)  # type: ignore[no-untyped-call]
-        return hf, {"pad": tokenizer.token_to_id("[PAD]"), "cls": cls, "sep": sep}
+        return _wordpiece_tokenizer(corpus, arch.model_max_length)
     if arch.model_type == "xlm-roberta":
-        tokenizer = Tokenizer(models.Unigram())
-        tokenizer.normalizer = normalizers.NFKC()
-        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-        names = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-        tokenizer.train_from_iterator(
-            corpus, trainers.UnigramTrainer(vocab_size=400, special_tokens=names, unk_token="<unk>")
-        )
-        tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
-        tokenizer.decoder = decoders.Metaspace()
-        hf = XLMRobertaTokenizerFast(  # type: ignore[no-untyped-call]
-            tokenizer_object=tokenizer,
-            model_max_length=arch.model_max_length,
-            bos_token="<s>",
-            eos_token="</s>",
-            sep_token="</s>",
-            cls_token="<s>",
-            unk_token="<unk>",
-            pad_token="<pad>",
-            mask_token="<mask>",
-        )
-        return hf, {"pad": 1, "cls": 0, "sep": 2}
+        return _unigram_tokenizer(corpus, arch.model_max_length)
+    return _byte_bpe_tokenizer(corpus, arch.model_max_length)
+
+
+def _wordpiece_tokenizer(corpus: list[str], model_max_length: int) -> tuple[Any, dict[str, int]]:
+    """BERT's kind (MiniLM cross-encoders): WordPiece, lower-cased, [CLS] a [SEP] b [SEP] with segment ids."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertTokenizerFast
+
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    names = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=500, special_tokens=names))
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    tokenizer.decoder = decoders.WordPiece()
+    hf: Any = BertTokenizerFast(tokenizer_object=tokenizer, model_max_length=model_max_length)  # type: ignore[no-untyped-call]
+    return hf, {"pad": tokenizer.token_to_id("[PAD]"), "cls": cls, "sep": sep}
+
+
+def _unigram_tokenizer(corpus: list[str], model_max_length: int) -> tuple[Any, dict[str, int]]:
+    """XLM-RoBERTa's kind (bge-reranker-v2-m3): Unigram with Metaspace, <s> a </s></s> b </s>."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import XLMRobertaTokenizerFast
+
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    names = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    tokenizer.train_from_iterator(
+        corpus, trainers.UnigramTrainer(vocab_size=400, special_tokens=names, unk_token="<unk>")
+    )
+    tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    tokenizer.decoder = decoders.Metaspace()
+    hf = XLMRobertaTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=tokenizer,
+        model_max_length=model_max_length,
+        bos_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        cls_token="<s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+    )
+    return hf, {"pad": 1, "cls": 0, "sep": 2}
+
+
+def _byte_bpe_tokenizer(corpus: list[str], model_max_length: int) -> tuple[Any, dict[str, int]]:
+    """Byte-level BPE, [CLS] a [SEP] b [SEP] without segment ids (the other encoders)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     names = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
@@ -381,7 +411,7 @@ def _encoder_tokenizer(arch: EncoderArchitecture) -> tuple[Any, dict[str, int]]:
     tokenizer.decoder = decoders.ByteLevel()
     hf = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer,
-        model_max_length=arch.model_max_length,
+        model_max_length=model_max_length,
         cls_token="[CLS]",
         sep_token="[SEP]",
         pad_token="[PAD]",

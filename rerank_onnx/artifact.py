@@ -225,17 +225,22 @@ def load_artifact(folder: str | Path) -> ArtifactConfig:
             f"{config_path}: normalization.estimated_max: expected a finite number, got {config.estimated_max}; "
             "export again with a finite --estimated-max"
         )
+    _check_sizes(config)
+    return config
+
+
+def _check_sizes(config: ArtifactConfig) -> None:
+    """Every listed file present at its recorded size. A size check is free; a full sha256 of a 1.5 GB graph
+    is not (`check_files`)."""
     for name, meta in config.files.items():
-        file = path / name
+        file = config.folder / name
         if not file.is_file():
-            raise ModelLoadError(f"{path} is missing {name}, listed in {CONFIG_FILE}; re-run the export")
-        # A size check is free; a full sha256 of a 1.5 GB graph is not (see verify_artifact).
+            raise ModelLoadError(f"{config.folder} is missing {name}, listed in {CONFIG_FILE}; re-run the export")
         if "bytes" in meta and file.stat().st_size != int(meta["bytes"]):
             raise ModelLoadError(
                 f"{file} has {file.stat().st_size} bytes, {CONFIG_FILE} says {meta['bytes']}: the file is "
                 "truncated or was replaced; re-run the export"
             )
-    return config
 
 
 def _quantization_block(section: dict[str, Any]) -> int | None:

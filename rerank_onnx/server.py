@@ -23,7 +23,7 @@ from .protocol import (
     shape_for,
 )
 from .reranker import Reranker
-from .settings import DEFAULT_HOST, DEFAULT_PORT, RequestLimits, ServerSettings
+from .settings import DEFAULT_HOST, DEFAULT_PORT, ServerSettings
 
 try:
     from starlette.applications import Starlette
@@ -46,52 +46,85 @@ log = logging.getLogger("rerank_onnx.server")
 CLIENT_CLOSED_REQUEST = 499
 
 
-class _State:
-    def __init__(self) -> None:
+def create_app(settings: ServerSettings, *, reranker: Reranker | None = None) -> Starlette:
+    """The ASGI app. The model loads in the background after start-up; /health says when it is ready.
+
+    Args:
+        settings: the server's settings (settings.py).
+        reranker: a loaded model to serve instead of loading settings.model_dir (tests).
+
+    Returns:
+        The Starlette app, its routes those of docs/serving.md.
+    """
+    service = _Service(settings, reranker)
+    routes = [
+        Route("/v1/rerank", service.rerank_route("v1"), methods=["POST"]),
+        # a bare /rerank speaks TEI (`texts`) or Jina/Cohere/vLLM (`documents`), as vLLM and llama.cpp do
+        Route("/rerank", service.rerank_route(None), methods=["POST"]),
+        Route("/v2/rerank", service.rerank_route("v2"), methods=["POST"]),
+        Route("/reranking", service.rerank_route(None), methods=["POST"]),  # llama.cpp's names
+        Route("/v1/reranking", service.rerank_route(None), methods=["POST"]),
+        Route("/health", service.health, methods=["GET"]),
+        Route("/metrics", service.prometheus, methods=["GET"]),
+        Route("/v1/models", service.models, methods=["GET"]),
+        Route("/openapi.json", service.openapi, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=service.lifespan,
+        middleware=[Middleware(_Counted, metrics=service.metrics, paths=frozenset(route.path for route in routes))],
+        exception_handlers={404: _not_found, 405: _not_allowed, Exception: _internal_error},
+    )
+
+
+class _Service:
+    """The served model (loaded in the background), its scheduler and metrics, and the route handlers."""
+
+    def __init__(self, settings: ServerSettings, reranker: Reranker | None) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.given = reranker
         self.reranker: Reranker | None = None
         self.scheduler: Scheduler | None = None
         self.load_error: str | None = None
         self.model_name = "unknown"
         self.started = int(time.time())
 
-
-def create_app(settings: ServerSettings, *, reranker: Reranker | None = None) -> Starlette:
-    """The ASGI app. The model loads in the background after start-up; /health says when it is ready."""
-    state = _State()
-    metrics = Metrics()
-
-    def load() -> None:
+    def load(self) -> None:
+        settings = self.settings
         try:
-            model = reranker or Reranker(
+            model = self.given or Reranker(
                 settings.model_dir, threads=settings.threads, backend=settings.backend, precision=settings.precision
             )
-            state.model_name = settings.model_name or model.config.source_model
-            state.scheduler = Scheduler(
-                model, metrics, coalesce_ms=settings.coalesce_ms, max_queue_pairs=settings.max_queue_pairs
+            self.model_name = settings.model_name or model.config.source_model
+            self.scheduler = Scheduler(
+                model, self.metrics, coalesce_ms=settings.coalesce_ms, max_queue_pairs=settings.max_queue_pairs
             )
-            state.reranker = model
-            log.info("model %s ready", state.model_name)
+            self.reranker = model
+            log.info("model %s ready", self.model_name)
         except Exception as exc:  # any failure: /health and every route say why, instead of "loading" forever
-            state.load_error = str(exc) if isinstance(exc, RerankError) else f"{type(exc).__name__}: {exc}"
-            log.error("cannot load the model: %s", state.load_error)
+            self.load_error = str(exc) if isinstance(exc, RerankError) else f"{type(exc).__name__}: {exc}"
+            log.error("cannot load the model: %s", self.load_error)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        loader = threading.Thread(target=load, name="rerank-load", daemon=True)
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        loader = threading.Thread(target=self.load, name="rerank-load", daemon=True)
         loader.start()
         yield
         # Shutdown (SIGTERM): uvicorn has stopped accepting and waited for in-flight requests.
         await asyncio.to_thread(loader.join)
-        if state.scheduler is not None:
-            await asyncio.to_thread(state.scheduler.close)
+        if self.scheduler is not None:
+            await asyncio.to_thread(self.scheduler.close)
 
-    def rerank_route(shape: Shape | None) -> Callable[[Request], Awaitable[Response]]:
+    def rerank_route(self, shape: Shape | None) -> Callable[[Request], Awaitable[Response]]:
+        settings = self.settings
+
         async def handle(request: Request) -> Response:
             try:
                 _authorize(request, settings.api_key)
                 body = await _read_body(request, settings.max_body_bytes)
                 parsed = parse_request(body, shape or shape_for(request.url.path, body), settings.limits)
-                payload = await _rerank(state, parsed, settings.limits)
+                payload = await self._rerank(parsed)
                 response: Response = JSONResponse(payload)
             except QueueFullError as exc:
                 error = RequestError(429, str(exc), type="rate_limit_error")
@@ -107,60 +140,54 @@ def create_app(settings: ServerSettings, *, reranker: Reranker | None = None) ->
 
         return handle
 
-    async def health(request: Request) -> Response:
-        if state.reranker is not None:
-            return JSONResponse({"status": "ok", "model": state.model_name})
-        if state.load_error:
-            return JSONResponse({"status": "error", "error": state.load_error}, status_code=503)
+    async def _rerank(self, request: RerankRequest) -> Any:
+        if self.load_error is not None:
+            raise RequestError(503, f"the model could not be loaded: {self.load_error}", type="server_error")
+        if self.reranker is None or self.scheduler is None:
+            raise RequestError(
+                503, "the model is still loading; retry when GET /health answers 200", type="server_error"
+            )
+        limits = self.settings.limits
+        # tokenizing a large request takes milliseconds to seconds: keep it off the event loop too
+        prepared = await asyncio.to_thread(encode_request, request, self.reranker, limits)
+        raw = await self.scheduler.score(prepared.input_ids, prepared.prefix_lengths)
+        return render_response(request, self.reranker, prepared, raw, model_name=self.model_name)
+
+    async def health(self, request: Request) -> Response:
+        if self.reranker is not None:
+            return JSONResponse({"status": "ok", "model": self.model_name})
+        if self.load_error:
+            return JSONResponse({"status": "error", "error": self.load_error}, status_code=503)
         return JSONResponse({"status": "loading"}, status_code=503)
 
-    async def prometheus(request: Request) -> Response:
-        return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
+    async def prometheus(self, request: Request) -> Response:
+        return PlainTextResponse(self.metrics.render(), media_type=CONTENT_TYPE)
 
-    async def models(request: Request) -> Response:
+    async def models(self, request: Request) -> Response:
         try:
-            _authorize(request, settings.api_key)
+            _authorize(request, self.settings.api_key)
         except RequestError as exc:
             return JSONResponse(exc.body(), status_code=exc.status, headers=_extra_headers(exc))
         entry: dict[str, Any] = {
-            "id": state.model_name,
+            "id": self.model_name,
             "object": "model",
-            "created": state.started,
+            "created": self.started,
             "owned_by": "rerank-onnx",
         }
-        if state.reranker is not None:
-            choice = state.reranker.backend
-            entry["quantization"] = state.reranker.config.quantization
-            entry["family"] = state.reranker.config.family
+        if self.reranker is not None:
+            choice = self.reranker.backend
+            entry["quantization"] = self.reranker.config.quantization
+            entry["family"] = self.reranker.config.family
             entry["backend"] = {
                 "name": choice.backend if choice else "custom",
                 "precision": choice.precision if choice else None,
                 "reason": choice.reason if choice else None,
                 **machine_summary(),
             }
-        return JSONResponse({"object": "list", "data": [entry] if state.reranker is not None else []})
+        return JSONResponse({"object": "list", "data": [entry] if self.reranker is not None else []})
 
-    async def openapi(request: Request) -> Response:
+    async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document("rerank-onnx", __version__))
-
-    routes = [
-        Route("/v1/rerank", rerank_route("v1"), methods=["POST"]),
-        # a bare /rerank speaks TEI (`texts`) or Jina/Cohere/vLLM (`documents`), as vLLM and llama.cpp do
-        Route("/rerank", rerank_route(None), methods=["POST"]),
-        Route("/v2/rerank", rerank_route("v2"), methods=["POST"]),
-        Route("/reranking", rerank_route(None), methods=["POST"]),  # llama.cpp's names
-        Route("/v1/reranking", rerank_route(None), methods=["POST"]),
-        Route("/health", health, methods=["GET"]),
-        Route("/metrics", prometheus, methods=["GET"]),
-        Route("/v1/models", models, methods=["GET"]),
-        Route("/openapi.json", openapi, methods=["GET"]),
-    ]
-    return Starlette(
-        routes=routes,
-        lifespan=lifespan,
-        middleware=[Middleware(_Counted, metrics=metrics, paths=frozenset(route.path for route in routes))],
-        exception_handlers={404: _not_found, 405: _not_allowed, Exception: _internal_error},
-    )
 
 
 class _Counted:
@@ -188,17 +215,6 @@ class _Counted:
         finally:
             endpoint = scope["path"] if scope["path"] in self.paths else "other"
             self.metrics.request(endpoint, status, time.perf_counter() - started)
-
-
-async def _rerank(state: _State, request: RerankRequest, limits: RequestLimits) -> Any:
-    if state.load_error is not None:
-        raise RequestError(503, f"the model could not be loaded: {state.load_error}", type="server_error")
-    if state.reranker is None or state.scheduler is None:
-        raise RequestError(503, "the model is still loading; retry when GET /health answers 200", type="server_error")
-    # tokenizing a large request takes milliseconds to seconds: keep it off the event loop too
-    prepared = await asyncio.to_thread(encode_request, request, state.reranker, limits)
-    raw = await state.scheduler.score(prepared.input_ids, prepared.prefix_lengths)
-    return render_response(request, state.reranker, prepared, raw, model_name=state.model_name)
 
 
 def _authorize(request: Request, api_key: str | None) -> None:

@@ -52,9 +52,9 @@ def check_setting(name: str, value: object, *, shown_as: str | None = None) -> N
     whole = name != "coalesce_ms"
     kinds = (int,) if whole else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:  # NaN fails too
-        kind = "a whole number" if whole else "a number"
+        wanted = "a whole number" if whole else "a number"
         raise InvalidInputError(
-            f"{shown_as or name}: expected {kind} from {low} to {high}, got {describe(value)}; fix the setting"
+            f"{shown_as or name}: expected {wanted} from {low} to {high}, got {describe(value)}; fix the setting"
         )
 
 

@@ -35,62 +35,50 @@ def _prompt_cap(value: int | None) -> int | None:
     return value if value is not None and value > 0 else None
 
 
-class JinaRequest(msgspec.Struct, kw_only=True):
+class _DocumentsRequest(msgspec.Struct, kw_only=True):
+    """What the Jina / Cohere shapes share: `documents` (strings or objects) and vLLM's prompt cap."""
+
+    query: str
+    documents: list[Document]
+    truncate_prompt_tokens: PromptCap | None = None  # vLLM
+    instruction: str | None = None
+    raw_scores: ClassVar[bool] = False
+    truncate: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        _prompt_cap(self.truncate_prompt_tokens)
+
+    @property
+    def sent_documents(self) -> list[Document]:
+        return self.documents
+
+    @property
+    def max_prompt_tokens(self) -> int | None:
+        return _prompt_cap(self.truncate_prompt_tokens)
+
+
+class JinaRequest(_DocumentsRequest, kw_only=True):
     """POST /v1/rerank (and /rerank with `documents`): Jina, Cohere v1, vLLM, llama.cpp."""
 
     shape: ClassVar[Shape] = "v1"
-    query: str
-    documents: list[Document]
     model: str | None = None
     top_n: TopN | None = None
     return_documents: bool = True
     rank_fields: Annotated[list[str], Meta(min_length=1)] | None = None  # Cohere v1: object fields scored, in order
     max_chunks_per_doc: Positive | None = None  # Cohere v1: score a long document by up to this many windows
-    truncate_prompt_tokens: PromptCap | None = None  # vLLM
-    instruction: str | None = None
-    raw_scores: ClassVar[bool] = False
-    truncate: ClassVar[bool] = True
     max_tokens_per_doc: ClassVar[int | None] = None
 
-    def __post_init__(self) -> None:
-        _prompt_cap(self.truncate_prompt_tokens)
 
-    @property
-    def sent_documents(self) -> list[Document]:
-        return self.documents
-
-    @property
-    def max_prompt_tokens(self) -> int | None:
-        return _prompt_cap(self.truncate_prompt_tokens)
-
-
-class CohereV2Request(msgspec.Struct, kw_only=True):
+class CohereV2Request(_DocumentsRequest, kw_only=True):
     """POST /v2/rerank: Cohere v2 (and vLLM's /v2/rerank)."""
 
     shape: ClassVar[Shape] = "v2"
     model: str
-    query: str
-    documents: list[Document]
     top_n: TopN | None = None
     max_tokens_per_doc: Positive | None = None
     return_documents: bool = False
-    truncate_prompt_tokens: PromptCap | None = None
-    instruction: str | None = None
     rank_fields: ClassVar[list[str] | None] = None
-    raw_scores: ClassVar[bool] = False
-    truncate: ClassVar[bool] = True
     max_chunks_per_doc: ClassVar[int | None] = None
-
-    def __post_init__(self) -> None:
-        _prompt_cap(self.truncate_prompt_tokens)
-
-    @property
-    def sent_documents(self) -> list[Document]:
-        return self.documents
-
-    @property
-    def max_prompt_tokens(self) -> int | None:
-        return _prompt_cap(self.truncate_prompt_tokens)
 
 
 class TeiRequest(msgspec.Struct, kw_only=True):
@@ -196,7 +184,6 @@ def openapi_document(title: str, version: str) -> dict[str, Any]:
 
     either = {"oneOf": [jina, tei]}
     either_answer = {"oneOf": [response, tei_response]}
-    text = {"text/plain": {"schema": {"type": "string"}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version},
@@ -206,37 +193,49 @@ def openapi_document(title: str, version: str) -> dict[str, Any]:
             "/rerank": rerank("TEI (`texts`) or Jina (`documents`) rerank", either, either_answer),
             "/reranking": rerank("llama.cpp's name for /rerank", either, either_answer),
             "/v1/reranking": rerank("llama.cpp's name for /rerank", either, either_answer),
-            "/health": {
-                "get": {
-                    "summary": "200 once the model is loaded, 503 before or on error",
-                    "responses": {
-                        "200": _json({"type": "object"}, "ready"),
-                        "503": _json({"type": "object"}, "loading or error"),
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "text exposition format", "content": text}},
-                }
-            },
-            "/v1/models": {
-                "get": {
-                    "summary": "the served model, its backend and CPU",
-                    "responses": {
-                        "200": _json({"type": "object"}, "model list"),
-                        "401": _json(error, "missing or wrong API key"),
-                    },
-                }
-            },
-            "/openapi.json": {
-                "get": {"summary": "this document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")}}
-            },
+            **_service_paths(error),
         },
         "components": {
             "schemas": components,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def _service_paths(error: dict[str, Any]) -> dict[str, Any]:
+    """The routes beside the rerank ones: health, metrics, models, this document."""
+    return {
+        "/health": {
+            "get": {
+                "summary": "200 once the model is loaded, 503 before or on error",
+                "responses": {
+                    "200": _json({"type": "object"}, "ready"),
+                    "503": _json({"type": "object"}, "loading or error"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {
+                        "description": "text exposition format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/v1/models": {
+            "get": {
+                "summary": "the served model, its backend and CPU",
+                "responses": {
+                    "200": _json({"type": "object"}, "model list"),
+                    "401": _json(error, "missing or wrong API key"),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {"summary": "this document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")}}
         },
     }
 

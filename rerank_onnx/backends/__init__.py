@@ -70,10 +70,10 @@ def open_session(
 
         engine = OnnxRuntimeEngine(graph, threads=threads)
     shapes = engine.input_shapes()
-    kind = (
+    session_class = (
         PrefixGraphSession if PAST_KEYS in shapes else EncoderGraphSession if ATTENTION_MASK in shapes else GraphSession
     )
-    return kind(engine, graph)
+    return session_class(engine, graph)
 
 
 def open_backend(

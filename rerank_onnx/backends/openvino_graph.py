@@ -156,22 +156,7 @@ def stateful_attention(model: Any) -> bool:
         return False
     past_shape = params[PAST_KEYS].get_partial_shape()  # [layers, kv_heads, tokens, head_dim]
     kv_heads, head_dim = past_shape[1].get_length(), past_shape[3].get_length()
-    layers: list[tuple[tuple[Any, ...], tuple[Any, Any], bool]] = []
-    causal_mask = None
-    for softmax in [n for n in model.get_ordered_ops() if n.get_type_name() == "Softmax"]:
-        parts = _attention_parts(softmax)
-        if parts is None:
-            return False
-        if not _is_default_scale(parts[3], head_dim):
-            return False
-        keys_join, values_join = _joined(parts[1]), _joined(parts[2])
-        if keys_join is None or values_join is None:
-            return False
-        # The first layer's mask is the causal triangle over every token. A layer with another mask (the last,
-        # whose queries are each row's scored token only: graph.py) keeps its own attention, over the state.
-        mask = softmax.input_value(0).get_node().input_value(1)
-        causal_mask = mask if causal_mask is None else causal_mask
-        layers.append((parts, (keys_join, values_join), mask == causal_mask))
+    layers = _attention_layers(model, head_dim)
     if not layers:
         return False
     for result in list(model.get_results()):
@@ -187,11 +172,11 @@ def stateful_attention(model: Any) -> bool:
     variables: list[Any] = []
     states: list[Any] = []
     for layer, ((q, keys, values, _, out), joins, causal) in enumerate(layers):
-        for kind, join in zip(("keys", "values"), joins):
+        for part, join in zip(("keys", "values"), joins):
             info = VariableInfo()
             info.data_shape = ov.PartialShape([-1, kv_heads, -1, head_dim])
             info.data_type = ov.Type.f32
-            info.variable_id = f"past_{kind}.{layer}"
+            info.variable_id = f"past_{part}.{layer}"
             variable = Variable(info)
             state = ops.read_value(empty, variable)
             states.append(state)
@@ -216,6 +201,27 @@ def stateful_attention(model: Any) -> bool:
     return True
 
 
+def _attention_layers(model: Any, head_dim: int) -> list[tuple[tuple[Any, ...], tuple[Any, Any], bool]] | None:
+    """Each layer's attention parts (queries, keys, values, scale, output), the Concats that join its past
+    keys and values to the new ones, and whether its mask is the causal triangle; None where a layer is not the
+    exported shape."""
+    layers: list[tuple[tuple[Any, ...], tuple[Any, Any], bool]] = []
+    causal_mask = None
+    for softmax in [n for n in model.get_ordered_ops() if n.get_type_name() == "Softmax"]:
+        parts = _attention_parts(softmax)
+        if parts is None or not _is_default_scale(parts[3], head_dim):
+            return None
+        keys_join, values_join = _joined(parts[1]), _joined(parts[2])
+        if keys_join is None or values_join is None:
+            return None
+        # The first layer's mask is the causal triangle over every token. A layer with another mask (the last,
+        # whose queries are each row's scored token only: graph.py) keeps its own attention, over the state.
+        mask = softmax.input_value(0).get_node().input_value(1)
+        causal_mask = mask if causal_mask is None else causal_mask
+        layers.append((parts, (keys_join, values_join), mask == causal_mask))
+    return layers
+
+
 def _integer_weights(matmul: Any) -> bool:
     """Whether a MatMul's weights are integer constants decompressed on the way (a Constant of an integer type
     at most DECOMPRESSION_STEPS first inputs up from its second input, through shape and arithmetic nodes)."""
@@ -223,10 +229,10 @@ def _integer_weights(matmul: Any) -> bool:
 
     node = matmul.input_value(1).get_node()
     for _ in range(DECOMPRESSION_STEPS):
-        kind = node.get_type_name()
-        if kind == "Constant":
+        op_type = node.get_type_name()
+        if op_type == "Constant":
             return node.get_output_element_type(0) in (ov.Type.u8, ov.Type.i8, ov.Type.u4, ov.Type.i4)
-        if kind not in ("Reshape", "Multiply", "Subtract", "Convert", "Transpose"):
+        if op_type not in ("Reshape", "Multiply", "Subtract", "Convert", "Transpose"):
             return False
         node = node.input_value(0).get_node()
     return False

@@ -75,6 +75,29 @@ def run_batch(
     check_positive_int("threads_per_actor", threads_per_actor, allow_none=True)
     check_positive_int("batch_rows", batch_rows)
     options = options or BatchOptions()
+    _check_options(options)
+    model_dir = str(artifact_for(model_dir, cache_dir=None))  # a checkpoint is exported once, here, not per actor
+    load_artifact(model_dir)  # a wrong folder fails here, in one line, not in every actor
+    fmt = input_format or _format_of(source, "input")
+    out_fmt = _format_of(output, "output")
+    target = Path(output)
+    if target.exists() and not overwrite:
+        raise InvalidInputError(f"output: {output} exists; remove it, choose another path, or pass --overwrite")
+    started = _start_ray(address)
+    try:
+        threads_per_actor = threads_per_actor or _node_threads()
+        actors = _pool_size(actors, threads_per_actor)
+        ds = _read(source, fmt)
+        _check_columns(_columns(ds, fmt), options)
+        begin = time.perf_counter()
+        rows, failed, cut = _score_into(ds, model_dir, options, actors, threads_per_actor, batch_rows, target, out_fmt)
+        return BatchReport(rows, failed, cut, time.perf_counter() - begin, actors, threads_per_actor)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _check_options(options: BatchOptions) -> None:
     check_options(
         options.query_column,
         options.document_column,
@@ -83,44 +106,45 @@ def run_batch(
         options.long_documents,
         options.max_chunks_per_doc,
     )
-    model_dir = str(artifact_for(model_dir, cache_dir=None))  # a checkpoint is exported once, here, not per actor
-    load_artifact(model_dir)  # a wrong folder fails here, in one line, not in every actor
-    fmt = input_format or _format_of(source, "input")
-    out_fmt = _format_of(output, "output")
-    target = Path(output)
-    if target.exists() and not overwrite:
-        raise InvalidInputError(f"output: {output} exists; remove it, choose another path, or pass --overwrite")
-    started = ray.is_initialized()
-    if not started:
-        # a local instance gets one CPU slot more than the cores: reading and listing files need one, and
-        # actors holding every slot would leave them waiting forever
-        local = address is None and not os.environ.get("RAY_ADDRESS")
-        cpus = len(os.sched_getaffinity(0)) + 1 if local else None
-        ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+
+
+def _start_ray(address: str | None) -> bool:
+    """Join or start Ray unless this process already did; True when this call started it (and must stop it)."""
+    if ray.is_initialized():
+        return False
+    # a local instance gets one CPU slot more than the cores: reading and listing files need one, and
+    # actors holding every slot would leave them waiting forever
+    local = address is None and not os.environ.get("RAY_ADDRESS")
+    cpus = len(os.sched_getaffinity(0)) + 1 if local else None
+    ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    return True
+
+
+def _score_into(
+    ds: ray.data.Dataset,
+    model_dir: str,
+    options: BatchOptions,
+    actors: int,
+    threads_per_actor: int,
+    batch_rows: int,
+    target: Path,
+    out_fmt: Format,
+) -> tuple[int, int, int]:
+    """Score `ds` in a pool of RerankBatch actors and write it to `target` in input order: rows, failed, cut."""
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    scored = ds.map_batches(
+        RerankBatch,
+        fn_constructor_args=(model_dir,),
+        fn_constructor_kwargs=asdict(options),
+        batch_size=batch_rows,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=threads_per_actor,
+    )
     try:
-        threads_per_actor = threads_per_actor or _node_threads()
-        actors = _pool_size(actors, threads_per_actor)
-        ray.data.DataContext.get_current().execution_options.preserve_order = True
-        ds = _read(source, fmt)
-        _check_columns(_columns(ds, fmt), options)
-        scored = ds.map_batches(
-            RerankBatch,
-            fn_constructor_args=(model_dir,),
-            fn_constructor_kwargs=asdict(options),
-            batch_size=batch_rows,
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            num_cpus=threads_per_actor,
-        )
-        begin = time.perf_counter()
-        try:
-            batches = scored.iter_batches(batch_size=None, batch_format="pyarrow")
-            rows, failed, cut = _write(batches, target, out_fmt, (options.query_column, options.document_column))
-        except ray.exceptions.RayError as exc:  # an actor or a read failed: say why in one line, not a remote traceback
-            raise _cause_of(exc) from exc
-        return BatchReport(rows, failed, cut, time.perf_counter() - begin, actors, threads_per_actor)
-    finally:
-        if not started:
-            ray.shutdown()
+        batches = scored.iter_batches(batch_size=None, batch_format="pyarrow")
+        return _write(batches, target, out_fmt, (options.query_column, options.document_column))
+    except ray.exceptions.RayError as exc:  # an actor or a read failed: say why in one line, not a remote traceback
+        raise _cause_of(exc) from exc
 
 
 def _read(source: str, fmt: Format) -> ray.data.Dataset:
