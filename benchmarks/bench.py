@@ -37,11 +37,16 @@ STACKS = [
     "ours-int8@openvino-bf16",
     "ours-int8@openvino-int8",
     "ours-fp32@openvino-bf16",
+    "ours-int8-static",
+    "ours-int8-static@openvino-bf16",
+    "ours-int8-static@openvino-fp32",
 ]
+DEFAULT_STACKS = [s for s in STACKS if "int8-static" not in s]
 # sentence-transformers 6 (the peer a well-informed user picks), run with --st-python's interpreter. Its
 # onnx backend is missing: sentence-transformers[onnx]==6.2.0 cannot be installed (st_stack.py says why).
 ST_STACKS = ["st-torch", "st-torch-bf16", "st-openvino"]
-SCHEMES = {"ours-fp32": "none", "ours-int8": "int8", "ours-int8-fast": "int8-fast"}  # artifact -> export --quantize
+# artifact -> export --quantize
+SCHEMES = {"ours-fp32": "none", "ours-int8": "int8", "ours-int8-fast": "int8-fast", "ours-int8-static": "int8-static"}
 
 
 def artifact_of(stack: str) -> str:
@@ -225,7 +230,14 @@ def main() -> int:
         "on a host whose speed drifts, stacks then share its slow and fast spells",
     )
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--stacks", nargs="+", default=STACKS, choices=STACKS + ST_STACKS)
+    parser.add_argument(
+        "--stacks",
+        nargs="+",
+        default=DEFAULT_STACKS,
+        choices=STACKS + ST_STACKS,
+        help="the stacks to run (default: all but the int8-static ones, whose export needs the export-int8-static "
+        "extra and much memory: see docs/backends.md#int8-static-artifacts)",
+    )
     parser.add_argument(
         "--st-python",
         default=None,

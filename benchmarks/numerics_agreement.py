@@ -11,7 +11,8 @@ of blockwise int8 on onnxruntime, on the same model and pairs.
 - reference: the fp32 artifact on onnxruntime;
 - variants, each on the int8 artifact: onnxruntime (blockwise int8), OpenVINO `int8` (dynamic int8
   activations in the artifact's blocks), `bf16` and `fp32` (fp32 compute of the int8 weights); OpenVINO's
-  bf16 and int8 run as fp32 on a CPU without bf16 instructions, and the table says so;
+  bf16 and int8 run as fp32 on a CPU without bf16 instructions, and the table says so; with `--static`, an
+  `int8-static` artifact of the same checkpoint on what `auto` runs and on onnxruntime;
 - pairs: `--queries` queries x 20 documents of 20-`--max-doc-tokens` tokens (int8_groups.py's pairs);
   Spearman over all scores and per query, top-10 overlap, mean |difference| as a share of the reference's
   score spread, and each variant's Spearman minus onnxruntime int8's with 95% intervals over resampled
@@ -41,6 +42,11 @@ VARIANTS = [
     ("openvino-int8", "openvino", "int8"),
     ("openvino-bf16", "openvino", "bf16"),
     ("openvino-fp32", "openvino", "fp32"),
+]
+# (name, backend, precision) on an int8-static artifact (--static): OpenVINO as `auto` runs it, and onnxruntime
+STATIC_VARIANTS = [
+    ("int8-static-openvino", "auto", "auto"),
+    ("int8-static-onnxruntime", "onnxruntime", "auto"),
 ]
 ALONE_PAIRS = 20
 
@@ -119,6 +125,12 @@ def main() -> int:
     parser.add_argument("--max-doc-tokens", type=int, default=200, help="longest document")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--suffix", default="", help="appended to the result files' name")
+    parser.add_argument(
+        "--static",
+        type=Path,
+        default=None,
+        help="an int8-static artifact of the same checkpoint: its variants (onnxruntime, OpenVINO auto) join the table",
+    )
     args = parser.parse_args()
     from rerank_onnx import Reranker
 
@@ -130,6 +142,11 @@ def main() -> int:
         variants[name] = score_variant(args.int8, backend, precision, args.threads, pairs)
         variants[name]["agreement"] = agreement(variants[name]["scores"], reference)
         print(f"{name}: {variants[name]['agreement']}", file=sys.stderr)
+    if args.static is not None:
+        for name, backend, precision in STATIC_VARIANTS:
+            variants[name] = score_variant(args.static, backend, precision, args.threads, pairs)
+            variants[name]["agreement"] = agreement(variants[name]["scores"], reference)
+            print(f"{name}: {variants[name]['agreement']}", file=sys.stderr)
     baseline = variants[VARIANTS[0][0]]["scores"]
     for name, variant in variants.items():
         if name != VARIANTS[0][0]:

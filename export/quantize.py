@@ -1,26 +1,36 @@
 """fp32 score graph -> int8 graph for x86 CPUs.
 
-Two schemes, measured side by side in benchmarks/ (random weights, full size):
+Three schemes, measured side by side in benchmarks/ (random weights, full size):
 - int8: weights and activations quantized in blocks of BLOCK along the reduction dimension (MatMulNBits,
   8 bits; the artifact config records the block, and OpenVINO's int8 activations take it as their group).
   Ranks like fp32 (Spearman >= 0.99 against the fp32 graph where the per-tensor scheme gave
   ~0.9-0.98); batch-independent scores.
 - int8-fast: one activation scale per tensor (DynamicQuantizeMatMul): the fastest integer kernel,
   but one scale for a whole batch coarsens every small activation and couples rows of a batch.
+- int8-static: activation scales calibrated once at export (NNCF post-training quantization on
+  calibration.py's pairs), so constants of the graph: batch-independent, and the plain integer kernels run
+  with no scale computed at run time. Ranks measurably less like fp32 than `int8` (docs/backends.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from rerank_onnx.errors import MissingDependencyError
+
 from .onnx_files import save_with_external_data
 
 BLOCK = 32
+# SmoothQuant off (-1): with it NNCF's ONNX calibration of base-v2 outgrew 20 GB, and on per-tensor activations it
+# did not rank closer to fp32 (docs/backends.md#int8-static-artifacts)
+SMOOTH_QUANT_ALPHA = -1.0
 
 # The schemes the exporter offers (`--quantize`), described in the artifact config.
 SCHEMES = {
@@ -35,16 +45,43 @@ SCHEMES = {
         "per tensor at run time (onnxruntime DynamicQuantizeMatMul, the U8S8 kernel that reaches VNNI/AMX). "
         "Token embedding: int8 per row. Final score projection, norms and attention: fp32."
     ),
+    "int8-static": (
+        "Transformer MatMuls: int8 weights per output channel (symmetric), int8 activations per tensor with "
+        "scales calibrated at export (NNCF post-training quantization, QuantizeLinear/DequantizeLinear pairs) on "
+        "the exporter's calibration pairs; attention products and the final score projection fp32. Token "
+        "embedding: int8 per row (NNCF's)."
+    ),
     "none": "fp32 everywhere.",
 }
+# Calibration runs one prompt at a time: static scales must not learn from padding.
+CALIBRATION_PAIRS = 128
 
 
-def quantize(scheme: str, fp32_path: Path, destination: Path, *, data_file: str) -> None:
-    """Write the `scheme` version of the fp32 graph at `fp32_path` to `destination`."""
+def quantize(
+    scheme: str,
+    fp32_path: Path,
+    destination: Path,
+    *,
+    data_file: str,
+    calibration: list[dict[str, np.ndarray]] | None = None,
+) -> None:
+    """Write the `scheme` version of the fp32 graph at `fp32_path` to `destination`.
+
+    Args:
+        scheme: a key of SCHEMES other than "none".
+        fp32_path: the fp32 score graph.
+        destination: the graph file to write (its weights go to `data_file` beside it).
+        data_file: the external data file's name.
+        calibration: int8-static only: the graph's inputs for each calibration prompt (`decoder_feeds`).
+    """
     if scheme == "int8":
         quantize_int8_blockwise(fp32_path, destination, data_file=data_file)
     elif scheme == "int8-fast":
         quantize_int8_fast(fp32_path, destination, data_file=data_file)
+    elif scheme == "int8-static":
+        if not calibration:
+            raise ValueError("int8-static needs calibration inputs")
+        quantize_int8_static(fp32_path, destination, data_file=data_file, calibration=calibration)
     else:
         raise ValueError(f"no quantizer for scheme {scheme!r}")
 
@@ -117,6 +154,61 @@ def dynamic_int8_matmuls(source: Path, destination: Path, *, excluded: list[str]
         use_external_data_format=external_data,
         extra_options={"MatMulConstBOnly": True},
     )
+
+
+def quantize_int8_static(
+    fp32_path: Path, destination: Path, *, data_file: str, calibration: list[dict[str, np.ndarray]]
+) -> None:
+    """The `int8-static` scheme: NNCF's post-training quantization of every weight MatMul but the score
+    projection, activation scales from `calibration` (one feed per prompt). NNCF quantizes the token embedding
+    per row itself."""
+    import logging
+
+    try:
+        import nncf
+    except ImportError as exc:
+        raise MissingDependencyError("nncf", "pip install 'rerank-onnx[export-int8-static]'") from exc
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    model = onnx.load(str(fp32_path), load_external_data=True)
+    weights = {t.name for t in model.graph.initializer}
+    excluded = [n.name for n in _score_projections(model)] + [
+        n.name  # attention's two products (no weight): per-tensor static scales cost them the most
+        for n in model.graph.node
+        if n.op_type == "MatMul" and n.input[0] not in weights and n.input[1] not in weights
+    ]
+    nncf.set_log_level(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars: the export logs its own steps
+        quantized = nncf.quantize(
+            model,
+            nncf.Dataset(calibration),
+            model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(calibration),
+            ignored_scope=nncf.IgnoredScope(names=excluded),
+            advanced_parameters=AdvancedQuantizationParameters(
+                smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=SMOOTH_QUANT_ALPHA)
+            ),
+        )
+    del model
+    gc.collect()
+    save_with_external_data(quantized, destination, data_file=data_file)
+
+
+def decoder_feeds(model_path: Path, prompts: list[list[int]]) -> list[dict[str, np.ndarray]]:
+    """The causal score graph's inputs for each prompt alone, with no past (int8-static's calibration)."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    past = next(i for i in model.graph.input if i.name == "past_keys")
+    layers, heads, _, width = (d.dim_value for d in past.type.tensor_type.shape.dim)
+    empty = np.zeros((layers, heads, 0, width), dtype=np.float32)
+    return [
+        {
+            "input_ids": np.array([ids], dtype=np.int64),
+            "lengths": np.array([len(ids)], dtype=np.int64),
+            "past_keys": empty,
+            "past_values": empty,
+        }
+        for ids in prompts
+    ]
 
 
 def _score_projections(model: onnx.ModelProto) -> list[onnx.NodeProto]:

@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from .backends.select import BACKENDS, PRECISIONS
 from .chunking import DEFAULT_MAX_CHUNKS_PER_DOC
@@ -40,16 +40,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     info.add_argument("--json", action="store_true", help="one JSON object instead of lines")
     info.set_defaults(run=_info)
+    _export_parser(commands)
+    _rank_parser(commands)
+    _serve_parser(commands)
+    _batch_parser(commands)
+    return parser
 
+
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # a string: not subscriptable at run time
+
+
+def _export_parser(commands: Commands) -> None:
     export = commands.add_parser("export", help="convert a Hugging Face checkpoint into an artifact folder")
     export.add_argument("source", help="hub id (e.g. mixedbread-ai/mxbai-rerank-large-v2) or local checkpoint folder")
     export.add_argument("output", help="artifact folder to write")
     export.add_argument(
         "--quantize",
-        choices=["int8", "int8-fast", "none"],
+        choices=["int8", "int8-fast", "int8-static", "none"],
         default="int8",
-        help="int8 (default): blockwise, ranks like fp32; int8-fast: per-tensor activations, fastest, less "
-        "faithful; none: fp32",
+        help="int8 (default): blockwise, ranks like fp32; int8-fast: per-tensor activations, less faithful; "
+        "int8-static: activation scales calibrated at export (NNCF; the export-int8-static extra), faster on "
+        "OpenVINO, less faithful; none: fp32",
     )
     export.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     export.add_argument(
@@ -73,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.set_defaults(run=_export)
 
+
+def _rank_parser(commands: Commands) -> None:
     rank = commands.add_parser("rank", help="rank documents against a query")
     rank.add_argument(
         "model",
@@ -102,6 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     rank.set_defaults(run=_rank)
 
+
+def _serve_parser(commands: Commands) -> None:
     serve = commands.add_parser(
         "serve",
         help="serve the rerank HTTP API (Jina/Cohere/vLLM/TEI shapes)",
@@ -111,20 +126,18 @@ def _parser() -> argparse.ArgumentParser:
         "model", nargs="?", default=None, help="artifact folder, checkpoint folder or hub id [RERANK_ONNX_MODEL]"
     )
     for setting in SERVE_SETTINGS:
-        kind = {int: int, float: float}.get(setting.kind, str)
+        value_type = {int: int, float: float}.get(setting.value_type, str)
         serve.add_argument(
             setting.flag,
-            type=kind,
+            type=value_type,
             default=None,
             choices=setting.choices,
             help=f"{setting.help} [RERANK_ONNX_{setting.env}] (default {setting.default})",
         )
     serve.set_defaults(run=_serve)
-    _batch_parser(commands)
-    return parser
 
 
-def _batch_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _batch_parser(commands: Commands) -> None:
     batch = commands.add_parser(
         "batch",
         help="score every (query, document) row of a Parquet or JSON-lines file on Ray (the ray extra)",
@@ -176,7 +189,7 @@ class ServeSetting:
 
     flag: str
     env: str
-    kind: type
+    value_type: type
     default: object
     help: str
     choices: tuple[str, ...] | None = None
@@ -226,8 +239,8 @@ def _serve_settings(args: argparse.Namespace) -> dict[str, Any]:
         elif value is None and raw:
             value = _parse_setting(setting, raw)
             if value is None:
-                kinds = {int: "a non-negative integer", float: "a non-negative number", str: "a string"}
-                expected = f"one of {', '.join(setting.choices)}" if setting.choices else kinds[setting.kind]
+                described = {int: "a non-negative integer", float: "a non-negative number", str: "a string"}
+                expected = f"one of {', '.join(setting.choices)}" if setting.choices else described[setting.value_type]
                 raise InvalidInputError(
                     f"RERANK_ONNX_{setting.env}: expected {expected}, got {raw!r}; fix or unset it, or pass {setting.flag}"
                 )
@@ -255,7 +268,7 @@ def _check_serve_setting(setting: ServeSetting, value: object, *, from_flag: boo
 def _parse_setting(setting: ServeSetting, raw: str) -> object | None:
     """The environment value as the setting's type, or None when it is not one."""
     try:
-        value: object = setting.kind(raw)
+        value: object = setting.value_type(raw)
     except ValueError:
         return None
     if setting.choices and value not in setting.choices:
@@ -292,7 +305,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 INFO_FAMILIES = ("mxbai-rerank-v2", "qwen3-reranker", "cross-encoder")
-INFO_SCHEMES = ("int8", "int8-fast", "none")
+INFO_SCHEMES = ("int8", "int8-fast", "int8-static", "none")
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -303,15 +316,19 @@ def _info(args: argparse.Namespace) -> int:
     from .backends.select import choose, machine_summary
 
     installed = available()
-    picks = {
-        f"{family}, {scheme}": choose("auto", "auto", scheme=scheme, family=family, openvino_installed=installed)
-        for family in INFO_FAMILIES
-        for scheme in INFO_SCHEMES
-    }
+    picks: dict[str, dict[str, str]] = {}
+    for family in INFO_FAMILIES:
+        for scheme in INFO_SCHEMES:
+            if scheme == "int8-static" and family == "cross-encoder":
+                continue  # the export builds it for the causal families only
+            try:
+                choice = choose("auto", "auto", scheme=scheme, family=family, openvino_installed=installed)
+                picks[f"{family}, {scheme}"] = {"backend": choice.backend, "precision": choice.precision}
+            except RerankError as exc:  # int8-static without OpenVINO: auto refuses to fall back
+                picks[f"{family}, {scheme}"] = {"error": str(exc)}
     summary = {**machine_summary(), "openvino_installed": installed}
     if args.json:
-        choices = {key: {"backend": c.backend, "precision": c.precision} for key, c in picks.items()}
-        print(json.dumps({**summary, "auto": choices}, indent=2))
+        print(json.dumps({**summary, "auto": picks}, indent=2))
         return 0
     flags = ", ".join(summary["cpu_flags"])  # type: ignore[arg-type]
     print(f"cpu: {summary['cpu']} ({summary['machine']})")
@@ -324,9 +341,12 @@ def _info(args: argparse.Namespace) -> int:
     print(f"cpu flags: {flags}")
     print(f"openvino: {'installed' if installed else 'not installed (pip install rerank-onnx[openvino])'}")
     print("backend='auto' runs, per artifact (family, scheme):")
-    for key, choice in picks.items():
-        precision = "" if choice.precision == "stored" else f" {choice.precision}"
-        print(f"  {key}: {choice.backend}{precision}")
+    for key, pick in picks.items():
+        if "error" in pick:
+            print(f"  {key}: needs OpenVINO (pip install 'rerank-onnx[openvino]')")
+            continue
+        precision = "" if pick["precision"] == "stored" else f" {pick['precision']}"
+        print(f"  {key}: {pick['backend']}{precision}")
     return 0
 
 

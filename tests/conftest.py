@@ -96,6 +96,11 @@ def int8_fast_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint
 
 
 @pytest.fixture(scope="session")
+def int8_static_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
+    return export_tiny(tmp_path_factory, tiny_checkpoint, "int8-static")
+
+
+@pytest.fixture(scope="session")
 def short_context_artifact(tmp_path_factory: pytest.TempPathFactory, short_context_checkpoint: Path) -> Path:
     return export_tiny(tmp_path_factory, short_context_checkpoint, "none")
 

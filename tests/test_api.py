@@ -106,6 +106,25 @@ CPU_FLAGS = {
 
 
 @pytest.mark.parametrize("kind", sorted(CPU_FLAGS))
+def test_an_int8_static_artifact_runs_openvino_and_never_falls_back_silently(kind: str) -> None:
+    from rerank_onnx.backends.select import choose
+    from rerank_onnx.errors import InvalidInputError
+
+    flags = CPU_FLAGS[kind]
+    choice = choose(
+        "auto", "auto", scheme="int8-static", family="mxbai-rerank-v2", flags=flags, openvino_installed=True
+    )
+    # OpenVINO's int8 kernels with bf16 between them where the CPU has bf16 instructions, fp32 elsewhere
+    assert choice.backend == "openvino" and choice.precision == ("bf16" if kind in ("amx", "avx512-bf16") else "fp32")
+    with pytest.raises(InvalidInputError, match=r"pip install 'rerank-onnx\[openvino\]'.*backend='onnxruntime'"):
+        choose("auto", "auto", scheme="int8-static", family="mxbai-rerank-v2", flags=flags, openvino_installed=False)
+    asked = choose(
+        "onnxruntime", "auto", scheme="int8-static", family="mxbai-rerank-v2", flags=flags, openvino_installed=False
+    )
+    assert asked.backend == "onnxruntime"  # asked for by name, with its caveat in the docs
+
+
+@pytest.mark.parametrize("kind", sorted(CPU_FLAGS))
 def test_auto_keeps_every_cpu_class_on_a_path_it_can_run(kind: str) -> None:
     from rerank_onnx.backends.select import choose
 

@@ -85,6 +85,9 @@ class Row:
 AUTO_ROWS: tuple[Row, ...] = (
     Row("none", "*", "*", "onnxruntime", "stored", "fp32-artifacts"),
     Row("int8-fast", "*", "*", "onnxruntime", "stored", "int8-fast-artifacts"),
+    Row("int8-static", "amx", "*", "openvino", "bf16", "int8-static-artifacts"),
+    Row("int8-static", "avx512-bf16", "*", "openvino", "bf16", "int8-static-artifacts"),
+    Row("int8-static", "*", "*", "openvino", "fp32", "int8-static-artifacts"),
     Row("int8", "amx", "*", "openvino", "bf16", "amx"),
     Row("int8", "avx512-bf16", "cross-encoder", "openvino", "bf16", "avx512-bf16-cross-encoders"),
     Row("int8", "avx512-bf16", "*", "openvino", "int8", "avx512-bf16"),
@@ -94,14 +97,14 @@ AUTO_ROWS: tuple[Row, ...] = (
 )
 
 
-def auto_row(scheme: str, kind: CpuClass, family: str) -> Row:
-    """The row `auto` takes for an artifact of `scheme` and model `family` on a CPU of class `kind`.
+def auto_row(scheme: str, cpu_class: CpuClass, family: str) -> Row:
+    """The row `auto` takes for an artifact of `scheme` and model `family` on a CPU of class `cpu_class`.
 
     Raises:
         InvalidInputError: a scheme the table does not know.
     """
     for row in AUTO_ROWS:
-        if row.scheme == scheme and row.cpu_class in (kind, "*") and row.family in (family, "*"):
+        if row.scheme == scheme and row.cpu_class in (cpu_class, "*") and row.family in (family, "*"):
             return row
     schemes = sorted({row.scheme for row in AUTO_ROWS})
     raise InvalidInputError(f"quantization scheme: expected one of {', '.join(schemes)}, got {describe(scheme)}")
@@ -171,7 +174,7 @@ def choose(
         precision: "auto", "fp32", "bf16" or "int8" (OpenVINO's compute precision; "int8": int8 activations in
             the int8 artifact's weight blocks, bf16 elsewhere, fp32 on a CPU without bf16; onnxruntime runs the
             stored numerics).
-        scheme: the artifact's quantization scheme ("int8", "int8-fast" or "none").
+        scheme: the artifact's quantization scheme ("int8", "int8-fast", "int8-static" or "none").
         family: the artifact's model family (`ArtifactConfig.family`); a family measured to rank less like fp32
             on its CPU class's row takes its own (AUTO_ROWS).
         flags: the CPU's flags (default: this machine's).
@@ -187,16 +190,18 @@ def choose(
         raise InvalidInputError(f"backend: expected one of {', '.join(BACKENDS)}, got {describe(backend)}")
     if precision not in PRECISIONS:
         raise InvalidInputError(f"precision: expected one of {', '.join(PRECISIONS)}, got {describe(precision)}")
-    kind, detected = planned_class(cpu_flags() if flags is None else flags)
-    choice = _choose(backend, precision, scheme=scheme, family=family, kind=kind, openvino_installed=openvino_installed)
+    cpu_class, detected = planned_class(cpu_flags() if flags is None else flags)
+    choice = _choose(
+        backend, precision, scheme=scheme, family=family, cpu_class=cpu_class, openvino_installed=openvino_installed
+    )
     if detected is None:
         return choice
-    reason = f"{choice.reason}; planned for {kind} on a {detected} CPU, as {CPU_CLASS_ENV} asks"
-    return BackendChoice(choice.backend, choice.precision, kind, reason)
+    reason = f"{choice.reason}; planned for {cpu_class} on a {detected} CPU, as {CPU_CLASS_ENV} asks"
+    return BackendChoice(choice.backend, choice.precision, cpu_class, reason)
 
 
 def _choose(
-    backend: str, precision: str, *, scheme: str, family: str, kind: CpuClass, openvino_installed: bool
+    backend: str, precision: str, *, scheme: str, family: str, cpu_class: CpuClass, openvino_installed: bool
 ) -> BackendChoice:
     if backend == "onnxruntime":
         if precision != "auto":
@@ -204,10 +209,10 @@ def _choose(
                 f"precision={precision!r} needs backend='openvino': onnxruntime runs the artifact's stored "
                 f"numerics ({scheme}); pass precision='auto' or backend='openvino'"
             )
-        return BackendChoice("onnxruntime", "stored", kind, "asked for")
+        return BackendChoice("onnxruntime", "stored", cpu_class, "asked for")
     if backend == "openvino":
         return _choose_openvino(
-            precision, scheme=scheme, family=family, kind=kind, openvino_installed=openvino_installed
+            precision, scheme=scheme, family=family, cpu_class=cpu_class, openvino_installed=openvino_installed
         )
     # auto
     if precision != "auto":
@@ -215,22 +220,28 @@ def _choose(
             f"precision={precision!r} needs backend='openvino' (auto picks the precision itself); "
             "pass backend='openvino' too, or leave precision='auto'"
         )
-    row = auto_row(scheme, kind, family)
+    row = auto_row(scheme, cpu_class, family)
+    if scheme == "int8-static" and not openvino_installed:
+        raise InvalidInputError(
+            "an int8-static artifact runs on OpenVINO: pip install 'rerank-onnx[openvino]'; onnxruntime's kernels "
+            "for its scales make a score depend on its batch (docs/backends.md#int8-static-artifacts), so auto does "
+            "not fall back to them: pass backend='onnxruntime' to accept that, or export with --quantize int8"
+        )
     if row.backend == "openvino" and not openvino_installed:
         return BackendChoice(
             "onnxruntime",
             "stored",
-            kind,
+            cpu_class,
             "OpenVINO is faster on this CPU but not installed: pip install 'rerank-onnx[openvino]'",
         )
-    return BackendChoice(row.backend, row.precision, kind, f"{row.evidence} row, {row.reference}")
+    return BackendChoice(row.backend, row.precision, cpu_class, f"{row.evidence} row, {row.reference}")
 
 
 def _choose_openvino(
-    precision: str, *, scheme: str, family: str, kind: CpuClass, openvino_installed: bool
+    precision: str, *, scheme: str, family: str, cpu_class: CpuClass, openvino_installed: bool
 ) -> BackendChoice:
     """backend="openvino": the precision asked for where this CPU and artifact run it, else what they run."""
-    bf16_capable = kind in BF16_CLASSES
+    bf16_capable = cpu_class in BF16_CLASSES
     if not openvino_installed:
         raise InvalidInputError(
             "backend='openvino' needs the openvino package: pip install 'rerank-onnx[openvino]', or pass "
@@ -246,11 +257,11 @@ def _choose_openvino(
             f"precision='int8' quantizes activations in the blocks of the int8 artifact's weights; this artifact "
             f"is {scheme!r}: pass precision='bf16' or 'fp32', or export with --quantize int8"
         )
-    if precision == "int8" and kind not in INT8_CLASSES:
+    if precision == "int8" and cpu_class not in INT8_CLASSES:
         return BackendChoice(
             "openvino",
             "fp32",
-            kind,
+            cpu_class,
             "int8 asked for, but this CPU has no VNNI instructions, where OpenVINO leaves its int8 activations off "
             "(docs/backends.md#avx2); run as fp32, without the row padding int8 needs",
         )
@@ -259,15 +270,15 @@ def _choose_openvino(
         return BackendChoice(
             "openvino",
             "fp32",
-            kind,
+            cpu_class,
             "bf16 asked for, but this CPU has no bf16 instructions, where OpenVINO computes in fp32 anyway "
             "(docs/backends.md#avx2); run as fp32, without the bf16 row padding, which only costs time there",
         )
     if precision != "auto":
-        return BackendChoice("openvino", precision, kind, "asked for")  # type: ignore[arg-type]
-    row = auto_row("int8", kind, family)
+        return BackendChoice("openvino", precision, cpu_class, "asked for")  # type: ignore[arg-type]
+    row = auto_row("int8", cpu_class, family)
     best = row.precision if scheme == "int8" and row.backend == "openvino" else "bf16" if bf16_capable else "fp32"
-    return BackendChoice("openvino", best, kind, "the CPU's best faithful precision")  # type: ignore[arg-type]
+    return BackendChoice("openvino", best, cpu_class, "the CPU's best faithful precision")  # type: ignore[arg-type]
 
 
 def machine_summary() -> dict[str, object]:
