@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib.util
 import json
 import math
 import shutil
@@ -20,7 +21,7 @@ from rerank_onnx import artifact
 from rerank_onnx.artifact import Template
 from rerank_onnx.backends import open_session
 from rerank_onnx.backends.select import BackendChoice
-from rerank_onnx.errors import ExportError, RerankError
+from rerank_onnx.errors import ExportError, MissingDependencyError, RerankError
 from rerank_onnx.reranker import Reranker
 from rerank_onnx.template import PairEncoder, load_tokenizer
 
@@ -150,6 +151,8 @@ def _as_export_error(exc: BaseException, source: str) -> BaseException:
 def _check_arguments(quantize: str, family: str, estimated_max: float | None) -> None:
     if quantize not in SCHEMES:
         raise ExportError(f"quantize: expected one of {sorted(SCHEMES)}, got {quantize!r}")
+    if quantize == "int8-static" and importlib.util.find_spec("nncf") is None:  # said before minutes of work
+        raise MissingDependencyError("nncf", "pip install 'rerank-onnx[export-int8-static]'")
     if family != "auto" and family not in FAMILIES:
         raise ExportError(f"family: expected auto or one of {sorted(FAMILIES)}, got {family!r}")
     if estimated_max is not None and (

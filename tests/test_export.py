@@ -360,3 +360,20 @@ def test_a_cross_encoder_without_its_extra_is_one_error_line(tmp_path: Path) -> 
     assert done.stderr.startswith("error: ") and "rerank-onnx[export-cross-encoder]" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_int8_static_without_nncf_is_one_clear_error_before_any_work(
+    tmp_path: Path, tiny_checkpoint: Path, monkeypatch
+) -> None:
+    import importlib.util
+
+    from rerank_onnx_export.pipeline import export_checkpoint
+
+    from rerank_onnx.errors import MissingDependencyError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nncf" else real(name, *a))
+    lines: list[str] = []
+    with pytest.raises(MissingDependencyError, match=r"pip install 'rerank-onnx\[export-int8-static\]'"):
+        export_checkpoint(str(tiny_checkpoint), tmp_path / "out", quantize="int8-static", log=lines.append)
+    assert lines == [] and not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
