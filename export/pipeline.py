@@ -29,7 +29,7 @@ from . import cross_encoder, report
 from .calibration import calibration_pairs
 from .decoder_graph import DecoderShape, build_decoder_graph
 from .prompt import FAMILIES, PROMPTS, Prompt, detect_family, template_data
-from .quantize import BLOCK, CALIBRATION_PAIRS, SCHEMES, decoder_feeds
+from .quantize import BLOCK, SCHEMES, decoder_feeds
 from .quantize import quantize as quantize_graph
 from .reference import reference_scores
 from .safetensors_reader import SafetensorsWeights
@@ -637,7 +637,7 @@ def _calibration_feeds(graph_path: Path, encoder: PairEncoder) -> list[dict[str,
     encodes them."""
     queries, documents = calibration_pairs()
     encoded = encoder.encode(queries, documents, instruction=None)
-    return decoder_feeds(graph_path, encoded.input_ids[:CALIBRATION_PAIRS])
+    return decoder_feeds(graph_path, encoded.input_ids)
 
 
 def _builtin_pair_ids(encoder: PairEncoder) -> tuple[list[list[int]], list[int]]:

@@ -53,8 +53,6 @@ SCHEMES = {
     ),
     "none": "fp32 everywhere.",
 }
-# Calibration runs one prompt at a time: static scales must not learn from padding.
-CALIBRATION_PAIRS = 128
 
 
 def quantize(
@@ -195,7 +193,8 @@ def quantize_int8_static(
 
 
 def decoder_feeds(model_path: Path, prompts: list[list[int]]) -> list[dict[str, np.ndarray]]:
-    """The causal score graph's inputs for each prompt alone, with no past (int8-static's calibration)."""
+    """The causal score graph's inputs for each prompt alone, with no past (int8-static's calibration: one prompt
+    at a time, so that static scales do not learn from padding)."""
     model = onnx.load(str(model_path), load_external_data=False)
     past = next(i for i in model.graph.input if i.name == "past_keys")
     layers, heads, _, width = (d.dim_value for d in past.type.tensor_type.shape.dim)
