@@ -45,8 +45,13 @@ DEFAULT_STACKS = [s for s in STACKS if "int8-static" not in s]
 # sentence-transformers 6 (the peer a well-informed user picks), run with --st-python's interpreter. Its
 # onnx backend is missing: sentence-transformers[onnx]==6.2.0 cannot be installed (st_stack.py says why).
 ST_STACKS = ["st-torch", "st-torch-bf16", "st-openvino"]
-# artifact -> export --quantize
-SCHEMES = {"ours-fp32": "none", "ours-int8": "int8", "ours-int8-fast": "int8-fast", "ours-int8-static": "int8-static"}
+# artifact -> export --quantization
+QUANTIZATIONS = {
+    "ours-fp32": "none",
+    "ours-int8": "int8",
+    "ours-int8-fast": "int8-fast",
+    "ours-int8-static": "int8-static",
+}
 
 
 def artifact_of(stack: str) -> str:
@@ -68,12 +73,12 @@ def prepare(size: str, stacks: list[str]) -> dict[str, Path]:
         build_random_checkpoint(checkpoint, size=size, tokenizer_json=tokenizer)
     paths = {"checkpoint": checkpoint}
     wanted = {artifact_of(s) for s in stacks}
-    for stack, scheme in SCHEMES.items():
+    for stack, quantization in QUANTIZATIONS.items():
         if stack not in wanted:  # name ours-fp32 among the stacks for the fidelity columns (the reference)
             continue
         name = stack.removeprefix("ours-")
         out = WORK / f"{size}-{name}"
-        if _cached_scheme(out) != scheme:  # absent, another scheme, or a graph from before the prefix cache
+        if _cached_scheme(out) != quantization:  # absent, another quantization, or a graph from before the prefix cache
             print(f"exporting {out.name}", file=sys.stderr)
             subprocess.run(
                 [
@@ -83,8 +88,8 @@ def prepare(size: str, stacks: list[str]) -> dict[str, Path]:
                     "export",
                     str(checkpoint),
                     str(out),
-                    "--quantize",
-                    scheme,
+                    "--quantization",
+                    quantization,
                     "--overwrite",
                 ],
                 check=False,

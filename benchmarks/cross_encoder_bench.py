@@ -133,7 +133,7 @@ def _ours(artifact: str, backend: str, words: int, reps: int, threads: int) -> d
 
     reranker = Reranker(artifact, threads=threads, backend=backend)  # type: ignore[arg-type]
     data = pairs(words)
-    tokens = sum(len(ids) for ids in reranker.encode([q for q, _ in data], [d for _, d in data]).input_ids)
+    tokens = sum(len(ids) for ids in reranker.model.encode([q for q, _ in data], [d for _, d in data]).input_ids)
     seconds, scores = _timed(reranker.predict, data, reps)
     assert reranker.backend is not None
     return {"tokens": tokens, "seconds": seconds, "scores": scores, "backend": reranker.backend.describe()}

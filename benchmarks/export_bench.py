@@ -45,7 +45,7 @@ sys.exit(code)
 """
 
 
-def measure(checkpoint: Path, code: Path | None, scheme: str, out: Path, slim: bool) -> dict:
+def measure(checkpoint: Path, code: Path | None, quantization: str, out: Path, slim: bool) -> dict:
     env = dict(os.environ)
     if code is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(code.resolve()), env.get("PYTHONPATH", "")])
@@ -54,7 +54,7 @@ def measure(checkpoint: Path, code: Path | None, scheme: str, out: Path, slim: b
     cache = out.parent / "cache"
     shutil.rmtree(cache, ignore_errors=True)
     env["RERANK_ONNX_CACHE_DIR"] = str(cache)
-    options = ["--quantize", scheme, "--overwrite"]
+    options = ["--quantization", quantization, "--overwrite"]
     started = time.perf_counter()
     done, private_kb = run_sampled(
         [sys.executable, "-c", CHILD, "slim" if slim else "full", "export", str(checkpoint), str(out), *options],
@@ -143,7 +143,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", type=Path, nargs="+")
     parser.add_argument("--code", nargs="+", default=[], metavar="NAME=DIR")
-    parser.add_argument("--quantize", default="int8", choices=["int8", "int8-fast", "none"])
+    parser.add_argument("--quantization", default="int8", choices=["int8", "int8-fast", "none"])
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--slim", nargs="*", default=[], metavar="NAME", help="code versions run without torch")
     parser.add_argument(
@@ -166,7 +166,7 @@ def main() -> int:
             for code, folder in codes.items():
                 print(f"exporting {checkpoint.name} with {code}", file=sys.stderr, flush=True)
                 slim = code in args.slim
-                runs[code].append(measure(checkpoint, folder, args.quantize, args.scratch / "out", slim))
+                runs[code].append(measure(checkpoint, folder, args.quantization, args.scratch / "out", slim))
         for code in args.first_rank:
             print(f"ranking from {checkpoint.name} with {code}", file=sys.stderr, flush=True)
             ranked = first_rank(checkpoint, codes[code], code in args.slim, args.scratch)
@@ -185,7 +185,7 @@ def main() -> int:
             print(key, json.dumps(summary), file=sys.stderr, flush=True)
     env = environment()
     data = {
-        "quantize": args.quantize,
+        "quantize": args.quantization,
         "reps": args.reps,
         "code": {code: str(folder) for code, folder in codes.items() if folder is not None},
         "slim": args.slim,
@@ -200,7 +200,7 @@ def main() -> int:
 def _table(data: dict) -> str:
     env = data["environment"]
     lines = [
-        f"# Export, --quantize {data['quantize']}, {env['cpu']} ({env['cpu_class']}: {env['cpu_flags']})",
+        f"# Export, --quantization {data['quantize']}, {env['cpu']} ({env['cpu_class']}: {env['cpu_flags']})",
         f"commit {env['git_commit']}, median of {data['reps']} fresh process(es), page cache warm",
         "",
         "| checkpoint: code | wall (s) | peak RSS (GB) | peak private (GB) | artifact (GB) | peak RSS / private - artifact (GB) "
@@ -237,7 +237,7 @@ def _chart(data: dict, name: str) -> None:
         ax.set(title=title)
     for ax in axes[1:]:
         ax.set_yticks([])
-    fig.suptitle(f"rerank-onnx export --quantize {data['quantize']}")
+    fig.suptitle(f"rerank-onnx export --quantization {data['quantize']}")
     fig.tight_layout()
     fig.savefig(RESULTS / f"{name}.png", dpi=100)
 

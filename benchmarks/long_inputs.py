@@ -68,7 +68,7 @@ def worker(artifact: str, stack: str, doc_tokens: int, reps: int, threads: int) 
     reranker = Reranker(artifact, threads=threads, backend=settings["backend"], slice_tokens=settings["slice_tokens"])
     reranker.rank(QUERY, ["a short warm-up document", "and another"])
     document = text_of_tokens(doc_tokens, seed=doc_tokens)
-    prompt_tokens = len(reranker.encode([QUERY], [document]).input_ids[0])
+    prompt_tokens = len(reranker.model.encode([QUERY], [document]).input_ids[0])
     before, _ = _rss_gb()
     tree = TreePeak(os.getpid())
     times = []
@@ -78,7 +78,7 @@ def worker(artifact: str, stack: str, doc_tokens: int, reps: int, threads: int) 
         times.append(time.perf_counter() - start)
     after, peak = _rss_gb()
     tree_peak = tree.stop()
-    whole = getattr(reranker._scorer.session._engine, "_whole", None)  # OpenVINO's long-prompt child process
+    whole = getattr(reranker.model._scorer.session._engine, "_whole", None)  # OpenVINO's long-prompt child process
     child_peak = whole.peak_rss / 1e9 if whole is not None else 0.0
     reranker.rank(QUERY, ["a short document after the long one"])
     after_next, _ = _rss_gb()

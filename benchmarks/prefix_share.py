@@ -25,22 +25,22 @@ QUERY = "what causes rivers to flood in spring?"
 
 def measure(reranker, doc_tokens: int, docs: int, reps: int) -> dict:
     texts = [text_of_tokens(doc_tokens, 100 + i) for i in range(docs)]
-    encoded = reranker.encode([QUERY] * docs, texts)
+    encoded = reranker.model.encode([QUERY] * docs, texts)
     rows = encoded.input_ids
-    head = encoded.prefix_lengths[0]  # then as far as every prompt agrees, as the runtime extends it
+    head = encoded.document_starts[0]  # then as far as every prompt agrees, as the runtime extends it
     while head < min(len(r) for r in rows) - 1 and all(r[head] == rows[0][head] for r in rows):
         head += 1
     tokens = sum(len(r) for r in encoded.input_ids)
     for share in (True, False):  # warm-up
-        reranker.share_prefix = share
+        reranker.model.share_prefix = share
         reranker.predict([QUERY] * 2, texts[:2])
     on, off = [], []
     for _ in range(reps):
-        reranker.share_prefix = True
+        reranker.model.share_prefix = True
         start = time.perf_counter()
         a = reranker.predict([QUERY] * docs, texts)
         on.append(time.perf_counter() - start)
-        reranker.share_prefix = False
+        reranker.model.share_prefix = False
         start = time.perf_counter()
         b = reranker.predict([QUERY] * docs, texts)
         off.append(time.perf_counter() - start)
@@ -115,7 +115,7 @@ def main() -> int:
     from rerank_onnx import Reranker
 
     reranker = Reranker(args.artifact, threads=args.threads, max_batch_tokens=8192)
-    if not reranker.computes_shared_prefix:
+    if not reranker.model.computes_shared_prefix:
         raise SystemExit(f"{args.artifact}: its graph takes no past keys and values; re-export it")
     results = []
     for n in args.doc_lengths:
@@ -125,7 +125,7 @@ def main() -> int:
     name = f"prefix-share-{args.artifact.resolve().name}"
     data = {
         "artifact": args.artifact.resolve().name,
-        "scheme": reranker.config.quantization,
+        "scheme": reranker.model.config.quantization,
         "reps": args.reps,
         "environment": environment(args.threads),
         "results": results,

@@ -105,7 +105,7 @@ def _ours(artifact: str, backend: str, reps: int, threads: int) -> dict:
 
     reranker = Reranker(artifact, threads=threads, backend=backend)  # type: ignore[arg-type]
     queries, documents = pairs()
-    tokens = sum(len(ids) for ids in reranker.encode(queries, documents).input_ids)
+    tokens = sum(len(ids) for ids in reranker.model.encode(queries, documents).input_ids)
     reranker.predict(queries[:2], documents[:2])  # warm-up
     times = []
     for _ in range(reps):

@@ -67,6 +67,12 @@ class Ours:
         self.r = Reranker(artifact, threads=threads, backend=backend, precision=precision)
         self.backend = self.r.backend.describe() if self.r.backend else "custom session"
 
+    @property
+    def model(self) -> Any:
+        """The two-step model: `reranker.model`, or the Reranker itself in code from before it had one (graph_ab.py
+        --code measures older code with this worker)."""
+        return getattr(self.r, "model", self.r)
+
     @classmethod
     def of(cls, reranker: Any, backend: str) -> Ours:
         """A stack over a Reranker built by the caller (a session of its own), described as `backend`."""
@@ -81,10 +87,10 @@ class Ours:
 
         alone_vs_batch = shared_vs_full = 0.0
         for query in queries:
-            self.r.share_prefix = False
+            self.model.share_prefix = False
             alone = np.concatenate([self.r.predict([query], [d]) for d in docs])
             batch = self.r.predict([query] * len(docs), docs)
-            self.r.share_prefix = True
+            self.model.share_prefix = True
             shared = self.r.predict([query] * len(docs), docs)
             alone_vs_batch = max(alone_vs_batch, float(np.abs(alone - batch).max()))
             shared_vs_full = max(shared_vs_full, float(np.abs(shared - batch).max()))
@@ -94,7 +100,7 @@ class Ours:
         return self.r.predict([query] * len(docs), docs).tolist()
 
     def tokens(self, query: str, docs: list[str]) -> int:
-        return sum(len(ids) for ids in self.r.encode([query] * len(docs), docs).input_ids)
+        return sum(len(ids) for ids in self.model.encode([query] * len(docs), docs).input_ids)
 
 
 class Official:

@@ -1,7 +1,7 @@
-"""The pairs the `int8-static` scheme calibrates its activation scales on.
+"""The pairs the `int8-static` quantization calibrates its activation scales on.
 
 Shipped with the exporter and kept apart from the self-check's built-in pairs (report.py) and from the
-benchmarks' agreement pairs, so that neither measures the scheme on what it was fitted to. Queries and documents
+benchmarks' agreement pairs, so that neither measures the quantization on what it was fitted to. Queries and documents
 of several kinds, languages and lengths; each query meets every document once (relevant and unrelated alike),
 so the scales see the activations of both high- and low-scoring prompts.
 """

@@ -111,7 +111,7 @@ def builtin_pairs(staging: Path, pair_encoding: dict[str, Any]) -> tuple[list[li
     )
     queries, documents, _ = report.builtin_pairs()
     encoded = encoder.encode(queries, documents, instruction=None)
-    return encoded.input_ids, encoded.prefix_lengths
+    return encoded.input_ids, encoded.document_starts
 
 
 def torch_scores(checkpoint: Checkpoint, pair_ids: list[list[int]], starts: list[int], token_types: bool) -> np.ndarray:

@@ -30,7 +30,7 @@ SCORED_COPIES = 2  # as graph.SCORED_COPIES: the last layer runs each row's scor
 BLOCK = 32  # the int8 scheme's block (quantize.BLOCK)
 INLINE_BYTES = 1024  # smaller tensors stay inside model.onnx
 ALIGN = 4096  # offsets of tensors in the data file (page-aligned: onnxruntime memory-maps it)
-SCHEMES = ("none", "int8", "int8-fast")
+QUANTIZATIONS = ("none", "int8", "int8-fast")
 EMBEDDING_ROWS = 8192  # the int8 embedding is quantized this many rows at a time
 
 
@@ -141,20 +141,20 @@ class GraphWriter:
         self._data.close()
 
 
-class SchemeWeights:
-    """The checkpoint's weights as graph tensors in the artifact's scheme: linear layers (fp32 MatMul, MatMulNBits
+class GraphWeights:
+    """The checkpoint's weights as graph tensors in the artifact's quantization: linear layers (fp32 MatMul, MatMulNBits
     for int8, MatMulInteger for int8-fast) and the token embedding (fp32, or int8 with a scale per row)."""
 
-    def __init__(self, weights: SafetensorsWeights, writer: GraphWriter, scheme: str) -> None:
-        self.weights, self.w, self.scheme = weights, writer, scheme
+    def __init__(self, weights: SafetensorsWeights, writer: GraphWriter, quantization: str) -> None:
+        self.weights, self.w, self.quantization = weights, writer, quantization
         self._quantized_inputs: dict[str, list[str]] = {}  # int8-fast: each input's DynamicQuantizeLinear outputs
 
     def linear(self, x: str, prefix: str, *, bias: bool) -> str:
         """x @ W.T (+ b) for the checkpoint's `prefix`.weight [out, in]: fp32 MatMul, or MatMulNBits (int8)."""
         weight = self.weights.get(prefix + ".weight").T  # [in, out]
-        if self.scheme == "int8":
+        if self.quantization == "int8":
             out = self._matmul_nbits(x, prefix, np.ascontiguousarray(weight))
-        elif self.scheme == "int8-fast":
+        elif self.quantization == "int8-fast":
             out = self._matmul_integer(x, prefix, weight)
         else:
             out = self.w.op("MatMul", x, self.w.tensor(prefix + ".weight", weight))
@@ -186,7 +186,7 @@ class SchemeWeights:
         )
 
     def _matmul_integer(self, x: str, prefix: str, weight: np.ndarray) -> str:
-        """The int8-fast scheme, as onnxruntime's quantize_dynamic writes it (per_channel, QInt8 weights): uint8
+        """The int8-fast quantization, as onnxruntime's quantize_dynamic writes it (per_channel, QInt8 weights): uint8
         activations with one scale per tensor (DynamicQuantizeLinear, one per input, shared by the MatMuls that
         read it), int8 weights with one symmetric scale per output column, MatMulInteger, Cast, Mul by the two
         scales. The weights are quantized as quantize_data does (scale = 2 * absmax / 254, in float64)."""
@@ -214,7 +214,7 @@ class SchemeWeights:
         w, name = self.w, "model.embed_tokens.weight"
         vocab, hidden = self.weights.shape(name)
         slices = [(start, min(start + EMBEDDING_ROWS, vocab)) for start in range(0, vocab, EMBEDDING_ROWS)]
-        if self.scheme == "none":
+        if self.quantization == "none":
             chunks = (self.weights.rows(name, start, stop) for start, stop in slices)
             table = w.stream("embed_tokens.weight", (vocab, hidden), np.float32, chunks)
             return w.op("Gather", table, INPUT_IDS, axis=0)
@@ -237,9 +237,8 @@ class SchemeWeights:
 class DecoderGraphBuilder:
     """Writes the score graph of one checkpoint (see the module docstring)."""
 
-    def __init__(self, weights: SafetensorsWeights, shape: DecoderShape, writer: GraphWriter, scheme: str) -> None:
-        self.weights, self.shape, self.w, self.scheme = weights, shape, writer, scheme
-        self.layers = SchemeWeights(weights, writer, scheme)
+    def __init__(self, layers: GraphWeights, shape: DecoderShape) -> None:
+        self.layers, self.weights, self.w, self.shape = layers, layers.weights, layers.w, shape
 
     def rms_norm(self, x: str, weight_name: str) -> str:
         """weight * x / sqrt(mean(x^2) + eps) over the last axis (transformers' Qwen2RMSNorm)."""
@@ -431,7 +430,7 @@ class DecoderGraphBuilder:
         ]
         graph = helper.make_graph(self.w.nodes, "score", inputs, outputs, self.w.initializers)
         opsets = [helper.make_opsetid("", OPSET)] + (
-            [helper.make_opsetid("com.microsoft", 1)] if self.scheme == "int8" else []
+            [helper.make_opsetid("com.microsoft", 1)] if self.layers.quantization == "int8" else []
         )
         return helper.make_model(graph, opset_imports=opsets, producer_name="rerank-onnx", ir_version=8)
 
@@ -444,7 +443,7 @@ def build_decoder_graph(
     data_file: str,
     yes_token_id: int,
     no_token_id: int,
-    scheme: str,
+    quantization: str,
     log: Callable[[str], None] = print,
 ) -> None:
     """Write the score graph of a Qwen2 / Qwen3 checkpoint to `destination`, its weights to `data_file` beside it.
@@ -455,21 +454,21 @@ def build_decoder_graph(
         destination: the graph file to write (model.onnx).
         data_file: the external data file's name, in destination's folder.
         yes_token_id, no_token_id: the tokens whose logit difference is the score.
-        scheme: "none" (fp32), "int8" (MatMulNBits, 8 bits, blocks of 32) or "int8-fast" (per-tensor uint8
-            activations, per-column int8 weights); both int8 schemes: an int8 embedding with a scale per row.
+        quantization: "none" (fp32), "int8" (MatMulNBits, 8 bits, blocks of 32) or "int8-fast" (per-tensor uint8
+            activations, per-column int8 weights); both int8 quantizations: an int8 embedding with a scale per row.
         log: where progress lines go.
 
     Raises:
         ExportError: an unsupported configuration, or a checkpoint without a tensor the graph needs.
     """
-    if scheme not in SCHEMES:
-        raise ExportError(f"scheme: expected one of {SCHEMES}, got {scheme!r}")
+    if quantization not in QUANTIZATIONS:
+        raise ExportError(f"quantization: expected one of {QUANTIZATIONS}, got {quantization!r}")
     shape = DecoderShape.from_config(config)
     if shape.heads % shape.kv_heads or not math.isfinite(shape.rope_theta):
         raise ExportError(f"{checkpoint}/config.json: {shape.heads} heads over {shape.kv_heads} key/value heads")
     writer = GraphWriter(destination.parent / data_file)
     try:
-        model = DecoderGraphBuilder(SafetensorsWeights(checkpoint), shape, writer, scheme).build(
+        model = DecoderGraphBuilder(GraphWeights(SafetensorsWeights(checkpoint), writer, quantization), shape).build(
             yes_token_id, no_token_id, log
         )
     finally:

@@ -22,6 +22,7 @@ from rerank_onnx.artifact import Template
 from rerank_onnx.backends import open_session
 from rerank_onnx.backends.select import BackendChoice
 from rerank_onnx.errors import ExportError, MissingDependencyError, RerankError
+from rerank_onnx.model import LoadedModel
 from rerank_onnx.reranker import Reranker
 from rerank_onnx.template import PairEncoder, load_tokenizer
 
@@ -29,7 +30,7 @@ from . import cross_encoder, report
 from .calibration import calibration_pairs
 from .decoder_graph import DecoderShape, build_decoder_graph
 from .prompt import FAMILIES, PROMPTS, Prompt, detect_family, template_data
-from .quantize import BLOCK, SCHEMES, decoder_feeds
+from .quantize import BLOCK, QUANTIZATIONS, decoder_feeds
 from .quantize import quantize as quantize_graph
 from .reference import reference_scores
 from .safetensors_reader import SafetensorsWeights
@@ -57,7 +58,7 @@ def export_checkpoint(
     source: str,
     output_dir: str | Path,
     *,
-    quantize: str = "int8",
+    quantization: str = "int8",
     revision: str | None = None,
     estimated_max: float | None = None,
     overwrite: bool = False,
@@ -70,7 +71,7 @@ def export_checkpoint(
     Args:
         source: a hub id or a local checkpoint folder.
         output_dir: the artifact folder to write (written as `<name>.partial`, renamed when complete).
-        quantize: "int8" (blockwise, the default), "int8-fast", "int8-static" (calibrated activation scales;
+        quantization: "int8" (blockwise, the default), "int8-fast", "int8-static" (calibrated activation scales;
             the causal families) or "none".
         revision: the hub revision.
         estimated_max: the normalization constant (default: the family reference's, for mxbai per hub id).
@@ -87,20 +88,20 @@ def export_checkpoint(
     Raises:
         ExportError: the checkpoint cannot be fetched, read or converted; nothing is left behind.
     """
-    _check_arguments(quantize, family, estimated_max)
+    _check_arguments(quantization, family, estimated_max)
     output = Path(output_dir).expanduser()
     _check_output(source, output, overwrite)
     started = time.perf_counter()
     checkpoint = resolve_checkpoint(source, revision=revision)
     family = family if family != "auto" else detect_family(checkpoint.config, source)
     prompt = PROMPTS.get(family)  # None: a cross-encoder, which has a pair encoding instead of a prompt
-    _check_cross_encoder(checkpoint, prompt, quantize)
+    _check_cross_encoder(checkpoint, prompt, quantization)
     estimated_max = _default_estimated_max(checkpoint, prompt) if estimated_max is None else estimated_max
     log(f"checkpoint: {checkpoint.folder} ({family})")
     staging = output.with_name(output.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        export_report = _export_family(staging, checkpoint, prompt, quantize, estimated_max, all_backends, log)
+        export_report = _export_family(staging, checkpoint, prompt, quantization, estimated_max, all_backends, log)
         export_report["timings"]["total_s"] = time.perf_counter() - started
         (staging / artifact.REPORT_FILE).write_text(json.dumps(export_report, indent=2) + "\n")
     except BaseException as exc:  # Ctrl-C, or SIGTERM through the CLI's handler, too: no partial folder
@@ -119,7 +120,7 @@ def _export_family(
     staging: Path,
     checkpoint: Checkpoint,
     prompt: Prompt | None,
-    quantize: str,
+    quantization: str,
     estimated_max: float,
     all_backends: bool,
     log: Callable[[str], None],
@@ -127,8 +128,8 @@ def _export_family(
     """Write the artifact into `staging` by the family's route; its self-check report."""
     with quiet_transformers():
         if prompt is None:  # a cross-encoder
-            return _export_cross_encoder_into(staging, checkpoint, quantize, all_backends, log)
-        return _export_into(staging, checkpoint, prompt, quantize, estimated_max, all_backends, log)
+            return _export_cross_encoder_into(staging, checkpoint, quantization, all_backends, log)
+        return _export_into(staging, checkpoint, prompt, quantization, estimated_max, all_backends, log)
 
 
 def _default_estimated_max(checkpoint: Checkpoint, prompt: Prompt | None) -> float:
@@ -148,10 +149,10 @@ def _as_export_error(exc: BaseException, source: str) -> BaseException:
     return ExportError(f"cannot export {source}: {type(exc).__name__}: {reason}")
 
 
-def _check_arguments(quantize: str, family: str, estimated_max: float | None) -> None:
-    if quantize not in SCHEMES:
-        raise ExportError(f"quantize: expected one of {sorted(SCHEMES)}, got {quantize!r}")
-    if quantize == "int8-static" and importlib.util.find_spec("nncf") is None:  # said before minutes of work
+def _check_arguments(quantization: str, family: str, estimated_max: float | None) -> None:
+    if quantization not in QUANTIZATIONS:
+        raise ExportError(f"quantization: expected one of {sorted(QUANTIZATIONS)}, got {quantization!r}")
+    if quantization == "int8-static" and importlib.util.find_spec("nncf") is None:  # said before minutes of work
         raise MissingDependencyError("nncf", "pip install 'rerank-onnx[export-int8-static]'")
     if family != "auto" and family not in FAMILIES:
         raise ExportError(f"family: expected auto or one of {sorted(FAMILIES)}, got {family!r}")
@@ -165,14 +166,14 @@ def _check_arguments(quantize: str, family: str, estimated_max: float | None) ->
         )
 
 
-def _check_cross_encoder(checkpoint: Checkpoint, prompt: Prompt | None, quantize: str) -> None:
-    """A cross-encoder (no prompt): its exporter installed, its head one logit, a scheme built for it."""
+def _check_cross_encoder(checkpoint: Checkpoint, prompt: Prompt | None, quantization: str) -> None:
+    """A cross-encoder (no prompt): its exporter installed, its head one logit, a quantization built for it."""
     if prompt is not None:
         return
-    if quantize == "int8-static":
+    if quantization == "int8-static":
         raise ExportError(
-            "--quantize int8-static is built for the causal families (mxbai-rerank-v2, qwen3-reranker) only; "
-            "export this cross-encoder with --quantize int8 or none"
+            "--quantization int8-static is built for the causal families (mxbai-rerank-v2, qwen3-reranker) only; "
+            "export this cross-encoder with --quantization int8 or none"
         )
     cross_encoder.require_exporter()
     cross_encoder.check_head(checkpoint)
@@ -245,7 +246,7 @@ class _Built:
     config_section: dict[str, dict[str, Any]]  # write_config's `template=` or `pair_encoding=` argument
     architecture: dict[str, Any]
     pair_ids: list[list[int]]
-    prefix_lengths: list[int]
+    document_starts: list[int]
     reference: str  # what computed reference_scores
     reference_scores: np.ndarray
     pytorch_scores: np.ndarray | None  # a second reference, where torch is installed (decoders)
@@ -257,7 +258,7 @@ def _export_into(
     staging: Path,
     checkpoint: Checkpoint,
     prompt: Prompt,
-    quantize: str,
+    quantization: str,
     estimated_max: float,
     all_backends: bool,
     log: Callable[[str], None],
@@ -271,7 +272,7 @@ def _export_into(
     template = Template.from_dict(template_dict)
     tokenizer = load_tokenizer(str(staging / artifact.TOKENIZER_FILE))
     encoder = PairEncoder(tokenizer, template, max_length=template.max_length)
-    pair_ids, prefix_lengths = _builtin_pair_ids(encoder)
+    pair_ids, document_starts = _builtin_pair_ids(encoder)
     weights, shape = SafetensorsWeights(checkpoint.folder), DecoderShape.from_config(checkpoint.config)
     yes, no = template.yes_token_id, template.no_token_id
 
@@ -288,33 +289,33 @@ def _export_into(
     pytorch_scores = _pytorch_scores(checkpoint, pair_ids, yes, no, timings, log) if torch_installed() else None
 
     t = time.perf_counter()
-    graph_path = _write_decoder_graph(staging, checkpoint, quantize, yes, no, log)
+    graph_path = _write_decoder_graph(staging, checkpoint, quantization, yes, no, log)
     timings["build_graph_s"] = time.perf_counter() - t
-    static = quantize == "int8-static"
+    static = quantization == "int8-static"
     built = _Built(
         family=prompt.family,
-        fp32_path=graph_path if quantize in ("none", "int8-static") else None,
+        fp32_path=graph_path if quantization in ("none", "int8-static") else None,
         graph_written=not static,
         calibration=_calibration_feeds(graph_path, encoder) if static else None,
         config_section={"template": template_dict},
         architecture={k: checkpoint.config.get(k) for k in _ARCH_KEYS},
         pair_ids=pair_ids,
-        prefix_lengths=prefix_lengths,
+        document_starts=document_starts,
         reference=NUMPY_REFERENCE,
         reference_scores=scores,
         pytorch_scores=pytorch_scores,
         timings=timings,
     )
-    return _finish(staging, checkpoint, built, quantize, estimated_max, all_backends, log)
+    return _finish(staging, checkpoint, built, quantization, estimated_max, all_backends, log)
 
 
 def _write_decoder_graph(
-    staging: Path, checkpoint: Checkpoint, quantize: str, yes: int, no: int, log: Callable[[str], None]
+    staging: Path, checkpoint: Checkpoint, quantization: str, yes: int, no: int, log: Callable[[str], None]
 ) -> Path:
     """Write the score graph: the artifact's own, or for int8-static the fp32 graph it is calibrated on, into
     the work folder (quantized by `_finish`). Returns its path."""
-    static = quantize == "int8-static"
-    log(f"writing the {'fp32' if quantize in ('none', 'int8-static') else quantize} score graph")
+    static = quantization == "int8-static"
+    log(f"writing the {'fp32' if quantization in ('none', 'int8-static') else quantization} score graph")
     graph_path = staging / ".work" / "fp32.onnx" if static else staging / artifact.GRAPH_FILE
     build_decoder_graph(
         checkpoint.folder,
@@ -323,7 +324,7 @@ def _write_decoder_graph(
         data_file=graph_path.name + ".data" if static else artifact.GRAPH_DATA_FILE,
         yes_token_id=yes,
         no_token_id=no,
-        scheme="none" if static else quantize,
+        quantization="none" if static else quantization,
         log=lambda message: None,
     )
     return graph_path
@@ -359,7 +360,7 @@ def _pytorch_scores(
 
 
 def _export_cross_encoder_into(
-    staging: Path, checkpoint: Checkpoint, quantize: str, all_backends: bool, log: Callable[[str], None]
+    staging: Path, checkpoint: Checkpoint, quantization: str, all_backends: bool, log: Callable[[str], None]
 ) -> dict[str, Any]:
     """`_export_into` for a cross-encoder: optimum's graph and the tokenizer's pair encoding."""
     timings: dict[str, float] = {}
@@ -367,7 +368,7 @@ def _export_cross_encoder_into(
     work.mkdir(parents=True)
     t = time.perf_counter()
     log("exporting the fp32 graph (optimum, text-classification)")
-    fp32_path = (work if quantize != "none" else staging) / artifact.GRAPH_FILE
+    fp32_path = (work if quantization != "none" else staging) / artifact.GRAPH_FILE
     graph_inputs = cross_encoder.export_fp32(checkpoint, fp32_path, data_file=artifact.GRAPH_DATA_FILE)
     timings["export_fp32_s"] = time.perf_counter() - t
     pair_encoding = cross_encoder.write_tokenizer(staging, checkpoint, graph_inputs)
@@ -379,37 +380,37 @@ def _export_cross_encoder_into(
     built = _Built(
         family=artifact.CROSS_ENCODER,
         fp32_path=fp32_path,
-        graph_written=quantize == "none",
+        graph_written=quantization == "none",
         config_section={"pair_encoding": pair_encoding},
         architecture={k: checkpoint.config.get(k) for k in _ENCODER_ARCH_KEYS},
         pair_ids=pair_ids,
-        prefix_lengths=starts,
+        document_starts=starts,
         reference=PYTORCH_REFERENCE,
         reference_scores=torch_scores,
         pytorch_scores=None,
         timings=timings,
     )
-    return _finish(staging, checkpoint, built, quantize, 0.0, all_backends, log)
+    return _finish(staging, checkpoint, built, quantization, 0.0, all_backends, log)
 
 
 def _finish(
     staging: Path,
     checkpoint: Checkpoint,
     built: _Built,
-    quantize: str,
+    quantization: str,
     estimated_max: float,
     all_backends: bool,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """Every family's tail: quantize, write the config, check the written graph on every backend, report."""
     timings = built.timings
-    block = BLOCK if quantize == "int8" else None  # recorded: OpenVINO's int8 activations take it as their group
+    block = BLOCK if quantization == "int8" else None  # recorded: OpenVINO's int8 activations take it as their group
     if not built.graph_written:
         assert built.fp32_path is not None
         t = time.perf_counter()
-        log(f"quantizing ({quantize})")
+        log(f"quantizing ({quantization})")
         quantize_graph(
-            quantize,
+            quantization,
             built.fp32_path,
             staging / artifact.GRAPH_FILE,
             data_file=artifact.GRAPH_DATA_FILE,
@@ -422,8 +423,8 @@ def _finish(
         source_revision=checkpoint.revision,
         template=built.config_section.get("template"),
         pair_encoding=built.config_section.get("pair_encoding"),
-        quantization=quantize,
-        quantization_description=SCHEMES[quantize],
+        quantization=quantization,
+        quantization_description=QUANTIZATIONS[quantization],
         quantization_block=block,
         estimated_max=estimated_max,
     )
@@ -431,7 +432,7 @@ def _finish(
         f"checking the written graph on {'every backend this machine runs' if all_backends else 'onnxruntime and what auto picks here'}"
     )
     t = time.perf_counter()
-    checks = _self_check(staging, built, quantize, all_backends)
+    checks = _self_check(staging, built, quantization, all_backends)
     timings["self_check_s"] = time.perf_counter() - t
     shutil.rmtree(staging / ".work")
     return {
@@ -441,8 +442,8 @@ def _finish(
         "architecture": built.architecture,
         "reference": built.reference,
         "quantization": {
-            "scheme": quantize,
-            "description": SCHEMES[quantize],
+            "scheme": quantization,
+            "description": QUANTIZATIONS[quantization],
             **({"block": block} if block is not None else {}),
         },
         "pairs": len(built.pair_ids),
@@ -506,33 +507,33 @@ def _write_tokenizer_json(source: Path, settings: dict[str, Any], destination: P
 _ADDED_TOKEN_KEYS = ("content", "single_word", "lstrip", "rstrip", "normalized", "special")
 
 
-def _self_check(staging: Path, built: _Built, quantize: str, all_backends: bool) -> dict[str, Any]:
+def _self_check(staging: Path, built: _Built, quantization: str, all_backends: bool) -> dict[str, Any]:
     """The report's agreement, backends, passed and warnings sections."""
-    pair_ids, prefix_lengths, reference = built.pair_ids, built.prefix_lengths, built.reference_scores
+    pair_ids, document_starts, reference = built.pair_ids, built.document_starts, built.reference_scores
     # Scored as rank() scores them: the pairs of one query share the computation of its head.
     # One session for both: a second one of the large-v2 graph costs seconds and its prepacked weights.
-    reranker = Reranker(staging, backend="onnxruntime", max_batch_tokens=SELF_CHECK_BATCH_TOKENS)
-    graph_scores = reranker.score_encoded(pair_ids, prefix_lengths=prefix_lengths)
-    full_prompt_scores = _full_prompt_scores(reranker, pair_ids)
-    del reranker
+    model = Reranker(staging, backend="onnxruntime", max_batch_tokens=SELF_CHECK_BATCH_TOKENS).model
+    graph_scores = model.score_encoded(pair_ids, document_starts=document_starts)
+    full_prompt_scores = _full_prompt_scores(model, pair_ids)
+    del model
     gc.collect()
-    backend_checks = _backend_checks(staging, quantize, pair_ids, prefix_lengths, reference, all_backends)
+    backend_checks = _backend_checks(staging, quantization, pair_ids, document_starts, reference, all_backends)
     backend_checks["results"]["onnxruntime"] = _backend_agreement(reference, graph_scores, full_prompt_scores)
     comparisons: dict[str, dict[str, Any]] = {}
-    graph_name = "fp32" if quantize == "none" else quantize
+    graph_name = "fp32" if quantization == "none" else quantization
     comparisons[f"{graph_name}_graph_vs_reference"] = asdict(report.agreement(reference, graph_scores))
     if full_prompt_scores is not None:  # a cross-encoder has no shared prefix to check
         comparisons["shared_prefix_vs_full_prompts"] = asdict(
             report.agreement(full_prompt_scores, graph_scores[_full_prompt_pairs()], group_size=_FULL_PROMPT_DOCUMENTS)
         )
-    if quantize != "none" and built.fp32_path is not None:
-        fp32_scores = _score_fp32_graph(staging, built.fp32_path, pair_ids, prefix_lengths)
+    if quantization != "none" and built.fp32_path is not None:
+        fp32_scores = _score_fp32_graph(staging, built.fp32_path, pair_ids, document_starts)
         comparisons["fp32_graph_vs_reference"] = asdict(report.agreement(reference, fp32_scores))
-        comparisons[f"{quantize}_graph_vs_fp32_graph"] = asdict(report.agreement(fp32_scores, graph_scores))
+        comparisons[f"{quantization}_graph_vs_fp32_graph"] = asdict(report.agreement(fp32_scores, graph_scores))
     if built.pytorch_scores is not None:
         comparisons["reference_vs_pytorch"] = asdict(report.agreement(built.pytorch_scores, reference))
-    passed, warnings = _verdict(comparisons, quantize)
-    if quantize == "int8-static":  # the engine auto runs it on must share prefixes exactly
+    passed, warnings = _verdict(comparisons, quantization)
+    if quantization == "int8-static":  # the engine auto runs it on must share prefixes exactly
         for name, result in backend_checks["results"].items():
             moved = result.get("shared_prefix_vs_full_max_abs_diff", 0.0)
             if name.startswith("openvino") and not moved <= FP32_TOLERANCE:
@@ -553,15 +554,15 @@ def _full_prompt_pairs() -> list[int]:
     return [q * per_query + d for q in range(len(report.BUILTIN_QUERIES)) for d in range(_FULL_PROMPT_DOCUMENTS)]
 
 
-def _full_prompt_scores(reranker: Reranker, pair_ids: list[list[int]]) -> np.ndarray | None:
+def _full_prompt_scores(model: LoadedModel, pair_ids: list[list[int]]) -> np.ndarray | None:
     """The _full_prompt_pairs scored as full prompts, no prefix shared; None for a model that shares nothing
     (a cross-encoder: its scores are full-prompt scores already)."""
-    if not reranker.computes_shared_prefix:
+    if not model.computes_shared_prefix:
         return None
-    return reranker.score_encoded([pair_ids[i] for i in _full_prompt_pairs()])
+    return model.score_encoded([pair_ids[i] for i in _full_prompt_pairs()])
 
 
-def _verdict(comparisons: dict[str, dict[str, Any]], quantize: str) -> tuple[bool, list[str]]:
+def _verdict(comparisons: dict[str, dict[str, Any]], quantization: str) -> tuple[bool, list[str]]:
     """Whether the hard checks pass, and warnings. Hard: the fp32 graph equals the fp32 reference (a quantized
     graph written without an fp32 graph: ranks like it at all, Spearman >= BROKEN_SPEARMAN), the reference
     equals PyTorch where both ran, and a shared prefix equals full prompts."""
@@ -572,23 +573,25 @@ def _verdict(comparisons: dict[str, dict[str, Any]], quantize: str) -> tuple[boo
         if check is not None and not check["max_abs_diff"] <= FP32_TOLERANCE:
             passed = False
             warnings.append(f"{name}: max |diff| {check['max_abs_diff']:.2e} > {FP32_TOLERANCE:.0e}")
-    quantized = comparisons.get(f"{quantize}_graph_vs_reference") if quantize != "none" else None
+    quantized = comparisons.get(f"{quantization}_graph_vs_reference") if quantization != "none" else None
     unchecked = quantized is not None and "fp32_graph_vs_reference" not in comparisons  # no fp32 graph was built
     if unchecked and quantized is not None and not quantized["spearman"] >= BROKEN_SPEARMAN:  # NaN fails too
         passed = False
-        warnings.append(f"{quantize} graph does not rank like the fp32 reference: Spearman {quantized['spearman']:.3f}")
+        warnings.append(
+            f"{quantization} graph does not rank like the fp32 reference: Spearman {quantized['spearman']:.3f}"
+        )
     prefix_check = comparisons.get("shared_prefix_vs_full_prompts", {"max_abs_diff": 0.0})
     prefix_ok = prefix_check["max_abs_diff"] <= FP32_TOLERANCE
-    if quantize == "int8-static" and not prefix_ok:
+    if quantization == "int8-static" and not prefix_ok:
         # measured on base-v2: onnxruntime's scores after a shared prefix move (OpenVINO's, which auto runs for this
-        # scheme, do not: the backends section says so per engine); not explained yet
+        # quantization, do not: the backends section says so per engine); not explained yet
         warnings.append(
             f"onnxruntime: scores with a shared prefix disagree with full prompts (max |diff| "
-            f"{prefix_check['max_abs_diff']:.2e}); backend='auto' runs this scheme on OpenVINO (pip install "
+            f"{prefix_check['max_abs_diff']:.2e}); backend='auto' runs this quantization on OpenVINO (pip install "
             "'rerank-onnx[openvino]'): see its line in the backends section"
         )
     # int8-fast quantizes activations with one scale per batch, so a shared prefix moves its scores a little
-    elif quantize != "int8-fast" and not prefix_ok:
+    elif quantization != "int8-fast" and not prefix_ok:
         passed = False
         warnings.append(
             f"scores with a shared prefix disagree with full prompts: max |diff| {prefix_check['max_abs_diff']:.2e} "
@@ -598,9 +601,9 @@ def _verdict(comparisons: dict[str, dict[str, Any]], quantize: str) -> tuple[boo
         quantized["spearman"] >= INT8_MIN_SPEARMAN and quantized["top_k_overlap"] >= INT8_MIN_TOP_K_OVERLAP
     ):
         warnings.append(
-            f"{quantize} graph agrees poorly with the fp32 reference: Spearman {quantized['spearman']:.3f} (want >= "
+            f"{quantization} graph agrees poorly with the fp32 reference: Spearman {quantized['spearman']:.3f} (want >= "
             f"{INT8_MIN_SPEARMAN}), top-{quantized['top_k']} overlap {quantized['top_k_overlap']:.2f} (want >= "
-            f"{INT8_MIN_TOP_K_OVERLAP}). Check the ranking on your own data, or export with --quantize int8 "
+            f"{INT8_MIN_TOP_K_OVERLAP}). Check the ranking on your own data, or export with --quantization int8 "
             "(blockwise) or none (fp32)."
         )
     return passed, warnings
@@ -647,15 +650,15 @@ def _builtin_pair_ids(encoder: PairEncoder) -> tuple[list[list[int]], list[int]]
     for q, d, i in zip(queries, documents, instructions):
         encoded = encoder.encode([q], [d], instruction=i)
         ids.extend(encoded.input_ids)
-        heads.extend(encoded.prefix_lengths)
+        heads.extend(encoded.document_starts)
     return ids, heads
 
 
 def _backend_checks(
     folder: Path,
-    scheme: str,
+    quantization: str,
     pair_ids: list[list[int]],
-    prefix_lengths: list[int],
+    document_starts: list[int],
     reference: np.ndarray,
     all_backends: bool,
 ) -> dict[str, Any]:
@@ -670,9 +673,9 @@ def _backend_checks(
     installed = available()
     kind = cpu_class(cpu_flags())
     family = load_artifact(folder).family
-    auto = choose("auto", "auto", scheme=scheme, family=family, openvino_installed=installed)
+    auto = choose("auto", "auto", quantization=quantization, family=family, openvino_installed=installed)
     checks: dict[str, Any] = {"cpu_class": kind, "auto": auto.describe(), "all_backends": all_backends, "results": {}}
-    precisions = _native_precisions(scheme, family) if installed and all_backends else []
+    precisions = _native_precisions(quantization, family) if installed and all_backends else []
     if auto.backend == "openvino" and auto.precision not in precisions:
         precisions.append(auto.precision)
     for precision in precisions:
@@ -688,17 +691,17 @@ def _backend_checks(
         except RerankError as exc:
             checks["results"][f"openvino-{precision}"] = {"error": str(exc)}
             continue
-        shared = reranker.score_encoded(pair_ids, prefix_lengths=prefix_lengths)
+        shared = reranker.model.score_encoded(pair_ids, document_starts=document_starts)
         checks["results"][f"openvino-{precision}"] = _backend_agreement(
-            reference, shared, _full_prompt_scores(reranker, pair_ids)
+            reference, shared, _full_prompt_scores(reranker.model, pair_ids)
         )
         del reranker
         gc.collect()
     return checks
 
 
-def _native_precisions(scheme: str, family: str) -> list[str]:
-    """The OpenVINO precisions that run as themselves on this CPU for an artifact of `scheme`, as `choose`
+def _native_precisions(quantization: str, family: str) -> list[str]:
+    """The OpenVINO precisions that run as themselves on this CPU for an artifact of `quantization`, as `choose`
     resolves them: bf16 and int8 run as fp32 without bf16 instructions, int8 needs the int8 artifact, and
     OpenVINO cannot run int8-fast at all."""
     from rerank_onnx.backends.select import PRECISIONS, choose
@@ -707,7 +710,7 @@ def _native_precisions(scheme: str, family: str) -> list[str]:
     native: list[str] = []
     for precision in (p for p in PRECISIONS if p != "auto"):
         try:
-            asked = choose("openvino", precision, scheme=scheme, family=family, openvino_installed=True)
+            asked = choose("openvino", precision, quantization=quantization, family=family, openvino_installed=True)
             if asked.precision == precision:
                 native.append(precision)
         except InvalidInputError:  # refused for this artifact
@@ -726,12 +729,12 @@ def _backend_agreement(reference: np.ndarray, shared: np.ndarray, full: np.ndarr
 
 
 def _score_fp32_graph(
-    folder: Path, fp32_path: Path, pair_ids: list[list[int]], prefix_lengths: list[int]
+    folder: Path, fp32_path: Path, pair_ids: list[list[int]], document_starts: list[int]
 ) -> np.ndarray:
     """The unquantized graph, with the artifact's tokenizer and template, before it is deleted."""
     onnxruntime = BackendChoice("onnxruntime", "stored", "other", "the export's reference graph")
-    reranker = Reranker(folder, session=open_session(fp32_path, onnxruntime))
-    scores = reranker.score_encoded(pair_ids, prefix_lengths=prefix_lengths)
-    del reranker
+    model = Reranker(folder, session=open_session(fp32_path, onnxruntime)).model
+    scores = model.score_encoded(pair_ids, document_starts=document_starts)
+    del model
     gc.collect()
     return scores

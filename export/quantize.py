@@ -1,9 +1,9 @@
 """fp32 score graph -> int8 graph for x86 CPUs.
 
-Three schemes, measured side by side in benchmarks/ (random weights, full size):
+Three quantizations, measured side by side in benchmarks/ (random weights, full size):
 - int8: weights and activations quantized in blocks of BLOCK along the reduction dimension (MatMulNBits,
   8 bits; the artifact config records the block, and OpenVINO's int8 activations take it as their group).
-  Ranks like fp32 (Spearman >= 0.99 against the fp32 graph where the per-tensor scheme gave
+  Ranks like fp32 (Spearman >= 0.99 against the fp32 graph where the per-tensor quantization gave
   ~0.9-0.98); batch-independent scores.
 - int8-fast: one activation scale per tensor (DynamicQuantizeMatMul): the fastest integer kernel,
   but one scale for a whole batch coarsens every small activation and couples rows of a batch.
@@ -32,8 +32,8 @@ BLOCK = 32
 # did not rank closer to fp32 (docs/backends.md#int8-static-artifacts)
 SMOOTH_QUANT_ALPHA = -1.0
 
-# The schemes the exporter offers (`--quantize`), described in the artifact config.
-SCHEMES = {
+# The quantizations the exporter offers (`--quantization`), described in the artifact config.
+QUANTIZATIONS = {
     "int8": (
         f"Transformer MatMuls: int8 weights in blocks of {BLOCK} input channels (symmetric, one fp32 scale per "
         "block); activations quantized to int8 per row in the same blocks at run time (onnxruntime "
@@ -56,32 +56,32 @@ SCHEMES = {
 
 
 def quantize(
-    scheme: str,
+    quantization: str,
     fp32_path: Path,
     destination: Path,
     *,
     data_file: str,
     calibration: list[dict[str, np.ndarray]] | None = None,
 ) -> None:
-    """Write the `scheme` version of the fp32 graph at `fp32_path` to `destination`.
+    """Write the `quantization` version of the fp32 graph at `fp32_path` to `destination`.
 
     Args:
-        scheme: a key of SCHEMES other than "none".
+        quantization: a key of QUANTIZATIONS other than "none".
         fp32_path: the fp32 score graph.
         destination: the graph file to write (its weights go to `data_file` beside it).
         data_file: the external data file's name.
         calibration: int8-static only: the graph's inputs for each calibration prompt (`decoder_feeds`).
     """
-    if scheme == "int8":
+    if quantization == "int8":
         quantize_int8_blockwise(fp32_path, destination, data_file=data_file)
-    elif scheme == "int8-fast":
+    elif quantization == "int8-fast":
         quantize_int8_fast(fp32_path, destination, data_file=data_file)
-    elif scheme == "int8-static":
+    elif quantization == "int8-static":
         if not calibration:
             raise ValueError("int8-static needs calibration inputs")
         quantize_int8_static(fp32_path, destination, data_file=data_file, calibration=calibration)
     else:
-        raise ValueError(f"no quantizer for scheme {scheme!r}")
+        raise ValueError(f"no quantizer for quantization {quantization!r}")
 
 
 def quantize_int8_blockwise(fp32_path: Path, destination: Path, *, data_file: str, block: int = BLOCK) -> None:
@@ -157,7 +157,7 @@ def dynamic_int8_matmuls(source: Path, destination: Path, *, excluded: list[str]
 def quantize_int8_static(
     fp32_path: Path, destination: Path, *, data_file: str, calibration: list[dict[str, np.ndarray]]
 ) -> None:
-    """The `int8-static` scheme: NNCF's post-training quantization of every weight MatMul but the score
+    """The `int8-static` quantization: NNCF's post-training quantization of every weight MatMul but the score
     projection, activation scales from `calibration` (one feed per prompt). NNCF quantizes the token embedding
     per row itself."""
     import logging

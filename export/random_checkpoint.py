@@ -169,7 +169,7 @@ def build_random_checkpoint(
     `max_position_embeddings` overrides the architecture's context length (tests of the length limits).
     `weight_std` redraws every matrix from N(0, weight_std) (default: 0.2 for tiny, transformers' init
     otherwise). Rounding differences between numerics grow with it in a deep random network, so
-    compare schemes on one model, side by side (base-v2 at 0.035: score std ~1.6).
+    compare quantizations on one model, side by side (base-v2 at 0.035: score std ~1.6).
     `dtype` "bfloat16" builds and saves the weights in bf16, as real checkpoints ship (the 4B and 8B sizes
     would not fit in memory in fp32). `tied` overrides whether the output head is the token embedding.
     """

@@ -147,7 +147,7 @@ class ArtifactConfig:
     quantization: str
     files: dict[str, dict[str, Any]]  # name -> {"sha256", "bytes"}
     # the int8 scheme's weight block (input channels per scale): the group OpenVINO's int8 activations use;
-    # None for the other schemes
+    # None for the other quantizations
     quantization_block: int | None = None
 
     @property
@@ -273,8 +273,8 @@ def write_config(
         source_revision: the hub commit, when fetched from the hub.
         template: a causal-LM family's `template` section (export/prompt.py's `template_data`).
         pair_encoding: a cross-encoder's `pair_encoding` section (PairEncoding's fields) instead.
-        quantization: the scheme name (`--quantize`).
-        quantization_description: what the scheme does, for a reader of the config.
+        quantization: the quantization name (`--quantization`).
+        quantization_description: what the quantization does, for a reader of the config.
         quantization_block: the int8 scheme's weight block (input channels per scale), None for the others.
         estimated_max: the normalization constant.
     """

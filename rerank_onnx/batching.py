@@ -99,17 +99,17 @@ def pad_batch(
 
 
 def plan_shared_prefixes(
-    input_ids: Sequence[Sequence[int]], prefix_lengths: Sequence[int], chat_prefix: Sequence[int]
+    input_ids: Sequence[Sequence[int]], document_starts: Sequence[int], chat_prefix: Sequence[int]
 ) -> tuple[list[tuple[int, list[int]]], list[int]]:
     """Which rows compute a shared prefix once: (prefix length, row indices) for each prefix that two or more
     rows share, and the rows that share none (they run in full).
 
-    prefix_lengths[i]: the tokens of row i before its document (EncodedPairs.prefix_lengths): rows whose
+    document_starts[i]: the tokens of row i before its document (EncodedPairs.document_starts): rows whose
     prefixes are equal share them, and as many tokens after as they all agree on. `chat_prefix`: the template's
     chat prefix, which rows of different queries still share.
     """
     by_prefix: dict[tuple[int, ...], list[int]] = {}
-    for i, (ids, n) in enumerate(zip(input_ids, prefix_lengths)):
+    for i, (ids, n) in enumerate(zip(input_ids, document_starts)):
         n = min(int(n), len(ids) - 1)  # at least one token after the prefix carries the score
         by_prefix.setdefault(tuple(ids[:n]) if n > 0 else (), []).append(i)
     groups = [
@@ -121,7 +121,7 @@ def plan_shared_prefixes(
     chat_rows = [
         i
         for i in alone
-        if 0 < len(chat_prefix) <= prefix_lengths[i] < len(input_ids[i])
+        if 0 < len(chat_prefix) <= document_starts[i] < len(input_ids[i])
         and list(input_ids[i][: len(chat_prefix)]) == list(chat_prefix)
     ]
     if len(chat_rows) > 1:

@@ -55,7 +55,7 @@ def _export_parser(commands: Commands) -> None:
     export.add_argument("source", help="hub id (e.g. mixedbread-ai/mxbai-rerank-large-v2) or local checkpoint folder")
     export.add_argument("output", help="artifact folder to write")
     export.add_argument(
-        "--quantize",
+        "--quantization",
         choices=["int8", "int8-fast", "int8-static", "none"],
         default="int8",
         help="int8 (default): blockwise, ranks like fp32; int8-fast: per-tensor activations, less faithful; "
@@ -104,11 +104,11 @@ def _rank_parser(commands: Commands) -> None:
         "--long-documents",
         choices=["truncate", "chunk"],
         default="truncate",
-        help="truncate a long document as the reference does (default), or score it by its best window; "
-        "chunk adds the winning window's character span to the output",
+        help="truncate a long document as the reference does (default), or score it by its best chunk; "
+        "chunk adds the winning chunk's character span to the output",
     )
     rank.add_argument(
-        "--max-chunks-per-doc", type=int, default=DEFAULT_MAX_CHUNKS_PER_DOC, help="windows per document at most"
+        "--max-chunks-per-doc", type=int, default=DEFAULT_MAX_CHUNKS_PER_DOC, help="chunks per document at most"
     )
     rank.add_argument(
         "--keep-blank-lines", action="store_true", help="rank blank lines as empty documents (default: skip them)"
@@ -305,11 +305,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 INFO_FAMILIES = ("mxbai-rerank-v2", "qwen3-reranker", "cross-encoder")
-INFO_SCHEMES = ("int8", "int8-fast", "int8-static", "none")
+INFO_QUANTIZATIONS = ("int8", "int8-fast", "int8-static", "none")
 
 
 def _info(args: argparse.Namespace) -> int:
-    """Print the CPU, its class and `auto`'s choice for each family and scheme (docs/backends.md explains the rows)."""
+    """Print the CPU, its class and `auto`'s choice for each family and quantization (docs/backends.md explains the rows)."""
     import json
 
     from .backends.openvino import available
@@ -318,14 +318,14 @@ def _info(args: argparse.Namespace) -> int:
     installed = available()
     picks: dict[str, dict[str, str]] = {}
     for family in INFO_FAMILIES:
-        for scheme in INFO_SCHEMES:
-            if scheme == "int8-static" and family == "cross-encoder":
+        for quantization in INFO_QUANTIZATIONS:
+            if quantization == "int8-static" and family == "cross-encoder":
                 continue  # the export builds it for the causal families only
             try:
-                choice = choose("auto", "auto", scheme=scheme, family=family, openvino_installed=installed)
-                picks[f"{family}, {scheme}"] = {"backend": choice.backend, "precision": choice.precision}
+                choice = choose("auto", "auto", quantization=quantization, family=family, openvino_installed=installed)
+                picks[f"{family}, {quantization}"] = {"backend": choice.backend, "precision": choice.precision}
             except RerankError as exc:  # int8-static without OpenVINO: auto refuses to fall back
-                picks[f"{family}, {scheme}"] = {"error": str(exc)}
+                picks[f"{family}, {quantization}"] = {"error": str(exc)}
     summary = {**machine_summary(), "openvino_installed": installed}
     if args.json:
         print(json.dumps({**summary, "auto": picks}, indent=2))
@@ -340,7 +340,7 @@ def _info(args: argparse.Namespace) -> int:
         print(f"cpu class: {summary['cpu_class']}")
     print(f"cpu flags: {flags}")
     print(f"openvino: {'installed' if installed else 'not installed (pip install rerank-onnx[openvino])'}")
-    print("backend='auto' runs, per artifact (family, scheme):")
+    print("backend='auto' runs, per artifact (family, quantization):")
     for key, pick in picks.items():
         if "error" in pick:
             print(f"  {key}: needs OpenVINO (pip install 'rerank-onnx[openvino]')")
@@ -362,7 +362,7 @@ def _export(args: argparse.Namespace) -> int:
     result = export_checkpoint(
         args.source,
         args.output,
-        quantize=args.quantize,
+        quantization=args.quantization,
         revision=args.revision,
         estimated_max=args.estimated_max,
         overwrite=args.overwrite,
@@ -419,7 +419,7 @@ class _Ranked:
     score: float
     text: str
     span: tuple[int, int] | None
-    windows: int
+    chunks: int
 
 
 def _rank(args: argparse.Namespace) -> int:
@@ -445,7 +445,7 @@ def _rank(args: argparse.Namespace) -> int:
             sort=False,
             show_progress=args.progress,
         )
-        ranked.extend(_Ranked(kept[r.index][0], r.score, kept[r.index][1], r.span, r.windows) for r in results)
+        ranked.extend(_Ranked(kept[r.index][0], r.score, kept[r.index][1], r.span, r.chunks) for r in results)
     if skipped:
         print(f"note: skipped {skipped} blank line(s); --keep-blank-lines ranks them", file=sys.stderr)
     ranked.sort(key=lambda r: (-r.score, r.line))  # best first, ties by line, as Reranker.rank orders
@@ -459,11 +459,11 @@ def _print_ranked(ranked: list[_Ranked], *, json_lines: bool, chunked: bool) -> 
         for r in ranked:
             rows.append({"index": r.line, "score": r.score, "document": r.text})
             if chunked:
-                rows[-1].update(span=r.span, windows=r.windows)
+                rows[-1].update(span=r.span, chunks=r.chunks)
         print(json.dumps(rows, ensure_ascii=False))
         return
     for rank, r in enumerate(ranked, start=1):
-        span = f"{r.span[0]}:{r.span[1]}/{r.windows}\t" if chunked and r.span else ""
+        span = f"{r.span[0]}:{r.span[1]}/{r.chunks}\t" if chunked and r.span else ""
         print(f"{rank}\t{r.score:.4f}\t{r.line}\t{span}{r.text}")
 
 

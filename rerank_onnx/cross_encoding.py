@@ -18,13 +18,13 @@ from collections.abc import Sequence
 from tokenizers import Encoding, Tokenizer
 
 from .artifact import PairEncoding
-from .chunking import Row, further_windows, lay_out, window_spans
+from .chunking import Row, chunk_spans, further_chunks, lay_out
 from .errors import InvalidInputError
 from .template import CharacterCap, EncodedPairs
 from .validate import check_encode_limits, check_parallel
 
-# Tokens kept free in a window beyond the query's share, for merges that differ at a window's edges.
-WINDOW_MARGIN = 4
+# Tokens kept free in a chunk beyond the query's share, for merges that differ at a chunk's edges.
+CHUNK_MARGIN = 4
 
 
 class CrossEncoderPairs:
@@ -71,11 +71,11 @@ class CrossEncoderPairs:
         encoded = EncodedPairs(
             input_ids=[e.ids for e in encodings],
             truncated=[bool(e.overflowing) or cap for e, cap in zip(encodings, capped)],
-            prefix_lengths=[_document_start(e) for e in encodings],
+            document_starts=[_document_start(e) for e in encodings],
         )
         if max_chunks_per_doc is None:
             return encoded
-        return self._in_windows(encoded, encodings, queries, documents, limit, max_chunks_per_doc)
+        return self._in_chunks(encoded, encodings, queries, documents, limit, max_chunks_per_doc)
 
     def _encode(self, queries: Sequence[str], documents: Sequence[str], limit: int) -> list[Encoding]:
         with self._lock:
@@ -100,17 +100,17 @@ class CrossEncoderPairs:
                 out[i], cut[i] = documents[i][: tokens.offsets[cap - 1][1]], True
         return out, cut
 
-    def _in_windows(
+    def _in_chunks(
         self,
         encoded: EncodedPairs,
         encodings: list[Encoding],
         queries: list[str],
         documents: list[str],
         limit: int,
-        max_windows: int,
+        max_chunks: int,
     ) -> EncodedPairs:
-        """Cut documents become overlapping windows, each scored as a pair of its own (chunking.py). A cut
-        document's first window is its truncated pair itself (`encodings`), so a chunked score is never below
+        """Cut documents become overlapping chunks, each scored as a pair of its own (chunking.py). A cut
+        document's first chunk is its truncated pair itself (`encodings`), so a chunked score is never below
         the truncated one."""
         spans: dict[int, list[tuple[int, int]]] = {}
         complete = [True] * len(documents)
@@ -118,26 +118,26 @@ class CrossEncoderPairs:
         query_tokens = {q: len(e.ids) for q, e in zip(queries, self._tokens(queries))}
         for i, document_tokens in zip(cut, self._tokens([documents[i] for i in cut])):
             # longest_first leaves the query whole up to half the budget, and the document what is left
-            window = limit - min(query_tokens[queries[i]], limit // 2) - WINDOW_MARGIN
-            if window < 1 or not document_tokens.ids:
+            chunk = limit - min(query_tokens[queries[i]], limit // 2) - CHUNK_MARGIN
+            if chunk < 1 or not document_tokens.ids:
                 complete[i] = False
                 continue
             first_end = _document_end(encodings[i])
-            spans[i], complete[i] = window_spans(document_tokens.offsets, window, max_windows, first_end)
-        pieces = further_windows(spans)
-        windowed = self._encode([queries[i] for i, _ in pieces], [documents[i][a:b] for i, (a, b) in pieces], limit)
+            spans[i], complete[i] = chunk_spans(document_tokens.offsets, chunk, max_chunks, first_end)
+        pieces = further_chunks(spans)
+        chunked = self._encode([queries[i] for i, _ in pieces], [documents[i][a:b] for i, (a, b) in pieces], limit)
         # the first row of a cut document is its truncated pair, cut only if its query was
         firsts = [
             Row(
                 encoded.input_ids[i],
                 encodings[i].sequence_ids.count(0) < query_tokens[queries[i]] if i in spans else encoded.truncated[i],
-                encoded.prefix_lengths[i],
+                encoded.document_starts[i],
             )
             for i in range(len(documents))
         ]
-        further = [Row(e.ids, bool(e.overflowing), _document_start(e)) for e in windowed]
-        rows, windows = lay_out(firsts, [len(d) for d in documents], spans, further, complete)
-        return EncodedPairs.from_rows(rows, windows)
+        further = [Row(e.ids, bool(e.overflowing), _document_start(e)) for e in chunked]
+        rows, chunks = lay_out(firsts, [len(d) for d in documents], spans, further, complete)
+        return EncodedPairs.from_rows(rows, chunks)
 
 
 def _document_end(encoding: Encoding) -> int:

@@ -3,7 +3,7 @@
 `Reranker("./mxbai-rerank-base-v2")` or `Reranker("mixedbread-ai/mxbai-rerank-base-v2")` exports on first use
 (the export extra: onnx and numpy, no torch) into `<cache>/artifacts/<name>-<key>`, where the key covers what
 the artifact is made of: the source files' identity (a local folder: each file's name, size and modification
-time; a hub id: the snapshot's commit), the exporter's version and the quantization scheme. A lock file keeps
+time; a hub id: the snapshot's commit), the exporter's version and the quantization. A lock file keeps
 two processes from exporting the same key twice: the second waits, then loads what the first wrote. An
 artifact folder (one holding rerank_config.json) is used as it is.
 """
@@ -24,7 +24,7 @@ from .errors import ModelLoadError
 
 # Part of every cache key: bump it when the exporter writes a different artifact for the same checkpoint.
 EXPORTER_REVISION = 1
-SCHEME = "int8"  # what a checkpoint is exported with (the export's default)
+QUANTIZATION = "int8"  # what a checkpoint is exported with (the export's default)
 
 
 def artifact_for(
@@ -71,7 +71,7 @@ def artifact_for(
             try:
                 # a hub id is passed as such: the export records it and its commit, and takes its normalization
                 source = str(model) if hub_id else str(path)
-                exporter.export_checkpoint(source, target, quantize=SCHEME, overwrite=True, log=say)
+                exporter.export_checkpoint(source, target, quantization=QUANTIZATION, overwrite=True, log=say)
             except exporter.RerankError as exc:
                 raise ModelLoadError(f"cannot export {model}: {exc}") from exc
     return target
@@ -109,12 +109,12 @@ def _exporter() -> _Exporter:
 
 
 def _key(folder: Path) -> str:
-    """What the artifact is made of: the files the export reads (name, size, mtime), exporter and scheme."""
+    """What the artifact is made of: the files the export reads (name, size, mtime), exporter and quantization."""
     from . import __version__
 
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".txt"))
     identity = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    source = json.dumps([identity, __version__, EXPORTER_REVISION, SCHEME])
+    source = json.dumps([identity, __version__, EXPORTER_REVISION, QUANTIZATION])
     return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 

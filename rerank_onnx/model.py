@@ -1,8 +1,8 @@
 """An artifact loaded for scoring, in two steps: text pairs -> prompt tokens (`encode`) -> scores.
 
-`Reranker` builds its pair-level API (`rank`, `predict`) on it; the server's scheduler, the
-serverless handler and the export's self-check call the two steps directly, so that they can
-encode per request and score across requests.
+`Reranker` loads it (`load_model`) and builds its pair-level API (`rank`, `predict`) on it; the server's
+scheduler, the serverless handler, Ray and the export's self-check call the two steps directly
+(`reranker.model`), so that they can encode per request and score across requests.
 """
 
 from __future__ import annotations
@@ -22,60 +22,39 @@ from .cross_encoding import CrossEncoderPairs
 from .from_checkpoint import artifact_for
 from .scorer import Scorer
 from .template import EncodedPairs, PairEncoder, load_tokenizer
-from .validate import check_bool, check_positive_int, check_prefix_lengths
+from .validate import check_bool, check_document_starts, check_positive_int
 
 DEFAULT_MAX_BATCH_SIZE = 32
 
 
 class LoadedModel:
-    """The artifact's config, pair encoder and scorer on this CPU's backend (arguments: see `Reranker`)."""
+    """An artifact loaded for scoring: its config, its pair encoding and the scorer on its session.
+
+    `Reranker` loads it (its arguments shape it) and builds rank() and predict() on it; the server's scheduler,
+    the serverless handler, Ray and the export's self-check use it as `reranker.model`.
+
+    Args:
+        config: the artifact's config.
+        encoder: the family's pair encoding (a prompt template, or a cross-encoder's tokenizer pairs).
+        scorer: the scoring loop over the artifact's session.
+        backend: the engine and precision chosen for this CPU, with the reason; None for a caller's own session.
+    """
 
     def __init__(
         self,
-        model_dir: str | Path,
-        *,
-        threads: int | None = None,
-        max_length: int | None = None,
-        max_batch_tokens: int | Literal["auto"] = "auto",
-        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-        session: ScoreSession | None = None,
-        share_prefix: bool = True,
-        backend: Backend = "auto",
-        precision: Precision = "auto",
-        compile_cache: bool = True,
-        cache_dir: str | Path | None = None,
-        slice_tokens: int | Literal["auto"] | None = "auto",
+        config: ArtifactConfig,
+        encoder: PairEncoder | CrossEncoderPairs,
+        scorer: Scorer,
+        backend: BackendChoice | None,
     ) -> None:
-        _check_knobs(threads, max_length, max_batch_tokens, max_batch_size, slice_tokens, share_prefix, compile_cache)
-        self.config: ArtifactConfig = load_artifact(artifact_for(model_dir, cache_dir=cache_dir))
-        # The files' digests are checked before a compiled model can be cached under them; with no cache, the
-        # check runs beside the session's creation (hashlib and file reads release the GIL) and is waited for
-        # before this returns: a damaged artifact never scores.
-        checking = None if compile_cache else _check_in_background(self.config)
-        if checking is None:
-            check_files(self.config, records=file_records_dir(cache_dir))
-        self.backend: BackendChoice | None  # None when the caller brought its own session
-        try:
-            self._encoder = _pair_encoder(self.config, max_length)
-            self._scorer, self.backend = _open_scorer(
-                self.config,
-                session=session,
-                backend=backend,
-                precision=precision,
-                threads=threads,
-                cache_dir=cache_dir if compile_cache else False,
-                max_batch_tokens=max_batch_tokens,
-                max_batch_size=max_batch_size,
-                share_prefix=share_prefix,
-                slice_tokens=slice_tokens,
-            )
-        finally:  # a damaged file explains a failed load better than the tokenizer's or the engine's error does
-            if checking is not None:
-                checking.result()
+        self.config = config
+        self._encoder = encoder
+        self._scorer = scorer
+        self.backend = backend
         # the query + document token budget (the reference's max_length, within the model's limit)
-        self.max_length: int = self._encoder.max_length
-        self.template_tokens: int = self._encoder.predefined_length  # what every prompt spends on the template
-        self.template_limit: int = self._encoder.template_limit  # the largest max_length the model allows
+        self.max_length: int = encoder.max_length
+        self.template_tokens: int = encoder.predefined_length  # what every prompt spends on the template
+        self.template_limit: int = encoder.template_limit  # the largest max_length the model allows
 
     @property
     def share_prefix(self) -> bool:
@@ -112,7 +91,7 @@ class LoadedModel:
             max_document_tokens: a cap on each document's own tokens below what max_length allows.
             max_length: a lower query + document budget for this call than the reranker's.
             max_chunks_per_doc: None cuts a long document as the reference does; N encodes up to N
-                overlapping windows of it instead, one row each (EncodedPairs.windows; chunking.py).
+                overlapping chunks of it instead, one row each (EncodedPairs.chunks; chunking.py).
 
         Returns:
             EncodedPairs: token ids, which rows were cut, each row's prefix (tokens before its document).
@@ -133,7 +112,7 @@ class LoadedModel:
         self,
         input_ids: Sequence[Sequence[int]],
         *,
-        prefix_lengths: Sequence[int] | None = None,
+        document_starts: Sequence[int] | None = None,
         batch_size: int | None = None,
         show_progress: bool = False,
     ) -> np.ndarray:
@@ -141,18 +120,19 @@ class LoadedModel:
 
         Args:
             input_ids: one prompt's token ids per row (EncodedPairs.input_ids).
-            prefix_lengths: EncodedPairs.prefix_lengths: rows with equal prefixes compute them once.
+            document_starts: EncodedPairs.document_starts: rows that agree on the tokens before their documents
+                compute them once; a cross-encoder needs them for its token types.
             batch_size: pairs per batch at most.
             show_progress: draw a progress bar on stderr.
 
         Returns:
             float32 raw scores in input order.
         """
-        if prefix_lengths is not None:
-            check_prefix_lengths(prefix_lengths, len(input_ids))
+        if document_starts is not None:
+            check_document_starts(document_starts, len(input_ids))
         check_positive_int("batch_size", batch_size, allow_none=True)
         return self._scorer.score(
-            input_ids, prefix_lengths=prefix_lengths, batch_size=batch_size, show_progress=show_progress
+            input_ids, document_starts=document_starts, batch_size=batch_size, show_progress=show_progress
         )
 
     def normalize(self, scores: np.ndarray) -> np.ndarray:
@@ -160,6 +140,51 @@ class LoadedModel:
         Qwen3-Reranker: P("yes"); a cross-encoder: the sigmoid CrossEncoder applies by default)."""
         shifted = np.asarray(scores, dtype=np.float64) - self.config.estimated_max / 2
         return (1.0 / (1.0 + np.exp(-shifted))).astype(np.float32)
+
+
+def load_model(
+    model_dir: str | Path,
+    *,
+    threads: int | None,
+    max_length: int | None,
+    max_batch_tokens: int | Literal["auto"],
+    max_batch_size: int,
+    session: ScoreSession | None,
+    share_prefix: bool,
+    backend: Backend,
+    precision: Precision,
+    compile_cache: bool,
+    cache_dir: str | Path | None,
+    slice_tokens: int | Literal["auto"] | None,
+) -> LoadedModel:
+    """Load an artifact (exporting a checkpoint first) onto this CPU's backend; the arguments are
+    `Reranker`'s, which documents them."""
+    _check_knobs(threads, max_length, max_batch_tokens, max_batch_size, slice_tokens, share_prefix, compile_cache)
+    config = load_artifact(artifact_for(model_dir, cache_dir=cache_dir))
+    # The files' digests are checked before a compiled model can be cached under them; with no cache, the
+    # check runs beside the session's creation (hashlib and file reads release the GIL) and is waited for
+    # before this returns: a damaged artifact never scores.
+    checking = None if compile_cache else _check_in_background(config)
+    if checking is None:
+        check_files(config, records=file_records_dir(cache_dir))
+    try:
+        encoder = _pair_encoder(config, max_length)
+        scorer, choice = _open_scorer(
+            config,
+            session=session,
+            backend=backend,
+            precision=precision,
+            threads=threads,
+            cache_dir=cache_dir if compile_cache else False,
+            max_batch_tokens=max_batch_tokens,
+            max_batch_size=max_batch_size,
+            share_prefix=share_prefix,
+            slice_tokens=slice_tokens,
+        )
+    finally:  # a damaged file explains a failed load better than the tokenizer's or the engine's error does
+        if checking is not None:
+            checking.result()
+    return LoadedModel(config, encoder, scorer, choice)
 
 
 def _check_in_background(config: ArtifactConfig) -> Future[None]:

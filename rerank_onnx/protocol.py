@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 import msgspec
 from msgspec import UNSET
 
-from .chunking import Windows
+from .chunking import Chunks
 from .errors import RerankError
+from .model import LoadedModel
 from .settings import RequestLimits
 from .wire import (
     REQUESTS,
@@ -211,26 +212,26 @@ def _json_type(value: Any) -> str:
 class Prepared:
     input_ids: list[list[int]]
     prompt_tokens: int
-    prefix_lengths: list[int]  # EncodedPairs.prefix_lengths: lets the pairs of the query share their prefix
-    windows: Windows | None = None  # with max_chunks_per_doc: which document and span each row scores
+    document_starts: list[int]  # EncodedPairs.document_starts: lets the pairs of the query share their prefix
+    chunks: Chunks | None = None  # with max_chunks_per_doc: which document and span each row scores
 
 
-def encode_request(request: RerankRequest, reranker: Any, limits: RequestLimits) -> Prepared:
-    """Tokenize a parsed request and apply the token limits (reranker: a rerank_onnx.Reranker)."""
+def encode_request(request: RerankRequest, model: LoadedModel, limits: RequestLimits) -> Prepared:
+    """Tokenize a parsed request and apply the token limits (model: `Reranker.model`)."""
     from .errors import InvalidInputError
 
     pair_budget = None
     if request.max_prompt_tokens is not None:
-        pair_budget = request.max_prompt_tokens - reranker.template_tokens
+        pair_budget = request.max_prompt_tokens - model.template_tokens
         if pair_budget < 1:
             raise RequestError(
                 422,
-                f"truncate_prompt_tokens: the template alone takes {reranker.template_tokens} tokens; "
+                f"truncate_prompt_tokens: the template alone takes {model.template_tokens} tokens; "
                 f"expected more than that, got {request.max_prompt_tokens}",
             )
     documents = document_texts(request)
     try:
-        encoded = reranker.encode(
+        encoded = model.encode(
             [request.query] * len(documents),
             documents,
             instruction=request.instruction,
@@ -245,7 +246,7 @@ def encode_request(request: RerankRequest, reranker: Any, limits: RequestLimits)
         first = truncated.index(True)
         raise RequestError(
             413,
-            f"texts[{first}]: query + text exceed the model's {reranker.max_length}-token limit; "
+            f"texts[{first}]: query + text exceed the model's {model.max_length}-token limit; "
             "send truncate=true to cut it, or shorten it",
             code="input_too_long",
         )
@@ -256,21 +257,21 @@ def encode_request(request: RerankRequest, reranker: Any, limits: RequestLimits)
             f"the request needs {prompt_tokens} prompt tokens; the limit is {limits.max_request_tokens}",
             code="too_many_tokens",
         )
-    return Prepared(encoded.input_ids, prompt_tokens, encoded.prefix_lengths, encoded.windows)
+    return Prepared(encoded.input_ids, prompt_tokens, encoded.document_starts, encoded.chunks)
 
 
 def render_response(
-    request: RerankRequest, reranker: Any, prepared: Prepared, raw_scores: Any, *, model_name: str
+    request: RerankRequest, model: LoadedModel, prepared: Prepared, raw_scores: Any, *, model_name: str
 ) -> Any:
     """Scores -> the response body of the request's shape: sorted best first, cut to top_n."""
     from .ranking import pair_scores
 
-    pairs = pair_scores(raw_scores, prepared.windows, normalize=None if request.raw_scores else reranker.normalize)
+    pairs = pair_scores(raw_scores, prepared.chunks, normalize=None if request.raw_scores else model.normalize)
     chunks = None
-    if prepared.windows is not None:  # rows are windows: each document took its best window's score
+    if prepared.chunks is not None:  # rows are chunks: each document took its best chunk's score
         chunks = []
-        for span, count, complete in zip(pairs.spans, pairs.windows, pairs.complete):
-            assert span is not None  # every pair of a chunked request has a winning window
+        for span, count, complete in zip(pairs.spans, pairs.chunks, pairs.complete):
+            assert span is not None  # every pair of a chunked request has a winning chunk
             chunks.append(Chunk(span[0], span[1], count, complete))
     return build_response(
         request,

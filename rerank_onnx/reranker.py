@@ -5,15 +5,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from .backends import ScoreSession
+from .backends.select import Backend, BackendChoice, Precision
 from .chunking import DEFAULT_MAX_CHUNKS_PER_DOC
 from .errors import InputTooLongError
-from .model import LoadedModel
-from .ranking import pair_scores
-from .template import EncodedPairs
+from .model import DEFAULT_MAX_BATCH_SIZE, LoadedModel, load_model
+from .ranking import PairScores, pair_scores
 from .validate import (
     check_bool,
     check_long_documents,
@@ -34,13 +36,13 @@ class RankResult:
     index: int  # position of the document in the input list
     score: float
     document: str | None
-    # long_documents="chunk": the character span [start, end) of the window that gave the score, and how
-    # many windows were scored; (0, len(document)) and 1 for a document scored whole
+    # long_documents="chunk": the character span [start, end) of the chunk that gave the score, and how
+    # many chunks were scored; (0, len(document)) and 1 for a document scored whole
     span: tuple[int, int] | None = None
-    windows: int = 1
+    chunks: int = 1
 
 
-class Reranker(LoadedModel):
+class Reranker:
     """Scores (query, document) pairs with an artifact written by `rerank-onnx export`.
 
     Args:
@@ -69,7 +71,47 @@ class Reranker(LoadedModel):
     Raises:
         ModelLoadError: the artifact is missing, incomplete, or cannot be compiled.
         InvalidInputError: a knob has the wrong type or value.
+
+    Attributes:
+        model: the loaded artifact in two steps (`encode`, then `score_encoded`), for callers that encode per
+            request and score across requests (the server's scheduler, the serverless handler, Ray).
     """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        threads: int | None = None,
+        max_length: int | None = None,
+        max_batch_tokens: int | Literal["auto"] = "auto",
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        session: ScoreSession | None = None,
+        share_prefix: bool = True,
+        backend: Backend = "auto",
+        precision: Precision = "auto",
+        compile_cache: bool = True,
+        cache_dir: str | Path | None = None,
+        slice_tokens: int | Literal["auto"] | None = "auto",
+    ) -> None:
+        self.model: LoadedModel = load_model(
+            model_dir,
+            threads=threads,
+            max_length=max_length,
+            max_batch_tokens=max_batch_tokens,
+            max_batch_size=max_batch_size,
+            session=session,
+            share_prefix=share_prefix,
+            backend=backend,
+            precision=precision,
+            compile_cache=compile_cache,
+            cache_dir=cache_dir,
+            slice_tokens=slice_tokens,
+        )
+
+    @property
+    def backend(self) -> BackendChoice | None:
+        """The engine and precision `backend="auto"` chose on this CPU, and why (None for a caller's session)."""
+        return self.model.backend
 
     def rank(
         self,
@@ -99,13 +141,13 @@ class Reranker(LoadedModel):
             sort: highest score first, ties by input position; False keeps the top_k in input order.
             truncate: cut pairs longer than max_length as the reference does; False raises instead.
             long_documents: "truncate" (the reference) or "chunk": a document longer than its share of
-                max_length is scored by overlapping windows, and gets the best window's score.
-            max_chunks_per_doc: with "chunk", the windows per document at most (the rest is truncated).
+                max_length is scored by overlapping chunks, and gets the best chunk's score.
+            max_chunks_per_doc: with "chunk", the chunks per document at most (the rest is truncated).
             batch_size: pairs per batch at most (below max_batch_size).
             show_progress: draw a progress bar on stderr.
 
         Returns:
-            One RankResult (index, score, document or None, winning span, windows) per document returned.
+            One RankResult (index, score, document or None, winning span, chunks) per document returned.
 
         Raises:
             InvalidInputError: wrong types or invalid text.
@@ -116,18 +158,16 @@ class Reranker(LoadedModel):
         check_positive_int("top_k", top_k, allow_none=True)
         for name, flag in (("return_documents", return_documents), ("sort", sort)):
             check_bool(name, flag)
-        _check_flags(normalize, truncate, show_progress)
-        encoded = _encode(self, [query] * len(docs), docs, instruction, truncate, long_documents, max_chunks_per_doc)
-        scores = self.score_encoded(
-            encoded.input_ids, prefix_lengths=encoded.prefix_lengths, batch_size=batch_size, show_progress=show_progress
+        how = _PairOptions(
+            instruction, normalize, truncate, long_documents, max_chunks_per_doc, batch_size, show_progress
         )
-        pairs = pair_scores(scores, encoded.windows, normalize=self.normalize if normalize else None)
+        pairs = _score_pairs(self.model, [query] * len(docs), docs, how)
         chosen = pairs.order(top_k)
         if not sort:
             chosen = sorted(chosen)
         return [
             RankResult(
-                i, float(pairs.scores[i]), docs[i] if return_documents else None, pairs.spans[i], pairs.windows[i]
+                i, float(pairs.scores[i]), docs[i] if return_documents else None, pairs.spans[i], pairs.chunks[i]
             )
             for i in chosen
         ]
@@ -154,8 +194,8 @@ class Reranker(LoadedModel):
             instruction: the instruction slot (None: the family's default, none for mxbai).
             normalize: scores in (0, 1) as the reference's `normalize=True`.
             truncate: cut pairs longer than max_length as the reference does; False raises instead.
-            long_documents: "truncate" (the reference) or "chunk": score a long document by its best window.
-            max_chunks_per_doc: with "chunk", the windows scored per document at most.
+            long_documents: "truncate" (the reference) or "chunk": score a long document by its best chunk.
+            max_chunks_per_doc: with "chunk", the chunks scored per document at most.
             batch_size: pairs per batch at most (below max_batch_size).
             show_progress: draw a progress bar on stderr.
 
@@ -166,37 +206,45 @@ class Reranker(LoadedModel):
             InvalidInputError: wrong types, unequal lengths, malformed pairs, or invalid text.
             InputTooLongError: a pair exceeds max_length and truncate is False.
         """
-        _check_flags(normalize, truncate, show_progress)
+        how = _PairOptions(
+            instruction, normalize, truncate, long_documents, max_chunks_per_doc, batch_size, show_progress
+        )
         if documents is None:
             queries, documents = split_pairs(queries)
-        encoded = _encode(self, queries, documents, instruction, truncate, long_documents, max_chunks_per_doc)  # type: ignore[arg-type]
-        scores = self.score_encoded(
-            encoded.input_ids, prefix_lengths=encoded.prefix_lengths, batch_size=batch_size, show_progress=show_progress
-        )
-        return pair_scores(scores, encoded.windows, normalize=self.normalize if normalize else None).scores
+        return _score_pairs(self.model, queries, documents, how).scores  # type: ignore[arg-type]
 
 
-def _check_flags(normalize: object, truncate: object, show_progress: object) -> None:
-    """The switches rank() and predict() share are booleans: a truthy string such as "no" is refused."""
-    for name, flag in (("normalize", normalize), ("truncate", truncate), ("show_progress", show_progress)):
-        check_bool(name, flag)
+@dataclass(frozen=True)
+class _PairOptions:
+    """How rank() and predict() score their pairs (their arguments of the same names), checked once."""
+
+    instruction: str | None
+    normalize: bool
+    truncate: bool
+    long_documents: LongDocuments
+    max_chunks_per_doc: int
+    batch_size: int | None
+    show_progress: bool
+
+    def __post_init__(self) -> None:
+        # booleans, not truthy values: a string such as "no" is refused
+        for name in ("normalize", "truncate", "show_progress"):
+            check_bool(name, getattr(self, name))
+        check_long_documents(self.long_documents, self.max_chunks_per_doc)
 
 
-def _encode(
-    model: LoadedModel,
-    queries: Sequence[str],
-    documents: Sequence[str],
-    instruction: str | None,
-    truncate: bool,
-    long_documents: LongDocuments,
-    max_chunks_per_doc: int,
-) -> EncodedPairs:
-    """The prompts of rank() and predict(): one per pair, or per window of a long document with "chunk"."""
-    check_long_documents(long_documents, max_chunks_per_doc)
-    chunks = max_chunks_per_doc if long_documents == "chunk" else None
-    encoded = model.encode(queries, documents, instruction=instruction, max_chunks_per_doc=chunks)
-    _check_truncation(encoded.pair_truncated(), truncate=truncate, model=model)
-    return encoded
+def _score_pairs(model: LoadedModel, queries: Sequence[str], documents: Sequence[str], how: _PairOptions) -> PairScores:
+    """rank()'s and predict()'s common path: encode, score, and fold chunks into one score per pair."""
+    chunks = how.max_chunks_per_doc if how.long_documents == "chunk" else None
+    encoded = model.encode(queries, documents, instruction=how.instruction, max_chunks_per_doc=chunks)
+    _check_truncation(encoded.pair_truncated(), truncate=how.truncate, model=model)
+    scores = model.score_encoded(
+        encoded.input_ids,
+        document_starts=encoded.document_starts,
+        batch_size=how.batch_size,
+        show_progress=how.show_progress,
+    )
+    return pair_scores(scores, encoded.chunks, normalize=model.normalize if how.normalize else None)
 
 
 def _check_truncation(truncated: list[bool], *, truncate: bool, model: LoadedModel) -> None:

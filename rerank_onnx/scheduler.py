@@ -16,14 +16,14 @@ import numpy as np
 
 from .errors import QueueFullError
 from .metrics import Metrics
-from .reranker import Reranker
+from .model import LoadedModel
 from .settings import check_setting
 
 
 @dataclass
 class _Job:
     input_ids: list[list[int]]
-    prefix_lengths: list[int] | None
+    document_starts: list[int] | None
     future: asyncio.Future[np.ndarray]
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.perf_counter)
@@ -36,17 +36,17 @@ class Scheduler:
 
     def __init__(
         self,
-        reranker: Reranker,
+        model: LoadedModel,
         metrics: Metrics,
         *,
         coalesce_ms: float,
         max_coalesced_pairs: int = 256,
         max_queue_pairs: int,
     ) -> None:
-        self._reranker = reranker
+        self._model = model
         self._metrics = metrics
         check_setting("coalesce_ms", coalesce_ms)  # an unbounded wait (inf) would stall the inference thread
-        self._window = coalesce_ms / 1000.0
+        self._coalesce_wait = coalesce_ms / 1000.0
         self._max_pairs = max_coalesced_pairs
         self._max_queue = max_queue_pairs
         self._queue: queue.Queue[_Job | None] = queue.Queue()
@@ -55,7 +55,7 @@ class Scheduler:
         self._thread = threading.Thread(target=self._work, name="rerank-inference", daemon=True)
         self._thread.start()
 
-    async def score(self, input_ids: list[list[int]], prefix_lengths: list[int] | None = None) -> np.ndarray:
+    async def score(self, input_ids: list[list[int]], document_starts: list[int] | None = None) -> np.ndarray:
         if not input_ids:
             return np.zeros(0, dtype=np.float32)
         with self._lock:
@@ -66,7 +66,7 @@ class Scheduler:
             self._pending += len(input_ids)
             self._metrics.queue(self._pending)
         loop = asyncio.get_running_loop()
-        job = _Job(input_ids, prefix_lengths, loop.create_future(), loop)
+        job = _Job(input_ids, document_starts, loop.create_future(), loop)
         self._queue.put(job)
         scores: np.ndarray = await job.future
         return scores
@@ -88,10 +88,10 @@ class Scheduler:
                 return
 
     def _collect(self, jobs: list[_Job]) -> bool:
-        """Add jobs that arrive within the window, up to the pair budget. True if a stop was seen."""
-        if self._window <= 0:
+        """Add jobs that arrive within the coalescing wait, up to the pair budget. True if a stop was seen."""
+        if self._coalesce_wait <= 0:
             return False
-        deadline = time.perf_counter() + self._window
+        deadline = time.perf_counter() + self._coalesce_wait
         pairs = len(jobs[0].input_ids)
         while pairs < self._max_pairs:
             remaining = deadline - time.perf_counter()
@@ -108,11 +108,11 @@ class Scheduler:
     def _run(self, jobs: list[_Job]) -> None:
         combined = [ids for job in jobs for ids in job.input_ids]
         # a job without prefix lengths shares nothing (0); jobs of one query share their prefix across requests
-        prefixes = [n for job in jobs for n in (job.prefix_lengths or [0] * len(job.input_ids))]
+        prefixes = [n for job in jobs for n in (job.document_starts or [0] * len(job.input_ids))]
         scores = np.zeros(0, dtype=np.float32)
         error: BaseException | None = None
         try:
-            scores = self._reranker.score_encoded(combined, prefix_lengths=prefixes)
+            scores = self._model.score_encoded(combined, document_starts=prefixes)
         except BaseException as exc:  # delivered to every waiting request rather than killing the thread
             error = exc
         self._metrics.batch(len(combined), sum(len(ids) for ids in combined))

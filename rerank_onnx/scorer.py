@@ -14,7 +14,7 @@ from dataclasses import KW_ONLY, dataclass, field
 
 import numpy as np
 
-from .backends import Prefix, PrefixScoreSession, ScoreSession, SegmentScoreSession, WholeRowScoreSession
+from .backends import Prefix, ScoreBatch, ScoreSession
 from .batching import pad_batch, plan_batches, plan_shared_prefixes, split_long
 from .errors import InvalidInputError, ScoringError
 
@@ -60,13 +60,13 @@ class Scorer:
     @property
     def computes_shared_prefix(self) -> bool:
         """True when rows that share a prefix compute it once."""
-        return self.share_prefix and isinstance(self.session, PrefixScoreSession)
+        return self.share_prefix and self.session.shares_prefix
 
     def score(
         self,
         input_ids: Sequence[Sequence[int]],
         *,
-        prefix_lengths: Sequence[int] | None = None,
+        document_starts: Sequence[int] | None = None,
         batch_size: int | None = None,
         show_progress: bool = False,
     ) -> np.ndarray:
@@ -74,7 +74,8 @@ class Scorer:
 
         Args:
             input_ids: one prompt's token ids per row.
-            prefix_lengths: the tokens before each row's document; rows with equal prefixes share them.
+            document_starts: each row's tokens before its document: rows that agree on them compute the tokens
+                they share once (decoders); a cross-encoder's token types start there (it needs them).
                 None: every row runs in full. A cross-encoder's session needs them (its token types).
             batch_size: pairs per batch at most, below `max_batch_size`.
             show_progress: draw a progress bar on stderr.
@@ -86,7 +87,7 @@ class Scorer:
             ScoringError: the graph gave a score that is not a finite number (corrupt weights or a broken engine).
         """
         with self._lock:
-            scores = self._score_locked(input_ids, prefix_lengths, batch_size, show_progress)
+            scores = self._score_locked(input_ids, document_starts, batch_size, show_progress)
         bad = np.flatnonzero(~np.isfinite(scores))
         if bad.size:
             raise ScoringError(
@@ -99,47 +100,45 @@ class Scorer:
     def _score_locked(
         self,
         input_ids: Sequence[Sequence[int]],
-        prefix_lengths: Sequence[int] | None,
+        document_starts: Sequence[int] | None,
         batch_size: int | None,
         show_progress: bool,
     ) -> np.ndarray:
-        segments = None
-        if isinstance(self.session, SegmentScoreSession):
-            if prefix_lengths is None:
+        starts = None
+        if self.session.needs_document_starts:
+            if document_starts is None:
                 raise InvalidInputError(
-                    "prefix_lengths: expected each row's document start (EncodedPairs.prefix_lengths) for a "
-                    "cross-encoder, got None; pass the prefix_lengths that encode() returned"
+                    "document_starts: expected each row's document start for a cross-encoder, got None; pass "
+                    "the document_starts that encode() returned (EncodedPairs.document_starts)"
                 )
-            segments = np.asarray(prefix_lengths, dtype=np.int64)
+            starts = np.asarray(document_starts, dtype=np.int64)
         scores = np.zeros(len(input_ids), dtype=np.float32)
         progress = _Progress(len(input_ids), show=show_progress)
-        whole, groups, alone = self._plan(input_ids, prefix_lengths, segments is not None)
+        whole, groups, alone = self._plan(input_ids, document_starts)
         for i in whole:
-            assert isinstance(self.session, WholeRowScoreSession)  # only its limits set whole_row_tokens
             ids, lengths = pad_batch([input_ids[i]], pad_id=self.pad_id, pad_multiple=self.pad_multiple)
-            scores[i] = self.session.run_whole(ids, lengths)[0]
+            scores[i] = self.session.score(ScoreBatch(ids, lengths, whole_rows=True))[0]
             progress.advance(1)
         for shared, members in groups:
-            assert isinstance(self.session, PrefixScoreSession)  # computes_shared_prefix checked it
-            prefix = self._prefill(self.session, input_ids[members[0]][:shared], None)
+            prefix = self._prefill(input_ids[members[0]][:shared], None)
             self._score_rows(input_ids, members, shared, prefix, batch_size, scores, progress)
-        self._score_rows(input_ids, alone, 0, None, batch_size, scores, progress, segments)
+        self._score_rows(input_ids, alone, 0, None, batch_size, scores, progress, starts)
         progress.close()
         self.session.release_memory()
         return scores
 
     def _plan(
-        self, input_ids: Sequence[Sequence[int]], prefix_lengths: Sequence[int] | None, segments: bool
+        self, input_ids: Sequence[Sequence[int]], document_starts: Sequence[int] | None
     ) -> tuple[list[int], list[tuple[int, list[int]]], list[int]]:
         """Which rows run whole and alone (longer than whole_row_tokens), which share a prefix (its length and
         the rows), and which run in full in batches."""
         alone, whole = list(range(len(input_ids))), list[int]()
-        if self.whole_row_tokens is not None and not segments:
+        if self.whole_row_tokens is not None:
             alone, whole = split_long([len(ids) for ids in input_ids], alone, limit=self.whole_row_tokens)
-        if prefix_lengths is None or not self.computes_shared_prefix:
+        if document_starts is None or not self.computes_shared_prefix:
             return whole, [], alone
         planned, unshared = plan_shared_prefixes(
-            [input_ids[i] for i in alone], [prefix_lengths[i] for i in alone], self.chat_prefix
+            [input_ids[i] for i in alone], [document_starts[i] for i in alone], self.chat_prefix
         )
         return (
             whole,
@@ -156,41 +155,32 @@ class Scorer:
         batch_size: int | None,
         scores: np.ndarray,
         progress: _Progress,
-        segments: np.ndarray | None = None,
+        document_starts: np.ndarray | None = None,
     ) -> None:
         """Score input_ids[i][start:] for i in `rows` after `prefix` (None: from the start) into scores[i];
-        `segments`: each row's document start, for a SegmentScoreSession (then start is 0, prefix None)."""
-        if self.slice_tokens is not None and isinstance(self.session, PrefixScoreSession):
+        `document_starts`: every row's document start, for a session that needs them (then start is 0)."""
+        if self.slice_tokens is not None and self.session.shares_prefix:
             rows, long_rows = split_long([len(input_ids[i]) - start for i in rows], rows, limit=self.slice_tokens)
             for i in long_rows:
-                scores[i] = self._score_in_slices(self.session, input_ids[i][start:], prefix, self.slice_tokens)
+                scores[i] = self._score_in_slices(input_ids[i][start:], prefix, self.slice_tokens)
                 progress.advance(1)
         for batch, (ids, lengths) in self._batches([input_ids[i][start:] for i in rows], start, batch_size):
-            if segments is not None:
-                assert isinstance(self.session, SegmentScoreSession)  # score() sets segments only for such
-                starts = segments[[rows[i] for i in batch]]
-                scores[[rows[i] for i in batch]] = self.session.run_segments(ids, lengths, starts)
-            elif prefix is None:
-                scores[[rows[i] for i in batch]] = self.session.run(ids, lengths)
-            else:
-                assert isinstance(self.session, PrefixScoreSession)  # only such sessions make a prefix
-                scores[[rows[i] for i in batch]] = self.session.run_after(prefix, ids, lengths)
+            members = [rows[i] for i in batch]
+            starts = None if document_starts is None else document_starts[members]
+            scores[members] = self.session.score(ScoreBatch(ids, lengths, prefix=prefix, document_starts=starts))
             progress.advance(len(batch))
 
-    def _score_in_slices(
-        self, session: PrefixScoreSession, ids: Sequence[int], prefix: Prefix | None, step: int
-    ) -> float:
+    def _score_in_slices(self, ids: Sequence[int], prefix: Prefix | None, step: int) -> float:
         """One row's score, its tokens fed `step` at a time after `prefix`; the last slice is scored."""
         scored_from = (len(ids) - 1) // step * step  # the last slice keeps 1..step tokens
         for begin in range(0, scored_from, step):
-            prefix = self._prefill(session, ids[begin : begin + step], prefix)
+            prefix = self._prefill(ids[begin : begin + step], prefix)
         assert prefix is not None  # a row longer than one slice has at least one before the last
         last, lengths = pad_batch([ids[scored_from:]], pad_id=self.pad_id, pad_multiple=self.pad_multiple)
-        return float(session.run_after(prefix, last, lengths)[0])
+        return float(self.session.score(ScoreBatch(last, lengths, prefix=prefix))[0])
 
-    @staticmethod
-    def _prefill(session: PrefixScoreSession, ids: Sequence[int], after: Prefix | None) -> Prefix:
-        return session.prefill(np.asarray([ids], dtype=np.int64), after)
+    def _prefill(self, ids: Sequence[int], after: Prefix | None) -> Prefix:
+        return self.session.prefill(np.asarray([ids], dtype=np.int64), after)
 
     def _batches(
         self, rows: Sequence[Sequence[int]], context: int, batch_size: int | None

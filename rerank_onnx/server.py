@@ -15,6 +15,7 @@ from typing import Any
 from .backends.select import machine_summary
 from .errors import MissingDependencyError, QueueFullError, RerankError
 from .metrics import CONTENT_TYPE, Metrics
+from .model import LoadedModel
 from .protocol import (
     RequestError,
     encode_request,
@@ -84,7 +85,7 @@ class _Service:
         self.settings = settings
         self.metrics = Metrics()
         self.given = reranker
-        self.reranker: Reranker | None = None
+        self.model: LoadedModel | None = None
         self.scheduler: Scheduler | None = None
         self.load_error: str | None = None
         self.model_name = "unknown"
@@ -93,14 +94,17 @@ class _Service:
     def load(self) -> None:
         settings = self.settings
         try:
-            model = self.given or Reranker(
-                settings.model_dir, threads=settings.threads, backend=settings.backend, precision=settings.precision
-            )
+            model = (
+                self.given
+                or Reranker(
+                    settings.model_dir, threads=settings.threads, backend=settings.backend, precision=settings.precision
+                )
+            ).model
             self.model_name = settings.model_name or model.config.source_model
             self.scheduler = Scheduler(
                 model, self.metrics, coalesce_ms=settings.coalesce_ms, max_queue_pairs=settings.max_queue_pairs
             )
-            self.reranker = model
+            self.model = model
             log.info("model %s ready", self.model_name)
         except Exception as exc:  # any failure: /health and every route say why, instead of "loading" forever
             self.load_error = str(exc) if isinstance(exc, RerankError) else f"{type(exc).__name__}: {exc}"
@@ -143,18 +147,18 @@ class _Service:
     async def _rerank(self, request: RerankRequest) -> Any:
         if self.load_error is not None:
             raise RequestError(503, f"the model could not be loaded: {self.load_error}", type="server_error")
-        if self.reranker is None or self.scheduler is None:
+        if self.model is None or self.scheduler is None:
             raise RequestError(
                 503, "the model is still loading; retry when GET /health answers 200", type="server_error"
             )
         limits = self.settings.limits
         # tokenizing a large request takes milliseconds to seconds: keep it off the event loop too
-        prepared = await asyncio.to_thread(encode_request, request, self.reranker, limits)
-        raw = await self.scheduler.score(prepared.input_ids, prepared.prefix_lengths)
-        return render_response(request, self.reranker, prepared, raw, model_name=self.model_name)
+        prepared = await asyncio.to_thread(encode_request, request, self.model, limits)
+        raw = await self.scheduler.score(prepared.input_ids, prepared.document_starts)
+        return render_response(request, self.model, prepared, raw, model_name=self.model_name)
 
     async def health(self, request: Request) -> Response:
-        if self.reranker is not None:
+        if self.model is not None:
             return JSONResponse({"status": "ok", "model": self.model_name})
         if self.load_error:
             return JSONResponse({"status": "error", "error": self.load_error}, status_code=503)
@@ -174,17 +178,17 @@ class _Service:
             "created": self.started,
             "owned_by": "rerank-onnx",
         }
-        if self.reranker is not None:
-            choice = self.reranker.backend
-            entry["quantization"] = self.reranker.config.quantization
-            entry["family"] = self.reranker.config.family
+        if self.model is not None:
+            choice = self.model.backend
+            entry["quantization"] = self.model.config.quantization
+            entry["family"] = self.model.config.family
             entry["backend"] = {
                 "name": choice.backend if choice else "custom",
                 "precision": choice.precision if choice else None,
                 "reason": choice.reason if choice else None,
                 **machine_summary(),
             }
-        return JSONResponse({"object": "list", "data": [entry] if self.reranker is not None else []})
+        return JSONResponse({"object": "list", "data": [entry] if self.model is not None else []})
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document("rerank-onnx", __version__))

@@ -21,18 +21,19 @@ import time
 from typing import Any
 
 from .errors import InvalidInputError, ModelLoadError, RerankError
+from .model import LoadedModel
 from .protocol import RequestError, encode_request, parse_request, render_response, shape_for
 from .reranker import Reranker
 from .settings import RequestLimits
 
 log = logging.getLogger("rerank_onnx.serverless")
-_reranker: Reranker | None = None
+_loaded: LoadedModel | None = None
 _limits = RequestLimits()
 
 
-def _model() -> Reranker:
-    global _reranker
-    if _reranker is None:
+def _model() -> LoadedModel:
+    global _loaded
+    if _loaded is None:
         folder = os.environ.get("RERANK_ONNX_MODEL")
         if not folder:
             raise RequestError(
@@ -46,16 +47,16 @@ def _model() -> Reranker:
                 type="server_error",
             )
         try:
-            _reranker = Reranker(
+            _loaded = Reranker(
                 folder,
                 threads=int(threads) if threads else None,
                 backend=os.environ.get("RERANK_ONNX_BACKEND", "auto"),  # type: ignore[arg-type]
                 precision=os.environ.get("RERANK_ONNX_PRECISION", "auto"),  # type: ignore[arg-type]
                 compile_cache=bool(os.environ.get("RERANK_ONNX_CACHE_DIR")),
-            )
+            ).model
         except InvalidInputError as exc:  # a bad setting in the environment is the deployment's error
             raise RequestError(500, f"the function's environment: {exc}", type="server_error") from exc
-    return _reranker
+    return _loaded
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
@@ -77,10 +78,10 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         body = _body_bytes(event)
         path = str(event.get("rawPath") or event.get("path") or "")
         request = parse_request(body, shape_for(path, body), _limits)
-        reranker = _model()
-        prepared = encode_request(request, reranker, _limits)
-        raw_scores = reranker.score_encoded(prepared.input_ids, prefix_lengths=prepared.prefix_lengths)
-        payload = render_response(request, reranker, prepared, raw_scores, model_name=reranker.config.source_model)
+        model = _model()
+        prepared = encode_request(request, model, _limits)
+        raw_scores = model.score_encoded(prepared.input_ids, document_starts=prepared.document_starts)
+        payload = render_response(request, model, prepared, raw_scores, model_name=model.config.source_model)
         return _respond(200, payload, started)
     except RequestError as exc:
         return _respond(exc.status, exc.body(), started)

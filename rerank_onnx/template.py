@@ -15,32 +15,32 @@ from functools import cached_property
 from tokenizers import Tokenizer
 
 from .artifact import Template
-from .chunking import Row, Windows, further_windows, lay_out, window_spans
+from .chunking import Chunks, Row, chunk_spans, further_chunks, lay_out
 from .errors import ModelLoadError
 from .validate import check_encode_limits, check_parallel, check_str
 
 
 @dataclass(frozen=True)
 class EncodedPairs:
-    """One prompt per pair, or with `max_chunks_per_doc` one per window of a long document (see `windows`)."""
+    """One prompt per pair, or with `max_chunks_per_doc` one per chunk of a long document (see `chunks`)."""
 
     input_ids: list[list[int]]
     truncated: list[bool]  # per row: True where any part of the query or document was cut
     # Tokens before the document part (chat prefix, instruction, query): the rows of one query share them.
-    prefix_lengths: list[int]
-    windows: Windows | None = None  # which pair and document span each row scores; None: one row per pair
+    document_starts: list[int]
+    chunks: Chunks | None = None  # which pair and document span each row scores; None: one row per pair
 
     @classmethod
-    def from_rows(cls, rows: Sequence[Row], windows: Windows) -> EncodedPairs:
-        """A windowed encoding from its rows (chunking.lay_out)."""
-        return cls([r.ids for r in rows], [r.truncated for r in rows], [r.prefix_length for r in rows], windows=windows)
+    def from_rows(cls, rows: Sequence[Row], chunks: Chunks) -> EncodedPairs:
+        """A chunked encoding from its rows (chunking.lay_out)."""
+        return cls([r.ids for r in rows], [r.truncated for r in rows], [r.document_start for r in rows], chunks=chunks)
 
     def pair_truncated(self) -> list[bool]:
         """Per pair: was any of its query or document left unscored."""
-        if self.windows is None:
+        if self.chunks is None:
             return self.truncated
-        cut = [not complete for complete in self.windows.complete]
-        for row, pair in enumerate(self.windows.owner):
+        cut = [not complete for complete in self.chunks.complete]
+        for row, pair in enumerate(self.chunks.owner):
             cut[pair] = cut[pair] or self.truncated[row]
         return cut
 
@@ -50,7 +50,7 @@ class CharacterCap:
     longest token's characters (the vocabulary's longest entry, at least MIN_CHARS_PER_TOKEN: a WordPiece
     word of up to 100 characters can become one [UNK]) to yield its first `tokens` tokens. A 100 MB
     one-line document would otherwise be tokenized whole (12 GB for 8,192 tokens kept). A cut text has more
-    tokens than are kept, so it is truncated (or has more windows than are scored) all the same, and the
+    tokens than are kept, so it is truncated (or has more chunks than are scored) all the same, and the
     `truncated` flags say so. The tokens near the cut may merge differently; SLACK_TOKENS of them are kept
     beyond the need, so those never reach what is scored."""
 
@@ -81,8 +81,8 @@ class PairEncoder:
         self.predefined_length = len(template.prefix_ids) + len(template.tail_ids)
         # The reference shrinks max_length so that the template never pushes past the model's limit.
         self.max_length = min(max_length, template.model_max_length - self.predefined_length)
-        # what the document prompt adds around a document, plus room for merges that differ at a window's edges
-        self._window_margin = len(self._encode_texts([template.document_prompt.format(document="")])[0]) + 4
+        # what the document prompt adds around a document, plus room for merges that differ at a chunk's edges
+        self._chunk_margin = len(self._encode_texts([template.document_prompt.format(document="")])[0]) + 4
 
     @property
     def template_limit(self) -> int:
@@ -111,19 +111,19 @@ class PairEncoder:
         """max_document_tokens: an extra cap on each document's own tokens (Cohere's max_tokens_per_doc).
         max_length: a lower query + document budget for this call (vLLM's truncate_prompt_tokens).
         max_chunks_per_doc: None truncates a long document as the reference does; N scores up to N
-        overlapping windows of it instead (chunking.py). Inputs are checked first (InvalidInputError)."""
+        overlapping chunks of it instead (chunking.py). Inputs are checked first (InvalidInputError)."""
         queries, documents = check_parallel(queries, documents)
         if instruction is not None:
             check_str("instruction", instruction)
         check_encode_limits(max_document_tokens, max_length, max_chunks_per_doc)
         limit = min(self.max_length, max_length) if max_length else self.max_length
-        # only what can be scored reaches the tokenizer: the limit, or with windows every window's share of it
+        # only what can be scored reaches the tokenizer: the limit, or with chunks every chunk's share of it
         queries = self._cap.cut(queries, limit)
         documents = self._cap.cut(documents, limit * (max_chunks_per_doc or 1))
         encoded, budgets = self._encode_pairs(queries, documents, instruction, limit, max_document_tokens)
         if max_chunks_per_doc is None:
             return encoded
-        return self._in_windows(encoded, budgets, queries, documents, instruction, limit, max_chunks_per_doc)
+        return self._in_chunks(encoded, budgets, queries, documents, instruction, limit, max_chunks_per_doc)
 
     def _encode_pairs(
         self,
@@ -152,9 +152,9 @@ class PairEncoder:
             truncated.append(cut)
             prefixes.append(len(chat_prefix) + len(q))
             budgets.append(budget)
-        return EncodedPairs(input_ids=ids, truncated=truncated, prefix_lengths=prefixes), budgets
+        return EncodedPairs(input_ids=ids, truncated=truncated, document_starts=prefixes), budgets
 
-    def _in_windows(
+    def _in_chunks(
         self,
         encoded: EncodedPairs,
         budgets: list[int | None],
@@ -162,41 +162,41 @@ class PairEncoder:
         documents: list[str],
         instruction: str | None,
         limit: int,
-        max_windows: int,
+        max_chunks: int,
     ) -> EncodedPairs:
-        """Cut documents become overlapping windows, each a prompt of its own; the other pairs keep the
-        prompt `encoded` already holds (so only the windows are tokenized again). A cut document's first
-        window is its truncated prompt itself, so a chunked score is never below the truncated one."""
+        """Cut documents become overlapping chunks, each a prompt of its own; the other pairs keep the
+        prompt `encoded` already holds (so only the chunks are tokenized again). A cut document's first
+        chunk is its truncated prompt itself, so a chunked score is never below the truncated one."""
         spans: dict[int, list[tuple[int, int]]] = {}
         complete = [True] * len(documents)
         for i, (document, budget) in enumerate(zip(documents, budgets)):
-            window = budget - self._window_margin if budget is not None else 0
-            if window < 1:  # whole, or no room for a window beside the query: the prompt as encoded
+            chunk = budget - self._chunk_margin if budget is not None else 0
+            if chunk < 1:  # whole, or no room for a chunk beside the query: the prompt as encoded
                 complete[i] = budget is None
                 continue
             offsets = self._tokenizer.encode(document, add_special_tokens=False).offsets
             first_end = self._truncated_document_end(encoded, i, document)
-            spans[i], complete[i] = window_spans(offsets, window, max_windows, first_end)
-        pieces = further_windows(spans)
-        windowed, _ = self._encode_pairs(
+            spans[i], complete[i] = chunk_spans(offsets, chunk, max_chunks, first_end)
+        pieces = further_chunks(spans)
+        chunked, _ = self._encode_pairs(
             [queries[i] for i, _ in pieces], [documents[i][a:b] for i, (a, b) in pieces], instruction, limit, None
         )
         query_cut = self._query_cut(encoded, queries, instruction)
         # the first row of a cut document is its truncated prompt, cut only if its query was
         firsts = [
-            Row(encoded.input_ids[i], query_cut[i] if i in spans else encoded.truncated[i], encoded.prefix_lengths[i])
+            Row(encoded.input_ids[i], query_cut[i] if i in spans else encoded.truncated[i], encoded.document_starts[i])
             for i in range(len(documents))
         ]
-        further = [Row(*row) for row in zip(windowed.input_ids, windowed.truncated, windowed.prefix_lengths)]
-        rows, windows = lay_out(firsts, [len(d) for d in documents], spans, further, complete)
-        return EncodedPairs.from_rows(rows, windows)
+        further = [Row(*row) for row in zip(chunked.input_ids, chunked.truncated, chunked.document_starts)]
+        rows, chunks = lay_out(firsts, [len(d) for d in documents], spans, further, complete)
+        return EncodedPairs.from_rows(rows, chunks)
 
     def _truncated_document_end(self, encoded: EncodedPairs, pair: int, document: str) -> int:
         """The character end, in `document`, of the text pair `pair`'s truncated prompt holds."""
         lead = self._t.document_prompt.index("{document}")
         text = self._t.document_prompt.format(document=document)
         offsets = self._tokenizer.encode(text, add_special_tokens=False).offsets
-        after_query = len(encoded.input_ids[pair]) - encoded.prefix_lengths[pair]
+        after_query = len(encoded.input_ids[pair]) - encoded.document_starts[pair]
         kept = min(max(after_query - len(self._t.tail_ids) - len(self._t.separator_ids), 1), len(offsets))
         end: int = offsets[kept - 1][1]
         return min(max(end - lead, 0), len(document))
@@ -206,7 +206,7 @@ class PairEncoder:
         distinct = list(dict.fromkeys(queries))
         lengths = dict(zip(distinct, map(len, self._encode_texts([self.query_text(q, instruction) for q in distinct]))))
         chat = len(self._t.prefix_ids)
-        return [encoded.prefix_lengths[i] - chat < lengths[q] for i, q in enumerate(queries)]
+        return [encoded.document_starts[i] - chat < lengths[q] for i, q in enumerate(queries)]
 
     def _encode_texts(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
@@ -220,7 +220,7 @@ def cut_mxbai(
 
     Returns:
         The query ids, the separator + document ids, whether anything was cut, and the tokens the
-        document could have had (None when it was not cut; chunking sizes its windows by it).
+        document could have had (None when it was not cut; chunking sizes its chunks by it).
     """
     left = template.truncation_side == "left"
     sep = list(template.separator_ids)

@@ -84,22 +84,22 @@ def check_encode_limits(max_document_tokens: object, max_length: object, max_chu
 
 
 def check_long_documents(long_documents: object, max_chunks_per_doc: object) -> None:
-    """ "truncate" or "chunk", and a positive window cap (checked in either mode: a bad value is a bug)."""
+    """ "truncate" or "chunk", and a positive chunk cap (checked in either mode: a bad value is a bug)."""
     if long_documents not in ("truncate", "chunk"):
         raise InvalidInputError(f"long_documents: expected 'truncate' or 'chunk', got {describe(long_documents)}")
     check_positive_int("max_chunks_per_doc", max_chunks_per_doc)
 
 
-def check_prefix_lengths(value: object, prompts: int) -> None:
-    """One non-negative integer per prompt (EncodedPairs.prefix_lengths)."""
+def check_document_starts(value: object, prompts: int) -> None:
+    """One non-negative integer per prompt (EncodedPairs.document_starts)."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != prompts:
         raise InvalidInputError(
-            f"prefix_lengths: expected a list of {prompts} non-negative integers (one per prompt; "
-            f"EncodedPairs.prefix_lengths), got {describe(value)}"
+            f"document_starts: expected a list of {prompts} non-negative integers (one per prompt; "
+            f"EncodedPairs.document_starts), got {describe(value)}"
         )
     for i, n in enumerate(value):
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-            raise InvalidInputError(f"prefix_lengths[{i}]: expected a non-negative integer, got {describe(n)}")
+            raise InvalidInputError(f"document_starts[{i}]: expected a non-negative integer, got {describe(n)}")
 
 
 def _check_encodable(name: str, value: str) -> None:

@@ -65,7 +65,7 @@ class JinaRequest(_DocumentsRequest, kw_only=True):
     top_n: TopN | None = None
     return_documents: bool = True
     rank_fields: Annotated[list[str], Meta(min_length=1)] | None = None  # Cohere v1: object fields scored, in order
-    max_chunks_per_doc: Positive | None = None  # Cohere v1: score a long document by up to this many windows
+    max_chunks_per_doc: Positive | None = None  # Cohere v1: score a long document by up to this many chunks
     max_tokens_per_doc: ClassVar[int | None] = None
 
 
@@ -117,12 +117,12 @@ REQUESTS: dict[Shape, type[RerankRequest]] = {
 
 
 class Chunk(msgspec.Struct):
-    """With max_chunks_per_doc: the window of the document that gave its score (an extension to the API)."""
+    """With max_chunks_per_doc: the chunk of the document that gave its score (an extension to the API)."""
 
     start: int  # character offsets [start, end) in the document's text
     end: int
-    windows: int  # windows scored for this document
-    complete: bool  # false: text after the last window was not scored (max_chunks_per_doc reached)
+    chunks: int  # chunks scored for this document
+    complete: bool  # false: text after the last chunk was not scored (max_chunks_per_doc reached)
 
 
 class Result(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -18,7 +18,7 @@ def choice(backend: str, precision: str = "auto"):
     """A BackendChoice as `choose` resolves it on this machine."""
     from rerank_onnx.backends.select import choose
 
-    return choose(backend, precision, scheme="none", family="mxbai-rerank-v2", openvino_installed=True)
+    return choose(backend, precision, quantization="none", family="mxbai-rerank-v2", openvino_installed=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -73,7 +73,7 @@ def export_tiny(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path, quan
     result = export_checkpoint(
         str(checkpoint),
         tmp_path_factory.mktemp("artifacts") / f"{checkpoint.name}-{quantize}",
-        quantize=quantize,
+        quantization=quantize,
         log=lambda message: None,
     )
     assert result.passed, result.warnings

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from rerank_onnx.backends import EngineLimits, Prefix
+from rerank_onnx.backends import EngineLimits, Prefix, ScoreBatch
 
 
 class FakeSession:
-    """What every score session has besides `run`: default limits, and nothing to give back."""
+    """What every score session has besides `score`: default limits, no prefix, no document starts, and nothing
+    to give back."""
 
     limits = EngineLimits()
+    shares_prefix = False
+    needs_document_starts = False
+
+    def prefill(self, input_ids: np.ndarray, after: Prefix | None = None) -> Prefix:
+        raise AssertionError("the scorer asked a session without a past for a prefix")
 
     def release_memory(self) -> None:
         pass
@@ -24,17 +30,26 @@ def full_score(ids: list[int]) -> float:
 class PrefixFake(FakeSession):
     """Score depends on every token and its position; a Prefix carries its token ids in `keys`."""
 
+    shares_prefix = True
+
     def __init__(self) -> None:
         self.prefills: list[int] = []
         self.full_rows = 0
         self.after_rows = 0
+        self.whole_rows = 0
 
-    def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        self.full_rows += len(lengths)
-        return np.array([full_score(list(row[:n])) for row, n in zip(input_ids, lengths)], dtype=np.float32)
-
-    def run_whole(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        return self.run(input_ids, lengths)
+    def score(self, batch: ScoreBatch) -> np.ndarray:
+        assert batch.document_starts is None
+        shared: list[int] = []
+        if batch.prefix is None:
+            self.full_rows += len(batch.lengths)
+            self.whole_rows += len(batch.lengths) if batch.whole_rows else 0
+        else:
+            assert not batch.whole_rows
+            self.after_rows += len(batch.lengths)
+            shared = [int(t) for t in batch.prefix.keys.reshape(-1)]
+        rows = zip(batch.input_ids, batch.lengths)
+        return np.array([full_score(shared + list(row[:n])) for row, n in rows], dtype=np.float32)
 
     def prefill(self, input_ids: np.ndarray, after: Prefix | None = None) -> Prefix:
         assert input_ids.shape[0] == 1
@@ -43,8 +58,3 @@ class PrefixFake(FakeSession):
         if after is not None:
             ids = np.concatenate([after.keys, ids], axis=2)
         return Prefix(keys=ids, values=ids)
-
-    def run_after(self, prefix: Prefix, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        self.after_rows += len(lengths)
-        shared = [int(t) for t in prefix.keys.reshape(-1)]
-        return np.array([full_score(shared + list(row[:n])) for row, n in zip(input_ids, lengths)], dtype=np.float32)

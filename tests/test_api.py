@@ -74,7 +74,7 @@ def test_empty_document_list_returns_empty(fp32_reranker: Reranker) -> None:
         (lambda r: r.predict("q", ["a"]), "queries: expected a list of strings, got str"),
         (lambda r: r.predict(["q"], {"a": 1}), "documents: expected a list of strings, got dict"),
         (lambda r: r.predict(["q"], ["a"], batch_size=0), "batch_size: expected a positive integer"),
-        (lambda r: r.encode(["q", "q"], ["a"]), "equal length, got 2 queries and 1 documents"),
+        (lambda r: r.model.encode(["q", "q"], ["a"]), "equal length, got 2 queries and 1 documents"),
         (lambda r: r.predict(["q", "a"]), "pairs[0]: expected a (query, document) pair, got str"),
         (lambda r: r.predict([("q", "a", "b")]), "pairs[0]: expected a (query, document) pair, got tuple"),
         (lambda r: r.predict([("q", 5)]), "documents[0]: expected a string, got int"),
@@ -112,14 +112,21 @@ def test_an_int8_static_artifact_runs_openvino_and_never_falls_back_silently(kin
 
     flags = CPU_FLAGS[kind]
     choice = choose(
-        "auto", "auto", scheme="int8-static", family="mxbai-rerank-v2", flags=flags, openvino_installed=True
+        "auto", "auto", quantization="int8-static", family="mxbai-rerank-v2", flags=flags, openvino_installed=True
     )
     # OpenVINO's int8 kernels with bf16 between them where the CPU has bf16 instructions, fp32 elsewhere
     assert choice.backend == "openvino" and choice.precision == ("bf16" if kind in ("amx", "avx512-bf16") else "fp32")
     with pytest.raises(InvalidInputError, match=r"pip install 'rerank-onnx\[openvino\]'.*backend='onnxruntime'"):
-        choose("auto", "auto", scheme="int8-static", family="mxbai-rerank-v2", flags=flags, openvino_installed=False)
+        choose(
+            "auto", "auto", quantization="int8-static", family="mxbai-rerank-v2", flags=flags, openvino_installed=False
+        )
     asked = choose(
-        "onnxruntime", "auto", scheme="int8-static", family="mxbai-rerank-v2", flags=flags, openvino_installed=False
+        "onnxruntime",
+        "auto",
+        quantization="int8-static",
+        family="mxbai-rerank-v2",
+        flags=flags,
+        openvino_installed=False,
     )
     assert asked.backend == "onnxruntime"  # asked for by name, with its caveat in the docs
 
@@ -129,26 +136,33 @@ def test_auto_keeps_every_cpu_class_on_a_path_it_can_run(kind: str) -> None:
     from rerank_onnx.backends.select import choose
 
     flags = CPU_FLAGS[kind]
-    choice = choose("auto", "auto", scheme="int8", family="mxbai-rerank-v2", flags=flags, openvino_installed=True)
+    choice = choose("auto", "auto", quantization="int8", family="mxbai-rerank-v2", flags=flags, openvino_installed=True)
     assert choice.cpu_class == kind
     if choice.bf16:  # bf16 compute only where the CPU has bf16 instructions
         assert "avx512_bf16" in flags or "amx_bf16" in flags
     if choice.precision == "int8":  # int8 activations only where it has VNNI
         assert "avx512_vnni" in flags
-    without = choose("auto", "auto", scheme="int8", family="mxbai-rerank-v2", flags=flags, openvino_installed=False)
+    without = choose(
+        "auto", "auto", quantization="int8", family="mxbai-rerank-v2", flags=flags, openvino_installed=False
+    )
     assert without.backend == "onnxruntime"
     if choice.backend == "openvino":  # the missing extra is said, with the command that installs it
         assert "pip install 'rerank-onnx[openvino]'" in without.reason
-    for scheme in ("none", "int8-fast"):  # fp32 numerics and onnxruntime's int8-fast kernel on every class
+    for quantization in ("none", "int8-fast"):  # fp32 numerics and onnxruntime's int8-fast kernel on every class
         assert (
             choose(
-                "auto", "auto", scheme=scheme, family="mxbai-rerank-v2", flags=flags, openvino_installed=True
+                "auto",
+                "auto",
+                quantization=quantization,
+                family="mxbai-rerank-v2",
+                flags=flags,
+                openvino_installed=True,
             ).backend
             == "onnxruntime"
         )
     for precision in ("bf16", "int8"):
         asked = choose(
-            "openvino", precision, scheme="int8", family="mxbai-rerank-v2", flags=flags, openvino_installed=True
+            "openvino", precision, quantization="int8", family="mxbai-rerank-v2", flags=flags, openvino_installed=True
         )
         if kind in ("amx", "avx512-bf16") or (kind, precision) == ("avx512-vnni", "int8"):
             assert (asked.precision, asked.reason) == (precision, "asked for")
@@ -160,7 +174,7 @@ def test_auto_keeps_every_cpu_class_on_a_path_it_can_run(kind: str) -> None:
     if choice.backend == "openvino":
         assert (
             choose(
-                "openvino", "auto", scheme="int8", family="mxbai-rerank-v2", flags=flags, openvino_installed=True
+                "openvino", "auto", quantization="int8", family="mxbai-rerank-v2", flags=flags, openvino_installed=True
             ).precision
             == choice.precision
         )
@@ -175,20 +189,26 @@ def test_a_family_measured_less_faithful_on_its_class_row_takes_its_own() -> Non
     assert [(row.family, row.cpu_class) for row in own_rows] == [("cross-encoder", "avx512-bf16")]
     for kind, flags in CPU_FLAGS.items():
         for family in ("mxbai-rerank-v2", "qwen3-reranker", "cross-encoder"):
-            auto = choose("auto", "auto", scheme="int8", family=family, flags=flags, openvino_installed=True)
+            auto = choose("auto", "auto", quantization="int8", family=family, flags=flags, openvino_installed=True)
             row = next(
                 r
                 for r in own_rows + [r for r in AUTO_ROWS if r.family == "*"]
-                if r.scheme == "int8" and r.cpu_class == kind and r.family in (family, "*")
+                if r.quantization == "int8" and r.cpu_class == kind and r.family in (family, "*")
             )
             assert (auto.backend, auto.precision) == (row.backend, row.precision)
             assert auto.reason == f"{row.evidence} row, docs/backends.md#{row.evidence}"
             if auto.backend == "openvino":
-                alone = choose("openvino", "auto", scheme="int8", family=family, flags=flags, openvino_installed=True)
+                alone = choose(
+                    "openvino", "auto", quantization="int8", family=family, flags=flags, openvino_installed=True
+                )
                 assert alone.precision == auto.precision
     bf16_cpu = CPU_FLAGS["avx512-bf16"]
-    encoder = choose("auto", "auto", scheme="int8", family="cross-encoder", flags=bf16_cpu, openvino_installed=True)
-    mxbai = choose("auto", "auto", scheme="int8", family="mxbai-rerank-v2", flags=bf16_cpu, openvino_installed=True)
+    encoder = choose(
+        "auto", "auto", quantization="int8", family="cross-encoder", flags=bf16_cpu, openvino_installed=True
+    )
+    mxbai = choose(
+        "auto", "auto", quantization="int8", family="mxbai-rerank-v2", flags=bf16_cpu, openvino_installed=True
+    )
     assert (encoder.precision, mxbai.precision) == ("bf16", "int8")
     assert "cross-encoders" in encoder.reason
 
@@ -199,7 +219,9 @@ def test_the_cpu_class_can_be_planned_down_to_a_less_capable_one(monkeypatch) ->
     from rerank_onnx.backends.select import CPU_CLASS_ENV, choose
 
     def auto(flags: frozenset[str]):
-        return choose("auto", "auto", scheme="int8", family="mxbai-rerank-v2", flags=flags, openvino_installed=True)
+        return choose(
+            "auto", "auto", quantization="int8", family="mxbai-rerank-v2", flags=flags, openvino_installed=True
+        )
 
     own = auto(CPU_FLAGS["avx512-bf16"])
     monkeypatch.setenv(CPU_CLASS_ENV, "avx512-vnni")
@@ -225,12 +247,12 @@ def test_the_cpu_class_can_be_planned_down_to_a_less_capable_one(monkeypatch) ->
 def test_int8_precision_needs_the_int8_artifact() -> None:
     from rerank_onnx.backends.select import choose
 
-    for scheme in ("none", "int8-fast"):
+    for quantization in ("none", "int8-fast"):
         with pytest.raises(InvalidInputError, match=r"precision='int8'|int8-fast"):
             choose(
                 "openvino",
                 "int8",
-                scheme=scheme,
+                quantization=quantization,
                 family="mxbai-rerank-v2",
                 flags=CPU_FLAGS["avx512-bf16"],
                 openvino_installed=True,
@@ -240,7 +262,7 @@ def test_int8_precision_needs_the_int8_artifact() -> None:
             choose(
                 "onnxruntime",
                 precision,
-                scheme="int8",
+                quantization="int8",
                 family="mxbai-rerank-v2",
                 flags=CPU_FLAGS["avx512-bf16"],
                 openvino_installed=True,
@@ -250,7 +272,7 @@ def test_int8_precision_needs_the_int8_artifact() -> None:
 def test_truncation_is_reported_and_can_be_refused(fp32_artifact: Path, caplog) -> None:
     reranker = Reranker(fp32_artifact, max_length=32)
     long_doc = "word " * 100
-    assert reranker.encode(["q", "q"], [long_doc, "short"]).truncated == [True, False]
+    assert reranker.model.encode(["q", "q"], [long_doc, "short"]).truncated == [True, False]
     with caplog.at_level("WARNING", logger="rerank_onnx"):
         reranker.rank("q", [long_doc, "short"])
     assert "1 of 2 pairs exceed max_length=32" in caplog.text

@@ -11,6 +11,7 @@ import pytest
 from fakes import FakeSession
 
 from rerank_onnx import Reranker
+from rerank_onnx.backends import ScoreBatch
 from rerank_onnx.batching import pad_batch, plan_batches
 
 
@@ -20,7 +21,8 @@ class RecordingSession(FakeSession):
     def __init__(self) -> None:
         self.batches: list[tuple[int, int]] = []
 
-    def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    def score(self, batch: ScoreBatch) -> np.ndarray:
+        input_ids, lengths = batch.input_ids, batch.lengths
         assert input_ids.dtype == np.int64 and lengths.dtype == np.int64
         assert input_ids.shape[1] == lengths.max(), "a batch is padded only to its own longest row"
         self.batches.append(input_ids.shape)
@@ -73,7 +75,7 @@ def test_scores_come_back_in_input_order(fp32_artifact: Path) -> None:
     documents = ["x " * n for n in (50, 1, 30, 2, 80, 5, 0, 40)]
     queries = ["q"] * len(documents)
     scores = reranker.predict(queries, documents)
-    encoded = reranker.encode(queries, documents).input_ids
+    encoded = reranker.model.encode(queries, documents).input_ids
     expected = [float(sum(ids) % 9973) + len(ids) / 1000 for ids in encoded]
     np.testing.assert_allclose(scores, expected, rtol=1e-6)
     assert len(session.batches) >= 3  # the budget forced several batches
@@ -82,7 +84,8 @@ def test_scores_come_back_in_input_order(fp32_artifact: Path) -> None:
 
 def test_rank_orders_by_score_then_index_and_applies_top_k(fp32_artifact: Path) -> None:
     class Fixed(FakeSession):
-        def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        def score(self, batch: ScoreBatch) -> np.ndarray:
+            lengths = batch.lengths
             # score by document length bucket: ties on purpose
             return (lengths % 3).astype(np.float32)
 

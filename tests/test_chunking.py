@@ -1,5 +1,5 @@
-"""Long documents scored by windows (long_documents="chunk"): the plan (boundaries, overlap, caps), the
-score as the best of the windows each scored alone, the winning span, the shared query prefix, the HTTP
+"""Long documents scored by chunks (long_documents="chunk"): the plan (boundaries, overlap, caps), the
+score as the best of the chunks each scored alone, the winning span, the shared query prefix, the HTTP
 field and the CLI flag."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import pytest
 from fakes import PrefixFake
 
 from rerank_onnx import InputTooLongError, Reranker
-from rerank_onnx.chunking import OVERLAP_FRACTION, plan_windows
+from rerank_onnx.chunking import OVERLAP_FRACTION, plan_chunks
 
 QUERY = "where do rivers flood in spring?"
-# about 3 x the 64-token budget below; every sentence different, so windows score differently
+# about 3 x the 64-token budget below; every sentence different, so chunks score differently
 LONG = " ".join(
     f"Sentence {i} tells of {w} near the {r} river."
     for i, (w, r) in enumerate(
@@ -25,14 +25,14 @@ LONG = " ".join(
 )
 
 
-@pytest.mark.parametrize("tokens,window,cap", [(10, 64, 5), (64, 64, 5), (65, 64, 5), (500, 64, 20), (500, 64, 3)])
-def test_windows_cover_the_tokens_with_overlap_up_to_the_cap(tokens: int, window: int, cap: int) -> None:
-    ranges, complete = plan_windows(tokens, window, cap)
-    assert ranges[0][0] == 0 and all(0 < end - start <= window for start, end in ranges)
+@pytest.mark.parametrize("tokens,chunk,cap", [(10, 64, 5), (64, 64, 5), (65, 64, 5), (500, 64, 20), (500, 64, 3)])
+def test_chunks_cover_the_tokens_with_overlap_up_to_the_cap(tokens: int, chunk: int, cap: int) -> None:
+    ranges, complete = plan_chunks(tokens, chunk, cap)
+    assert ranges[0][0] == 0 and all(0 < end - start <= chunk for start, end in ranges)
     assert complete == (ranges[-1][1] == tokens) and len(ranges) <= cap
     for (_, end), (start, _) in itertools.pairwise(ranges):
-        assert end - start == window // OVERLAP_FRACTION  # consecutive windows overlap, no gap
-    if tokens <= window:
+        assert end - start == chunk // OVERLAP_FRACTION  # consecutive chunks overlap, no gap
+    if tokens <= chunk:
         assert ranges == [(0, tokens)]
 
 
@@ -41,22 +41,22 @@ def short(fp32_artifact: Path) -> Reranker:
     return Reranker(fp32_artifact, max_length=64)
 
 
-def test_a_long_document_scores_as_its_best_window_scored_alone(short: Reranker) -> None:
-    encoded = short.encode([QUERY], [LONG], max_chunks_per_doc=10)
-    assert encoded.windows is not None
-    spans = encoded.windows.spans
-    assert len(spans) >= 3 and encoded.windows.complete == [True] and encoded.windows.counts == [len(spans)]
+def test_a_long_document_scores_as_its_best_chunk_scored_alone(short: Reranker) -> None:
+    encoded = short.model.encode([QUERY], [LONG], max_chunks_per_doc=10)
+    assert encoded.chunks is not None
+    spans = encoded.chunks.spans
+    assert len(spans) >= 3 and encoded.chunks.complete == [True] and encoded.chunks.counts == [len(spans)]
     assert spans[0][0] == 0 and spans[-1][1] == len(LONG)
     assert all(b[0] < a[1] for a, b in itertools.pairwise(spans))  # overlapping, in order
-    assert not any(encoded.truncated)  # every window fits whole with the query
+    assert not any(encoded.truncated)  # every chunk fits whole with the query
     alone = short.predict([QUERY] * len(spans), [LONG[a:b] for a, b in spans])
     (result,) = short.rank(QUERY, [LONG], long_documents="chunk")
     assert result.score == pytest.approx(float(alone.max()), abs=1e-5)
-    assert result.span == spans[int(alone.argmax())] and result.windows == len(spans)
+    assert result.span == spans[int(alone.argmax())] and result.chunks == len(spans)
     chunked = short.predict([QUERY], [LONG], long_documents="chunk")
     assert chunked[0] == pytest.approx(result.score, abs=1e-6)
     truncated = short.rank(QUERY, [LONG])[0]
-    assert truncated.span is None and truncated.windows == 1
+    assert truncated.span is None and truncated.chunks == 1
 
 
 def test_short_documents_score_the_same_whole_or_chunked(short: Reranker) -> None:
@@ -64,32 +64,32 @@ def test_short_documents_score_the_same_whole_or_chunked(short: Reranker) -> Non
     whole = short.rank(QUERY, documents, sort=False)
     chunked = short.rank(QUERY, documents, sort=False, long_documents="chunk")
     np.testing.assert_allclose([r.score for r in chunked], [r.score for r in whole], atol=1e-6)
-    assert [r.span for r in chunked] == [(0, len(d)) for d in documents] and {r.windows for r in chunked} == {1}
+    assert [r.span for r in chunked] == [(0, len(d)) for d in documents] and {r.chunks for r in chunked} == {1}
 
 
-def test_a_window_with_no_room_beside_the_query_keeps_the_truncated_prompt(short: Reranker) -> None:
-    """A document cap below what a window needs (max_document_tokens=5) leaves nothing to cut into
-    windows: the pair keeps its truncated prompt, as one row, and counts as cut."""
-    plain = short.encode([QUERY, QUERY], [LONG, "short"], max_document_tokens=5)
-    chunked = short.encode([QUERY, QUERY], [LONG, "short"], max_document_tokens=5, max_chunks_per_doc=3)
-    assert chunked.windows is not None and chunked.windows.counts == [1, 1]
+def test_a_chunk_with_no_room_beside_the_query_keeps_the_truncated_prompt(short: Reranker) -> None:
+    """A document cap below what a chunk needs (max_document_tokens=5) leaves nothing to cut into
+    chunks: the pair keeps its truncated prompt, as one row, and counts as cut."""
+    plain = short.model.encode([QUERY, QUERY], [LONG, "short"], max_document_tokens=5)
+    chunked = short.model.encode([QUERY, QUERY], [LONG, "short"], max_document_tokens=5, max_chunks_per_doc=3)
+    assert chunked.chunks is not None and chunked.chunks.counts == [1, 1]
     assert chunked.input_ids == plain.input_ids and chunked.pair_truncated() == [True, False]
 
 
-def test_the_windows_of_one_document_share_the_query_prefix(fp32_artifact: Path) -> None:
+def test_the_chunks_of_one_document_share_the_query_prefix(fp32_artifact: Path) -> None:
     session = PrefixFake()
     reranker = Reranker(fp32_artifact, session=session, max_length=64)
     result = reranker.rank(QUERY, [LONG, "a short one"], long_documents="chunk")
-    windows = max(r.windows for r in result)
-    assert len(session.prefills) == 1 and session.after_rows == windows + 1 and session.full_rows == 0
+    chunks = max(r.chunks for r in result)
+    assert len(session.prefills) == 1 and session.after_rows == chunks + 1 and session.full_rows == 0
 
 
-def test_max_chunks_per_doc_caps_the_windows_and_says_the_rest_was_cut(short: Reranker) -> None:
+def test_max_chunks_per_doc_caps_the_chunks_and_says_the_rest_was_cut(short: Reranker) -> None:
     (result,) = short.rank(QUERY, [LONG], long_documents="chunk", max_chunks_per_doc=2)
-    assert result.windows == 2 and result.span is not None and result.span[1] < len(LONG)
+    assert result.chunks == 2 and result.span is not None and result.span[1] < len(LONG)
     with pytest.raises(InputTooLongError, match="exceeds max_length"):
         short.rank(QUERY, [LONG], long_documents="chunk", max_chunks_per_doc=2, truncate=False)
-    short.rank(QUERY, [LONG], long_documents="chunk", truncate=False)  # all windows: nothing was cut
+    short.rank(QUERY, [LONG], long_documents="chunk", truncate=False)  # all chunks: nothing was cut
     from rerank_onnx import InvalidInputError
 
     with pytest.raises(InvalidInputError, match="long_documents: expected 'truncate' or 'chunk'"):
@@ -120,11 +120,11 @@ def test_v1_rerank_takes_max_chunks_per_doc(fp32_artifact: Path, short: Reranker
     results = chunked.json()["results"]
     assert [r["index"] for r in results] == [e.index for e in expected]
     np.testing.assert_allclose([r["relevance_score"] for r in results], [e.score for e in expected], atol=1e-6)
-    windows = short.encode([QUERY] * 2, documents, max_chunks_per_doc=4).windows
-    assert windows is not None and windows.complete == [True, False]  # LONG needs more than 4 windows
+    chunks = short.model.encode([QUERY] * 2, documents, max_chunks_per_doc=4).chunks
+    assert chunks is not None and chunks.complete == [True, False]  # LONG needs more than 4 chunks
     for r, e in zip(results, expected):
-        complete = windows.complete[e.index]
-        assert r["chunk"] == {"start": e.span[0], "end": e.span[1], "windows": e.windows, "complete": complete}
+        complete = chunks.complete[e.index]
+        assert r["chunk"] == {"start": e.span[0], "end": e.span[1], "chunks": e.chunks, "complete": complete}
     assert all("chunk" not in r for r in plain.json()["results"])
 
 
@@ -139,7 +139,7 @@ def test_the_cli_chunks_long_documents(fp32_artifact: Path, tmp_path: Path) -> N
     import json
 
     rows = {row["index"]: row for row in json.loads(out.stdout)}
-    assert rows[0]["windows"] == 1 and rows[0]["span"] == [0, len("a short one")]
+    assert rows[0]["chunks"] == 1 and rows[0]["span"] == [0, len("a short one")]
     assert rows[1]["span"] == [0, len(LONG)]  # the model's own 8k budget holds it whole
     bad = _run(["rank", str(fp32_artifact), str(documents), "--query", QUERY, "--max-chunks-per-doc", "0"])
     lines = bad.stderr.strip().splitlines()

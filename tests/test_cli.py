@@ -24,7 +24,7 @@ def _run(args: list[str], *, stdin: str | None = None, env: dict | None = None) 
 @pytest.mark.subprocess
 def test_export_then_rank_from_a_file(tmp_path: Path, tiny_checkpoint: Path) -> None:
     out = tmp_path / "artifact"
-    done = _run(["export", str(tiny_checkpoint), str(out), "--quantize", "none"])
+    done = _run(["export", str(tiny_checkpoint), str(out), "--quantization", "none"])
     assert done.returncode == 0, done.stderr
     assert "fp32_graph_vs_reference" in done.stdout and f"wrote {out}" in done.stdout
     assert "scoring the built-in pairs with the fp32 reference: layer 2/2" in done.stderr  # progress is shown

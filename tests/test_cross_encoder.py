@@ -35,7 +35,7 @@ def _export(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path, quantize
     result = export_checkpoint(
         str(checkpoint),
         tmp_path_factory.mktemp("ce") / f"{checkpoint.name}-{quantize}",
-        quantize=quantize,
+        quantization=quantize,
         log=lambda m: None,
     )
     assert result.passed, result.warnings
@@ -93,28 +93,29 @@ def test_pair_encoding_is_the_tokenizers(kind: str, fp32_artifacts: dict, oracle
     tokenizer = oracles[kind].tokenizer  # type: ignore[attr-defined]
     reranker = Reranker(fp32_artifacts[kind])
     queries, documents = [q for q, _ in PAIRS], [d for _, d in PAIRS]
-    encoded = reranker.encode(queries, documents)
-    limit = reranker.max_length + reranker.template_tokens
+    encoded = reranker.model.encode(queries, documents)
+    limit = reranker.model.max_length + reranker.model.template_tokens
     reference = tokenizer(queries, documents, truncation="longest_first", max_length=limit)
     assert encoded.input_ids == reference["input_ids"]
     whole = tokenizer(queries, documents)["input_ids"]
     assert encoded.truncated == [len(ids) > limit for ids in whole]
     assert any(encoded.truncated) and not all(encoded.truncated)
     if "token_type_ids" in reference:
-        for types, start, ids in zip(reference["token_type_ids"], encoded.prefix_lengths, encoded.input_ids):
+        for types, start, ids in zip(reference["token_type_ids"], encoded.document_starts, encoded.input_ids):
             assert types == [int(i >= start) for i in range(len(ids))]
 
 
 def test_token_types_reach_the_graph(fp32_artifacts: dict) -> None:
     """BERT's graph takes token types: scoring without document starts is refused, not guessed."""
     reranker = Reranker(fp32_artifacts["bert-tiny"], backend="onnxruntime")
-    encoded = reranker.encode(["q"], ["a cat"])
-    with pytest.raises(InvalidInputError, match="prefix_lengths"):
-        reranker.score_encoded(encoded.input_ids)
-    moved = reranker.score_encoded(encoded.input_ids, prefix_lengths=[1])
+    encoded = reranker.model.encode(["q"], ["a cat"])
+    with pytest.raises(InvalidInputError, match="document_starts"):
+        reranker.model.score_encoded(encoded.input_ids)
+    moved = reranker.model.score_encoded(encoded.input_ids, document_starts=[1])
     assert (
         abs(
-            float(moved[0]) - float(reranker.score_encoded(encoded.input_ids, prefix_lengths=encoded.prefix_lengths)[0])
+            float(moved[0])
+            - float(reranker.model.score_encoded(encoded.input_ids, document_starts=encoded.document_starts)[0])
         )
         > 1e-4
     )
@@ -127,10 +128,10 @@ def test_openvino_batches_encoder_graphs_in_larger_runs(fp32_artifacts: dict) ->
     from rerank_onnx.backends.openvino import ENCODER_BATCH_TOKENS, LIMITS
 
     assert LIMITS.batch_tokens < ENCODER_BATCH_TOKENS
-    encoder = Reranker(fp32_artifacts["bert-tiny"], backend="openvino", precision="fp32")._scorer
+    encoder = Reranker(fp32_artifacts["bert-tiny"], backend="openvino", precision="fp32").model._scorer
     assert encoder.max_batch_tokens == ENCODER_BATCH_TOKENS
     asked = Reranker(fp32_artifacts["bert-tiny"], backend="openvino", precision="fp32", max_batch_tokens=300)
-    assert asked._scorer.max_batch_tokens == 300
+    assert asked.model._scorer.max_batch_tokens == 300
 
 
 def test_no_instruction_slot(fp32_artifacts: dict) -> None:
@@ -139,19 +140,19 @@ def test_no_instruction_slot(fp32_artifacts: dict) -> None:
         reranker.rank("q", ["d"], instruction="be brief")
 
 
-def test_long_documents_by_windows(fp32_artifacts: dict) -> None:
+def test_long_documents_by_chunks(fp32_artifacts: dict) -> None:
     reranker = Reranker(fp32_artifacts["bert-tiny"], backend="onnxruntime")
     document = " ".join(f"word{i % 7} cat router capital" for i in range(60))  # about 3-4x max_length
     (result,) = reranker.rank("what is a cat?", [document], long_documents="chunk", max_chunks_per_doc=20)
-    encoded = reranker.encode(["what is a cat?"], [document], max_chunks_per_doc=20)
-    assert encoded.windows is not None and result.windows == len(encoded.windows.spans) >= 3
-    spans = encoded.windows.spans
+    encoded = reranker.model.encode(["what is a cat?"], [document], max_chunks_per_doc=20)
+    assert encoded.chunks is not None and result.chunks == len(encoded.chunks.spans) >= 3
+    spans = encoded.chunks.spans
     assert all(a < b for a, b in spans) and all(spans[i][0] < spans[i - 1][1] for i in range(1, len(spans)))  # overlap
     alone = reranker.predict([("what is a cat?", document[a:b]) for a, b in spans])
     assert abs(result.score - float(alone.max())) < 1e-5
     assert result.span == spans[int(alone.argmax())]
     (truncated,) = reranker.rank("what is a cat?", [document])
-    assert truncated.windows == 1
+    assert truncated.chunks == 1
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +251,7 @@ def test_export_refuses_a_multi_class_head(tmp_path: Path) -> None:
     config["id2label"], config["label2id"] = {"0": "a", "1": "b", "2": "c"}, {"a": 0, "b": 1, "c": 2}
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ExportError, match="num_labels=1"):
-        export_checkpoint(str(folder), tmp_path / "out", quantize="none", log=lambda m: None)
+        export_checkpoint(str(folder), tmp_path / "out", quantization="none", log=lambda m: None)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
@@ -258,10 +259,10 @@ def test_a_per_document_token_cap(fp32_artifacts: dict) -> None:
     """Cohere's max_tokens_per_doc: the document is cut to its first N tokens before pairing."""
     reranker = Reranker(fp32_artifacts["bert-tiny"], backend="onnxruntime")
     document = "hold the reset button for thirty seconds then wait"
-    capped = reranker.encode(["q"], [document], max_document_tokens=4)
-    whole = reranker.encode(["q"], [document])
-    start = capped.prefix_lengths[0]
+    capped = reranker.model.encode(["q"], [document], max_document_tokens=4)
+    whole = reranker.model.encode(["q"], [document])
+    start = capped.document_starts[0]
     assert capped.truncated == [True] and whole.truncated == [False]
     assert capped.input_ids[0][start:-1] == whole.input_ids[0][start : start + 4]  # the first 4, then [SEP]
     with pytest.raises(InvalidInputError, match="max_document_tokens"):
-        reranker.encode(["q"], [document], max_document_tokens=0)
+        reranker.model.encode(["q"], [document], max_document_tokens=0)

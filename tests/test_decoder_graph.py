@@ -2,7 +2,7 @@
 
 Both are built from the same tiny random checkpoints (Qwen2 as mxbai-rerank-v2, Qwen3 as Qwen3-Reranker) and run
 on onnxruntime with and without a shared prefix: scores and present keys/values must agree within 1e-5, the
-fp32 and int8 schemes alike. The safetensors reader is checked against torch's own reading of bf16 and sharded
+fp32 and int8 quantizations alike. The safetensors reader is checked against torch's own reading of bf16 and sharded
 checkpoints.
 """
 
@@ -45,7 +45,7 @@ def untied_bf16_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 CHECKPOINTS = {"qwen2": "tiny_checkpoint", "qwen3": "qwen3_checkpoint", "qwen3-untied-bf16": "untied_bf16_checkpoint"}
 
 
-def _traced(checkpoint: Path, folder: Path, scheme: str, yes: int, no: int) -> Path:
+def _traced(checkpoint: Path, folder: Path, quantization: str, yes: int, no: int) -> Path:
     """The graph traced from transformers' model with torch.onnx (export/graph.py), quantized by quantize.py."""
     import torch
     from rerank_onnx_export.graph import ScoreGraph, export_fp32
@@ -55,11 +55,11 @@ def _traced(checkpoint: Path, folder: Path, scheme: str, yes: int, no: int) -> P
     model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32, attn_implementation="eager")
     fp32 = folder / "fp32" / "model.onnx"
     export_fp32(ScoreGraph(model.eval(), yes_token_id=yes, no_token_id=no), fp32, data_file="model.onnx.data")
-    if scheme == "none":
+    if quantization == "none":
         return fp32
-    (folder / scheme).mkdir()
-    quantize(scheme, fp32, folder / scheme / "model.onnx", data_file="model.onnx.data")
-    return folder / scheme / "model.onnx"
+    (folder / quantization).mkdir()
+    quantize(quantization, fp32, folder / quantization / "model.onnx", data_file="model.onnx.data")
+    return folder / quantization / "model.onnx"
 
 
 def _run(graph: Path, ids: np.ndarray, lengths: np.ndarray, past: np.ndarray) -> list[np.ndarray]:
@@ -67,15 +67,15 @@ def _run(graph: Path, ids: np.ndarray, lengths: np.ndarray, past: np.ndarray) ->
     return session.run(None, {"input_ids": ids, "lengths": lengths, "past_keys": past, "past_values": past * 0.5})
 
 
-@pytest.mark.parametrize("scheme", ["none", "int8", "int8-fast"])
+@pytest.mark.parametrize("quantization", ["none", "int8", "int8-fast"])
 @pytest.mark.parametrize("family", list(CHECKPOINTS))
 def test_the_built_graph_computes_what_the_traced_graph_does(
-    request: pytest.FixtureRequest, tmp_path: Path, family: str, scheme: str
+    request: pytest.FixtureRequest, tmp_path: Path, family: str, quantization: str
 ) -> None:
     checkpoint = Path(request.getfixturevalue(CHECKPOINTS[family]))
     checkpoint_config = json.loads((checkpoint / "config.json").read_text())
     yes, no = 16, 15  # "1" and "0" in the Qwen2 vocabulary (Qwen3-Reranker scores "yes" / "no": any two ids do)
-    traced = _traced(checkpoint, tmp_path / "traced", scheme, yes, no)
+    traced = _traced(checkpoint, tmp_path / "traced", quantization, yes, no)
     (tmp_path / "built").mkdir()
     build_decoder_graph(
         checkpoint,
@@ -84,7 +84,7 @@ def test_the_built_graph_computes_what_the_traced_graph_does(
         data_file="model.onnx.data",
         yes_token_id=yes,
         no_token_id=no,
-        scheme=scheme,
+        quantization=quantization,
         log=lambda message: None,
     )
     shape = DecoderShape.from_config(checkpoint_config)

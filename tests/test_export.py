@@ -88,7 +88,7 @@ def test_int8_graph_uses_blockwise_8bit_matmuls(int8_artifact: Path) -> None:
 def test_the_int8_block_of_an_artifact_that_does_not_record_it_is_32(
     int8_artifact: Path, fp32_artifact: Path, tmp_path: Path
 ) -> None:
-    """Artifacts written before the block was recorded hold blocks of 32; other schemes have none."""
+    """Artifacts written before the block was recorded hold blocks of 32; other quantizations have none."""
     assert load_artifact(fp32_artifact).quantization_block is None
     old = tmp_path / "old"
     old.mkdir()
@@ -188,8 +188,8 @@ def test_bad_sources_and_outputs_are_refused(tmp_path: Path, tiny_checkpoint: Pa
     with pytest.raises(ExportError, match="not empty; choose another folder or pass --overwrite"):
         export_checkpoint(str(tiny_checkpoint), occupied, log=lambda m: None)
     assert (occupied / "keep.txt").read_text() == "mine"
-    with pytest.raises(ExportError, match="quantize: expected one of"):
-        export_checkpoint(str(tiny_checkpoint), tmp_path / "x", quantize="int4", log=lambda m: None)
+    with pytest.raises(ExportError, match="quantization: expected one of"):
+        export_checkpoint(str(tiny_checkpoint), tmp_path / "x", quantization="int4", log=lambda m: None)
 
 
 def test_unsupported_architecture_is_refused(tmp_path: Path, tiny_checkpoint: Path) -> None:
@@ -243,11 +243,11 @@ def test_export_report_checks_what_auto_runs_here(int8_artifact: Path, fp32_arti
     from rerank_onnx.backends.select import choose, cpu_class, cpu_flags
 
     kind = cpu_class(cpu_flags())
-    for artifact, scheme in ((int8_artifact, "int8"), (fp32_artifact, "none")):
+    for artifact, quantization in ((int8_artifact, "int8"), (fp32_artifact, "none")):
         backends = json.loads((artifact / REPORT_FILE).read_text())["backends"]
         assert backends["cpu_class"] == kind and backends["all_backends"] is False
         family = load_artifact(artifact).family
-        auto = choose("auto", "auto", scheme=scheme, family=family, openvino_installed=True)
+        auto = choose("auto", "auto", quantization=quantization, family=family, openvino_installed=True)
         assert backends["auto"] == auto.describe()
         expected = {"onnxruntime"} | ({f"openvino-{auto.precision}"} if auto.backend == "openvino" else set())
         assert set(backends["results"]) == expected
@@ -264,7 +264,7 @@ def test_export_report_can_check_every_backend_this_machine_runs(tiny_checkpoint
 
     kind = cpu_class(cpu_flags())
     result = export_checkpoint(
-        str(tiny_checkpoint), tmp_path / "all", quantize="none", all_backends=True, log=lambda message: None
+        str(tiny_checkpoint), tmp_path / "all", quantization="none", all_backends=True, log=lambda message: None
     )
     backends = result.report["backends"]
     bf16_capable = kind in ("amx", "avx512-bf16")
@@ -299,7 +299,7 @@ def test_a_failed_export_leaves_nothing_and_says_why_in_one_line(
         (checkpoint / "config.json").write_text(json.dumps(config))
     out = tmp_path / "out"
     done = subprocess.run(
-        [sys.executable, "-m", "rerank_onnx.cli", "export", str(checkpoint), str(out), "--quantize", "none"],
+        [sys.executable, "-m", "rerank_onnx.cli", "export", str(checkpoint), str(out), "--quantization", "none"],
         capture_output=True,
         text=True,
     )
@@ -375,5 +375,5 @@ def test_int8_static_without_nncf_is_one_clear_error_before_any_work(
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nncf" else real(name, *a))
     lines: list[str] = []
     with pytest.raises(MissingDependencyError, match=r"pip install 'rerank-onnx\[export-int8-static\]'"):
-        export_checkpoint(str(tiny_checkpoint), tmp_path / "out", quantize="int8-static", log=lines.append)
+        export_checkpoint(str(tiny_checkpoint), tmp_path / "out", quantization="int8-static", log=lines.append)
     assert lines == [] and not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

@@ -25,6 +25,7 @@ from starlette.testclient import TestClient
 from rerank_onnx import InvalidInputError, ModelLoadError, Reranker, ScoringError
 from rerank_onnx import artifact as artifact_module
 from rerank_onnx.artifact import CONFIG_FILE, GRAPH_DATA_FILE
+from rerank_onnx.backends import ScoreBatch
 from rerank_onnx.backends.openvino import available as openvino_available
 from rerank_onnx.cli import main
 from rerank_onnx.errors import ExportError
@@ -151,7 +152,8 @@ def test_a_file_is_hashed_once_per_state(fp32_artifact: Path, tmp_path: Path, mo
 
 
 class NaNSession(FakeSession):
-    def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    def score(self, batch: ScoreBatch) -> np.ndarray:
+        lengths = batch.lengths
         scores = np.zeros(len(lengths), dtype=np.float32)
         scores[-1] = np.nan
         return scores
@@ -206,7 +208,8 @@ class CountingSession(FakeSession):
     def __init__(self) -> None:
         self.runs = 0
 
-    def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    def score(self, batch: ScoreBatch) -> np.ndarray:
+        lengths = batch.lengths
         self.runs += 1
         return np.zeros(len(lengths), dtype=np.float32)
 
@@ -229,7 +232,7 @@ def handler(fp32_artifact: Path, monkeypatch):
     import rerank_onnx.serverless as serverless
 
     monkeypatch.setenv("RERANK_ONNX_MODEL", str(fp32_artifact))
-    monkeypatch.setattr(serverless, "_reranker", None)
+    monkeypatch.setattr(serverless, "_loaded", None)
     return serverless.handler
 
 
@@ -370,11 +373,11 @@ def test_a_100_mb_one_line_document_is_cut_before_tokenizing(fp32_artifact: Path
 def test_a_cut_text_gives_the_tokens_of_the_whole_text(fp32_artifact: Path) -> None:
     reranker = Reranker(fp32_artifact)
     long = "Paris is the capital of France, home of the tower. " * 40_000  # 2 MB: above every cap
-    whole = reranker._encoder._encode_pairs([QUERY], [long], None, reranker.max_length, None)[0]  # type: ignore[union-attr]
-    cut = reranker.encode([QUERY], [long])
+    whole = reranker.model._encoder._encode_pairs([QUERY], [long], None, reranker.model.max_length, None)[0]  # type: ignore[union-attr]
+    cut = reranker.model.encode([QUERY], [long])
     assert cut.input_ids == whole.input_ids and cut.truncated == [True]
-    chunked = reranker.encode([QUERY], [long], max_chunks_per_doc=3)
-    assert chunked.windows is not None and chunked.windows.complete == [False]
+    chunked = reranker.model.encode([QUERY], [long], max_chunks_per_doc=3)
+    assert chunked.chunks is not None and chunked.chunks.complete == [False]
 
 
 def test_the_cli_scores_its_input_in_blocks(fp32_artifact: Path, tmp_path: Path, monkeypatch, capsys) -> None:
@@ -413,12 +416,12 @@ def test_chunk_mode_never_scores_below_truncation(fp32_artifact: Path) -> None:
     truncated = reranker.rank(QUERY, documents, sort=False)
     chunked = reranker.rank(QUERY, documents, sort=False, long_documents="chunk")
     assert all(c.score >= t.score for c, t in zip(chunked, truncated))
-    encoded = reranker.encode([QUERY] * 20, documents, max_chunks_per_doc=10)
-    plain = reranker.encode([QUERY] * 20, documents)
-    assert encoded.windows is not None
-    firsts = [encoded.windows.owner.index(i) for i in range(20)]
-    assert [encoded.input_ids[row] for row in firsts] == plain.input_ids  # the first window: the truncated prompt
-    assert not any(encoded.truncated) and all(encoded.windows.complete)
+    encoded = reranker.model.encode([QUERY] * 20, documents, max_chunks_per_doc=10)
+    plain = reranker.model.encode([QUERY] * 20, documents)
+    assert encoded.chunks is not None
+    firsts = [encoded.chunks.owner.index(i) for i in range(20)]
+    assert [encoded.input_ids[row] for row in firsts] == plain.input_ids  # the first chunk: the truncated prompt
+    assert not any(encoded.truncated) and all(encoded.chunks.complete)
 
 
 # --- 15: /metrics counts every status ------------------------------------------------------------------------

@@ -25,7 +25,7 @@ def test_sliced_scores_equal_one_piece_scores_on_the_graph(fp32_artifact: Path) 
         np.testing.assert_allclose(
             sliced.predict([query] * 4, documents), whole.predict([query] * 4, documents), atol=1e-4
         )
-        sliced.share_prefix = False
+        sliced.model.share_prefix = False
         np.testing.assert_allclose(
             sliced.predict([query] * 4, documents), whole.predict([query] * 4, documents), atol=1e-4
         )
@@ -35,15 +35,15 @@ def test_sliced_scores_equal_one_piece_scores_on_the_graph(fp32_artifact: Path) 
 def test_auto_slices_and_budgets_follow_the_engine_and_bad_sizes_are_refused(fp32_artifact: Path) -> None:
     from rerank_onnx.errors import InvalidInputError
 
-    onnxruntime = Reranker(fp32_artifact, backend="onnxruntime")._scorer
-    openvino = Reranker(fp32_artifact, backend="openvino", precision="fp32")._scorer
+    onnxruntime = Reranker(fp32_artifact, backend="onnxruntime").model._scorer
+    openvino = Reranker(fp32_artifact, backend="openvino", precision="fp32").model._scorer
     assert (onnxruntime.slice_tokens, onnxruntime.max_batch_tokens) == (512, 4096)
     assert (openvino.slice_tokens, openvino.max_batch_tokens) == (1024, 1024)
     asked = Reranker(fp32_artifact, backend="openvino", precision="fp32", slice_tokens=64, max_batch_tokens=300)
-    assert (asked._scorer.slice_tokens, asked._scorer.max_batch_tokens) == (64, 300)
+    assert (asked.model._scorer.slice_tokens, asked.model._scorer.max_batch_tokens) == (64, 300)
     # what a batch attends over after a shared prefix: bounded where the engine keeps it (OpenVINO), unless the
     # caller sized the batches
-    assert (onnxruntime.max_batch_context, openvino.max_batch_context, asked._scorer.max_batch_context) == (
+    assert (onnxruntime.max_batch_context, openvino.max_batch_context, asked.model._scorer.max_batch_context) == (
         None,
         8192,
         None,
@@ -70,7 +70,7 @@ before, _ = rss()
 reranker.rank("where do rivers flood?", ["river bank " * 4000], truncate=True)
 reranker.rank("q", ["the next request runs on what the long one gave back"])
 after, peak = rss()
-whole = getattr(reranker._scorer.session._engine, "_whole", None)  # OpenVINO's long-prompt child process
+whole = getattr(reranker.model._scorer.session._engine, "_whole", None)  # OpenVINO's long-prompt child process
 child_runs, child_peak = (whole.runs, whole.peak_rss) if whole is not None else (0, 0)
 print(json.dumps({"before": before, "after": after, "peak": peak, "child_runs": child_runs, "child_peak": child_peak}))
 """
@@ -177,13 +177,13 @@ def test_the_engine_builds_its_model_again_after_a_long_prompt_and_scores_the_sa
 
     backend, precision = engine
     reranker = Reranker(fp32_artifact, backend=backend, precision=precision)
-    model = reranker._scorer.session._engine.model  # type: ignore[attr-defined]
+    model = reranker.model._scorer.session._engine.model  # type: ignore[attr-defined]
     assert isinstance(model, Rebuildable)
     query, documents = "where do rivers flood?", ["rivers flood in spring when the snow melts", "a recipe for bread"]
     before = reranker.predict([query] * 2, documents)
     assert model.rebuilds == 0  # short calls keep the compiled model and its buffers
     long_document = "river bank " * (model.rebuild_length // 2)
-    assert len(reranker.encode([query], [long_document]).input_ids[0]) > model.rebuild_length
+    assert len(reranker.model.encode([query], [long_document]).input_ids[0]) > model.rebuild_length
     reranker.rank(query, [long_document])
     assert model.rebuilds == 1  # dropped after the call (with what the long prompt grew), built again
     np.testing.assert_array_equal(reranker.predict([query] * 2, documents), before)
@@ -219,9 +219,9 @@ def test_a_failed_background_build_is_retried_on_the_next_use() -> None:
 def test_openvino_presents_from_new_token_outputs_equal_the_exported_presents(fp32_artifact: Path) -> None:
     # OpenVINO compiles the graph with each layer's new keys and values as outputs (openvino_graph.py) and
     # joins them with the past; onnxruntime runs the presents as exported
-    openvino = Reranker(fp32_artifact, backend="openvino", precision="fp32")._scorer.session
-    onnxruntime = Reranker(fp32_artifact, backend="onnxruntime")._scorer.session
-    layers = openvino.empty_prefix.keys.shape[0]  # type: ignore[attr-defined]
+    openvino = Reranker(fp32_artifact, backend="openvino", precision="fp32").model._scorer.session
+    onnxruntime = Reranker(fp32_artifact, backend="onnxruntime").model._scorer.session
+    layers = openvino._empty_prefix.keys.shape[0]  # type: ignore[attr-defined]
     assert openvino._engine._layers == layers  # type: ignore[attr-defined]
     first = np.arange(3, 40, dtype=np.int64).reshape(1, -1)
     second = np.arange(50, 70, dtype=np.int64).reshape(1, -1)
@@ -241,13 +241,35 @@ def test_openvino_keeps_the_rewritten_graph_in_the_cache_folder(fp32_artifact: P
     first = Reranker(fp32_artifact, backend="openvino", precision="fp32", cache_dir=tmp_path)
     written = sorted(tmp_path.glob("openvino/*/new-kv-*/scores.xml"))
     assert len(written) == 1 and written[0].with_suffix(".bin").stat().st_size > 0
-    assert list(written[0].parent.glob("*.blob"))  # OpenVINO's compiled blob beside the graph it came from
+    assert list(written[0].parent.glob("blobs-*/*.blob"))  # OpenVINO's compiled blob beside the graph it came from
     # a second load compiles from it (no second copy, no second blob) and scores the same
-    blobs = sorted(tmp_path.glob("openvino/*/*/*.blob"))
+    blobs = sorted(tmp_path.glob("openvino/*/*/blobs-*/*.blob"))
     second = Reranker(fp32_artifact, backend="openvino", precision="fp32", cache_dir=tmp_path)
     assert sorted(tmp_path.glob("openvino/*/new-kv-*/scores.xml")) == written
-    assert sorted(tmp_path.glob("openvino/*/*/*.blob")) == blobs
+    assert sorted(tmp_path.glob("openvino/*/*/blobs-*/*.blob")) == blobs
     np.testing.assert_array_equal(second.predict([query] * 2, documents), first.predict([query] * 2, documents))
+
+
+@pytest.mark.openvino
+def test_each_compilation_of_one_graph_keeps_its_own_blobs(int8_artifact: Path, tmp_path: Path) -> None:
+    """One cache folder, the int8 graph compiled with int8 activations beside fp32 and then beside bf16 (two
+    planned CPU classes): OpenVINO's cache key did not tell the two apart and the second load imported the first's
+    blob, which scored NaN on an AMX Xeon. Each compilation now has its own blob folder and scores as it does
+    with no cache at all."""
+    from rerank_onnx.artifact import load_artifact
+    from rerank_onnx.backends import open_session
+    from rerank_onnx.backends.select import BackendChoice
+
+    graph, block = int8_artifact / "model.onnx", load_artifact(int8_artifact).quantization_block
+    queries, documents = ["what is a cat?"] * 3, ["a cat is a small animal", "paris is a city", "x"]
+    for planned in ("avx512-vnni", "avx512-bf16"):  # int8 activations beside fp32, then beside bf16
+        choice = BackendChoice("openvino", "int8", planned, "test")
+        cached = open_session(graph, choice, threads=1, cache_dir=tmp_path, int8_block=block)
+        uncached = open_session(graph, choice, threads=1, int8_block=block)
+        scores = Reranker(int8_artifact, session=cached).predict(queries, documents)
+        assert np.isfinite(scores).all(), planned
+        np.testing.assert_array_equal(scores, Reranker(int8_artifact, session=uncached).predict(queries, documents))
+    assert len(list(tmp_path.glob("*/blobs-*"))) == 2
 
 
 @pytest.mark.openvino
@@ -281,7 +303,7 @@ def test_a_changed_rewrite_replaces_what_the_old_one_left_in_the_cache(
     (new,) = folder.glob("new-kv-*")
     assert new != old and not old.exists() and kept.is_dir()
     assert not any(path.exists() for path in flat)
-    assert (new / "scores.xml").exists() and list(new.glob("*.blob"))
+    assert (new / "scores.xml").exists() and list(new.glob("blobs-*/*.blob"))
     assert len(reranker.predict(["q"], ["a document"])) == 1
 
 
@@ -299,7 +321,7 @@ def test_openvino_compiles_from_memory_and_leaves_no_partial_file_when_the_graph
 
     monkeypatch.setattr(openvino, "save_model", disk_full)
     reranker = Reranker(fp32_artifact, backend="openvino", precision="fp32", cache_dir=tmp_path)
-    assert reranker._scorer.session._engine._layers > 0  # type: ignore[attr-defined]  # still rewritten
+    assert reranker.model._scorer.session._engine._layers > 0  # type: ignore[attr-defined]  # still rewritten
     assert not list(tmp_path.glob("openvino/*/new-kv-*/*scores*"))  # no IR, no partial IR
     assert len(reranker.predict(["q"], ["a document"])) == 1
 
@@ -342,14 +364,14 @@ def test_openvino_scores_rows_whole_as_in_slices_and_alone_as_in_a_batch(fp32_ar
     from rerank_onnx.artifact import INPUT_IDS, LENGTHS, PAST_KEYS, PAST_VALUES
 
     reranker = Reranker(fp32_artifact, backend="openvino", precision=precision, compile_cache=False)
-    engine = reranker._scorer.session._engine  # type: ignore[attr-defined]
+    engine = reranker.model._scorer.session._engine  # type: ignore[attr-defined]
     threshold = engine.limits.whole_row_tokens
-    assert threshold is not None and reranker._scorer.whole_row_tokens == threshold
+    assert threshold is not None and reranker.model._scorer.whole_row_tokens == threshold
     rng = np.random.default_rng(0)
     width = threshold + 64
     ids = rng.integers(10, 1000, (3, width)).astype(np.int64)
     lengths = np.array([width, width - 40, width - 7], dtype=np.int64)
-    past = reranker._scorer.session.empty_prefix  # type: ignore[attr-defined]
+    past = reranker.model._scorer.session._empty_prefix  # type: ignore[attr-defined]
     feeds = {INPUT_IDS: ids, LENGTHS: lengths, PAST_KEYS: past.keys, PAST_VALUES: past.values}
     batch = engine.run_whole(feeds)
     alone = [engine.run_whole({**feeds, INPUT_IDS: ids[i : i + 1], LENGTHS: lengths[i : i + 1]})[0] for i in range(3)]
@@ -358,6 +380,6 @@ def test_openvino_scores_rows_whole_as_in_slices_and_alone_as_in_a_batch(fp32_ar
     engine.release_memory()
     if precision == "fp32":  # the same rows in 1,024-token slices on the compiled graph, as before
         sliced = Reranker(fp32_artifact, backend="openvino", precision="fp32", slice_tokens=1024, compile_cache=False)
-        assert sliced._scorer.whole_row_tokens is None
+        assert sliced.model._scorer.whole_row_tokens is None
         rows = [list(ids[i, : lengths[i]]) for i in range(3)]
-        np.testing.assert_allclose(sliced._scorer.score(rows), batch, atol=1e-4)
+        np.testing.assert_allclose(sliced.model._scorer.score(rows), batch, atol=1e-4)

@@ -68,7 +68,7 @@ def _oracle_ids(oracle, queries, documents, instruction):
 @pytest.mark.parametrize("instruction", [None, "Judge relevance for a cooking website.", "指示：简短"])
 def test_prompt_ids_equal_the_reference(oracle, fp32_reranker: Reranker, instruction) -> None:
     queries, documents = _pairs()
-    ours = fp32_reranker.encode(queries, documents, instruction=instruction).input_ids
+    ours = fp32_reranker.model.encode(queries, documents, instruction=instruction).input_ids
     assert ours == _oracle_ids(oracle, queries, documents, instruction)
 
 
@@ -104,7 +104,7 @@ def test_truncation_of_long_queries_and_documents_follows_the_reference(tiny_che
     long_query = "why " * 80 + "do cats purr?"
     queries = [long_query, "short query", long_query, "short query"]
     documents = [LONG_DOC, LONG_DOC, "tiny doc", "tiny doc"]
-    encoded = reranker.encode(queries, documents, instruction="an instruction that also takes room")
+    encoded = reranker.model.encode(queries, documents, instruction="an instruction that also takes room")
     assert encoded.input_ids == _oracle_ids(oracle, queries, documents, "an instruction that also takes room")
     assert encoded.truncated == [True, True, True, False]
     np.testing.assert_allclose(
@@ -118,10 +118,10 @@ def test_model_context_limit_follows_the_reference(short_context_checkpoint, sho
 
     oracle = MxbaiRerankV2(str(short_context_checkpoint), device="cpu", disable_transformers_warnings=True)
     reranker = Reranker(short_context_artifact)
-    assert reranker.max_length == oracle.max_length
+    assert reranker.model.max_length == oracle.max_length
     queries = ["cat " * 200, "cat", "cat " * 20]
     documents = [LONG_DOC, LONG_DOC, LONG_DOC[:300]]
-    ours = reranker.encode(queries, documents).input_ids
+    ours = reranker.model.encode(queries, documents).input_ids
     assert ours == _oracle_ids(oracle, queries, documents, None)
     assert max(len(ids) for ids in ours) <= 160
     np.testing.assert_allclose(
@@ -129,9 +129,9 @@ def test_model_context_limit_follows_the_reference(short_context_checkpoint, sho
     )
 
 
-@pytest.mark.parametrize("scheme", ["int8", "int8-fast"])
-def test_int8_scores_are_close_to_the_reference(oracle, scheme, request) -> None:
-    artifact = request.getfixturevalue("int8_artifact" if scheme == "int8" else "int8_fast_artifact")
+@pytest.mark.parametrize("quantization", ["int8", "int8-fast"])
+def test_int8_scores_are_close_to_the_reference(oracle, quantization, request) -> None:
+    artifact = request.getfixturevalue("int8_artifact" if quantization == "int8" else "int8_fast_artifact")
     queries, documents = _pairs()
     expected = _oracle_predict(oracle, queries, documents)
     got = Reranker(artifact).predict(queries, documents)
@@ -158,10 +158,10 @@ def _assert_faithful(reranker: Reranker, oracle, int8_artifact: Path, fp32_artif
     assert reranker.backend is not None
     queries, documents = _pairs()
     bound = 0.02 * np.std(_oracle_predict(oracle, queries, documents))
-    reranker.share_prefix = False
+    reranker.model.share_prefix = False
     alone = np.array([reranker.predict([q], [d])[0] for q, d in zip(queries, documents)])
     together = reranker.predict(queries, documents)
-    reranker.share_prefix = True
+    reranker.model.share_prefix = True
     shared = reranker.predict(queries, documents)
     assert np.abs(alone - together).max() <= bound, reranker.backend.describe()
     assert np.abs(shared - together).max() <= bound, reranker.backend.describe()
@@ -225,7 +225,7 @@ def test_openvino_int8_activations_are_faithful_in_any_batch(
     reranker = Reranker(int8_artifact, backend="openvino", precision="int8", compile_cache=False)
     assert reranker.backend is not None and reranker.backend.precision in ("int8", "fp32")
     if reranker.backend.precision == "int8":  # the compiled model carries the group size and the float type
-        compiled, _ = reranker._scorer.session._engine.model.get()  # type: ignore[attr-defined]
+        compiled, _ = reranker.model._scorer.session._engine.model.get()  # type: ignore[attr-defined]
         assert int(compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")) == block
         hint = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
         assert ("bf16" in hint or "bfloat16" in hint) == reranker.backend.bf16, hint

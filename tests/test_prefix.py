@@ -18,7 +18,7 @@ from fakes import PrefixFake, full_score
 from onnx import TensorProto, helper
 
 from rerank_onnx import Reranker
-from rerank_onnx.backends import GraphSession, PrefixScoreSession, open_session
+from rerank_onnx.backends import GraphSession, ScoreBatch, ScoreSession, open_session
 from rerank_onnx.errors import ModelLoadError
 from rerank_onnx.metrics import Metrics
 from rerank_onnx.scheduler import Scheduler
@@ -26,10 +26,10 @@ from rerank_onnx.scheduler import Scheduler
 
 @pytest.mark.openvino
 def test_the_fake_and_every_engine_satisfy_the_protocol(fp32_artifact: Path) -> None:
-    assert isinstance(PrefixFake(), PrefixScoreSession)
+    assert isinstance(PrefixFake(), ScoreSession)
     for backend, precision in (p.values[0] for p in ENGINES):
         session = open_session(fp32_artifact / "model.onnx", choice(backend, precision), threads=1)
-        assert isinstance(session, PrefixScoreSession), backend
+        assert isinstance(session, ScoreSession) and session.shares_prefix, backend
 
 
 def test_each_query_computes_its_head_once_and_scores_keep_input_order(fp32_artifact: Path) -> None:
@@ -37,11 +37,11 @@ def test_each_query_computes_its_head_once_and_scores_keep_input_order(fp32_arti
     reranker = Reranker(fp32_artifact, session=session, max_batch_tokens=300, max_batch_size=3)
     queries = ["cats?", "dogs?", "cats?", "lonely query", "dogs?", "cats?", "dogs?"]
     documents = ["x " * n for n in (50, 1, 30, 2, 80, 5, 0)]
-    encoded = reranker.encode(queries, documents)
+    encoded = reranker.model.encode(queries, documents)
     scores = reranker.predict(queries, documents)
     np.testing.assert_allclose(scores, [full_score(ids) for ids in encoded.input_ids], rtol=1e-6)
     # one prefix per query with two or more documents (as far as its prompts agree); the lonely pair runs in full
-    heads = {q: n for q, n in zip(queries, encoded.prefix_lengths)}
+    heads = {q: n for q, n in zip(queries, encoded.document_starts)}
     expected = [_agree([ids for q2, ids in zip(queries, encoded.input_ids) if q2 == q]) for q in ("cats?", "dogs?")]
     assert sorted(session.prefills) == sorted(expected)
     assert all(n >= heads[q] + 1 for n, q in zip(expected, ("cats?", "dogs?")))  # + the separator at least
@@ -59,10 +59,10 @@ def test_pairs_of_different_queries_share_the_chat_prefix(fp32_artifact: Path) -
     session = PrefixFake()
     reranker = Reranker(fp32_artifact, session=session)
     queries, documents = ["cats?", "dogs?", "fish?"], ["a", "b", "c"]
-    encoded = reranker.encode(queries, documents)
+    encoded = reranker.model.encode(queries, documents)
     scores = reranker.predict(queries, documents)
     np.testing.assert_allclose(scores, [full_score(ids) for ids in encoded.input_ids], rtol=1e-6)
-    chat_prefix = len(reranker.config.template.prefix_ids)
+    chat_prefix = len(reranker.model.config.template.prefix_ids)
     assert session.prefills == [_agree(encoded.input_ids)] and session.prefills[0] >= chat_prefix
     assert session.full_rows == 0
 
@@ -72,8 +72,8 @@ def test_share_prefix_off_runs_every_prompt_in_full(fp32_artifact: Path) -> None
     reranker = Reranker(fp32_artifact, session=session, share_prefix=False)
     scores = reranker.predict(["q"] * 4, ["a", "b c", "d", "e f g"])
     assert session.prefills == [] and session.full_rows == 4
-    assert not reranker.computes_shared_prefix
-    expected = [full_score(ids) for ids in reranker.encode(["q"] * 4, ["a", "b c", "d", "e f g"]).input_ids]
+    assert not reranker.model.computes_shared_prefix
+    expected = [full_score(ids) for ids in reranker.model.encode(["q"] * 4, ["a", "b c", "d", "e f g"]).input_ids]
     np.testing.assert_allclose(scores, expected, rtol=1e-6)
 
 
@@ -82,12 +82,12 @@ def test_head_lengths_must_match_the_prompts(fp32_artifact: Path) -> None:
 
     reranker = Reranker(fp32_artifact, session=PrefixFake())
     with pytest.raises(InvalidInputError, match="one per prompt"):
-        reranker.score_encoded([[1, 2, 3], [1, 2, 4]], prefix_lengths=[2])
+        reranker.model.score_encoded([[1, 2, 3], [1, 2, 4]], document_starts=[2])
     with pytest.raises(InvalidInputError, match="list of 2 non-negative integers"):
-        reranker.score_encoded([[1, 2, 3], [1, 2, 4]], prefix_lengths=2)  # type: ignore[arg-type]
+        reranker.model.score_encoded([[1, 2, 3], [1, 2, 4]], document_starts=2)  # type: ignore[arg-type]
     for bad in ("2", -1, 1.5, True):
-        with pytest.raises(InvalidInputError, match=r"prefix_lengths\[1\]: expected a non-negative integer"):
-            reranker.score_encoded([[1, 2, 3], [1, 2, 4]], prefix_lengths=[2, bad])  # type: ignore[list-item]
+        with pytest.raises(InvalidInputError, match=r"document_starts\[1\]: expected a non-negative integer"):
+            reranker.model.score_encoded([[1, 2, 3], [1, 2, 4]], document_starts=[2, bad])  # type: ignore[list-item]
     with pytest.raises(InvalidInputError, match="share_prefix: expected True or False"):
         Reranker(fp32_artifact, session=PrefixFake(), share_prefix="yes")  # type: ignore[arg-type]
 
@@ -95,14 +95,14 @@ def test_head_lengths_must_match_the_prompts(fp32_artifact: Path) -> None:
 def test_the_scheduler_shares_heads_within_and_across_requests(fp32_artifact: Path) -> None:
     session = PrefixFake()
     reranker = Reranker(fp32_artifact, session=session)
-    scheduler = Scheduler(reranker, Metrics(), coalesce_ms=50.0, max_queue_pairs=4096)
-    first = reranker.encode(["cats?"] * 2, ["a b", "c"])
-    second = reranker.encode(["cats?"] * 3, ["d", "e f", "g"])
+    scheduler = Scheduler(reranker.model, Metrics(), coalesce_ms=50.0, max_queue_pairs=4096)
+    first = reranker.model.encode(["cats?"] * 2, ["a b", "c"])
+    second = reranker.model.encode(["cats?"] * 3, ["d", "e f", "g"])
 
     async def both():
         return await asyncio.gather(
-            scheduler.score(first.input_ids, first.prefix_lengths),
-            scheduler.score(second.input_ids, second.prefix_lengths),
+            scheduler.score(first.input_ids, first.document_starts),
+            scheduler.score(second.input_ids, second.document_starts),
         )
 
     try:
@@ -133,7 +133,7 @@ def test_fp32_shared_prefix_equals_full_prompts(
 ) -> None:
     backend, precision = engine
     shared = Reranker(fp32_artifact, max_batch_size=2, backend=backend, precision=precision)  # type: ignore[arg-type]
-    assert shared.computes_shared_prefix
+    assert shared.model.computes_shared_prefix
     full = Reranker(fp32_artifact, share_prefix=False, backend=backend, precision=precision)  # type: ignore[arg-type]
     a = shared.predict(QUERIES, DOCUMENTS, instruction=instruction)
     b = full.predict(QUERIES, DOCUMENTS, instruction=instruction)
@@ -144,8 +144,8 @@ def test_truncated_queries_share_their_truncated_head(fp32_artifact: Path) -> No
     reranker = Reranker(fp32_artifact, max_length=40)
     query = "a very long query about rivers and fish " * 10
     docs = ["fish", "rivers flood in spring", "nothing at all"]
-    encoded = reranker.encode([query] * 3, docs)
-    assert all(encoded.truncated) and len(set(encoded.prefix_lengths)) == 1
+    encoded = reranker.model.encode([query] * 3, docs)
+    assert all(encoded.truncated) and len(set(encoded.document_starts)) == 1
     a = reranker.predict([query] * 3, docs)
     b = Reranker(fp32_artifact, max_length=40, share_prefix=False).predict([query] * 3, docs)
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
@@ -185,9 +185,11 @@ def _plain_graph(path: Path, inputs: list[str]) -> Path:
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_graph_without_past_inputs_runs_in_full(tmp_path: Path, engine: tuple[str, str]) -> None:
     session = open_session(_plain_graph(tmp_path / "old.onnx", ["input_ids", "lengths"]), choice(*engine), threads=1)
-    assert isinstance(session, GraphSession) and not isinstance(session, PrefixScoreSession)
+    assert isinstance(session, GraphSession) and not session.shares_prefix
     ids = np.zeros((2, 3), dtype=np.int64)
-    np.testing.assert_array_equal(session.run(ids, np.array([3, 1], dtype=np.int64)), [3.0, 1.0])
+    np.testing.assert_array_equal(session.score(ScoreBatch(ids, np.array([3, 1], dtype=np.int64))), [3.0, 1.0])
+    with pytest.raises(ValueError, match="no past"):
+        session.prefill(ids[:1])
 
 
 @pytest.mark.openvino
@@ -202,21 +204,21 @@ def test_a_graph_with_other_inputs_is_refused(tmp_path: Path, engine: tuple[str,
 @pytest.mark.parametrize("engine", ENGINES)
 def test_the_exported_graph_prefills_and_continues(fp32_artifact: Path, engine: tuple[str, str]) -> None:
     session = open_session(fp32_artifact / "model.onnx", choice(*engine), threads=1)
-    assert isinstance(session, PrefixScoreSession)
+    assert session.shares_prefix
     rng = np.random.default_rng(0)
     rows = rng.integers(0, 151_000, size=(3, 20))
     rows[:, :8] = rows[0, :8]
-    full = session.run(rows, np.array([20, 20, 20], dtype=np.int64))
+    full = session.score(ScoreBatch(rows, np.array([20, 20, 20], dtype=np.int64)))
     prefix = session.prefill(rows[:1, :8])
     assert prefix.length == 8 and prefix.keys.shape == prefix.values.shape
-    after = session.run_after(prefix, rows[:, 8:], np.array([12, 12, 12], dtype=np.int64))
+    after = session.score(ScoreBatch(rows[:, 8:], np.array([12, 12, 12], dtype=np.int64), prefix=prefix))
     np.testing.assert_allclose(after, full, atol=1e-4, rtol=0)
 
 
 def test_a_prefix_computed_at_the_padded_width_keeps_only_its_own_keys_and_values(fp32_artifact: Path) -> None:
     """An engine whose numerics depend on a run's width computes a prefix padded as its rows are (OpenVINO
     bf16 and int8); what it returns is the prefix's keys and values alone, as an unpadded prefill gives."""
-    session = Reranker(fp32_artifact, backend="onnxruntime")._scorer.session
+    session = Reranker(fp32_artifact, backend="onnxruntime").model._scorer.session
     head = np.asarray([list(range(100, 137))], dtype=np.int64)  # 37 tokens: padded to 64
     tail = np.asarray([list(range(200, 210))], dtype=np.int64)
     plain = session.prefill(tail, session.prefill(head))

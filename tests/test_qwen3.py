@@ -117,7 +117,7 @@ def test_probabilities_equal_the_model_card_code(
 
 def test_prompts_are_the_model_card_tokens(qwen3_fp32: Path, oracle: Qwen3Oracle) -> None:
     reranker = Reranker(qwen3_fp32)
-    ours = reranker.encode(QUERIES, DOCUMENTS, instruction=None).input_ids
+    ours = reranker.model.encode(QUERIES, DOCUMENTS, instruction=None).input_ids
     pairs = [format_instruction(None, q, d) for q, d in zip(QUERIES, DOCUMENTS)]
     theirs = oracle.process_inputs(pairs)
     for row, mask, mine in zip(theirs["input_ids"].tolist(), theirs["attention_mask"].tolist(), ours):
@@ -135,7 +135,7 @@ def test_truncation_follows_the_model_card_code(
     reranker = Reranker(qwen3_fp32, max_length=budget)
     long_query = ["word " * 60 + "?"]
     for queries, documents in ((QUERIES, DOCUMENTS), (long_query, ["short document"])):
-        encoded = reranker.encode(queries, documents)
+        encoded = reranker.model.encode(queries, documents)
         pairs = [format_instruction(None, q, d) for q, d in zip(queries, documents)]
         theirs = short.process_inputs(pairs)
         for row, mask, mine in zip(theirs["input_ids"].tolist(), theirs["attention_mask"].tolist(), encoded.input_ids):
@@ -147,7 +147,7 @@ def test_truncation_follows_the_model_card_code(
 
 def test_shared_prefix_equals_full_prompts(qwen3_fp32: Path) -> None:
     shared = Reranker(qwen3_fp32, max_batch_size=2)
-    assert shared.computes_shared_prefix
+    assert shared.model.computes_shared_prefix
     full = Reranker(qwen3_fp32, share_prefix=False)
     queries = [QUERIES[0]] * 3 + [QUERIES[1]] * 2
     documents = DOCUMENTS[:3] + DOCUMENTS[1:3]

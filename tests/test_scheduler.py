@@ -11,6 +11,7 @@ import pytest
 from fakes import FakeSession
 
 from rerank_onnx import Reranker
+from rerank_onnx.backends import ScoreBatch
 from rerank_onnx.errors import QueueFullError
 from rerank_onnx.metrics import Metrics
 from rerank_onnx.scheduler import Scheduler
@@ -26,7 +27,8 @@ class SlowSumSession(FakeSession):
         self.release = threading.Event()
         self.release.set()
 
-    def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    def score(self, batch: ScoreBatch) -> np.ndarray:
+        input_ids, lengths = batch.input_ids, batch.lengths
         self.release.wait()
         if self.fail:
             raise RuntimeError("boom")
@@ -45,7 +47,7 @@ def test_each_request_gets_its_own_scores(fp32_artifact: Path, coalesce_ms: floa
     session = SlowSumSession(delay=0)
     session.release.clear()  # the worker holds its first run until every request is queued
     scheduler = Scheduler(
-        Reranker(fp32_artifact, session=session), Metrics(), coalesce_ms=coalesce_ms, max_queue_pairs=4096
+        Reranker(fp32_artifact, session=session).model, Metrics(), coalesce_ms=coalesce_ms, max_queue_pairs=4096
     )
     requests = _requests(20)
 
@@ -72,7 +74,7 @@ def test_each_request_gets_its_own_scores(fp32_artifact: Path, coalesce_ms: floa
 def test_full_queue_answers_429_and_errors_reach_every_waiter(fp32_artifact: Path) -> None:
     session = SlowSumSession()
     session.release.clear()  # hold the worker so the queue fills
-    scheduler = Scheduler(Reranker(fp32_artifact, session=session), Metrics(), coalesce_ms=0, max_queue_pairs=4)
+    scheduler = Scheduler(Reranker(fp32_artifact, session=session).model, Metrics(), coalesce_ms=0, max_queue_pairs=4)
 
     async def main():
         first = asyncio.ensure_future(scheduler.score([[1, 2], [3], [4]]))
@@ -88,7 +90,7 @@ def test_full_queue_answers_429_and_errors_reach_every_waiter(fp32_artifact: Pat
         scheduler.close()
 
     failing = Scheduler(
-        Reranker(fp32_artifact, session=SlowSumSession(fail=True)), Metrics(), coalesce_ms=5, max_queue_pairs=4096
+        Reranker(fp32_artifact, session=SlowSumSession(fail=True)).model, Metrics(), coalesce_ms=5, max_queue_pairs=4096
     )
 
     async def both():
@@ -103,7 +105,9 @@ def test_full_queue_answers_429_and_errors_reach_every_waiter(fp32_artifact: Pat
 
 def test_close_finishes_queued_work(fp32_artifact: Path) -> None:
     session = SlowSumSession(delay=0.05)
-    scheduler = Scheduler(Reranker(fp32_artifact, session=session), Metrics(), coalesce_ms=0, max_queue_pairs=4096)
+    scheduler = Scheduler(
+        Reranker(fp32_artifact, session=session).model, Metrics(), coalesce_ms=0, max_queue_pairs=4096
+    )
 
     async def main():
         futures = [asyncio.ensure_future(scheduler.score([[i, i]])) for i in range(5)]

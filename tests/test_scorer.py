@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from fakes import FakeSession, PrefixFake, full_score
 
-from rerank_onnx.backends import Prefix, PrefixScoreSession, ScoreSession
+from rerank_onnx.backends import ScoreBatch, ScoreSession
 from rerank_onnx.batching import padded_width
 from rerank_onnx.scorer import Scorer
 
@@ -20,7 +20,8 @@ class PlainFake(FakeSession):
     def __init__(self) -> None:
         self.batches: list[tuple[int, int, list[int]]] = []  # rows, width, lengths
 
-    def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    def score(self, batch: ScoreBatch) -> np.ndarray:
+        input_ids, lengths = batch.input_ids, batch.lengths
         self.batches.append((input_ids.shape[0], input_ids.shape[1], [int(n) for n in lengths]))
         for row, n in zip(input_ids, lengths):
             assert (row[n:] == PAD).all()  # right padding
@@ -56,8 +57,16 @@ def _rows(count: int, seed: int = 0) -> list[list[int]]:
     return [[int(t) for t in rng.integers(1, 50, size=int(rng.integers(1, 90)))] for _ in range(count)]
 
 
-def test_only_the_fake_with_a_past_satisfies_the_prefix_protocol() -> None:
-    assert isinstance(PrefixFake(), PrefixScoreSession) and not isinstance(PlainFake(), PrefixScoreSession)
+def test_both_fakes_satisfy_the_session_protocol() -> None:
+    assert isinstance(PrefixFake(), ScoreSession) and isinstance(PlainFake(), ScoreSession)
+
+
+def test_a_session_without_a_past_is_never_asked_for_a_prefix() -> None:
+    session = PlainFake()  # its prefill raises
+    rows = [[1, 2, 3, 4, 9], [1, 2, 3, 4, 8, 7], [1, 2, 3, 5]]
+    scorer = _scorer(session, slice_tokens=2)
+    assert not scorer.computes_shared_prefix
+    np.testing.assert_allclose(scorer.score(rows, document_starts=[2, 2, 2]), [full_score(r) for r in rows], rtol=1e-6)
 
 
 def test_batches_stay_within_their_budget_and_scores_keep_input_order() -> None:
@@ -92,9 +101,11 @@ class WidthFake(PrefixFake):
         super().__init__()
         self.after_runs: list[tuple[int, int, list[int]]] = []  # prefix length, width, lengths
 
-    def run_after(self, prefix: Prefix, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        self.after_runs.append((prefix.keys.shape[2], input_ids.shape[1], [int(n) for n in lengths]))
-        return super().run_after(prefix, input_ids, lengths)
+    def score(self, batch: ScoreBatch) -> np.ndarray:
+        if batch.prefix is not None:
+            lengths = [int(n) for n in batch.lengths]
+            self.after_runs.append((batch.prefix.keys.shape[2], batch.input_ids.shape[1], lengths))
+        return super().score(batch)
 
 
 def test_after_a_prefix_a_row_attends_over_as_many_keys_as_its_full_prompt() -> None:
@@ -106,7 +117,7 @@ def test_after_a_prefix_a_row_attends_over_as_many_keys_as_its_full_prompt() -> 
         prefix + [int(t) for t in np.random.default_rng(i).integers(50, 90, size=n)]
         for i, n in enumerate([23, 24, 25, 57, 88, 89, 120])
     ]
-    scores = _scorer(session, pad_multiple=32, max_batch_tokens=1000).score(rows, prefix_lengths=[40] * len(rows))
+    scores = _scorer(session, pad_multiple=32, max_batch_tokens=1000).score(rows, document_starts=[40] * len(rows))
     np.testing.assert_allclose(scores, [full_score(r) for r in rows], rtol=1e-6)
     assert sum(len(lengths) for _, _, lengths in session.after_runs) == len(rows)
     for context, width, lengths in session.after_runs:
@@ -116,7 +127,7 @@ def test_after_a_prefix_a_row_attends_over_as_many_keys_as_its_full_prompt() -> 
 def test_a_prefix_extends_as_far_as_its_rows_agree() -> None:
     session = PrefixFake()
     rows = [[1, 2, 3, 4, 9], [1, 2, 3, 4, 8, 7], [1, 2, 3, 5]]
-    scores = _scorer(session).score(rows, prefix_lengths=[2, 2, 2])
+    scores = _scorer(session).score(rows, document_starts=[2, 2, 2])
     np.testing.assert_allclose(scores, [full_score(r) for r in rows], rtol=1e-6)
     assert session.prefills == [3] and session.after_rows == 3 and session.full_rows == 0
 
@@ -124,7 +135,7 @@ def test_a_prefix_extends_as_far_as_its_rows_agree() -> None:
 def test_rows_that_do_not_open_with_the_chat_prefix_run_in_full() -> None:
     session = PrefixFake()
     rows = [[1, 2, 3] * 20, [4, 5, 6] * 20]  # different prefixes, and not the chat prefix [9, 9]
-    scores = _scorer(session, chat_prefix=[9, 9]).score(rows, prefix_lengths=[40, 40])
+    scores = _scorer(session, chat_prefix=[9, 9]).score(rows, document_starts=[40, 40])
     np.testing.assert_allclose(scores, [full_score(r) for r in rows], rtol=1e-6)
     assert session.prefills == [] and session.full_rows == 2
 
@@ -132,7 +143,7 @@ def test_rows_that_do_not_open_with_the_chat_prefix_run_in_full() -> None:
 def test_rows_of_different_queries_share_the_chat_prefix() -> None:
     session = PrefixFake()
     rows = [[9, 9, 7, 1, 2], [9, 9, 7, 3], [9, 9, 8, 4, 4]]  # queries 7 1 / 7 / 8 4 after the chat prefix 9 9
-    scores = _scorer(session, chat_prefix=[9, 9]).score(rows, prefix_lengths=[4, 3, 4])
+    scores = _scorer(session, chat_prefix=[9, 9]).score(rows, document_starts=[4, 3, 4])
     np.testing.assert_allclose(scores, [full_score(r) for r in rows], rtol=1e-6)
     assert session.prefills == [2] and session.full_rows == 0
 
@@ -140,7 +151,7 @@ def test_rows_of_different_queries_share_the_chat_prefix() -> None:
 def test_a_prefix_as_long_as_the_prompt_keeps_one_token_to_score() -> None:
     session = PrefixFake()
     rows = [[5, 6, 7], [5, 6, 7], [5, 6, 7, 8]]
-    scores = _scorer(session).score(rows, prefix_lengths=[3, 3, 3])
+    scores = _scorer(session).score(rows, document_starts=[3, 3, 3])
     np.testing.assert_allclose(scores, [full_score(r) for r in rows], rtol=1e-6)
     assert session.prefills == [2]  # the prefix of [5, 6, 7] shrinks to [5, 6]
 
@@ -150,12 +161,12 @@ def test_share_prefix_off_or_a_session_without_a_past_runs_every_row_in_full() -
     off = PrefixFake()
     scorer = _scorer(off, share_prefix=False)
     assert not scorer.computes_shared_prefix
-    scorer.score(rows, prefix_lengths=[3, 3])
+    scorer.score(rows, document_starts=[3, 3])
     assert off.prefills == [] and off.full_rows == 2
     plain = PlainFake()
     scorer = _scorer(plain, slice_tokens=2)  # no past: neither shared prefixes nor slices can happen
     assert not scorer.computes_shared_prefix
-    np.testing.assert_allclose(scorer.score(rows, prefix_lengths=[3, 3]), [full_score(r) for r in rows], rtol=1e-6)
+    np.testing.assert_allclose(scorer.score(rows, document_starts=[3, 3]), [full_score(r) for r in rows], rtol=1e-6)
     assert [n for n, _, _ in plain.batches] == [2]
 
 
@@ -170,7 +181,7 @@ def test_a_long_row_runs_in_slices_and_scores_as_a_whole() -> None:
 def test_long_rows_after_a_shared_prefix_continue_it() -> None:
     session = PrefixFake()
     rows = [[5, 6, 7, 1] + [2] * 20, [5, 6, 7, 1, 3], [5, 6, 7, 1, 4, 4]]
-    scores = _scorer(session, slice_tokens=8).score(rows, prefix_lengths=[3, 3, 3])
+    scores = _scorer(session, slice_tokens=8).score(rows, document_starts=[3, 3, 3])
     np.testing.assert_allclose(scores, [full_score(r) for r in rows], rtol=1e-6)
     # the shared prefix once (4 tokens: the rows agree on one more), then the long row's 20 in 8 + 8 + 4
     assert session.prefills == [4, 8, 8] and session.full_rows == 0
@@ -180,11 +191,11 @@ def test_rows_over_the_whole_row_length_run_alone_from_their_first_token() -> No
     session = PrefixFake()
     rows = [[5, 6, 7, 1] + [2] * 30, [5, 6, 7, 1, 3], [5, 6, 7, 1, 4, 4], [9] * 40]
     scorer = _scorer(session, slice_tokens=8, whole_row_tokens=20)
-    scores = scorer.score(rows, prefix_lengths=[3, 3, 3, 0])
+    scores = scorer.score(rows, document_starts=[3, 3, 3, 0])
     np.testing.assert_allclose(scores, [full_score(r) for r in rows], rtol=1e-6)
     # the two long rows in full, one run each, neither in slices nor after the prefix; the two short rows
     # share their prefix (4 tokens: they agree on one more), computed once
-    assert session.full_rows == 2 and session.prefills == [4] and session.after_rows == 2
+    assert session.whole_rows == session.full_rows == 2 and session.prefills == [4] and session.after_rows == 2
 
 
 def test_no_rows_make_no_calls() -> None:
@@ -195,7 +206,7 @@ def test_no_rows_make_no_calls() -> None:
 @pytest.mark.parametrize("show", [True, False])
 def test_the_progress_bar_counts_every_row_once(show: bool, capsys: pytest.CaptureFixture[str]) -> None:
     rows = [[1, 2, 3, 4] * 9, [1, 2, 3, 4, 5], [1, 2, 3, 6], [8, 8]]
-    _scorer(PrefixFake(), slice_tokens=10).score(rows, prefix_lengths=[3, 3, 3, 1], show_progress=show)
+    _scorer(PrefixFake(), slice_tokens=10).score(rows, document_starts=[3, 3, 3, 1], show_progress=show)
     err = capsys.readouterr().err
     assert ("4/4 pairs" in err and "5/4" not in err) if show else err == ""
 
@@ -203,21 +214,23 @@ def test_the_progress_bar_counts_every_row_once(show: bool, capsys: pytest.Captu
 class SegmentFake(PlainFake):
     """A cross-encoder's session: the score depends on where each row's document starts."""
 
-    def run_segments(self, input_ids: np.ndarray, lengths: np.ndarray, segment_starts: np.ndarray) -> np.ndarray:
-        plain = self.run(input_ids, lengths)
-        return plain + np.asarray(segment_starts, dtype=np.float32) * 1000
+    needs_document_starts = True
+
+    def score(self, batch: ScoreBatch) -> np.ndarray:
+        assert batch.document_starts is not None and batch.prefix is None
+        plain = super().score(ScoreBatch(batch.input_ids, batch.lengths))
+        return plain + np.asarray(batch.document_starts, dtype=np.float32) * 1000
 
 
 def test_a_pair_session_gets_each_rows_document_start_in_any_batch_order() -> None:
-    from rerank_onnx.backends import SegmentScoreSession
     from rerank_onnx.errors import InvalidInputError
 
     rows = _rows(40, seed=3)
     starts = [len(r) // 2 for r in rows]
     session = SegmentFake()
-    assert isinstance(session, SegmentScoreSession) and not isinstance(session, PrefixScoreSession)
-    scores = _scorer(session, max_batch_tokens=300).score(rows, prefix_lengths=starts)
+    assert isinstance(session, ScoreSession) and not session.shares_prefix
+    scores = _scorer(session, max_batch_tokens=300).score(rows, document_starts=starts)
     assert len(session.batches) > 1  # length-bucketed into several batches, not in input order
     assert scores.tolist() == pytest.approx([full_score(r) + 1000 * s for r, s in zip(rows, starts)])
-    with pytest.raises(InvalidInputError, match="prefix_lengths"):
+    with pytest.raises(InvalidInputError, match="document_starts"):
         _scorer(SegmentFake()).score(rows)

@@ -21,6 +21,7 @@ import pytest
 from fakes import FakeSession
 
 from rerank_onnx import Reranker
+from rerank_onnx.backends import ScoreBatch
 
 DOCS = ["a cat is a feline", "bananas are yellow", "", "le chat est un félin", "dogs bark at cats"]
 
@@ -113,7 +114,7 @@ def test_v1_rerank_jina_cohere_shape(client, library: Reranker) -> None:
     )
     assert all(0 <= x["relevance_score"] <= 1 for x in body["results"])
     assert body["results"][0]["document"] == {"text": DOCS[expected[0].index]}
-    tokens = sum(len(ids) for ids in library.encode(["what is a cat?"] * len(DOCS), DOCS).input_ids)
+    tokens = sum(len(ids) for ids in library.model.encode(["what is a cat?"] * len(DOCS), DOCS).input_ids)
     assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
 
 
@@ -150,8 +151,8 @@ def test_v2_rerank_cohere_shape(client, library: Reranker) -> None:
         client, "/v2/rerank", {"model": "m", "query": "q", "documents": ["word " * 50], "max_tokens_per_doc": 5}
     )
     assert capped.status_code == 200
-    full = library.encode(["q"], ["word " * 50]).input_ids[0]
-    cut = library.encode(["q"], ["word " * 50], max_document_tokens=5).input_ids[0]
+    full = library.model.encode(["q"], ["word " * 50]).input_ids[0]
+    cut = library.model.encode(["q"], ["word " * 50], max_document_tokens=5).input_ids[0]
     assert capped.json()["usage"]["prompt_tokens"] == len(cut) < len(full)
 
 
@@ -254,10 +255,10 @@ def test_bare_rerank_takes_the_jina_shape_and_cohere_fields(client, library: Rer
     assert ranked["results"][0]["document"] == objects[expected[0].index]  # echoed whole
     long_doc = "word " * 300
     cut = _post(client, "/v1/rerank", {"query": "q", "documents": [long_doc], "truncate_prompt_tokens": 150}).json()
-    budget = 150 - library.template_tokens
+    budget = 150 - library.model.template_tokens
     assert cut["usage"]["prompt_tokens"] == 150
-    expected_score = library.normalize(
-        library.score_encoded(library.encode(["q"], [long_doc], max_length=budget).input_ids)
+    expected_score = library.model.normalize(
+        library.model.score_encoded(library.model.encode(["q"], [long_doc], max_length=budget).input_ids)
     )
     np.testing.assert_allclose(cut["results"][0]["relevance_score"], expected_score[0], atol=1e-6)
 
@@ -427,7 +428,7 @@ def test_an_engine_fault_answers_500_json_and_is_counted(fp32_artifact: Path) ->
     from rerank_onnx.server import ServerSettings, create_app
 
     class Broken(FakeSession):
-        def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        def score(self, batch: ScoreBatch) -> np.ndarray:
             raise RuntimeError("engine fault")
 
     app = create_app(ServerSettings(model_dir=str(fp32_artifact)), reranker=Reranker(fp32_artifact, session=Broken()))

@@ -22,7 +22,7 @@ def handler(fp32_artifact: Path, monkeypatch):
     import rerank_onnx.serverless as serverless
 
     monkeypatch.setenv("RERANK_ONNX_MODEL", str(fp32_artifact))
-    monkeypatch.setattr(serverless, "_reranker", None)
+    monkeypatch.setattr(serverless, "_loaded", None)
     return serverless.handler
 
 
@@ -72,7 +72,7 @@ def test_missing_model_setting_is_a_clear_500(monkeypatch) -> None:
     import rerank_onnx.serverless as serverless
 
     monkeypatch.delenv("RERANK_ONNX_MODEL", raising=False)
-    monkeypatch.setattr(serverless, "_reranker", None)
+    monkeypatch.setattr(serverless, "_loaded", None)
     response = serverless.handler({"body": json.dumps({"query": "q", "documents": ["a"]})})
     assert response["statusCode"] == 500 and "RERANK_ONNX_MODEL" in response["body"]
 

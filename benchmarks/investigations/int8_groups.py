@@ -10,7 +10,7 @@ products. A coarser group means
 fewer int32-to-float conversions per output (the kernel's work per group), but activations rounded on a
 coarser scale. This measures both on one model:
 
-- a variant `ov-B-G`: the fp32 graph quantized as the `int8` scheme but in blocks of B, on OpenVINO with
+- a variant `ov-B-G`: the fp32 graph quantized as the `int8` quantization but in blocks of B, on OpenVINO with
   `precision="int8"` and the group set to G (`ov-B-bf16`: the same weights under `precision="bf16"`, no
   int8 activations); `ort-B`: those weights on onnxruntime's MatMulNBits (int8 activations in blocks of B).
   B = 32 is the artifact given (the exporter's own); other blocks are written next to it, once.
@@ -112,7 +112,7 @@ def worker(artifact: str, variant: str, threads: int, reps: int, speed_only: boo
     backend, block, group = parse_variant(variant)
     precision = "auto" if backend == "onnxruntime" else "bf16" if group == "bf16" else "int8"
     config = load_artifact(artifact)
-    choice = choose(backend, precision, scheme="int8", family=config.family, openvino_installed=True)
+    choice = choose(backend, precision, quantization="int8", family=config.family, openvino_installed=True)
     assert config.quantization_block == block, f"{artifact} holds blocks of {config.quantization_block}, not {block}"
     # the group as the variant says, which may differ from the artifact's block (the runtime uses the block)
     session = open_session(
@@ -264,7 +264,7 @@ def main() -> int:
         },
     }
     baseline = data["variants"].get(args.variants[0])
-    for variant in data["variants"].values():  # against the first variant (the reference scheme: ort-32)
+    for variant in data["variants"].values():  # against the first variant (the reference quantization: ort-32)
         if baseline is not None and variant is not baseline:
             variant["agreement"]["minus_first"] = paired_difference(variant["scores"], baseline["scores"], reference)
     suffix = f"-{args.suffix}" if args.suffix else ""

@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: common.py, worker.py
 from common import RESULTS, environment, text_of_tokens, write_results
 
-from rerank_onnx.backends import EngineLimits
+from rerank_onnx.backends import EngineLimits, Prefix, ScoreBatch
 
 if TYPE_CHECKING:
     from rerank_onnx import Reranker
@@ -46,18 +46,23 @@ class _NoSession:
     """The profiler runs its own onnxruntime session; the Reranker is here only for its prompt encoder."""
 
     limits = EngineLimits()
+    shares_prefix = False
+    needs_document_starts = False
 
     def release_memory(self) -> None:
         pass
 
-    def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    def score(self, batch: ScoreBatch) -> np.ndarray:
+        raise AssertionError("not used")
+
+    def prefill(self, input_ids: np.ndarray, after: Prefix | None = None) -> Prefix:
         raise AssertionError("not used")
 
 
 def token_ids(reranker: Reranker, batch: int, tokens: int) -> tuple[np.ndarray, np.ndarray]:
     """Prompts of exactly `tokens` tokens: the template around filler text, cut to length."""
     docs = [text_of_tokens(tokens + 64, 40 + i) for i in range(batch)]
-    encoded = reranker.encode(["what causes rivers to flood in spring?"] * batch, docs)
+    encoded = reranker.model.encode(["what causes rivers to flood in spring?"] * batch, docs)
     if min(len(row) for row in encoded.input_ids) < tokens:
         raise SystemExit(f"could not build {tokens}-token prompts; raise the filler length")
     ids = np.stack([np.asarray(row[:tokens], dtype=np.int64) for row in encoded.input_ids])
@@ -151,7 +156,7 @@ def table(result: dict) -> str:
     gemms = OPENVINO_GEMMS if engine.startswith("openvino") else INTEGER_GEMMS
     env = result["environment"]
     lines = [
-        f"Artifact `{result['artifact']}` (scheme `{result['scheme']}`) on {engine}, {env['threads']} threads, "
+        f"Artifact `{result['artifact']}` (quantization `{result['scheme']}`) on {engine}, {env['threads']} threads, "
         f"{env['cpu']} ({env.get('cpu_class', '?')}: {env.get('cpu_flags', '?')}); share of node time in one run "
         "after a warm-up.",
         "",
@@ -244,7 +249,7 @@ def main() -> None:
 
     # One encoder for every shape (loading the tokenizer takes ~1 s); longer shapes need the larger budget.
     reranker = Reranker(args.artifact, session=_NoSession(), max_length=max(64, *(t for _, t in args.shapes)))
-    config = reranker.config
+    config = reranker.model.config
     engine = "onnxruntime" if args.backend == "onnxruntime" else f"openvino-{args.precision}"
     environment_now = environment(args.threads)
     result = {

@@ -13,18 +13,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from ..artifact import ATTENTION_MASK, PAST_KEYS, ArtifactConfig
-from .protocols import (
-    Engine,
-    EngineLimits,
-    Prefix,
-    PrefixScoreSession,
-    ScoreSession,
-    SegmentScoreSession,
-    WholeRowScoreSession,
-)
+from ..artifact import ATTENTION_MASK, ArtifactConfig
+from .protocols import Engine, EngineLimits, Prefix, ScoreBatch, ScoreSession
 from .select import BackendChoice
-from .sessions import EncoderGraphSession, GraphSession, PrefixGraphSession
+from .sessions import EncoderGraphSession, GraphSession
 
 log = logging.getLogger("rerank_onnx")
 
@@ -45,8 +37,8 @@ def open_session(
     cache_dir: Path | None = None,
     int8_block: int | None = None,
 ) -> GraphSession:
-    """The session for an artifact's graph on the chosen backend: prefix-capable when the graph takes
-    past keys and values (artifacts written since the prefix cache), plain otherwise.
+    """The session for an artifact's graph on the chosen backend: a cross-encoder's when the graph takes an
+    attention mask, a decoder's otherwise (sharing prefixes when the graph takes past keys and values).
 
     Args:
         graph: the artifact's model.onnx.
@@ -56,7 +48,7 @@ def open_session(
         int8_block: the int8 artifact's weight block, OpenVINO's int8 activation group under precision "int8".
 
     Returns:
-        A `PrefixGraphSession`, an `EncoderGraphSession` (cross-encoders) or a plain `GraphSession`.
+        An `EncoderGraphSession` (cross-encoders) or a `GraphSession`.
     """
     threads = threads or default_threads()
     engine: Engine
@@ -69,10 +61,7 @@ def open_session(
         from .onnxruntime import OnnxRuntimeEngine
 
         engine = OnnxRuntimeEngine(graph, threads=threads)
-    shapes = engine.input_shapes()
-    session_class = (
-        PrefixGraphSession if PAST_KEYS in shapes else EncoderGraphSession if ATTENTION_MASK in shapes else GraphSession
-    )
+    session_class = EncoderGraphSession if ATTENTION_MASK in engine.input_shapes() else GraphSession
     return session_class(engine, graph)
 
 
@@ -101,7 +90,7 @@ def open_backend(
     from .select import choose
 
     choice = choose(
-        backend, precision, scheme=config.quantization, family=config.family, openvino_installed=available()
+        backend, precision, quantization=config.quantization, family=config.family, openvino_installed=available()
     )
     # a missing extra on a CPU where it would pay is worth a warning; the ordinary choice is info
     (log.warning if "not installed" in choice.reason else log.info)("backend: %s", choice.describe())
@@ -121,11 +110,8 @@ __all__ = [
     "EngineLimits",
     "GraphSession",
     "Prefix",
-    "PrefixGraphSession",
-    "PrefixScoreSession",
+    "ScoreBatch",
     "ScoreSession",
-    "SegmentScoreSession",
-    "WholeRowScoreSession",
     "default_threads",
     "open_backend",
     "open_session",

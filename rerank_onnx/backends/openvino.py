@@ -146,7 +146,7 @@ class OpenVinoEngine:
     def _compile(self) -> Any:
         try:
             # from a path where there is a cache, so that a cached blob skips reading the graph altogether
-            source, blobs = compile_source(self._core, self._graph, self._cache_dir, self._variant)
+            source, blobs = compile_source(self._core, self._graph, self._cache_dir, self._variant, self._config)
             config = self._config if blobs is None else {**self._config, "CACHE_DIR": str(blobs)}
             return self._core.compile_model(source, "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses for unreadable or unsupported graphs

@@ -29,7 +29,9 @@ ONNX file, and a changed rewrite or OpenVINO version replaces what the old one l
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -283,14 +285,37 @@ def split_layers(compiled: Any) -> int:
     return sum(1 for output in compiled.outputs if output.get_any_name().startswith(NEW_KEYS + "."))
 
 
-def compile_source(core: Any, graph: Path, cache_dir: Path | None, variant: str = NEW_KV) -> tuple[Any, Path | None]:
+def compile_source(
+    core: Any, graph: Path, cache_dir: Path | None, variant: str, properties: Mapping[str, str]
+) -> tuple[Any, Path | None]:
     """What to compile for `graph` rewritten as `variant` (NEW_KV: split_presents; NEW_KV_BF16: the same, or
     expand_weights for an encoder graph; STATEFUL: stateful_attention), and the folder for OpenVINO's compiled
-    blobs of it (its CACHE_DIR).
+    blobs of it under the compile `properties` (its CACHE_DIR: `blob_folder`).
 
     With a cache folder, the source has a folder of its own there (cache.source_folder): the rewritten IR's
     path in it (written once), or the ONNX path where there is nothing to rewrite. Without one (or where
     nothing can be written), the read and, where it applies, rewritten ov.Model, and no blob folder."""
+    source, folder = _source(core, graph, cache_dir, variant)
+    return source, None if folder is None else blob_folder(folder, properties)
+
+
+def blob_folder(folder: Path, properties: Mapping[str, str]) -> Path | None:
+    """A folder of its own in the source's folder for each set of compile properties: OpenVINO's cache key does
+    not tell every property apart (a blob compiled for f32 was imported for bf16 and scored NaN; docs/memory.md,
+    "One blob folder per compilation"). None where it cannot be made (then nothing is cached)."""
+    key = hashlib.sha256(json.dumps(sorted(properties.items())).encode()).hexdigest()[:16]
+    blobs = folder / f"blobs-{key}"
+    try:
+        blobs.mkdir(exist_ok=True)
+        for stale in folder.glob("*.blob"):  # the layout before: blobs of every compilation side by side
+            stale.unlink(missing_ok=True)
+    except OSError:
+        return None
+    return blobs
+
+
+def _source(core: Any, graph: Path, cache_dir: Path | None, variant: str) -> tuple[Any, Path | None]:
+    """compile_source's source, and the source's folder in the cache (None: nothing is cached)."""
     folder = None
     if cache_dir is not None:
         folder = source_folder(cache_dir, f"{variant}-{_graph_key(graph, variant)}")

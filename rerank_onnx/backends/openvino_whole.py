@@ -172,7 +172,7 @@ def _serve(graph: Path, compilation: Compilation, cache_dir: Path | None) -> Non
     config = compilation.properties()
     # its keys and values in the compute precision (the plugin's default is u8)
     config["KV_CACHE_PRECISION"] = "bf16" if compilation.computes_bf16 else "f32"
-    source, blobs = compile_source(core, graph, cache_dir, STATEFUL)
+    source, blobs = compile_source(core, graph, cache_dir, STATEFUL, config)
     if blobs is not None:
         config["CACHE_DIR"] = str(blobs)
     request = core.compile_model(source, "CPU", config).create_infer_request()

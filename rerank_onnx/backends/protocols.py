@@ -1,9 +1,10 @@
-"""The contract between the scorer and the engines: score sessions, their limits, and the Engine behind them.
+"""The contract between the scorer and the engines: one score session, the batch it scores, its limits, and
+the Engine behind it.
 
-The scorer (scorer.py) drives a `ScoreSession`; what else a session can do is a protocol of its own that the
-scorer checks for (`PrefixScoreSession`: shared prefixes and slices; `SegmentScoreSession`: pair encodings with
-token types; `WholeRowScoreSession`: long rows run whole on a bounded-memory path). A session says how it wants
-its work cut in its `EngineLimits`. Nothing here imports from the layers above.
+The scorer (scorer.py) hands a `ScoreSession` one `ScoreBatch` at a time: right-padded ids and lengths, and
+optionally the shared prefix the rows continue and where each row's document starts. What a session can do
+beyond plain rows it says in two flags (`shares_prefix`, `needs_document_starts`) and in its `EngineLimits`, so
+the scorer asks, never checks types. Nothing here imports from the layers above.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class EngineLimits:
             engine keeps grows with them; None where it does not.
         slice_tokens: the slice a long prompt runs in, each attending to the slices before.
         whole_row_tokens: rows longer than this run alone and whole on the session's bounded-memory path
-            (`WholeRowScoreSession.run_whole`); None: long rows run in slices.
+            (`ScoreBatch.whole_rows`); None: long rows run in slices.
         pad_multiple: 1 when a row's result does not depend on how far its batch pads it; otherwise the width
             granularity rows are padded to and bucketed by (batching.py).
     """
@@ -51,50 +52,55 @@ class Prefix:
         return int(self.keys.shape[2])
 
 
+@dataclass(frozen=True)
+class ScoreBatch:
+    """Rows for one run of a session.
+
+    Args:
+        input_ids: (rows, width) int64 right-padded token ids.
+        lengths: (rows,) int64: each row's tokens (those after `prefix` when there is one).
+        prefix: keys and values of the tokens every row continues (only for a session that `shares_prefix`);
+            None: rows start at their first token.
+        document_starts: (rows,) int64: each row's first document token (its token type 1), for a session that
+            `needs_document_starts`; None elsewhere.
+        whole_rows: the rows are longer than `limits.whole_row_tokens` and run alone and whole, from their
+            first token, on the session's bounded-memory path (never with a prefix).
+    """
+
+    input_ids: np.ndarray
+    lengths: np.ndarray
+    prefix: Prefix | None = None
+    document_starts: np.ndarray | None = None
+    whole_rows: bool = False
+
+
 @runtime_checkable
 class ScoreSession(Protocol):
-    """What the scorer drives: scores of right-padded rows, the session's limits, and a hook to give back memory."""
+    """What the scorer drives: one score per row of a batch, the session's limits and abilities, and a hook to
+    give back memory.
+
+    Attributes:
+        limits: how the session wants its work cut (batch budgets, slices, whole rows, padding).
+        shares_prefix: `prefill` works and batches may carry a `prefix` (graphs with past keys and values).
+        needs_document_starts: batches must carry `document_starts` (a pair encoder with token types).
+    """
 
     limits: EngineLimits
+    shares_prefix: bool
+    needs_document_starts: bool
 
-    def run(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """(batch, sequence) int64 right-padded ids and (batch,) int64 lengths -> (batch,) float32 scores."""
+    def score(self, batch: ScoreBatch) -> np.ndarray:
+        """The batch's rows -> (rows,) float32 scores."""
+        ...
+
+    def prefill(self, input_ids: np.ndarray, after: Prefix | None = None) -> Prefix:
+        """(1, tokens) int64 ids -> the keys and values of `after`'s tokens followed by these (only where
+        `shares_prefix`)."""
         ...
 
     def release_memory(self) -> None:
         """Give back working memory that this call's runs grew past what the session keeps on purpose (called
         at the end of every scoring call; a no-op where nothing grew)."""
-        ...
-
-
-@runtime_checkable
-class PrefixScoreSession(ScoreSession, Protocol):
-    """A session that can compute a shared prefix once and score continuations of it."""
-
-    def prefill(self, input_ids: np.ndarray, after: Prefix | None = None) -> Prefix:
-        """(1, tokens) int64 ids -> the keys and values of `after`'s tokens followed by these."""
-        ...
-
-    def run_after(self, prefix: Prefix, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """Score rows that continue `prefix`: ids and lengths count only the tokens after it."""
-        ...
-
-
-@runtime_checkable
-class SegmentScoreSession(ScoreSession, Protocol):
-    """A session for pair encodings (cross-encoders): it needs where each row's document starts."""
-
-    def run_segments(self, input_ids: np.ndarray, lengths: np.ndarray, segment_starts: np.ndarray) -> np.ndarray:
-        """Like `run`; segment_starts: (batch,) int64, each row's first document token (its token type 1)."""
-        ...
-
-
-@runtime_checkable
-class WholeRowScoreSession(ScoreSession, Protocol):
-    """A session with a bounded-memory path for rows longer than `limits.whole_row_tokens`."""
-
-    def run_whole(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """Like `run`, for rows run alone and whole from their first token."""
         ...
 
 

@@ -64,11 +64,11 @@ EVIDENCE_DOC = "docs/backends.md"
 
 @dataclass(frozen=True)
 class Row:
-    """One row of `auto`'s table: an artifact of `scheme` and model `family` ("*": any) on a CPU of `cpu_class`
+    """One row of `auto`'s table: an artifact of `quantization` and model `family` ("*": any) on a CPU of `cpu_class`
     ("*": any) runs on `backend` at `precision`; `evidence` is the section of docs/backends.md that holds the
     measurement behind the row."""
 
-    scheme: str
+    quantization: str
     cpu_class: CpuClass | Literal["*"]
     family: str
     backend: Literal["onnxruntime", "openvino"]
@@ -97,17 +97,17 @@ AUTO_ROWS: tuple[Row, ...] = (
 )
 
 
-def auto_row(scheme: str, cpu_class: CpuClass, family: str) -> Row:
-    """The row `auto` takes for an artifact of `scheme` and model `family` on a CPU of class `cpu_class`.
+def auto_row(quantization: str, cpu_class: CpuClass, family: str) -> Row:
+    """The row `auto` takes for an artifact of `quantization` and model `family` on a CPU of class `cpu_class`.
 
     Raises:
-        InvalidInputError: a scheme the table does not know.
+        InvalidInputError: a quantization the table does not know.
     """
     for row in AUTO_ROWS:
-        if row.scheme == scheme and row.cpu_class in (cpu_class, "*") and row.family in (family, "*"):
+        if row.quantization == quantization and row.cpu_class in (cpu_class, "*") and row.family in (family, "*"):
             return row
-    schemes = sorted({row.scheme for row in AUTO_ROWS})
-    raise InvalidInputError(f"quantization scheme: expected one of {', '.join(schemes)}, got {describe(scheme)}")
+    quantizations = sorted({row.quantization for row in AUTO_ROWS})
+    raise InvalidInputError(f"quantization: expected one of {', '.join(quantizations)}, got {describe(quantization)}")
 
 
 @functools.cache
@@ -162,19 +162,19 @@ def choose(
     backend: str,
     precision: str,
     *,
-    scheme: str,
+    quantization: str,
     family: str,
     flags: frozenset[str] | None = None,
     openvino_installed: bool,
 ) -> BackendChoice:
-    """Resolve the caller's backend and precision for an artifact of quantization `scheme`.
+    """Resolve the caller's backend and precision for an artifact of quantization `quantization`.
 
     Args:
         backend: "auto", "onnxruntime" or "openvino".
         precision: "auto", "fp32", "bf16" or "int8" (OpenVINO's compute precision; "int8": int8 activations in
             the int8 artifact's weight blocks, bf16 elsewhere, fp32 on a CPU without bf16; onnxruntime runs the
             stored numerics).
-        scheme: the artifact's quantization scheme ("int8", "int8-fast", "int8-static" or "none").
+        quantization: the artifact's quantization ("int8", "int8-fast", "int8-static" or "none").
         family: the artifact's model family (`ArtifactConfig.family`); a family measured to rank less like fp32
             on its CPU class's row takes its own (AUTO_ROWS).
         flags: the CPU's flags (default: this machine's).
@@ -192,7 +192,12 @@ def choose(
         raise InvalidInputError(f"precision: expected one of {', '.join(PRECISIONS)}, got {describe(precision)}")
     cpu_class, detected = planned_class(cpu_flags() if flags is None else flags)
     choice = _choose(
-        backend, precision, scheme=scheme, family=family, cpu_class=cpu_class, openvino_installed=openvino_installed
+        backend,
+        precision,
+        quantization=quantization,
+        family=family,
+        cpu_class=cpu_class,
+        openvino_installed=openvino_installed,
     )
     if detected is None:
         return choice
@@ -201,18 +206,22 @@ def choose(
 
 
 def _choose(
-    backend: str, precision: str, *, scheme: str, family: str, cpu_class: CpuClass, openvino_installed: bool
+    backend: str, precision: str, *, quantization: str, family: str, cpu_class: CpuClass, openvino_installed: bool
 ) -> BackendChoice:
     if backend == "onnxruntime":
         if precision != "auto":
             raise InvalidInputError(
                 f"precision={precision!r} needs backend='openvino': onnxruntime runs the artifact's stored "
-                f"numerics ({scheme}); pass precision='auto' or backend='openvino'"
+                f"numerics ({quantization}); pass precision='auto' or backend='openvino'"
             )
         return BackendChoice("onnxruntime", "stored", cpu_class, "asked for")
     if backend == "openvino":
         return _choose_openvino(
-            precision, scheme=scheme, family=family, cpu_class=cpu_class, openvino_installed=openvino_installed
+            precision,
+            quantization=quantization,
+            family=family,
+            cpu_class=cpu_class,
+            openvino_installed=openvino_installed,
         )
     # auto
     if precision != "auto":
@@ -220,12 +229,12 @@ def _choose(
             f"precision={precision!r} needs backend='openvino' (auto picks the precision itself); "
             "pass backend='openvino' too, or leave precision='auto'"
         )
-    row = auto_row(scheme, cpu_class, family)
-    if scheme == "int8-static" and not openvino_installed:
+    row = auto_row(quantization, cpu_class, family)
+    if quantization == "int8-static" and not openvino_installed:
         raise InvalidInputError(
             "an int8-static artifact runs on OpenVINO: pip install 'rerank-onnx[openvino]'; onnxruntime's kernels "
             "for its scales make a score depend on its batch (docs/backends.md#int8-static-artifacts), so auto does "
-            "not fall back to them: pass backend='onnxruntime' to accept that, or export with --quantize int8"
+            "not fall back to them: pass backend='onnxruntime' to accept that, or export with --quantization int8"
         )
     if row.backend == "openvino" and not openvino_installed:
         return BackendChoice(
@@ -238,7 +247,7 @@ def _choose(
 
 
 def _choose_openvino(
-    precision: str, *, scheme: str, family: str, cpu_class: CpuClass, openvino_installed: bool
+    precision: str, *, quantization: str, family: str, cpu_class: CpuClass, openvino_installed: bool
 ) -> BackendChoice:
     """backend="openvino": the precision asked for where this CPU and artifact run it, else what they run."""
     bf16_capable = cpu_class in BF16_CLASSES
@@ -247,15 +256,15 @@ def _choose_openvino(
             "backend='openvino' needs the openvino package: pip install 'rerank-onnx[openvino]', or pass "
             "backend='auto' to fall back to onnxruntime"
         )
-    if scheme == "int8-fast":
+    if quantization == "int8-fast":
         raise InvalidInputError(
             "backend='openvino' cannot run an int8-fast artifact (its DynamicQuantizeMatMul nodes are "
-            "onnxruntime's); use backend='onnxruntime', or export with --quantize int8 or none"
+            "onnxruntime's); use backend='onnxruntime', or export with --quantization int8 or none"
         )
-    if precision == "int8" and scheme != "int8":
+    if precision == "int8" and quantization != "int8":
         raise InvalidInputError(
             f"precision='int8' quantizes activations in the blocks of the int8 artifact's weights; this artifact "
-            f"is {scheme!r}: pass precision='bf16' or 'fp32', or export with --quantize int8"
+            f"is {quantization!r}: pass precision='bf16' or 'fp32', or export with --quantization int8"
         )
     if precision == "int8" and cpu_class not in INT8_CLASSES:
         return BackendChoice(
@@ -277,7 +286,7 @@ def _choose_openvino(
     if precision != "auto":
         return BackendChoice("openvino", precision, cpu_class, "asked for")  # type: ignore[arg-type]
     row = auto_row("int8", cpu_class, family)
-    best = row.precision if scheme == "int8" and row.backend == "openvino" else "bf16" if bf16_capable else "fp32"
+    best = row.precision if quantization == "int8" and row.backend == "openvino" else "bf16" if bf16_capable else "fp32"
     return BackendChoice("openvino", best, cpu_class, "the CPU's best faithful precision")  # type: ignore[arg-type]
 
 

@@ -40,7 +40,7 @@ class RerankBatch:
     `score` is NaN and `error` says why (expected / got / fix)
     for a row whose query or document is missing or not valid text; `error` is null for scored rows.
     `truncated` is True where the pair was longer than max_length and was cut as the reference cuts it.
-    With long_documents="chunk", `window_start` and `window_end` give the winning window's character span.
+    With long_documents="chunk", `chunk_start` and `chunk_end` give the winning chunk's character span.
 
     Threads: one per CPU Ray gave the actor (`num_cpus` of map_batches), so that actors x threads
     never exceed the cores Ray schedules on; outside Ray, the backend's default.
@@ -74,8 +74,8 @@ class RerankBatch:
             score_column: the output column of scores.
             instruction: the instruction slot (None: the family's default).
             normalize: scores in (0, 1) as the reference's `normalize=True`.
-            long_documents: "truncate" (the reference) or "chunk" (score a long document by its best window).
-            max_chunks_per_doc: with "chunk", windows per document at most.
+            long_documents: "truncate" (the reference) or "chunk" (score a long document by its best chunk).
+            max_chunks_per_doc: with "chunk", chunks per document at most.
             backend: inference engine, as `Reranker`.
             precision: OpenVINO's compute precision, as `Reranker`.
             threads: threads for this actor (None: the CPUs Ray assigned to it).
@@ -87,7 +87,7 @@ class RerankBatch:
         self.normalize = normalize
         self.chunks = max_chunks_per_doc if long_documents == "chunk" else None
         self.threads: int = threads or assigned_cpus() or default_threads()
-        self.model = Reranker(model_dir, threads=self.threads, backend=backend, precision=precision)
+        self.model = Reranker(model_dir, threads=self.threads, backend=backend, precision=precision).model
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Score one batch of rows.
@@ -96,7 +96,7 @@ class RerankBatch:
             batch: columns (numpy format, or a pandas DataFrame) with the query and document columns.
 
         Returns:
-            The input columns plus the score, error and truncated columns (and the window span with "chunk").
+            The input columns plus the score, error and truncated columns (and the chunk span with "chunk").
 
         Raises:
             InvalidInputError: the batch lacks the query or document column.
@@ -137,7 +137,7 @@ class RerankBatch:
         return {JSON_LINE: np.array(lines, dtype=object), **self._score_rows(queries, documents, errors)}
 
     def _score_rows(self, queries: list[Any], documents: list[Any], errors: list[str | None]) -> dict[str, np.ndarray]:
-        """The score, error, truncated (and window) columns: rows with an error get NaN and keep it."""
+        """The score, error, truncated (and chunk) columns: rows with an error get NaN and keep it."""
         good = [i for i, error in enumerate(errors) if error is None]
         n = len(queries)
         scores = np.full(n, np.nan, dtype=np.float32)
@@ -148,14 +148,14 @@ class RerankBatch:
             scores[good], truncated[good], spans[good] = rows
         out = {self.score_column: scores, "error": np.array(errors, dtype=object), "truncated": truncated}
         if self.chunks is not None:
-            out["window_start"], out["window_end"] = spans[:, 0], spans[:, 1]
+            out["chunk_start"], out["chunk_end"] = spans[:, 0], spans[:, 1]
         return out
 
     def _score(self, queries: list[str], documents: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Scores, truncation flags and winning spans ([-1, -1] unless chunked) of valid pairs."""
         encoded = self.model.encode(queries, documents, instruction=self.instruction, max_chunks_per_doc=self.chunks)
-        scores = self.model.score_encoded(encoded.input_ids, prefix_lengths=encoded.prefix_lengths)
-        pairs = pair_scores(scores, encoded.windows, normalize=self.model.normalize if self.normalize else None)
+        scores = self.model.score_encoded(encoded.input_ids, document_starts=encoded.document_starts)
+        pairs = pair_scores(scores, encoded.chunks, normalize=self.model.normalize if self.normalize else None)
         spans = np.array([span or (-1, -1) for span in pairs.spans], dtype=np.int64).reshape(-1, 2)
         return pairs.scores, np.array(encoded.pair_truncated(), dtype=bool), spans
 
