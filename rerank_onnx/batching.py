@@ -22,11 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-
-def padded_width(length: int, pad_multiple: int = 1, context: int = 0) -> int:
-    """The width a row of `length` tokens is padded to after `context` tokens (a shared prefix): context + width
-    is the next multiple of `pad_multiple` (see the module's docstring)."""
-    return -(-(context + length) // pad_multiple) * pad_multiple - context
+from .backends.protocols import padded_width
 
 
 def split_long(lengths: Sequence[int], rows: list[int], *, limit: int) -> tuple[list[int], list[int]]:

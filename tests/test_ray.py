@@ -155,6 +155,10 @@ def test_batch_command_writes_the_file_in_order(local_ray, int8_artifact: Path, 
             "1",
             "--batch-rows",
             "4",
+            # onnxruntime's blockwise int8 scores a row the same in any batch and on any thread count, on every
+            # CPU, so the file's scores must be each row's own (bf16 on an AMX Xeon moves the tiny model's by ~2%)
+            "--backend",
+            "onnxruntime",
         ]
     )
     err = capsys.readouterr().err
@@ -168,8 +172,9 @@ def test_batch_command_writes_the_file_in_order(local_ray, int8_artifact: Path, 
     assert [r["id"] for r in table] == [r["id"] for r in rows]
     assert table[2]["error"] == "document: expected a string, got int 42" and table[2]["document"] is None
     good = [i for i in range(len(rows)) if i != 2]
-    expected = Reranker(int8_artifact).predict([rows[i]["query"] for i in good], [rows[i]["document"] for i in good])
-    np.testing.assert_allclose([table[i]["score"] for i in good], expected, atol=0.02)
+    reranker = Reranker(int8_artifact, backend="onnxruntime")
+    expected = reranker.predict([rows[i]["query"] for i in good], [rows[i]["document"] for i in good])
+    np.testing.assert_allclose([table[i]["score"] for i in good], expected, atol=1e-4)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.jsonl", "scored.parquet"]  # no partial file
 
 

@@ -40,6 +40,12 @@ class EngineLimits:
     pad_multiple: int = 1
 
 
+def padded_width(length: int, pad_multiple: int = 1, context: int = 0) -> int:
+    """The width a row of `length` tokens is padded to after `context` tokens (a shared prefix): context + width
+    is the next multiple of `pad_multiple` (`EngineLimits.pad_multiple`; batching.py plans batches by it)."""
+    return -(-(context + length) // pad_multiple) * pad_multiple - context
+
+
 @dataclass(frozen=True)
 class Prefix:
     """Keys and values of a token prefix that several prompts share: float32 [layers, kv_heads, tokens, head_dim]."""

@@ -25,10 +25,9 @@ from ..artifact import (
     SCORES,
     TOKEN_TYPE_IDS,
 )
-from ..batching import padded_width
 from ..errors import ModelLoadError
 from .memory import is_large, trim_heap
-from .protocols import Engine, Prefix, ScoreBatch
+from .protocols import Engine, Prefix, ScoreBatch, padded_width
 
 
 class GraphSession:
