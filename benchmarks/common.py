@@ -188,6 +188,20 @@ class TreePeak:
         return self.peak / 1e9
 
 
+def more_artifacts(values: list[str]) -> dict[str, str]:
+    """`--also NAME=ARTIFACT ...`: more artifacts of the benchmarked checkpoint (another quantization), each a
+    stack of its own named ours-NAME that runs with backend auto, beside the others in the same run."""
+    stacks = {}
+    for value in values:
+        name, sep, folder = value.partition("=")
+        if not sep or not name or not folder:
+            raise SystemExit(
+                f"error: --also expects NAME=ARTIFACT (e.g. int8-static=ce-minilm-int8-static), got {value!r}"
+            )
+        stacks[f"ours-{name}"] = folder
+    return stacks
+
+
 def run_worker(
     script: str, stack: str, arguments: list[str], *, python: str | None, env: dict[str, str] | None = None
 ) -> dict | None:

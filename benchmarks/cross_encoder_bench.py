@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, median, publish, run_worker, text_of_tokens
+from common import RESULTS, environment, median, more_artifacts, publish, run_worker, text_of_tokens
 
 STACKS = ["st-torch", "st-onnx", "st-onnx-int8", "st-openvino", "openvino-genai", "ours-default", "ours-onnxruntime"]
 PEER_STACKS = ("st-openvino", "openvino-genai")  # run with --peer-python
@@ -144,7 +144,7 @@ def worker(stack: str, checkpoint: str, artifact: str, words: int, reps: int, th
         return _sentence_transformers(checkpoint, stack, words, reps, threads)
     if stack == "openvino-genai":
         return _openvino_genai(checkpoint, words, reps, threads)
-    return _ours(artifact, "auto" if stack == "ours-default" else "onnxruntime", words, reps, threads)
+    return _ours(artifact, "onnxruntime" if stack == "ours-onnxruntime" else "auto", words, reps, threads)
 
 
 def table(data: dict) -> str:
@@ -207,6 +207,14 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--stacks", nargs="+", default=STACKS, choices=STACKS)
     parser.add_argument("--peer-python", type=Path, default=None, help="interpreter for " + ", ".join(PEER_STACKS))
+    parser.add_argument(
+        "--also",
+        nargs="+",
+        default=[],
+        metavar="NAME=ARTIFACT",
+        help="more artifacts of the checkpoint (e.g. int8-static=DIR), each run as stack ours-NAME on backend auto",
+    )
+    parser.add_argument("--tag", default="", help="added to the result file names")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -216,13 +224,17 @@ def main() -> int:
     import numpy as np
     from rerank_onnx_export.report import spearman
 
+    extra = more_artifacts(args.also)
+
     results: dict[str, dict] = {}
     for round_ in range(args.rounds):  # every stack once a round, so that the host's drift spreads over all
-        for stack in args.stacks:
+        for stack in [*args.stacks, *extra]:
             peer = stack in PEER_STACKS
             python = (str(args.peer_python) if args.peer_python else None) if peer else sys.executable
             options = ["--reps", str(args.reps), "--threads", str(args.threads), "--words", str(args.words)]
-            r = run_worker(__file__, stack, [str(args.checkpoint), str(args.artifact), *options], python=python)
+            r = run_worker(
+                __file__, stack, [str(args.checkpoint), extra.get(stack, str(args.artifact)), *options], python=python
+            )
             if r is None:
                 continue
             kept = results.setdefault(stack, {**r, "round_seconds": []})
@@ -252,7 +264,7 @@ def main() -> int:
         "environment": env,
         "results": results,
     }
-    name = f"cross-encoder-{data['checkpoint']}-{env['cpu_class']}"
+    name = f"cross-encoder-{data['checkpoint']}-{env['cpu_class']}" + (f"-{args.tag}" if args.tag else "")
     publish(name, data, table(data), chart)
     return 0
 

@@ -36,7 +36,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, median, publish, run_worker, text_of_tokens
+from common import RESULTS, environment, median, more_artifacts, publish, run_worker, text_of_tokens
 
 STACKS = [
     "reference-fp32",
@@ -235,7 +235,7 @@ def worker(stack: str, checkpoint: str, artifact: str, pieces: Path | None, reps
         return _openvino_genai(checkpoint, "int8" if stack.endswith("int8") else None, pieces, reps, threads)
     if stack.startswith("llama.cpp-"):
         return _llama_cpp(checkpoint, stack.removeprefix("llama.cpp-"), reps, threads)
-    return _ours(artifact, "auto" if stack == "ours-default" else "onnxruntime", reps, threads)
+    return _ours(artifact, "onnxruntime" if stack == "ours-onnxruntime" else "auto", reps, threads)
 
 
 def table(data: dict) -> str:
@@ -289,6 +289,14 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--stacks", nargs="+", default=STACKS, choices=STACKS)
     parser.add_argument("--peer-python", type=Path, default=None, help="interpreter for " + ", ".join(PEER_STACKS))
+    parser.add_argument(
+        "--also",
+        nargs="+",
+        default=[],
+        metavar="NAME=ARTIFACT",
+        help="more artifacts of the checkpoint (e.g. int8-static=DIR), each run as stack ours-NAME on backend auto",
+    )
+    parser.add_argument("--tag", default="", help="added to the result file names")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--pieces", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -298,14 +306,18 @@ def main() -> int:
         return 0
     from rerank_onnx_export.report import spearman
 
+    extra = more_artifacts(args.also)
+
     pieces = Path(tempfile.mkstemp(prefix="qwen3-pieces-", suffix=".json")[1])
     pieces.write_text(json.dumps(genai_pieces()))
     results = {}
-    for stack in args.stacks:
+    for stack in [*args.stacks, *extra]:
         peer = stack in PEER_STACKS
         python = (str(args.peer_python) if args.peer_python else None) if peer else sys.executable
         options = ["--reps", str(args.reps), "--threads", str(args.threads), "--pieces", str(pieces)]
-        r = run_worker(__file__, stack, [str(args.checkpoint), str(args.artifact), *options], python=python)
+        r = run_worker(
+            __file__, stack, [str(args.checkpoint), extra.get(stack, str(args.artifact)), *options], python=python
+        )
         if r is None:
             continue
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
@@ -320,7 +332,7 @@ def main() -> int:
         r["max_abs_diff"] = float(np.max(np.abs(np.asarray(r["scores"]) - reference)))
     env = environment(args.threads)
     data = {"checkpoint": args.checkpoint.resolve().name, "reps": args.reps, "environment": env, "results": results}
-    name = f"qwen3-{data['checkpoint']}-{env['cpu_class']}"
+    name = f"qwen3-{data['checkpoint']}-{env['cpu_class']}" + (f"-{args.tag}" if args.tag else "")
     publish(name, data, table(data), chart)
     return 0
 

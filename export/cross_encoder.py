@@ -105,11 +105,22 @@ def write_tokenizer(staging: Path, checkpoint: Checkpoint, graph_inputs: list[st
 
 def builtin_pairs(staging: Path, pair_encoding: dict[str, Any]) -> tuple[list[list[int]], list[int]]:
     """The built-in pairs (report.py) encoded as the runtime encodes them; instructions do not apply."""
+    queries, documents, _ = report.builtin_pairs()
+    return encode_pairs(staging, pair_encoding, queries, documents)
+
+
+def encode_pairs(
+    staging: Path, pair_encoding: dict[str, Any], queries: list[str], documents: list[str]
+) -> tuple[list[list[int]], list[int]]:
+    """(query, document) pairs encoded as the runtime encodes them, with the artifact's tokenizer in `staging`.
+
+    Returns:
+        Each pair's token ids and the index of its document's first token.
+    """
     encoding = PairEncoding.from_dict(pair_encoding)
     encoder = CrossEncoderPairs(
         load_tokenizer(str(staging / artifact.TOKENIZER_FILE)), encoding, max_length=encoding.max_length
     )
-    queries, documents, _ = report.builtin_pairs()
     encoded = encoder.encode(queries, documents, instruction=None)
     return encoded.input_ids, encoded.document_starts
 

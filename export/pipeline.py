@@ -30,7 +30,7 @@ from . import cross_encoder, report
 from .calibration import calibration_pairs
 from .decoder_graph import DecoderShape, build_decoder_graph
 from .prompt import FAMILIES, PROMPTS, Prompt, detect_family, template_data
-from .quantize import BLOCK, QUANTIZATIONS, decoder_feeds
+from .quantize import BLOCK, QUANTIZATIONS, decoder_feeds, encoder_feeds
 from .quantize import quantize as quantize_graph
 from .reference import reference_scores
 from .safetensors_reader import SafetensorsWeights
@@ -71,8 +71,8 @@ def export_checkpoint(
     Args:
         source: a hub id or a local checkpoint folder.
         output_dir: the artifact folder to write (written as `<name>.partial`, renamed when complete).
-        quantization: "int8" (blockwise, the default), "int8-fast", "int8-static" (calibrated activation scales;
-            the causal families) or "none".
+        quantization: "int8" (blockwise, the default), "int8-fast", "int8-static" (activation scales calibrated
+            at export; needs the export-int8-static extra) or "none".
         revision: the hub revision.
         estimated_max: the normalization constant (default: the family reference's, for mxbai per hub id).
         overwrite: replace an existing, non-empty output folder.
@@ -167,14 +167,9 @@ def _check_arguments(quantization: str, family: str, estimated_max: float | None
 
 
 def _check_cross_encoder(checkpoint: Checkpoint, prompt: Prompt | None, quantization: str) -> None:
-    """A cross-encoder (no prompt): its exporter installed, its head one logit, a quantization built for it."""
+    """A cross-encoder (no prompt): its exporter installed, its head one logit."""
     if prompt is not None:
         return
-    if quantization == "int8-static":
-        raise ExportError(
-            "--quantization int8-static is built for the causal families (mxbai-rerank-v2, qwen3-reranker) only; "
-            "export this cross-encoder with --quantization int8 or none"
-        )
     cross_encoder.require_exporter()
     cross_encoder.check_head(checkpoint)
 
@@ -377,10 +372,15 @@ def _export_cross_encoder_into(
     log(f"scoring the {len(pair_ids)} built-in pairs with PyTorch fp32")
     torch_scores = cross_encoder.torch_scores(checkpoint, pair_ids, starts, pair_encoding["token_types"])
     timings["pytorch_scoring_s"] = time.perf_counter() - t
+    calibration = None
+    if quantization == "int8-static":
+        calibration_ids, calibration_starts = cross_encoder.encode_pairs(staging, pair_encoding, *calibration_pairs())
+        calibration = encoder_feeds(calibration_ids, calibration_starts, token_types=pair_encoding["token_types"])
     built = _Built(
         family=artifact.CROSS_ENCODER,
         fp32_path=fp32_path,
         graph_written=quantization == "none",
+        calibration=calibration,
         config_section={"pair_encoding": pair_encoding},
         architecture={k: checkpoint.config.get(k) for k in _ENCODER_ARCH_KEYS},
         pair_ids=pair_ids,

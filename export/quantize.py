@@ -70,7 +70,8 @@ def quantize(
         fp32_path: the fp32 score graph.
         destination: the graph file to write (its weights go to `data_file` beside it).
         data_file: the external data file's name.
-        calibration: int8-static only: the graph's inputs for each calibration prompt (`decoder_feeds`).
+        calibration: int8-static only: the graph's inputs for each calibration prompt (`decoder_feeds`,
+            `encoder_feeds`).
     """
     if quantization == "int8":
         quantize_int8_blockwise(fp32_path, destination, data_file=data_file)
@@ -208,6 +209,18 @@ def decoder_feeds(model_path: Path, prompts: list[list[int]]) -> list[dict[str, 
         }
         for ids in prompts
     ]
+
+
+def encoder_feeds(pair_ids: list[list[int]], starts: list[int], *, token_types: bool) -> list[dict[str, np.ndarray]]:
+    """A cross-encoder graph's inputs for each pair alone (int8-static's calibration, as `decoder_feeds`): its
+    ids, a mask of ones and, for a graph that takes them, token types of 1 from the document on."""
+    feeds = []
+    for ids, start in zip(pair_ids, starts):
+        feed = {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
+        if token_types:
+            feed["token_type_ids"] = (np.arange(len(ids)) >= start).astype(np.int64)[None, :]
+        feeds.append(feed)
+    return feeds
 
 
 def _score_projections(model: onnx.ModelProto) -> list[onnx.NodeProto]:

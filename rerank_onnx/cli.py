@@ -319,8 +319,6 @@ def _info(args: argparse.Namespace) -> int:
     picks: dict[str, dict[str, str]] = {}
     for family in INFO_FAMILIES:
         for quantization in INFO_QUANTIZATIONS:
-            if quantization == "int8-static" and family == "cross-encoder":
-                continue  # the export builds it for the causal families only
             try:
                 choice = choose("auto", "auto", quantization=quantization, family=family, openvino_installed=installed)
                 picks[f"{family}, {quantization}"] = {"backend": choice.backend, "precision": choice.precision}

@@ -251,12 +251,16 @@ def _as_bf16(values: Any) -> Any:
 def expand_weights(model: Any) -> bool:
     """Rewrite `model` (an ov.Model of an encoder score graph) so that its MatMuls' int8 weights become bf16
     constants (converted to float32 in the graph, which the CPU plugin keeps as bf16 weights). Returns False
-    (model unchanged) where no MatMul has integer weights (an fp32 artifact)."""
+    (model unchanged) where no MatMul has integer weights (an fp32 artifact), or where activations are quantized
+    with constant scales (an int8-static artifact: FakeQuantize nodes, whose int8 kernels want the int8 weights)."""
     import openvino as ov
     import openvino.opset13 as ops
     from openvino.passes import ConstantFolding, Manager
 
-    matmuls = [n for n in model.get_ordered_ops() if n.get_type_name() == "MatMul" and _integer_weights(n)]
+    ops_in_order = model.get_ordered_ops()
+    if any(n.get_type_name() == "FakeQuantize" for n in ops_in_order):
+        return False
+    matmuls = [n for n in ops_in_order if n.get_type_name() == "MatMul" and _integer_weights(n)]
     if not matmuls:
         return False
     manager = Manager()
