@@ -12,7 +12,8 @@ of blockwise int8 on onnxruntime, on the same model and pairs.
 - variants, each on the int8 artifact: onnxruntime (blockwise int8), OpenVINO `int8` (dynamic int8
   activations in the artifact's blocks), `bf16` and `fp32` (fp32 compute of the int8 weights); OpenVINO's
   bf16 and int8 run as fp32 on a CPU without bf16 instructions, and the table says so; with `--static`, an
-  `int8-static` artifact of the same checkpoint on what `auto` runs and on onnxruntime;
+  `int8-static` artifact of the same checkpoint on what `auto` runs, on OpenVINO fp32 and on onnxruntime;
+  `--skip` leaves variants out;
 - pairs: `--queries` queries x 20 documents of 20-`--max-doc-tokens` tokens (int8_groups.py's pairs);
   Spearman over all scores and per query, top-10 overlap, mean |difference| as a share of the reference's
   score spread, and each variant's Spearman minus onnxruntime int8's with 95% intervals over resampled
@@ -43,9 +44,11 @@ VARIANTS = [
     ("openvino-bf16", "openvino", "bf16"),
     ("openvino-fp32", "openvino", "fp32"),
 ]
-# (name, backend, precision) on an int8-static artifact (--static): OpenVINO as `auto` runs it, and onnxruntime
+# (name, backend, precision) on an int8-static artifact (--static): OpenVINO as `auto` runs it, OpenVINO with
+# fp32 between the int8 kernels, and onnxruntime
 STATIC_VARIANTS = [
     ("int8-static-openvino", "auto", "auto"),
+    ("int8-static-openvino-fp32", "openvino", "fp32"),
     ("int8-static-onnxruntime", "onnxruntime", "auto"),
 ]
 ALONE_PAIRS = 20
@@ -131,6 +134,13 @@ def main() -> int:
         default=None,
         help="an int8-static artifact of the same checkpoint: its variants (onnxruntime, OpenVINO auto) join the table",
     )
+    parser.add_argument(
+        "--skip",
+        nargs="+",
+        default=[],
+        choices=[name for name, _, _ in VARIANTS[1:] + STATIC_VARIANTS],
+        help="variants not to run (onnxruntime-int8, the bound, always runs)",
+    )
     args = parser.parse_args()
     from rerank_onnx import Reranker
 
@@ -138,12 +148,12 @@ def main() -> int:
     reference_model = Reranker(args.fp32, backend="onnxruntime", threads=args.threads)
     reference = reference_model.predict(*agreement_pairs(*pairs)).tolist()
     variants = {}
-    for name, backend, precision in VARIANTS:
+    for name, backend, precision in (v for v in VARIANTS if v[0] not in args.skip):
         variants[name] = score_variant(args.int8, backend, precision, args.threads, pairs)
         variants[name]["agreement"] = agreement(variants[name]["scores"], reference)
         print(f"{name}: {variants[name]['agreement']}", file=sys.stderr)
     if args.static is not None:
-        for name, backend, precision in STATIC_VARIANTS:
+        for name, backend, precision in (v for v in STATIC_VARIANTS if v[0] not in args.skip):
             variants[name] = score_variant(args.static, backend, precision, args.threads, pairs)
             variants[name]["agreement"] = agreement(variants[name]["scores"], reference)
             print(f"{name}: {variants[name]['agreement']}", file=sys.stderr)

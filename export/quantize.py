@@ -167,9 +167,12 @@ def quantize_int8_static(
         import nncf
     except ImportError as exc:
         raise MissingDependencyError("nncf", "pip install 'rerank-onnx[export-int8-static]'") from exc
+    from nncf.onnx.quantization.backend_parameters import BackendParameters
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
-    model = onnx.load(str(fp32_path), load_external_data=True)
+    # the weights stay in their file beside the graph (NNCF reads them from there): a graph over protobuf's 2 GB
+    # (Qwen3-0.6B, bge-m3, large-v2) cannot be serialized with them inline
+    model = onnx.load(str(fp32_path), load_external_data=False)
     weights = {t.name for t in model.graph.initializer}
     excluded = [n.name for n in _score_projections(model)] + [
         n.name  # attention's two products (no weight): per-tensor static scales cost them the most
@@ -185,7 +188,8 @@ def quantize_int8_static(
             subset_size=len(calibration),
             ignored_scope=nncf.IgnoredScope(names=excluded),
             advanced_parameters=AdvancedQuantizationParameters(
-                smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=SMOOTH_QUANT_ALPHA)
+                smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=SMOOTH_QUANT_ALPHA),
+                backend_params={BackendParameters.EXTERNAL_DATA_DIR: str(fp32_path.resolve().parent)},
             ),
         )
     del model

@@ -34,7 +34,8 @@ from worker import Ours, workloads
 
 def worker(artifact: str, backend: str, threads: int, reps: int) -> dict:
     """Load `artifact` on `backend`, time b16x256 and rag20, and score the faithfulness pairs."""
-    stack = Ours(artifact, threads, backend, "auto")
+    engine, _, precision = backend.partition(":")  # "openvino:fp32": an engine and its precision
+    stack = Ours(artifact, threads, engine, precision or "auto")
     w = workloads(quick=False)
     result: dict = {"backend": stack.backend}
     for name in ("b16x256", "rag20"):
@@ -128,7 +129,9 @@ def main() -> int:
     parser.add_argument(
         "artifacts", nargs="*", type=Path, help="two or more artifacts of one model; the first is the baseline"
     )
-    parser.add_argument("--backends", nargs="+", default=["auto", "onnxruntime"])
+    parser.add_argument(
+        "--backends", nargs="+", default=["auto", "onnxruntime"], help="BACKEND or BACKEND:PRECISION (openvino:fp32)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
