@@ -137,12 +137,25 @@ def test_int8_static_graph_has_constant_activation_scales_and_ranks_like_fp32(
     # what auto runs it on (OpenVINO, on every CPU class) shares prefixes exactly
     openvino = [v for k, v in report["backends"]["results"].items() if k.startswith("openvino")]
     assert openvino and all(v["shared_prefix_vs_full_max_abs_diff"] == 0.0 for v in openvino)
-    # On both engines it ranks like the fp32 graph. (A pair's score is not the same alone and in a batch on this
-    # tiny model, on either engine, though it was on base-v2 with OpenVINO: docs/backends.md#int8-static-artifacts.)
+    # On both engines it ranks like the fp32 graph.
     fp32 = Reranker(fp32_artifact).predict([QUERY] * 4, DOCS[:4])
     reranker = Reranker(int8_static_artifact, compile_cache=False)
     assert reranker.backend is not None and reranker.backend.backend == "openvino"
     assert np.corrcoef(reranker.predict([QUERY] * 4, DOCS[:4]), fp32)[0, 1] > 0.9
+    # Its int8 kernels round by the padded width: rows are padded under fp32 compute too (unpadded, base-v2's
+    # scores moved by 12% of their spread between alone and in a batch on AMX, Dec 6), and a pair's score is the
+    # same alone and in a batch. (Under bf16 compute this tiny model's still move by ~4%: not explained yet.)
+    from rerank_onnx.artifact import load_artifact
+    from rerank_onnx.backends import open_backend
+
+    session, _ = open_backend(
+        load_artifact(int8_static_artifact), backend="openvino", precision="fp32", threads=1, cache_dir=False
+    )
+    assert session.limits.pad_multiple > 1
+    on_fp32 = Reranker(int8_static_artifact, backend="openvino", precision="fp32", compile_cache=False)
+    batch = on_fp32.predict([QUERY] * 4, DOCS[:4])
+    alone = np.array([on_fp32.predict([QUERY], [document])[0] for document in DOCS[:4]])
+    assert np.abs(alone - batch).max() <= 1e-6 * max(1.0, float(np.abs(batch).max()))
     on_onnxruntime = Reranker(int8_static_artifact, backend="onnxruntime").predict([QUERY] * 4, DOCS[:4])
     assert np.corrcoef(on_onnxruntime, fp32)[0, 1] > 0.9
 

@@ -36,6 +36,7 @@ def open_session(
     threads: int | None = None,
     cache_dir: Path | None = None,
     int8_block: int | None = None,
+    static_int8: bool = False,
 ) -> GraphSession:
     """The session for an artifact's graph on the chosen backend: a cross-encoder's when the graph takes an
     attention mask, a decoder's otherwise (sharing prefixes when the graph takes past keys and values).
@@ -46,6 +47,7 @@ def open_session(
         threads: intra-op threads (default: the CPUs this process may use).
         cache_dir: where OpenVINO keeps compiled models (None: no cache); onnxruntime ignores it.
         int8_block: the int8 artifact's weight block, OpenVINO's int8 activation group under precision "int8".
+        static_int8: the graph's activations are quantized with constant scales (an int8-static artifact).
 
     Returns:
         An `EncoderGraphSession` (cross-encoders) or a `GraphSession`.
@@ -55,7 +57,9 @@ def open_session(
     if choice.backend == "openvino":
         from .openvino import Compilation, OpenVinoEngine
 
-        compilation = Compilation(choice.precision, threads, int8_block=int8_block, bf16=choice.bf16)
+        compilation = Compilation(
+            choice.precision, threads, int8_block=int8_block, bf16=choice.bf16, static_int8=static_int8
+        )
         engine = OpenVinoEngine(graph, compilation, cache_dir=cache_dir)
     else:
         from .onnxruntime import OnnxRuntimeEngine
@@ -98,7 +102,12 @@ def open_backend(
     if cache_dir is not False and choice.backend == "openvino":
         cache = compile_cache_dir(config, cache_dir)
     session = open_session(
-        config.graph_path, choice, threads=threads, cache_dir=cache, int8_block=config.quantization_block
+        config.graph_path,
+        choice,
+        threads=threads,
+        cache_dir=cache,
+        int8_block=config.quantization_block,
+        static_int8=config.quantization == "int8-static",
     )
     return session, choice
 

@@ -68,6 +68,9 @@ class Compilation:
         int8_block: under "int8", the input channels per activation scale: the artifact's int8 weight block
             (`ArtifactConfig.quantization_block`). Required for "int8", ignored otherwise.
         bf16: under "int8", compute in bf16 what is not int8 (a CPU with bf16 instructions); False: in fp32.
+        static_int8: the graph quantizes its activations with constant scales (an int8-static artifact): its
+            int8 kernels round by the padded width as dynamic int8 activations do, so its rows are padded at any
+            precision (docs/backends.md#int8-static-artifacts).
 
     Raises:
         ModelLoadError: an unknown precision, or "int8" without the block.
@@ -77,12 +80,19 @@ class Compilation:
     threads: int
     int8_block: int | None = None
     bf16: bool = True
+    static_int8: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ModelLoadError(f"openvino precision: expected one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if self.precision == "int8" and not self.int8_block:
             raise ModelLoadError("openvino precision 'int8' needs the int8 artifact's weight block (int8_block)")
+
+    @property
+    def padded(self) -> bool:
+        """Whether results depend on a run's padded width (bf16 compute, or int8 activations of either kind), so
+        that rows are padded to PAD_MULTIPLE."""
+        return self.precision in PADDED_PRECISIONS or self.static_int8
 
     @property
     def computes_bf16(self) -> bool:
@@ -135,7 +145,7 @@ class OpenVinoEngine:
             LIMITS,
             batch_tokens=LIMITS.batch_tokens if decoder else ENCODER_BATCH_TOKENS,
             whole_row_tokens=LIMITS.whole_row_tokens if decoder else None,  # the stateful model is a decoder's
-            pad_multiple=PAD_MULTIPLE if compilation.precision in PADDED_PRECISIONS else 1,
+            pad_multiple=PAD_MULTIPLE if compilation.padded else 1,
         )
         self._whole = WholeRowProcess(graph, compilation, cache_dir=cache_dir)
 
