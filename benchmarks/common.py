@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import platform
@@ -186,6 +187,18 @@ class TreePeak:
         self._stop.set()
         self._thread.join()
         return self.peak / 1e9
+
+
+def add_more_artifacts_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--also NAME=ARTIFACT ...` (read by `more_artifacts`) and `--tag`, for a bench of one checkpoint."""
+    parser.add_argument(
+        "--also",
+        nargs="+",
+        default=[],
+        metavar="NAME=ARTIFACT",
+        help="more artifacts of the checkpoint (e.g. int8-static=DIR), each run as stack ours-NAME on backend auto",
+    )
+    parser.add_argument("--tag", default="", help="added to the result file names")
 
 
 def more_artifacts(values: list[str]) -> dict[str, str]:

@@ -37,7 +37,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, median, more_artifacts, publish, run_worker, text_of_tokens
+import common
+from common import RESULTS, environment, median, publish, run_worker, text_of_tokens
 
 STACKS = ["st-torch", "st-onnx", "st-onnx-int8", "st-openvino", "openvino-genai", "ours-default", "ours-onnxruntime"]
 PEER_STACKS = ("st-openvino", "openvino-genai")  # run with --peer-python
@@ -207,14 +208,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--stacks", nargs="+", default=STACKS, choices=STACKS)
     parser.add_argument("--peer-python", type=Path, default=None, help="interpreter for " + ", ".join(PEER_STACKS))
-    parser.add_argument(
-        "--also",
-        nargs="+",
-        default=[],
-        metavar="NAME=ARTIFACT",
-        help="more artifacts of the checkpoint (e.g. int8-static=DIR), each run as stack ours-NAME on backend auto",
-    )
-    parser.add_argument("--tag", default="", help="added to the result file names")
+    common.add_more_artifacts_arguments(parser)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -224,7 +218,7 @@ def main() -> int:
     import numpy as np
     from rerank_onnx_export.report import spearman
 
-    extra = more_artifacts(args.also)
+    extra = common.more_artifacts(args.also)
 
     results: dict[str, dict] = {}
     for round_ in range(args.rounds):  # every stack once a round, so that the host's drift spreads over all

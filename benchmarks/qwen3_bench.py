@@ -36,7 +36,8 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, median, more_artifacts, publish, run_worker, text_of_tokens
+import common
+from common import RESULTS, environment, median, publish, run_worker, text_of_tokens
 
 STACKS = [
     "reference-fp32",
@@ -289,14 +290,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--stacks", nargs="+", default=STACKS, choices=STACKS)
     parser.add_argument("--peer-python", type=Path, default=None, help="interpreter for " + ", ".join(PEER_STACKS))
-    parser.add_argument(
-        "--also",
-        nargs="+",
-        default=[],
-        metavar="NAME=ARTIFACT",
-        help="more artifacts of the checkpoint (e.g. int8-static=DIR), each run as stack ours-NAME on backend auto",
-    )
-    parser.add_argument("--tag", default="", help="added to the result file names")
+    common.add_more_artifacts_arguments(parser)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--pieces", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -306,7 +300,7 @@ def main() -> int:
         return 0
     from rerank_onnx_export.report import spearman
 
-    extra = more_artifacts(args.also)
+    extra = common.more_artifacts(args.also)
 
     pieces = Path(tempfile.mkstemp(prefix="qwen3-pieces-", suffix=".json")[1])
     pieces.write_text(json.dumps(genai_pieces()))
