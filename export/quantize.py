@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from rerank_onnx.artifact import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS
 from rerank_onnx.errors import MissingDependencyError
 
 from .onnx_files import save_with_external_data
@@ -220,9 +221,9 @@ def encoder_feeds(pair_ids: list[list[int]], starts: list[int], *, token_types: 
     ids, a mask of ones and, for a graph that takes them, token types of 1 from the document on."""
     feeds = []
     for ids, start in zip(pair_ids, starts):
-        feed = {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
+        feed = {INPUT_IDS: np.array([ids], dtype=np.int64), ATTENTION_MASK: np.ones((1, len(ids)), dtype=np.int64)}
         if token_types:
-            feed["token_type_ids"] = (np.arange(len(ids)) >= start).astype(np.int64)[None, :]
+            feed[TOKEN_TYPE_IDS] = (np.arange(len(ids)) >= start).astype(np.int64)[None, :]
         feeds.append(feed)
     return feeds
 
