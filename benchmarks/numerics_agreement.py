@@ -11,7 +11,7 @@ of blockwise int8 on onnxruntime, on the same model and pairs.
 - reference: the fp32 artifact on onnxruntime;
 - variants, each on the int8 artifact: onnxruntime (blockwise int8), OpenVINO `int8` (dynamic int8
   activations in the artifact's blocks), `bf16` and `fp32` (fp32 compute of the int8 weights); OpenVINO's
-  bf16 and int8 run as fp32 on a CPU without bf16 instructions, and the table says so; with `--static`, an
+  bf16 and int8 run as fp32 on a CPU without bf16 instructions, and the table says so; with `--static`, each
   `int8-static` artifact of the same checkpoint on what `auto` runs, on OpenVINO fp32 and on onnxruntime;
   `--skip` leaves variants out;
 - pairs: `--queries` queries x 20 documents of 20-`--max-doc-tokens` tokens (int8_groups.py's pairs);
@@ -131,8 +131,10 @@ def main() -> int:
     parser.add_argument(
         "--static",
         type=Path,
-        default=None,
-        help="an int8-static artifact of the same checkpoint: its variants (onnxruntime, OpenVINO auto) join the table",
+        nargs="+",
+        default=[],
+        help="int8-static artifacts of the same checkpoint (e.g. with and without SmoothQuant): their variants "
+        "join the table, named with the artifact when there are several",
     )
     parser.add_argument(
         "--skip",
@@ -152,9 +154,10 @@ def main() -> int:
         variants[name] = score_variant(args.int8, backend, precision, args.threads, pairs)
         variants[name]["agreement"] = agreement(variants[name]["scores"], reference)
         print(f"{name}: {variants[name]['agreement']}", file=sys.stderr)
-    if args.static is not None:
-        for name, backend, precision in (v for v in STATIC_VARIANTS if v[0] not in args.skip):
-            variants[name] = score_variant(args.static, backend, precision, args.threads, pairs)
+    for static in args.static:
+        for variant, backend, precision in (v for v in STATIC_VARIANTS if v[0] not in args.skip):
+            name = f"{variant} ({static.name})" if len(args.static) > 1 else variant
+            variants[name] = score_variant(static, backend, precision, args.threads, pairs)
             variants[name]["agreement"] = agreement(variants[name]["scores"], reference)
             print(f"{name}: {variants[name]['agreement']}", file=sys.stderr)
     baseline = variants[VARIANTS[0][0]]["scores"]

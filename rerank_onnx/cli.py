@@ -82,6 +82,13 @@ def _export_parser(commands: Commands) -> None:
         default="auto",
         help="the model family: its prompt, score tokens and normalization (default: from the architecture)",
     )
+    export.add_argument(
+        "--smooth-quant",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="int8-static only: SmoothQuant before calibrating (auto: on for cross-encoders, off for the decoder "
+        "families; docs/backends.md#int8-static-artifacts has the measurements)",
+    )
     export.set_defaults(run=_export)
 
 
@@ -365,6 +372,7 @@ def _export(args: argparse.Namespace) -> int:
         estimated_max=args.estimated_max,
         overwrite=args.overwrite,
         family=args.family,
+        smooth_quant=args.smooth_quant,
         all_backends=args.check_all_backends,
         log=lambda message: print(message, file=sys.stderr),
     )

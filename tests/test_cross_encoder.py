@@ -230,6 +230,7 @@ def test_int8_static_ranks_like_the_reference_and_keeps_a_pair_apart_from_its_ba
     ranks like the PyTorch reference on the export's pairs; OpenVINO runs its int8 weights as int8 (not expanded
     to bf16), and a pair's score is the same alone and in a batch."""
     import openvino
+    from rerank_onnx_export.quantize import SMOOTH_QUANT_ALPHA
 
     from rerank_onnx.backends.openvino_graph import expand_weights
 
@@ -240,6 +241,11 @@ def test_int8_static_ranks_like_the_reference_and_keeps_a_pair_apart_from_its_ba
     assert quantize_nodes and all(n.input[1] in constants and n.input[2] in constants for n in quantize_nodes)
     assert not {"DynamicQuantizeLinear", "MatMulNBits"} & {n.op_type for n in graph.graph.node}
     report = json.loads((folder / REPORT_FILE).read_text())
+    # a cross-encoder gets SmoothQuant by default (it ranked closer to fp32 on a real-weight MiniLM): its scales
+    # are constants multiplied in before the quantized MatMuls
+    assert report["quantization"]["smooth_quant_alpha"] == SMOOTH_QUANT_ALPHA
+    smoothing = [n for n in graph.graph.node if n.op_type == "Mul" and n.name.endswith("nncf_smooth_quant")]
+    assert smoothing and all(any(i in constants for i in n.input) for n in smoothing)
     # random tiny models, 32 pairs: 0.949-0.994 on AMX (Dec 6; XLM-R's varied between runs); the decoders' bound
     assert report["agreement"]["int8-static_graph_vs_reference"]["spearman"] > 0.9
     for result in report["backends"]["results"].values():

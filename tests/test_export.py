@@ -131,6 +131,9 @@ def test_int8_static_graph_has_constant_activation_scales_and_ranks_like_fp32(
         assert node.input[1] in constants and node.input[2] in constants, node.name
     report = json.loads((int8_static_artifact / REPORT_FILE).read_text())
     assert report["quantization"]["scheme"] == "int8-static"
+    # a decoder family: no SmoothQuant unless asked (it ranked further from fp32 on random base-v2)
+    assert "smooth_quant_alpha" not in report["quantization"]
+    assert not [n for n in model.graph.node if "smooth_quant" in n.name]
     # calibrated against the fp32 graph built beside it: both are compared with the reference
     assert report["agreement"]["fp32_graph_vs_reference"]["max_abs_diff"] < 1e-4
     assert report["agreement"]["int8-static_graph_vs_reference"]["spearman"] > 0.9
@@ -203,6 +206,11 @@ def test_bad_sources_and_outputs_are_refused(tmp_path: Path, tiny_checkpoint: Pa
     assert (occupied / "keep.txt").read_text() == "mine"
     with pytest.raises(ExportError, match="quantization: expected one of"):
         export_checkpoint(str(tiny_checkpoint), tmp_path / "x", quantization="int4", log=lambda m: None)
+    with pytest.raises(ExportError, match="smooth_quant: expected auto, on or off, got 'yes'"):
+        export_checkpoint(str(tiny_checkpoint), tmp_path / "x", smooth_quant="yes", log=lambda m: None)
+    with pytest.raises(ExportError, match=r"SmoothQuant applies to int8-static only.*quantization='int8-static'"):
+        export_checkpoint(str(tiny_checkpoint), tmp_path / "x", smooth_quant="on", log=lambda m: None)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
 
 
 def test_unsupported_architecture_is_refused(tmp_path: Path, tiny_checkpoint: Path) -> None:
