@@ -1,6 +1,6 @@
 """Random-weight checkpoints of the supported architectures, with the real Qwen vocabulary: Qwen2 for
 mxbai-rerank-v2 (base-v2, large-v2) and Qwen3 for Qwen3-Reranker (0.6B); and cross-encoders (BERT,
-XLM-RoBERTa, ModernBERT) with a tokenizer of the same kind trained here on a small corpus.
+XLM-RoBERTa, ModernBERT) with a small tokenizer of the same kind (export/tokenizers/).
 
 The real weights live on the Hugging Face Hub, which tests and benchmarks cannot reach. Speed does not
 depend on weight values and the export/runtime mechanics do not either, so a checkpoint with the real
@@ -257,22 +257,17 @@ CROSS_ENCODERS: dict[str, EncoderArchitecture] = {
     "xlmr-tiny": EncoderArchitecture("xlm-roberta", 32, 64, 2, 4, 0, 66, 64),
     "modernbert-tiny": EncoderArchitecture("modernbert", 32, 64, 3, 4, 0, 128, 64),
 }
-# What the local tokenizers learn from: the report's texts and a few more, in several scripts.
-_CORPUS = (
-    "what is a cat? A cat is a small carnivorous mammal, often kept as a pet; domestic cats are valued.",
-    "How do I reset a forgotten router password? Hold the reset button for 30 seconds; the admin password "
-    "returns to the factory default printed on the label.",
-    "¿Cuál es la capital de Australia? Canberra es la capital de Australia; Sídney y Melbourne son grandes.",
-    "python sort a list of dicts by key: use sorted(items, key=lambda d: d['name']) or operator.itemgetter.",
-    "Bananas are rich in potassium. 香蕉富含钾。 The 2008 financial crisis began with subprime mortgages.",
-    "Le chat dort sur le canapé. Der Hund spielt im Garten. Кошка спит. 猫は眠っている。 Il gatto mangia.",
-)
+# The tiny encoders' tokenizers (WordPiece, Unigram, byte-level BPE, each with its pair post-processor), trained
+# once with tokenizers' trainers on a small corpus of the report's texts in several scripts and kept as files:
+# those trainers break ties in an order that changes from run to run, so training per build gave each build other
+# ids for the same text (and the tests' agreement figures moved with them).
+TOKENIZERS = Path(__file__).parent / "tokenizers"
 
 
 def build_random_cross_encoder(
     destination: Path, *, size: str = "bert-tiny", seed: int = 0, weight_std: float | None = None
 ) -> Path:
-    """Save a random-weight *ForSequenceClassification (one logit) of `size` with a locally trained
+    """Save a random-weight *ForSequenceClassification (one logit) of `size` with a small
     tokenizer of the architecture's kind (WordPiece, Unigram, byte-level BPE) into `destination`.
 
     The big sizes keep their real vocabulary size in the model (so the embedding table is full size);
@@ -335,49 +330,35 @@ def _seeded(model_class: type, config: object, seed: int) -> Any:  # a transform
 
 
 def _encoder_tokenizer(arch: EncoderArchitecture) -> tuple[Any, dict[str, int]]:  # a transformers fast tokenizer
-    """A fast tokenizer of the architecture's kind trained on _CORPUS, with its pair post-processor, and its
+    """A fast tokenizer of the architecture's kind (one of TOKENIZERS), with its pair post-processor, and its
     pad, cls and sep ids."""
-    corpus = list(_CORPUS) * 10
     if arch.model_type == "bert":
-        return _wordpiece_tokenizer(corpus, arch.model_max_length)
+        return _wordpiece_tokenizer(arch.model_max_length)
     if arch.model_type == "xlm-roberta":
-        return _unigram_tokenizer(corpus, arch.model_max_length)
-    return _byte_bpe_tokenizer(corpus, arch.model_max_length)
+        return _unigram_tokenizer(arch.model_max_length)
+    return _byte_bpe_tokenizer(arch.model_max_length)
 
 
-def _wordpiece_tokenizer(corpus: list[str], model_max_length: int) -> tuple[Any, dict[str, int]]:
+def _wordpiece_tokenizer(model_max_length: int) -> tuple[Any, dict[str, int]]:
     """BERT's kind (MiniLM cross-encoders): WordPiece, lower-cased, [CLS] a [SEP] b [SEP] with segment ids."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer
     from transformers import BertTokenizerFast
 
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    names = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=500, special_tokens=names))
-    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
-    )
-    tokenizer.decoder = decoders.WordPiece()
+    tokenizer = Tokenizer.from_file(str(TOKENIZERS / "wordpiece.json"))
     hf: Any = BertTokenizerFast(tokenizer_object=tokenizer, model_max_length=model_max_length)  # type: ignore[no-untyped-call]
-    return hf, {"pad": tokenizer.token_to_id("[PAD]"), "cls": cls, "sep": sep}
+    return hf, {
+        "pad": tokenizer.token_to_id("[PAD]"),
+        "cls": tokenizer.token_to_id("[CLS]"),
+        "sep": tokenizer.token_to_id("[SEP]"),
+    }
 
 
-def _unigram_tokenizer(corpus: list[str], model_max_length: int) -> tuple[Any, dict[str, int]]:
+def _unigram_tokenizer(model_max_length: int) -> tuple[Any, dict[str, int]]:
     """XLM-RoBERTa's kind (bge-reranker-v2-m3): Unigram with Metaspace, <s> a </s></s> b </s>."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer
     from transformers import XLMRobertaTokenizerFast
 
-    tokenizer = Tokenizer(models.Unigram())
-    tokenizer.normalizer = normalizers.NFKC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-    names = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    tokenizer.train_from_iterator(
-        corpus, trainers.UnigramTrainer(vocab_size=400, special_tokens=names, unk_token="<unk>")
-    )
-    tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
-    tokenizer.decoder = decoders.Metaspace()
+    tokenizer = Tokenizer.from_file(str(TOKENIZERS / "unigram.json"))
     hf = XLMRobertaTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer,
         model_max_length=model_max_length,
@@ -392,23 +373,12 @@ def _unigram_tokenizer(corpus: list[str], model_max_length: int) -> tuple[Any, d
     return hf, {"pad": 1, "cls": 0, "sep": 2}
 
 
-def _byte_bpe_tokenizer(corpus: list[str], model_max_length: int) -> tuple[Any, dict[str, int]]:
+def _byte_bpe_tokenizer(model_max_length: int) -> tuple[Any, dict[str, int]]:
     """Byte-level BPE, [CLS] a [SEP] b [SEP] without segment ids (the other encoders)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    names = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
-    tokenizer.train_from_iterator(
-        corpus,
-        trainers.BpeTrainer(vocab_size=500, special_tokens=names, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
-    )
-    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
-    )
-    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer = Tokenizer.from_file(str(TOKENIZERS / "byte-bpe.json"))
     hf = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer,
         model_max_length=model_max_length,
@@ -419,7 +389,11 @@ def _byte_bpe_tokenizer(corpus: list[str], model_max_length: int) -> tuple[Any, 
         mask_token="[MASK]",
         model_input_names=["input_ids", "attention_mask"],
     )
-    return hf, {"pad": tokenizer.token_to_id("[PAD]"), "cls": cls, "sep": sep}
+    return hf, {
+        "pad": tokenizer.token_to_id("[PAD]"),
+        "cls": tokenizer.token_to_id("[CLS]"),
+        "sep": tokenizer.token_to_id("[SEP]"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

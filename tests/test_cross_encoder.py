@@ -246,13 +246,12 @@ def test_int8_static_ranks_like_the_reference_and_keeps_a_pair_apart_from_its_ba
     assert report["quantization"]["smooth_quant_alpha"] == SMOOTH_QUANT_ALPHA
     smoothing = [n for n in graph.graph.node if n.op_type == "Mul" and n.name.endswith("nncf_smooth_quant")]
     assert smoothing and all(any(i in constants for i in n.input) for n in smoothing)
-    # random tiny models, 32 pairs, with SmoothQuant (which ranks further from fp32 on random weights): 0.877-0.986
-    # on AMX (Dec 6). It varies between builds of the checkpoint, not between exports of one: the tiny tokenizer
-    # trained per build differs (tokenizers' trainers are not deterministic), so the pairs' ids do. Broken scales
-    # rank near 0.
-    assert report["agreement"]["int8-static_graph_vs_reference"]["spearman"] > 0.8
+    # random tiny models, 32 pairs, with SmoothQuant (which ranks further from fp32 on random weights): 0.981 (BERT),
+    # 0.972 (XLM-R), 0.956 (ModernBERT) on AMX, Dec 6, equal on every build since the tokenizers are files (trained
+    # per build, they gave 0.877-0.986); the decoders' bound. Broken scales rank near 0.
+    assert report["agreement"]["int8-static_graph_vs_reference"]["spearman"] > 0.9
     for result in report["backends"]["results"].values():
-        assert result["vs_reference"]["spearman"] > 0.8
+        assert result["vs_reference"]["spearman"] > 0.9
 
     model = openvino.Core().read_model(str(folder / "model.onnx"))
     assert not expand_weights(model) and _integer_weight_matmuls(model) > 0
