@@ -195,12 +195,7 @@ def quantize_int8_static(
     # the weights stay in their file beside the graph (NNCF reads them from there): a graph over protobuf's 2 GB
     # (Qwen3-0.6B, bge-m3, large-v2) cannot be serialized with them inline
     model = onnx.load(str(fp32_path), load_external_data=False)
-    weights = {t.name for t in model.graph.initializer}
-    excluded = [n.name for n in _score_projections(model)] + [
-        n.name  # attention's two products (no weight): per-tensor static scales cost them the most
-        for n in model.graph.node
-        if n.op_type == "MatMul" and n.input[0] not in weights and n.input[1] not in weights
-    ]
+    excluded = static_excluded(model)
     nncf.set_log_level(logging.ERROR)
     with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars: the export logs its own steps
         quantized = nncf.quantize(
@@ -219,6 +214,17 @@ def quantize_int8_static(
     del model
     gc.collect()
     save_with_external_data(quantized, destination, data_file=data_file)
+
+
+def static_excluded(model: onnx.ModelProto) -> list[str]:
+    """The MatMuls int8-static leaves in fp32: the score projection and attention's two products (no weight:
+    per-tensor static scales cost them the most)."""
+    weights = {t.name for t in model.graph.initializer}
+    return [n.name for n in _score_projections(model)] + [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "MatMul" and n.input[0] not in weights and n.input[1] not in weights
+    ]
 
 
 def decoder_feeds(model_path: Path, prompts: list[list[int]]) -> list[dict[str, np.ndarray]]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import logging
 import sys
@@ -45,12 +46,7 @@ def quantize_with_accuracy_control(
     from scipy.stats import spearmanr
 
     model = onnx.load(str(fp32_path), load_external_data=True)
-    weights = {t.name for t in model.graph.initializer}
-    excluded = [n.name for n in quantize._score_projections(model)] + [
-        n.name
-        for n in model.graph.node
-        if n.op_type == "MatMul" and n.input[0] not in weights and n.input[1] not in weights
-    ]
+    excluded = quantize.static_excluded(model)
 
     def score(engine: Any, feed: dict[str, np.ndarray]) -> float:
         return float(np.ravel(next(iter(engine.infer(feed).values())))[0])
@@ -98,24 +94,8 @@ def main() -> int:
     args = parser.parse_args()
     from rerank_onnx_export import pipeline, quantize
 
-    def replacement(
-        fp32_path: Path,
-        destination: Path,
-        *,
-        data_file: str,
-        calibration: list[dict[str, np.ndarray]],
-        smooth_quant: bool,
-    ) -> None:
-        quantize_with_accuracy_control(
-            fp32_path,
-            destination,
-            data_file=data_file,
-            calibration=calibration,
-            smooth_quant=smooth_quant,
-            max_drop=args.max_drop,
-        )
-
-    quantize.quantize_int8_static = replacement  # the export's int8-static step, everything else as shipped
+    # the export's int8-static step, everything else as shipped
+    quantize.quantize_int8_static = functools.partial(quantize_with_accuracy_control, max_drop=args.max_drop)
     started = time.perf_counter()
     result = pipeline.export_checkpoint(
         args.checkpoint, args.output, quantization="int8-static", smooth_quant=args.smooth_quant, overwrite=True
