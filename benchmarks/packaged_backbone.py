@@ -31,13 +31,11 @@ def model_folder(package: str) -> Path:
     try:
         module = importlib.import_module(package)
     except ImportError as exc:
-        raise SystemExit(
-            f"error: package {package!r} is not installed: pip install {package.replace('_', '-')}"
-        ) from exc
+        raise ValueError(f"package {package!r} is not installed: pip install {package.replace('_', '-')}") from exc
     getter = getattr(module, "get_model_path", None)
     folder = Path(getter()) if callable(getter) else Path(module.__file__ or "").parent / "model"
     if not (folder / "config.json").is_file():
-        raise SystemExit(f"error: no config.json in {folder}: expected a Hugging Face model folder in the package")
+        raise ValueError(f"no config.json in {folder}: expected a Hugging Face model folder in the package")
     return folder
 
 
@@ -64,7 +62,12 @@ def main() -> int:
     if args.destination.exists():
         print(f"error: {args.destination} exists: pass a new folder", file=sys.stderr)
         return 2
-    build(model_folder(args.package), args.destination, args.seed)
+    try:
+        source = model_folder(args.package)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    build(source, args.destination, args.seed)
     print(args.destination)
     return 0
 
