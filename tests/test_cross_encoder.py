@@ -1,6 +1,6 @@
 """Cross-encoders (BERT, XLM-RoBERTa, ModernBERT) against sentence-transformers' CrossEncoder.
 
-Tiny random *ForSequenceClassification models with tokenizers of each kind trained here, exported
+Tiny random *ForSequenceClassification models with small tokenizers of each kind (export/tokenizers/), exported
 through the real export code (optimum's graph); the oracle is `sentence_transformers.CrossEncoder`
 loaded on the same checkpoint folder.
 """
